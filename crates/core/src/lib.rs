@@ -1,0 +1,17 @@
+//! What every Bootfleet service stands on.
+//!
+//! - [`store`]: the [`store::StateStore`] interface with its etcd and embedded
+//!   backends;
+//! - [`election`]: leader election with a guard that stops acting before the
+//!   lease can expire;
+//! - [`membership`]: live replica registration under a lease;
+//! - [`snapshot`]: a watched in-memory copy of prefixes that keeps serving
+//!   when the store is unreachable;
+//! - [`config`], [`telemetry`], [`shutdown`], [`admin`]: the process shell
+//!   every service binary shares.
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod election;
+pub mod metrics;
+pub mod store;
