@@ -13,5 +13,7 @@
 
 pub mod backoff;
 pub mod election;
+pub mod membership;
 pub mod metrics;
+pub mod snapshot;
 pub mod store;

@@ -373,35 +373,32 @@ impl StateStore for EtcdStore {
                         msg = etcd_stream.message() => msg,
                     },
                 };
-                let item = match resp {
+                let items = match resp {
                     Ok(Some(resp)) if resp.canceled() && resp.compact_revision() > 0 => {
-                        Err(StoreError::Compacted {
+                        vec![Err(StoreError::Compacted {
                             requested: from,
                             compact_revision: resp.compact_revision(),
-                        })
+                        })]
                     }
-                    Ok(Some(resp)) if resp.canceled() => Err(StoreError::Unavailable(format!(
-                        "watch canceled by etcd: {}",
-                        resp.cancel_reason()
-                    ))),
-                    Ok(Some(resp)) => {
-                        let events: StoreResult<Vec<WatchEvent>> =
-                            resp.events().iter().filter_map(convert_event).collect();
-                        match events {
-                            Ok(events) if events.is_empty() => continue,
-                            other => other,
-                        }
-                    }
-                    Ok(None) => Err(StoreError::Unavailable("watch stream closed".into())),
-                    Err(e) => Err(map_err(e)),
+                    Ok(Some(resp)) if resp.canceled() => vec![Err(StoreError::Unavailable(
+                        format!("watch canceled by etcd: {}", resp.cancel_reason()),
+                    ))],
+                    Ok(Some(resp)) => match per_revision(resp.events()) {
+                        Ok(batches) => batches.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e)],
+                    },
+                    Ok(None) => vec![Err(StoreError::Unavailable("watch stream closed".into()))],
+                    Err(e) => vec![Err(map_err(e))],
                 };
-                let last = item.is_err();
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    sent = tx.send(item) => if sent.is_err() { return },
-                }
-                if last {
-                    return;
+                for item in items {
+                    let last = item.is_err();
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        sent = tx.send(item) => if sent.is_err() { return },
+                    }
+                    if last {
+                        return;
+                    }
                 }
             }
         });
@@ -444,6 +441,20 @@ impl StateStore for EtcdStore {
     fn backend_name(&self) -> &'static str {
         "etcd"
     }
+}
+
+/// Splits one etcd watch response (which may span several revisions when
+/// history is replayed) into one batch per revision, as the trait promises.
+fn per_revision(events: &[etcd_client::Event]) -> StoreResult<Vec<Vec<WatchEvent>>> {
+    let mut batches: Vec<Vec<WatchEvent>> = Vec::new();
+    for event in events.iter().filter_map(convert_event) {
+        let event = event?;
+        match batches.last_mut() {
+            Some(batch) if batch[0].kv.mod_revision == event.kv.mod_revision => batch.push(event),
+            _ => batches.push(vec![event]),
+        }
+    }
+    Ok(batches)
 }
 
 fn convert_event(event: &etcd_client::Event) -> Option<StoreResult<WatchEvent>> {
