@@ -11,9 +11,13 @@
 //!   every service binary shares.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod backoff;
+pub mod config;
 pub mod election;
 pub mod membership;
 pub mod metrics;
+pub mod shutdown;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
