@@ -252,6 +252,19 @@ const DEFAULT_DATA_DIR: &str = "/var/lib/bootfleet";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Parses the command line of a binary. `--help` and `--version` print and
+/// exit 0; any other error prints clap's message and exits [`EXIT_USAGE`].
+pub fn parse_cli<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    }
+}
+
 /// Parses "250ms", "10s", "2m", "1h" or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

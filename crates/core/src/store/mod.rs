@@ -130,3 +130,26 @@ pub(crate) fn check_key(key: &str) -> StoreResult<()> {
     }
     Ok(())
 }
+
+/// Opens the configured backend: creates the data directory for `embedded`,
+/// connects for `etcd`.
+pub async fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
+    use crate::config::StoreBackend;
+    let store: SharedStore = match &config.backend {
+        StoreBackend::Embedded { path } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Backend(format!("creating data directory {}: {e}", dir.display()))
+                })?;
+            }
+            Arc::new(embedded::EmbeddedStore::open(path)?)
+        }
+        StoreBackend::Memory => Arc::new(embedded::EmbeddedStore::in_memory()?),
+        StoreBackend::Etcd { endpoints } => {
+            let mut options = etcd::EtcdOptions::new(endpoints.clone());
+            options.request_timeout = config.request_timeout;
+            Arc::new(etcd::EtcdStore::connect(options).await?)
+        }
+    };
+    Ok(store)
+}

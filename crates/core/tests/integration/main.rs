@@ -1,9 +1,11 @@
 //! Integration tests of bootfleet-core against real backends: the embedded
 //! store and a real etcd started by the harness.
 
+mod admin;
 mod conformance;
 mod offline;
 mod persistence;
+mod shipped_configs;
 
 use std::sync::Arc;
 use std::time::Duration;

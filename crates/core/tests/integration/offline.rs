@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bootfleet_core::admin::Health;
 use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
 use bootfleet_core::store::SharedStore;
 use bootfleet_test_support::etcd::EtcdCluster;
@@ -137,9 +138,17 @@ async fn serves_while_etcd_is_stopped() {
     let stop = CancellationToken::new();
     let cache = SnapshotCache::start(store.clone(), &prefix, stop.clone());
     within("loaded", cache.loaded()).await;
+    let health = Health::new();
+    health.track_snapshot("store", &cache, stop.clone());
 
     cluster.stop_all();
     wait_status(&cache, CacheStatus::Degraded).await;
+    within("health degraded", async {
+        while !health.summary().1.starts_with("degraded") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     for _ in 0..5 {
         assert_eq!(cache.get(&format!("{prefix}host")).unwrap().value, b"known");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -161,5 +170,11 @@ async fn serves_while_etcd_is_stopped() {
     within("caught up after restart", cache.caught_up(rev)).await;
     assert_eq!(cache.status(), CacheStatus::Live);
     assert_eq!(cache.get(&format!("{prefix}new")).unwrap().value, b"after");
+    within("health serving", async {
+        while !health.summary().1.starts_with("serving") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     stop.cancel();
 }

@@ -1,0 +1,135 @@
+//! `bootfleet up` as a process: config errors exit 64 naming the key; it
+//! starts, reports healthy, stops cleanly on SIGTERM, and starts again on
+//! the same data directory.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn healthz(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+fn wait_serving(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(body) = healthz(port).filter(|b| b.starts_with("serving")) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bootfleet up never reported serving"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
+    let child = Command::new(BIN)
+        .args([
+            "up",
+            "--store",
+            "embedded",
+            "--admin-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env("BOOTFLEET_LOG", "info")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
+fn sigterm_and_wait(mut child: KillOnDrop) -> std::process::ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bootfleet up did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[store]\nbackend = \"etc\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("store.backend"),
+        "{out:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["up", "--admin-listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--admin-listen / BOOTFLEET_ADMIN_LISTEN"),
+        "{out:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["up", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/config/bootfleet.toml"
+    );
+    let out = Command::new(BIN)
+        .args(["up", "--validate", "-c", shipped])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = bootfleet_test_support::free_port();
+    let up = start(dir.path(), port);
+    let body = wait_serving(port);
+    assert!(body.contains("store: serving"), "{body}");
+    let status = sigterm_and_wait(up);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(dir.path().join("state.redb").exists());
+    // The store file is reopened fine by the next run.
+    let up = start(dir.path(), port);
+    wait_serving(port);
+    assert!(sigterm_and_wait(up).success());
+}

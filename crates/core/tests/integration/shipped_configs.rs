@@ -1,0 +1,49 @@
+//! Every configuration file shipped under deploy/ parses, and a stray key in
+//! any of its tables is rejected with the key named.
+
+use std::path::{Path, PathBuf};
+
+use bootfleet_core::config::parse_file;
+
+fn shipped() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                found.push(path);
+            }
+        }
+    }
+    assert!(!found.is_empty(), "no shipped configs found");
+    found
+}
+
+#[test]
+fn shipped_configs_parse_and_reject_stray_keys() {
+    for path in shipped() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let table: toml::Table = text.parse().unwrap();
+        for (section, value) in &table {
+            if !value.is_table() {
+                continue;
+            }
+            let mut broken = table.clone();
+            broken[section]
+                .as_table_mut()
+                .unwrap()
+                .insert("stray_key".into(), toml::Value::Boolean(true));
+            let err = parse_file(&toml::to_string(&broken).unwrap()).expect_err(section);
+            assert_eq!(
+                err.key,
+                format!("{section}.stray_key"),
+                "{}: {err}",
+                path.display()
+            );
+        }
+    }
+}
