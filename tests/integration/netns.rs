@@ -16,7 +16,7 @@ fn namespaces() -> String {
 
 #[test]
 fn namespaces_are_linked_isolated_and_cleaned_up() {
-    {
+    let mut sleeper = {
         let a = Netns::create("bftA").unwrap();
         let b = Netns::create("bftB").unwrap();
         link(&a, "198.18.200.1/24", &b, "198.18.200.2/24").unwrap();
@@ -27,12 +27,19 @@ fn namespaces_are_linked_isolated_and_cleaned_up() {
         let links = a.run("ip", &["-o", "link"]).unwrap();
         assert_eq!(links.lines().count(), 2, "{links}");
         // A process left running inside is killed by the guard.
-        let _sleeper = b.spawn("sleep", &["600"]).unwrap();
+        let sleeper = b.spawn("sleep", &["600"]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(
             link(&a, "10.0.0.1/24", &b, "10.0.0.2/24").is_err(),
             "only 198.18.0.0/15 is allowed"
         );
-    }
+        sleeper
+    };
+    let status = sleeper.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the process inside must have been killed: {status}"
+    );
     let left = namespaces();
     assert!(
         !left.contains("bftA") && !left.contains("bftB"),

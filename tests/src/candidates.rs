@@ -57,6 +57,23 @@ impl Candidates {
         Ok(set)
     }
 
+    /// Adds one more candidate and waits until it is running.
+    pub fn add(
+        &mut self,
+        bin: &str,
+        election: &str,
+        ttl: &str,
+        id: &str,
+        endpoints: &[String],
+    ) -> anyhow::Result<()> {
+        self.spawn(bin, election, ttl, id, endpoints)?;
+        self.wait_for(Duration::from_secs(20), |r| {
+            r.event == "READY" && r.id == id
+        })
+        .with_context(|| format!("candidate {id} did not start"))?;
+        Ok(())
+    }
+
     fn spawn(
         &mut self,
         bin: &str,
