@@ -197,12 +197,11 @@ fn failovers(args: &Args) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
         .map(|i| (format!("c{i}"), endpoints.clone()))
         .collect();
     let mut candidates = Candidates::start(&bin, "bench", "2s", &members)?;
-    let mut next_id = 3;
     let wait = Duration::from_secs(30);
     let mut kill_times = Vec::new();
     let mut term_times = Vec::new();
     let mut since = 0;
-    for round in 0..args.rounds * 2 {
+    for (next_id, round) in (3..).zip(0..args.rounds * 2) {
         let leader = candidates.wait_for(wait, |r| r.event == "ACQUIRED" && r.at_ns > since)?;
         let sigkill = round % 2 == 0;
         let at = if sigkill {
@@ -220,7 +219,6 @@ fn failovers(args: &Args) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
         since = next.at_ns - 1;
         // Keep three candidates in the race.
         candidates.add(&bin, "bench", "2s", &format!("c{next_id}"), &endpoints)?;
-        next_id += 1;
     }
     candidates.assert_no_overlap();
     kill_times.sort();

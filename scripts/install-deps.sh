@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what Bootfleet needs on a bare Debian 12 machine (run as root).
+#   scripts/install-deps.sh build   protoc for etcd-client's build script
+#   scripts/install-deps.sh test    + etcd, iproute2 and clients the tests use
+set -euo pipefail
+
+need=(protobuf-compiler libprotobuf-dev)
+if [ "${1:-build}" = test ]; then
+  need+=(etcd-server etcd-client iproute2 iputils-ping)
+fi
+
+missing=()
+for pkg in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts an etcd service on install; tests run their own members on
+# free loopback ports, so the packaged one is left alone.
