@@ -20,10 +20,8 @@ fn ids(n: usize) -> Vec<String> {
 }
 
 fn start_direct(cluster: &EtcdCluster, n: usize) -> Candidates {
-    let members: Vec<(String, Vec<String>)> = ids(n)
-        .into_iter()
-        .map(|id| (id, cluster.endpoints()))
-        .collect();
+    let members: Vec<(String, Vec<String>)> =
+        ids(n).into_iter().map(|id| (id, cluster.endpoints())).collect();
     Candidates::start(BIN, "failover", TTL, &members).expect("start candidates")
 }
 
@@ -36,20 +34,12 @@ fn sigkilled_leader_is_replaced_within_ttl_plus_one_second() {
     bootfleet_test_support::init_tracing();
     let cluster = EtcdCluster::start(3).unwrap();
     let mut candidates = start_direct(&cluster, 3);
-    let first = candidates
-        .wait_for(WAIT, |r| r.event == "ACQUIRED")
-        .unwrap();
+    let first = candidates.wait_for(WAIT, |r| r.event == "ACQUIRED").unwrap();
     let killed_at = candidates.kill(&first.id).unwrap();
-    let next = candidates
-        .wait_acquired_after(killed_at, Some(&first.id), WAIT)
-        .unwrap();
+    let next = candidates.wait_acquired_after(killed_at, Some(&first.id), WAIT).unwrap();
     let took = next.at_ns - killed_at;
     eprintln!("SIGKILL failover: {} ms", ms(took));
-    assert!(
-        took < TTL_NS + SECOND_NS,
-        "took {} ms (TTL 2 s + 1 s allowed)",
-        ms(took)
-    );
+    assert!(took < TTL_NS + SECOND_NS, "took {} ms (TTL 2 s + 1 s allowed)", ms(took));
     candidates.assert_no_overlap();
 }
 
@@ -58,16 +48,10 @@ fn sigterm_leader_resigns_and_is_replaced_within_500ms() {
     bootfleet_test_support::init_tracing();
     let cluster = EtcdCluster::start(3).unwrap();
     let candidates = start_direct(&cluster, 3);
-    let first = candidates
-        .wait_for(WAIT, |r| r.event == "ACQUIRED")
-        .unwrap();
+    let first = candidates.wait_for(WAIT, |r| r.event == "ACQUIRED").unwrap();
     let sent = candidates.terminate(&first.id).unwrap();
-    candidates
-        .wait_for(WAIT, |r| r.event == "RESIGNED" && r.id == first.id)
-        .unwrap();
-    let next = candidates
-        .wait_acquired_after(sent, Some(&first.id), WAIT)
-        .unwrap();
+    candidates.wait_for(WAIT, |r| r.event == "RESIGNED" && r.id == first.id).unwrap();
+    let next = candidates.wait_acquired_after(sent, Some(&first.id), WAIT).unwrap();
     let took = next.at_ns - sent;
     eprintln!("SIGTERM handover: {} ms", ms(took));
     assert!(took < 500_000_000, "took {} ms", ms(took));
@@ -79,27 +63,18 @@ fn losing_one_etcd_member_keeps_the_election_working() {
     bootfleet_test_support::init_tracing();
     let mut cluster = EtcdCluster::start(3).unwrap();
     let mut candidates = start_direct(&cluster, 3);
-    let first = candidates
-        .wait_for(WAIT, |r| r.event == "ACQUIRED")
-        .unwrap();
+    let first = candidates.wait_for(WAIT, |r| r.event == "ACQUIRED").unwrap();
     cluster.kill(0);
     // The cluster keeps quorum: within a few seconds someone leads (the same
     // leader if its renewals never missed their deadline).
     std::thread::sleep(Duration::from_secs(4));
-    let leader = candidates
-        .current_leader()
-        .expect("a leader after losing one etcd member");
+    let leader = candidates.current_leader().expect("a leader after losing one etcd member");
     eprintln!("leader before: {}, after member loss: {leader}", first.id);
     // And failover still works on the two remaining members.
     let killed_at = candidates.kill(&leader).unwrap();
-    let next = candidates
-        .wait_acquired_after(killed_at, Some(&leader), WAIT)
-        .unwrap();
+    let next = candidates.wait_acquired_after(killed_at, Some(&leader), WAIT).unwrap();
     let took = next.at_ns - killed_at;
-    eprintln!(
-        "SIGKILL failover with one etcd member down: {} ms",
-        ms(took)
-    );
+    eprintln!("SIGKILL failover with one etcd member down: {} ms", ms(took));
     assert!(took < TTL_NS + SECOND_NS, "took {} ms", ms(took));
     candidates.assert_no_overlap();
 }
@@ -118,36 +93,23 @@ fn leader_cut_off_from_etcd_stops_before_its_lease_expires() {
             runtime.block_on(CuttableProxy::start(target)).unwrap()
         })
         .collect();
-    let members: Vec<(String, Vec<String>)> = ids(3)
-        .into_iter()
-        .zip(&proxies)
-        .map(|(id, p)| (id, vec![p.url()]))
-        .collect();
+    let members: Vec<(String, Vec<String>)> =
+        ids(3).into_iter().zip(&proxies).map(|(id, p)| (id, vec![p.url()])).collect();
     let candidates = Candidates::start(BIN, "cutoff", TTL, &members).unwrap();
-    let first = candidates
-        .wait_for(WAIT, |r| r.event == "ACQUIRED")
-        .unwrap();
+    let first = candidates.wait_for(WAIT, |r| r.event == "ACQUIRED").unwrap();
     let index: usize = first.id[1..].parse().unwrap();
     // Let a few renewals pass, then cut.
     std::thread::sleep(Duration::from_millis(1500));
     let cut_at = monotonic_ns();
     proxies[index].cut();
-    let lost = candidates
-        .wait_for(WAIT, |r| r.event == "LOST" && r.id == first.id)
-        .unwrap();
-    let next = candidates
-        .wait_acquired_after(cut_at, Some(&first.id), WAIT)
-        .unwrap();
+    let lost = candidates.wait_for(WAIT, |r| r.event == "LOST" && r.id == first.id).unwrap();
+    let next = candidates.wait_acquired_after(cut_at, Some(&first.id), WAIT).unwrap();
     eprintln!(
         "cut-off leader stopped {} ms after the cut; next leader acted {} ms after the cut",
         ms(lost.at_ns - cut_at),
         ms(next.at_ns - cut_at)
     );
-    assert!(
-        lost.at_ns - cut_at < TTL_NS,
-        "stopped only after {} ms",
-        ms(lost.at_ns - cut_at)
-    );
+    assert!(lost.at_ns - cut_at < TTL_NS, "stopped only after {} ms", ms(lost.at_ns - cut_at));
     assert!(lost.at_ns < next.at_ns, "two leaders acted at once");
     // Heal the partition: the old leader must not come back as a second leader.
     proxies[index].restore();
@@ -162,31 +124,18 @@ fn leader_stops_acting_when_etcd_loses_quorum() {
     bootfleet_test_support::init_tracing();
     let mut cluster = EtcdCluster::start(3).unwrap();
     let candidates = start_direct(&cluster, 2);
-    let first = candidates
-        .wait_for(WAIT, |r| r.event == "ACQUIRED")
-        .unwrap();
+    let first = candidates.wait_for(WAIT, |r| r.event == "ACQUIRED").unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let cut_at = monotonic_ns();
     cluster.kill(1);
     cluster.kill(2);
-    let lost = candidates
-        .wait_for(WAIT, |r| r.event == "LOST" && r.id == first.id)
-        .unwrap();
-    eprintln!(
-        "quorum lost: leader stopped after {} ms",
-        ms(lost.at_ns - cut_at)
-    );
-    assert!(
-        lost.at_ns - cut_at < TTL_NS,
-        "stopped only after {} ms",
-        ms(lost.at_ns - cut_at)
-    );
+    let lost = candidates.wait_for(WAIT, |r| r.event == "LOST" && r.id == first.id).unwrap();
+    eprintln!("quorum lost: leader stopped after {} ms", ms(lost.at_ns - cut_at));
+    assert!(lost.at_ns - cut_at < TTL_NS, "stopped only after {} ms", ms(lost.at_ns - cut_at));
     cluster.restart(1).unwrap();
     cluster.restart(2).unwrap();
     cluster.wait_healthy(WAIT).unwrap();
-    candidates
-        .wait_acquired_after(lost.at_ns, None, Duration::from_secs(30))
-        .unwrap();
+    candidates.wait_acquired_after(lost.at_ns, None, Duration::from_secs(30)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     candidates.assert_no_overlap();
 }

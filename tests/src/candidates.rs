@@ -41,18 +41,13 @@ impl Candidates {
         members: &[(String, Vec<String>)],
     ) -> anyhow::Result<Self> {
         let log = Arc::new(Log::default());
-        let mut set = Self {
-            children: Vec::new(),
-            log,
-        };
+        let mut set = Self { children: Vec::new(), log };
         for (id, endpoints) in members {
             set.spawn(bin, election, ttl, id, endpoints)?;
         }
         for (id, _) in members {
-            set.wait_for(Duration::from_secs(20), |r| {
-                r.event == "READY" && &r.id == id
-            })
-            .with_context(|| format!("candidate {id} did not start"))?;
+            set.wait_for(Duration::from_secs(20), |r| r.event == "READY" && &r.id == id)
+                .with_context(|| format!("candidate {id} did not start"))?;
         }
         Ok(set)
     }
@@ -67,10 +62,8 @@ impl Candidates {
         endpoints: &[String],
     ) -> anyhow::Result<()> {
         self.spawn(bin, election, ttl, id, endpoints)?;
-        self.wait_for(Duration::from_secs(20), |r| {
-            r.event == "READY" && r.id == id
-        })
-        .with_context(|| format!("candidate {id} did not start"))?;
+        self.wait_for(Duration::from_secs(20), |r| r.event == "READY" && r.id == id)
+            .with_context(|| format!("candidate {id} did not start"))?;
         Ok(())
     }
 
@@ -96,20 +89,12 @@ impl Candidates {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 let mut parts = line.split_whitespace();
-                let (Some(event), Some(id), Some(at)) = (parts.next(), parts.next(), parts.next())
-                else {
+                let (Some(event), Some(id), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
                     continue;
                 };
                 let Ok(at_ns) = at.parse() else { continue };
-                let report = Report {
-                    event: event.to_owned(),
-                    id: id.to_owned(),
-                    at_ns,
-                };
-                log.reports
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(report);
+                let report = Report { event: event.to_owned(), id: id.to_owned(), at_ns };
+                log.reports.lock().unwrap_or_else(PoisonError::into_inner).push(report);
                 log.changed.notify_all();
             }
         });
@@ -119,25 +104,13 @@ impl Candidates {
 
     /// Everything reported so far, in arrival order.
     pub fn reports(&self) -> Vec<Report> {
-        self.log
-            .reports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.log.reports.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Waits for the first report (from now on, or already there) matching.
-    pub fn wait_for(
-        &self,
-        limit: Duration,
-        pred: impl Fn(&Report) -> bool,
-    ) -> anyhow::Result<Report> {
+    pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Report) -> bool) -> anyhow::Result<Report> {
         let deadline = Instant::now() + limit;
-        let mut reports = self
-            .log
-            .reports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut reports = self.log.reports.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(r) = reports.iter().find(|r| pred(r)) {
                 return Ok(r.clone());
@@ -162,9 +135,7 @@ impl Candidates {
         not: Option<&str>,
         limit: Duration,
     ) -> anyhow::Result<Report> {
-        self.wait_for(limit, |r| {
-            r.event == "ACQUIRED" && r.at_ns > after_ns && Some(r.id.as_str()) != not
-        })
+        self.wait_for(limit, |r| r.event == "ACQUIRED" && r.at_ns > after_ns && Some(r.id.as_str()) != not)
     }
 
     /// The candidate currently acting, per the reports.
@@ -173,9 +144,7 @@ impl Candidates {
         for r in self.reports() {
             match r.event.as_str() {
                 "ACQUIRED" => acting = Some(r.id),
-                "LOST" | "RESIGNING" | "KILLED" if acting.as_deref() == Some(r.id.as_str()) => {
-                    acting = None
-                }
+                "LOST" | "RESIGNING" | "KILLED" if acting.as_deref() == Some(r.id.as_str()) => acting = None,
                 _ => {}
             }
         }
@@ -183,11 +152,7 @@ impl Candidates {
     }
 
     fn pid(&self, id: &str) -> anyhow::Result<Pid> {
-        let (_, child) = self
-            .children
-            .iter()
-            .find(|(c, _)| c == id)
-            .context("no such candidate")?;
+        let (_, child) = self.children.iter().find(|(c, _)| c == id).context("no such candidate")?;
         Ok(Pid::from_raw(i32::try_from(child.id())?))
     }
 
@@ -199,16 +164,8 @@ impl Candidates {
             child.wait()?;
         }
         let at_ns = bootfleet_test_support::monotonic_ns();
-        let report = Report {
-            event: "KILLED".into(),
-            id: id.to_owned(),
-            at_ns,
-        };
-        self.log
-            .reports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(report);
+        let report = Report { event: "KILLED".into(), id: id.to_owned(), at_ns };
+        self.log.reports.lock().unwrap_or_else(PoisonError::into_inner).push(report);
         Ok(at_ns)
     }
 

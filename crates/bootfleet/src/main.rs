@@ -10,11 +10,7 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "bootfleet",
-    version,
-    about = "Highly available network boot for fleets of machines"
-)]
+#[command(name = "bootfleet", version, about = "Highly available network boot for fleets of machines")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -12,10 +12,7 @@ use bootfleet_core::store::{self, KEY_ROOT};
 use bootfleet_proto::v1::Member;
 
 /// Defaults of the all-in-one process: local admin port, embedded store.
-const DEFAULTS: Defaults = Defaults {
-    admin_listen: "127.0.0.1:9100",
-    store: "embedded",
-};
+const DEFAULTS: Defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "embedded" };
 
 /// Arguments of `bootfleet up`.
 #[derive(clap::Args)]
@@ -57,31 +54,21 @@ pub(crate) fn main(args: UpArgs) -> i32 {
 
 async fn run(config: CoreConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
-    shutdown
-        .listen_for_signals()
-        .context("installing signal handlers")?;
+    shutdown.listen_for_signals().context("installing signal handlers")?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding the admin endpoint on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
-    let store = store::open(&config.store)
-        .await
-        .context("opening the state store")?;
+    let store = store::open(&config.store).await.context("opening the state store")?;
     tracing::info!(backend = store.backend_name(), store = ?config.store.backend, admin = %admin_addr, "bootfleet up");
 
     let health = Health::new();
     health.set("process", ComponentHealth::Serving).await;
     let snapshot = SnapshotCache::start(store.clone(), KEY_ROOT, shutdown.token());
     health.track_snapshot("store", &snapshot, shutdown.token());
-    shutdown.spawn(admin::serve(
-        admin_listener,
-        health.clone(),
-        shutdown.token(),
-    ));
+    shutdown.spawn(admin::serve(admin_listener, health.clone(), shutdown.token()));
 
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let member = Member {
         service: "bootfleet".into(),
         id: config.member_id.clone(),

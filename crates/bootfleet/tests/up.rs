@@ -20,8 +20,7 @@ impl Drop for KillOnDrop {
 
 fn healthz(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
@@ -33,23 +32,14 @@ fn wait_serving(port: u16) -> String {
         if let Some(body) = healthz(port).filter(|b| b.starts_with("serving")) {
             return body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "bootfleet up never reported serving"
-        );
+        assert!(Instant::now() < deadline, "bootfleet up never reported serving");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
     let child = Command::new(BIN)
-        .args([
-            "up",
-            "--store",
-            "embedded",
-            "--admin-listen",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
         .env("BOOTFLEET_LOG", "info")
@@ -67,10 +57,7 @@ fn sigterm_and_wait(mut child: KillOnDrop) -> std::process::ExitStatus {
         if let Some(status) = child.0.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "bootfleet up did not stop after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "bootfleet up did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -80,41 +67,22 @@ fn bad_configuration_exits_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[store]\nbackend = \"etc\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["up", "--validate", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["up", "--validate", "-c"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("store.backend"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.backend"), "{out:?}");
 
-    let out = Command::new(BIN)
-        .args(["up", "--admin-listen", "nowhere"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["up", "--admin-listen", "nowhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--admin-listen / BOOTFLEET_ADMIN_LISTEN"),
         "{out:?}"
     );
 
-    let out = Command::new(BIN)
-        .args(["up", "--no-such-flag"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["up", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 
-    let shipped = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/config/bootfleet.toml"
-    );
-    let out = Command::new(BIN)
-        .args(["up", "--validate", "-c", shipped])
-        .output()
-        .unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/config/bootfleet.toml");
+    let out = Command::new(BIN).args(["up", "--validate", "-c", shipped]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 

@@ -74,11 +74,7 @@ impl Health {
         let service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
         );
-        Self {
-            state: Arc::default(),
-            reporter,
-            service,
-        }
+        Self { state: Arc::default(), reporter, service }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
@@ -89,19 +85,11 @@ impl Health {
     pub async fn set(&self, component: &str, health: ComponentHealth) {
         let (overall, own) = {
             let mut state = self.lock();
-            state
-                .components
-                .insert(component.to_owned(), health.clone());
+            state.components.insert(component.to_owned(), health.clone());
             (overall_status(&state), health == ComponentHealth::Serving)
         };
-        let own = if own {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter
-            .set_service_status(format!("bootfleet.{component}"), own)
-            .await;
+        let own = if own { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status(format!("bootfleet.{component}"), own).await;
         self.reporter.set_service_status("", overall).await;
     }
 
@@ -109,9 +97,7 @@ impl Health {
     /// balancers and peers stop sending new work.
     pub async fn set_shutting_down(&self) {
         self.lock().shutting_down = true;
-        self.reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        self.reporter.set_service_status("", ServingStatus::NotServing).await;
     }
 
     /// `(http status, text)` for `/healthz`.
@@ -122,9 +108,7 @@ impl Health {
             match health {
                 ComponentHealth::Serving => lines.push(format!("{name}: serving")),
                 ComponentHealth::Degraded(why) => lines.push(format!("{name}: degraded ({why})")),
-                ComponentHealth::NotServing(why) => {
-                    lines.push(format!("{name}: not serving ({why})"))
-                }
+                ComponentHealth::NotServing(why) => lines.push(format!("{name}: not serving ({why})")),
             }
         }
         let status = overall_status(&state);
@@ -132,20 +116,13 @@ impl Health {
             "shutting down"
         } else if status == ServingStatus::NotServing {
             "not serving"
-        } else if state
-            .components
-            .values()
-            .any(|h| matches!(h, ComponentHealth::Degraded(_)))
-        {
+        } else if state.components.values().any(|h| matches!(h, ComponentHealth::Degraded(_))) {
             "degraded"
         } else {
             "serving"
         };
-        let code = if status == ServingStatus::Serving {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
+        let code =
+            if status == ServingStatus::Serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         (code, format!("{word}\n{}\n", lines.join("\n")))
     }
 
@@ -160,12 +137,10 @@ impl Health {
                 let current = *status.borrow_and_update();
                 let mapped = match current {
                     CacheStatus::Live => ComponentHealth::Serving,
-                    CacheStatus::Degraded => ComponentHealth::Degraded(format!(
-                        "store unreachable; serving snapshot of {prefix}"
-                    )),
-                    CacheStatus::Loading => {
-                        ComponentHealth::NotServing(format!("loading {prefix}"))
+                    CacheStatus::Degraded => {
+                        ComponentHealth::Degraded(format!("store unreachable; serving snapshot of {prefix}"))
                     }
+                    CacheStatus::Loading => ComponentHealth::NotServing(format!("loading {prefix}")),
                 };
                 health.set(&component, mapped).await;
                 tokio::select! {
@@ -178,30 +153,16 @@ impl Health {
 }
 
 fn overall_status(state: &HealthState) -> ServingStatus {
-    let down = state
-        .components
-        .values()
-        .any(|h| matches!(h, ComponentHealth::NotServing(_)));
-    if state.shutting_down || down {
-        ServingStatus::NotServing
-    } else {
-        ServingStatus::Serving
-    }
+    let down = state.components.values().any(|h| matches!(h, ComponentHealth::NotServing(_)));
+    if state.shutting_down || down { ServingStatus::NotServing } else { ServingStatus::Serving }
 }
 
 type AdminBody = tonic::body::Body;
 
-fn text(
-    code: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<AdminBody> {
+fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
     let mut response = Response::new(AdminBody::new(Full::new(body.into())));
     *response.status_mut() = code;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
 }
 
@@ -210,18 +171,11 @@ fn metrics_text() -> Response<AdminBody> {
     let mut buf = Vec::new();
     match prometheus::TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => text(StatusCode::OK, "text/plain; version=0.0.4", buf),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("encoding metrics: {e}\n"),
-        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding metrics: {e}\n")),
     }
 }
 
-async fn handle(
-    health: Health,
-    request: Request<Incoming>,
-) -> Result<Response<AdminBody>, Infallible> {
+async fn handle(health: Health, request: Request<Incoming>) -> Result<Response<AdminBody>, Infallible> {
     let is_grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -242,11 +196,7 @@ async fn handle(
         (_, "/metrics" | "/healthz" | "/readyz" | "/livez") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz, /metrics\n",
-        ),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz, /metrics\n"),
     };
     Ok(response)
 }
@@ -270,9 +220,7 @@ pub async fn serve(listener: TcpListener, health: Health, stop: CancellationToke
         };
         let health = health.clone();
         let service = hyper::service::service_fn(move |req| handle(health.clone(), req));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

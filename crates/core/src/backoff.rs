@@ -20,11 +20,7 @@ impl Default for Backoff {
 impl Backoff {
     /// A backoff from `initial` to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
+        Self { initial, max, next: initial }
     }
 
     /// The delay to wait now; the following one doubles.

@@ -89,10 +89,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -268,36 +265,25 @@ pub fn parse_cli<T: clap::Parser>() -> T {
 /// Parses "250ms", "10s", "2m", "1h" or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (examples: 250ms, 10s, 2m)"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration (examples: 250ms, 10s, 2m)"))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
+            return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)"));
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
 }
 
 /// A value from a flag/variable or from the file, remembering which.
-fn pick<T>(
-    flag: Option<T>,
-    flag_key: &str,
-    file: Option<T>,
-    file_key: &str,
-) -> Option<(T, String)> {
-    flag.map(|v| (v, flag_key.to_owned()))
-        .or_else(|| file.map(|v| (v, file_key.to_owned())))
+fn pick<T>(flag: Option<T>, flag_key: &str, file: Option<T>, file_key: &str) -> Option<(T, String)> {
+    flag.map(|v| (v, flag_key.to_owned())).or_else(|| file.map(|v| (v, file_key.to_owned())))
 }
 
 fn flag_key(flag: &str, env: &str) -> String {
@@ -307,10 +293,9 @@ fn flag_key(flag: &str, env: &str) -> String {
 /// Reads and parses the TOML file, naming the dotted key of any error.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = format!("--config {}", path.display());
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&key, format!("cannot read: {e}")))?;
-    parse_file(&text)
-        .map_err(|e| ConfigError::new(format!("{} (in {})", e.key, path.display()), e.message))
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::new(&key, format!("cannot read: {e}")))?;
+    parse_file(&text).map_err(|e| ConfigError::new(format!("{} (in {})", e.key, path.display()), e.message))
 }
 
 /// Parses TOML text as a [`FileConfig`].
@@ -354,19 +339,11 @@ impl CoreConfig {
     }
 
     /// As [`Self::load`], with the file already parsed.
-    pub fn from_parts(
-        args: &CommonArgs,
-        file: FileConfig,
-        defaults: &Defaults,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_parts(args: &CommonArgs, file: FileConfig, defaults: &Defaults) -> Result<Self, ConfigError> {
         let log_filter = pick(args.log.clone(), "", file.log.filter.clone(), "")
             .map_or_else(|| DEFAULT_LOG_FILTER.to_owned(), |(v, _)| v);
         tracing_subscriber::EnvFilter::try_new(&log_filter).map_err(|e| {
-            let key = if args.log.is_some() {
-                flag_key("log", env::LOG)
-            } else {
-                "log.filter".into()
-            };
+            let key = if args.log.is_some() { flag_key("log", env::LOG) } else { "log.filter".into() };
             ConfigError::new(key, format!("{log_filter:?}: {e}"))
         })?;
 
@@ -381,10 +358,7 @@ impl CoreConfig {
                 "plain" => LogFormat::Plain,
                 "json" => LogFormat::Json,
                 other => {
-                    return Err(ConfigError::new(
-                        key,
-                        format!("{other:?}: expected plain or json"),
-                    ));
+                    return Err(ConfigError::new(key, format!("{other:?}: expected plain or json")));
                 }
             },
         };
@@ -395,17 +369,9 @@ impl CoreConfig {
             file.admin.listen.clone(),
             "admin.listen",
         )
-        .unwrap_or_else(|| {
-            (
-                defaults.admin_listen.to_owned(),
-                "admin.listen (default)".into(),
-            )
-        });
+        .unwrap_or_else(|| (defaults.admin_listen.to_owned(), "admin.listen (default)".into()));
         let admin_listen: SocketAddr = admin_text.parse().map_err(|_| {
-            ConfigError::new(
-                admin_key,
-                format!("{admin_text:?} is not an address like 127.0.0.1:9090"),
-            )
+            ConfigError::new(admin_key, format!("{admin_text:?} is not an address like 127.0.0.1:9090"))
         })?;
 
         let data_dir = pick(args.data_dir.clone(), "", file.store.data_dir.clone(), "")
@@ -425,9 +391,7 @@ impl CoreConfig {
             "store.etcd_endpoints",
         );
         let backend = match backend_name.as_str() {
-            "embedded" => StoreBackend::Embedded {
-                path: data_dir.join("state.redb"),
-            },
+            "embedded" => StoreBackend::Embedded { path: data_dir.join("state.redb") },
             "memory" => StoreBackend::Memory,
             "etcd" => {
                 let Some((endpoints, key)) = endpoints else {
@@ -436,17 +400,13 @@ impl CoreConfig {
                         "required with store backend etcd",
                     ));
                 };
-                let endpoints: Vec<String> = endpoints
-                    .into_iter()
-                    .map(|e| e.trim().to_owned())
-                    .filter(|e| !e.is_empty())
-                    .collect();
+                let endpoints: Vec<String> =
+                    endpoints.into_iter().map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect();
                 if endpoints.is_empty() {
                     return Err(ConfigError::new(key, "lists no endpoint"));
                 }
-                if let Some(bad) = endpoints
-                    .iter()
-                    .find(|e| !e.starts_with("http://") && !e.starts_with("https://"))
+                if let Some(bad) =
+                    endpoints.iter().find(|e| !e.starts_with("http://") && !e.starts_with("https://"))
                 {
                     return Err(ConfigError::new(
                         key,
@@ -510,48 +470,24 @@ impl CoreConfig {
             Some((id, key)) => {
                 let valid = !id.is_empty()
                     && id.len() <= 128
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
                 if !valid {
-                    return Err(ConfigError::new(
-                        key,
-                        format!("{id:?}: use 1-128 of A-Z a-z 0-9 - _ ."),
-                    ));
+                    return Err(ConfigError::new(key, format!("{id:?}: use 1-128 of A-Z a-z 0-9 - _ .")));
                 }
                 id
             }
             None => default_member_id(),
         };
 
-        Ok(Self {
-            log_filter,
-            log_format,
-            admin_listen,
-            store,
-            data_dir,
-            member_id,
-            shutdown_grace,
-            file,
-        })
+        Ok(Self { log_filter, log_format, admin_listen, store, data_dir, member_id, shutdown_grace, file })
     }
 }
 
 /// `hostname-pid`, sanitized to the member-id alphabet.
 fn default_member_id() -> String {
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
-    let host: String = host
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let host: String =
+        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     format!("{host}-{}", std::process::id())
 }
 
@@ -559,10 +495,7 @@ fn default_member_id() -> String {
 mod tests {
     use super::*;
 
-    const DEFAULTS: Defaults = Defaults {
-        admin_listen: "127.0.0.1:9100",
-        store: "embedded",
-    };
+    const DEFAULTS: Defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "embedded" };
 
     fn load(args: CommonArgs, file: &str) -> Result<CoreConfig, ConfigError> {
         CoreConfig::from_parts(&args, parse_file(file)?, &DEFAULTS)
@@ -572,12 +505,7 @@ mod tests {
     fn defaults_apply_when_nothing_is_set() {
         let c = load(CommonArgs::default(), "").unwrap();
         assert_eq!(c.admin_listen, "127.0.0.1:9100".parse().unwrap());
-        assert_eq!(
-            c.store.backend,
-            StoreBackend::Embedded {
-                path: "/var/lib/bootfleet/state.redb".into()
-            }
-        );
+        assert_eq!(c.store.backend, StoreBackend::Embedded { path: "/var/lib/bootfleet/state.redb".into() });
         assert_eq!(c.store.election_ttl, Duration::from_secs(2));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.log_format, LogFormat::Plain);
@@ -597,12 +525,7 @@ mod tests {
         "#;
         let c = load(CommonArgs::default(), file).unwrap();
         assert_eq!(c.admin_listen.port(), 9200);
-        assert_eq!(
-            c.store.backend,
-            StoreBackend::Etcd {
-                endpoints: vec!["http://10.0.0.1:2379".into()]
-            }
-        );
+        assert_eq!(c.store.backend, StoreBackend::Etcd { endpoints: vec!["http://10.0.0.1:2379".into()] });
         assert_eq!(c.store.election_ttl, Duration::from_secs(3));
         assert_eq!(c.log_format, LogFormat::Json);
         let args = CommonArgs {
@@ -618,11 +541,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases: &[(CommonArgs, &str, &str)] = &[
-            (
-                CommonArgs::default(),
-                "[store]\nbackend = \"etc\"",
-                "store.backend",
-            ),
+            (CommonArgs::default(), "[store]\nbackend = \"etc\"", "store.backend"),
             (
                 CommonArgs::default(),
                 "[store]\nbackend = \"etcd\"",
@@ -633,46 +552,20 @@ mod tests {
                 "[store]\nbackend = \"etcd\"\netcd_endpoints = [\"etcd:2379\"]",
                 "store.etcd_endpoints",
             ),
-            (
-                CommonArgs::default(),
-                "[admin]\nlisten = \"nowhere\"",
-                "admin.listen",
-            ),
-            (
-                CommonArgs::default(),
-                "[shutdown]\ngrace = \"10 parsecs\"",
-                "shutdown.grace",
-            ),
-            (
-                CommonArgs::default(),
-                "[store]\nelection_ttl = \"500ms\"",
-                "store.election_ttl",
-            ),
-            (
-                CommonArgs::default(),
-                "[log]\nformat = \"xml\"",
-                "log.format",
-            ),
-            (
-                CommonArgs::default(),
-                "[store]\nbakend = \"etcd\"",
-                "store.bakend",
-            ),
+            (CommonArgs::default(), "[admin]\nlisten = \"nowhere\"", "admin.listen"),
+            (CommonArgs::default(), "[shutdown]\ngrace = \"10 parsecs\"", "shutdown.grace"),
+            (CommonArgs::default(), "[store]\nelection_ttl = \"500ms\"", "store.election_ttl"),
+            (CommonArgs::default(), "[log]\nformat = \"xml\"", "log.format"),
+            (CommonArgs::default(), "[store]\nbakend = \"etcd\"", "store.bakend"),
             (CommonArgs::default(), "colour = true", "colour"),
             (CommonArgs::default(), "[store\nbackend", "file"),
             (
-                CommonArgs {
-                    shutdown_grace: Some("-1s".into()),
-                    ..Default::default()
-                },
+                CommonArgs { shutdown_grace: Some("-1s".into()), ..Default::default() },
                 "",
                 "--shutdown-grace / BOOTFLEET_SHUTDOWN_GRACE",
             ),
             (
-                CommonArgs {
-                    member_id: Some("a b".into()),
-                    ..Default::default()
-                },
+                CommonArgs { member_id: Some("a b".into()), ..Default::default() },
                 "",
                 "--member-id / BOOTFLEET_MEMBER_ID",
             ),

@@ -61,11 +61,7 @@ impl LeaderKey {
 impl Election {
     /// The election named `name`, under `/bootfleet/v1/election/<name>/`.
     pub fn new(store: SharedStore, name: &str) -> Self {
-        Self {
-            store,
-            name: name.to_owned(),
-            prefix: format!("{KEY_ROOT}election/{name}/"),
-        }
+        Self { store, name: name.to_owned(), prefix: format!("{KEY_ROOT}election/{name}/") }
     }
 
     /// The election's name.
@@ -82,11 +78,7 @@ impl Election {
     /// until its lease ends; call [`Election::resign`] or revoke the lease.
     pub async fn campaign(&self, lease: LeaseId, value: Vec<u8>) -> StoreResult<LeaderKey> {
         let key = format!("{}{lease:016x}", self.prefix);
-        let put = TxnOp::Put {
-            key: key.clone(),
-            value,
-            lease: Some(lease),
-        };
+        let put = TxnOp::Put { key: key.clone(), value, lease: Some(lease) };
         let txn = TxnRequest::new()
             .when([Compare::absent(key.clone())])
             .and_then([put])
@@ -100,11 +92,7 @@ impl Election {
                 _ => return Err(StoreError::LeaseNotFound(lease)),
             }
         };
-        let mine = LeaderKey {
-            key,
-            create_revision,
-            lease,
-        };
+        let mine = LeaderKey { key, create_revision, lease };
         loop {
             let range = self.store.range(&self.prefix).await?;
             if !range.kvs.iter().any(|kv| kv.key == mine.key) {
@@ -173,10 +161,7 @@ impl Election {
         let mut candidates = range.kvs;
         let mut events = self.store.watch(&self.prefix, range.revision + 1).await?;
         loop {
-            let leader = candidates
-                .iter()
-                .min_by_key(|kv| kv.create_revision)
-                .cloned();
+            let leader = candidates.iter().min_by_key(|kv| kv.create_revision).cloned();
             tx.send_if_modified(|current| {
                 let changed = *current != leader;
                 *current = leader;
@@ -197,9 +182,7 @@ impl Election {
 
     /// Leaves the election: deletes the key if it is still this candidacy's.
     pub async fn resign(&self, key: &LeaderKey) -> StoreResult<()> {
-        let txn = TxnRequest::new()
-            .when([key.guard()])
-            .and_then([TxnOp::delete(key.key.clone())]);
+        let txn = TxnRequest::new().when([key.guard()]).and_then([TxnOp::delete(key.key.clone())]);
         self.store.txn(txn).await.map(drop)
     }
 }
@@ -215,10 +198,7 @@ struct Timing {
 
 impl Timing {
     fn for_ttl(ttl: Duration) -> Self {
-        Self {
-            margin: (ttl / 4).max(Duration::from_millis(250)),
-            renew_every: ttl / 5,
-        }
+        Self { margin: (ttl / 4).max(Duration::from_millis(250)), renew_every: ttl / 5 }
     }
 }
 
@@ -232,9 +212,7 @@ pub struct Leadership {
 
 impl std::fmt::Debug for Leadership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Leadership")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
+        f.debug_struct("Leadership").field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -271,12 +249,7 @@ impl Leadership {
             Some(Ok(key)) if *acting.borrow() => {
                 metrics::LEADER.with_label_values(&[election.name()]).set(1);
                 tracing::info!(election = %election.name(), key = %key.key, "became leader");
-                Ok(Some(Self {
-                    election: election.clone(),
-                    key,
-                    acting,
-                    stop,
-                }))
+                Ok(Some(Self { election: election.clone(), key, acting, stop }))
             }
             other => {
                 stop.cancel();
@@ -317,9 +290,7 @@ impl Leadership {
     /// Steps down: stops acting at once, deletes the key, revokes the lease.
     pub async fn resign(self) -> StoreResult<()> {
         self.stop.cancel();
-        metrics::LEADER
-            .with_label_values(&[self.election.name()])
-            .set(0);
+        metrics::LEADER.with_label_values(&[self.election.name()]).set(0);
         let resigned = self.election.resign(&self.key).await;
         let revoked = self.election.store.lease_revoke(self.key.lease).await;
         tracing::info!(election = %self.election.name(), "resigned");
@@ -335,9 +306,7 @@ impl Drop for Leadership {
     fn drop(&mut self) {
         // Stop renewing: without resign the lease lapses after its TTL.
         self.stop.cancel();
-        metrics::LEADER
-            .with_label_values(&[self.election.name()])
-            .set(0);
+        metrics::LEADER.with_label_values(&[self.election.name()]).set(0);
     }
 }
 

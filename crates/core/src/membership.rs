@@ -66,13 +66,7 @@ impl Registration {
         let (record, updates) = watch::channel(member);
         let stop = CancellationToken::new();
         let task = tokio::spawn(keep_registered(store.clone(), updates, ttl, stop.clone()));
-        Self {
-            record,
-            _stop_on_drop: stop.clone().drop_guard(),
-            stop,
-            task,
-            store,
-        }
+        Self { record, _stop_on_drop: stop.clone().drop_guard(), stop, task, store }
     }
 
     /// Changes the published record (load, addresses…); written promptly.
@@ -85,9 +79,7 @@ impl Registration {
         self.stop.cancel();
         let lease = self.task.await.ok().flatten();
         let service = self.record.borrow().service.clone();
-        metrics::MEMBER_REGISTERED
-            .with_label_values(&[&service])
-            .set(0);
+        metrics::MEMBER_REGISTERED.with_label_values(&[&service]).set(0);
         match lease {
             Some(lease) => match self.store.lease_revoke(lease).await {
                 Ok(()) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
@@ -131,9 +123,7 @@ async fn keep_registered(
         }
         .await;
         let registered = i64::from(step.is_ok() && lease.is_some());
-        metrics::MEMBER_REGISTERED
-            .with_label_values(&[&member.service])
-            .set(registered);
+        metrics::MEMBER_REGISTERED.with_label_values(&[&member.service]).set(registered);
         let delay = match step {
             Ok(()) => {
                 backoff.reset();

@@ -3,9 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    IntCounterVec, IntGaugeVec, Opts, register_int_counter_vec, register_int_gauge_vec,
-};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, register_int_counter_vec, register_int_gauge_vec};
 
 fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register_int_gauge_vec!(Opts::new(name, help), labels).expect("metric registers once")
@@ -17,11 +15,7 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 /// 1 while this process leads the named election.
 pub static LEADER: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge(
-        "bootfleet_election_leader",
-        "1 while this process acts as leader of the election",
-        &["election"],
-    )
+    gauge("bootfleet_election_leader", "1 while this process acts as leader of the election", &["election"])
 });
 
 /// 1 while a snapshot cache serves from a copy it cannot refresh.
@@ -35,11 +29,7 @@ pub static SNAPSHOT_DEGRADED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// Store revision the snapshot has applied.
 pub static SNAPSHOT_REVISION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge(
-        "bootfleet_snapshot_revision",
-        "Store revision applied to the snapshot",
-        &["prefix"],
-    )
+    gauge("bootfleet_snapshot_revision", "Store revision applied to the snapshot", &["prefix"])
 });
 
 /// Reconnects and full re-lists of a snapshot.
@@ -53,9 +43,5 @@ pub static SNAPSHOT_RESYNCS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// 1 while the member registration is live in the store.
 pub static MEMBER_REGISTERED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge(
-        "bootfleet_member_registered",
-        "1 while this replica's member record is live",
-        &["service"],
-    )
+    gauge("bootfleet_member_registered", "1 while this replica's member record is live", &["service"])
 });

@@ -69,10 +69,7 @@ impl Shutdown {
     /// finished in time.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_ok() {
             tracing::info!("all tasks finished");
             true
         } else {

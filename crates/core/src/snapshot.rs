@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::metrics;
-use crate::store::{EventKind, KeyValue, Revision, SharedStore, StoreError};
+use crate::store::{EventKind, KeyValue, Revision, SharedStore, StoreError, WatchEvent};
 
 /// Where a snapshot stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,13 +41,16 @@ pub struct SnapshotCache {
     data: Arc<RwLock<Data>>,
     status: watch::Receiver<CacheStatus>,
     applied: watch::Receiver<Revision>,
+    events: broadcast::Sender<Arc<[WatchEvent]>>,
 }
+
+/// How many event batches a slow [`SnapshotCache::subscribe`] receiver may
+/// fall behind before it sees `Lagged`.
+const EVENT_BACKLOG: usize = 1024;
 
 impl std::fmt::Debug for SnapshotCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotCache")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("SnapshotCache").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -56,18 +59,9 @@ impl SnapshotCache {
     pub fn start(store: SharedStore, prefix: &str, stop: CancellationToken) -> Self {
         let (status_tx, status) = watch::channel(CacheStatus::Loading);
         let (applied_tx, applied) = watch::channel(0);
-        let cache = Self {
-            prefix: prefix.into(),
-            data: Arc::default(),
-            status,
-            applied,
-        };
-        let sync = Sync {
-            cache: cache.clone(),
-            store,
-            status: status_tx,
-            applied: applied_tx,
-        };
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let cache = Self { prefix: prefix.into(), data: Arc::default(), status, applied, events };
+        let sync = Sync { cache: cache.clone(), store, status: status_tx, applied: applied_tx };
         tokio::spawn(sync.run(stop));
         cache
     }
@@ -91,6 +85,13 @@ impl SnapshotCache {
     /// revision applied (for services that rebuild indexes on change).
     pub fn changes(&self) -> watch::Receiver<Revision> {
         self.applied.clone()
+    }
+
+    /// Every batch of changes applied from now on, as the watch delivered it.
+    /// A re-list after compaction applies the difference without events, so
+    /// consumers that must see everything compare with [`Self::list`] too.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[WatchEvent]>> {
+        self.events.subscribe()
     }
 
     /// Waits until the first full copy is loaded.
@@ -126,15 +127,11 @@ impl SnapshotCache {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Data> {
-        self.data
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Data> {
-        self.data
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.data.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -149,9 +146,7 @@ struct Sync {
 impl Sync {
     fn set_status(&self, status: CacheStatus) {
         let prefix = &*self.cache.prefix;
-        metrics::SNAPSHOT_DEGRADED
-            .with_label_values(&[prefix])
-            .set(i64::from(status != CacheStatus::Live));
+        metrics::SNAPSHOT_DEGRADED.with_label_values(&[prefix]).set(i64::from(status != CacheStatus::Live));
         let changed = self.status.send_if_modified(|s| {
             let changed = *s != status;
             *s = status;
@@ -169,9 +164,7 @@ impl Sync {
     }
 
     fn publish(&self, revision: Revision) {
-        metrics::SNAPSHOT_REVISION
-            .with_label_values(&[&*self.cache.prefix])
-            .set(revision);
+        metrics::SNAPSHOT_REVISION.with_label_values(&[&*self.cache.prefix]).set(revision);
         self.applied.send_replace(revision);
     }
 
@@ -186,9 +179,7 @@ impl Sync {
             };
             match result {
                 Err(StoreError::Compacted { .. }) => {
-                    metrics::SNAPSHOT_RESYNCS
-                        .with_label_values(&[&*prefix, "relist"])
-                        .inc();
+                    metrics::SNAPSHOT_RESYNCS.with_label_values(&[&*prefix, "relist"]).inc();
                     tracing::info!(prefix = %prefix, "watch history compacted; listing again");
                     must_list = true;
                     continue;
@@ -209,28 +200,18 @@ impl Sync {
     }
 
     /// Lists if needed, then follows the watch until it fails.
-    async fn sync_once(
-        &self,
-        must_list: &mut bool,
-        backoff: &mut Backoff,
-    ) -> Result<(), StoreError> {
+    async fn sync_once(&self, must_list: &mut bool, backoff: &mut Backoff) -> Result<(), StoreError> {
         if *must_list {
             let range = self.store.range(&self.cache.prefix).await?;
             {
                 let mut data = self.cache.write();
-                data.kvs = range
-                    .kvs
-                    .into_iter()
-                    .map(|kv| (kv.key.clone(), kv))
-                    .collect();
+                data.kvs = range.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
                 data.revision = range.revision;
             }
             *must_list = false;
             self.publish(range.revision);
         } else {
-            metrics::SNAPSHOT_RESYNCS
-                .with_label_values(&[&*self.cache.prefix, "resume"])
-                .inc();
+            metrics::SNAPSHOT_RESYNCS.with_label_values(&[&*self.cache.prefix, "resume"]).inc();
         }
         let from = self.cache.revision() + 1;
         let mut events = self.store.watch(&self.cache.prefix, from).await?;
@@ -241,9 +222,10 @@ impl Sync {
                 Some(batch) => batch?,
                 None => return Err(StoreError::Unavailable("watch ended".into())),
             };
+            let batch: Arc<[WatchEvent]> = batch.into();
             let revision = {
                 let mut data = self.cache.write();
-                for event in batch {
+                for event in batch.iter().cloned() {
                     data.revision = data.revision.max(event.kv.mod_revision);
                     match event.kind {
                         EventKind::Put => {
@@ -257,6 +239,8 @@ impl Sync {
                 data.revision
             };
             self.publish(revision);
+            // No receiver is fine: nobody asked for events.
+            let _ = self.cache.events.send(batch);
         }
     }
 }

@@ -14,6 +14,8 @@ fn generate(out_dir: &Path) {
         .collect();
     protos.sort();
     tonic_prost_build::configure()
+        .type_attribute(".bootfleet.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(".bootfleet.v1", "#[serde(rename_all = \"snake_case\")]")
         .out_dir(out_dir)
         .file_descriptor_set_path(out_dir.join("bootfleet_descriptor.bin"))
         .compile_protos(&protos, &[proto_dir])

@@ -41,13 +41,9 @@ impl EtcdCluster {
     pub fn start(size: usize) -> anyhow::Result<Self> {
         let bin = etcd_bin();
         if !std::path::Path::new(&bin).exists() {
-            bail!(
-                "etcd not found at {bin}: install Debian's etcd-server (the README's test command does)"
-            );
+            bail!("etcd not found at {bin}: install Debian's etcd-server (the README's test command does)");
         }
-        let dir = tempfile::Builder::new()
-            .prefix("bootfleet-etcd-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("bootfleet-etcd-").tempdir()?;
         let token = format!("bootfleet-test-{}", std::process::id());
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -63,12 +59,7 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
-            members,
-            initial_cluster,
-            token,
-            _dir: dir,
-        };
+        let mut cluster = Self { members, initial_cluster, token, _dir: dir };
         for i in 0..size {
             cluster.spawn(i)?;
         }
@@ -85,25 +76,10 @@ impl EtcdCluster {
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster])
-            .args([
-                "--initial-cluster-token",
-                &self.token,
-                "--initial-cluster-state",
-                "new",
-            ])
+            .args(["--initial-cluster-token", &self.token, "--initial-cluster-state", "new"])
             // Fast failure detection on loopback: leader loss noticed in ~0.5 s.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
@@ -118,10 +94,7 @@ impl EtcdCluster {
 
     /// Client URLs of every member (including stopped ones).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
     }
 
     /// Client URL of member `i`.
@@ -196,12 +169,8 @@ impl EtcdCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(m.data_dir.with_extension("log"))
-                        .unwrap_or_default();
-                    bail!(
-                        "etcd member {} not healthy after {limit:?}; its log:\n{log}",
-                        m.name
-                    );
+                    let log = std::fs::read_to_string(m.data_dir.with_extension("log")).unwrap_or_default();
+                    bail!("etcd member {} not healthy after {limit:?}; its log:\n{log}", m.name);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -19,10 +19,7 @@ pub fn init_tracing() {
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("BOOTFLEET_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     });
 }
 

@@ -14,16 +14,9 @@ use nix::unistd::Pid;
 
 /// Runs `ip` with arguments, failing with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -39,15 +32,11 @@ impl Netns {
     /// loopback up, after deleting a leftover one of that name.
     pub fn create(name: &str) -> anyhow::Result<Self> {
         if !name.starts_with("bf") || name.len() > 10 {
-            bail!(
-                "test namespace names start with \"bf\" and have at most 10 characters: {name:?}"
-            );
+            bail!("test namespace names start with \"bf\" and have at most 10 characters: {name:?}");
         }
         remove(name);
         ip(&["netns", "add", name])?;
-        let ns = Self {
-            name: name.to_owned(),
-        };
+        let ns = Self { name: name.to_owned() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -73,11 +62,7 @@ impl Netns {
 
     /// Runs a command inside the namespace to completion; returns stdout.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
+        let out = self.command(program).args(args).stdin(Stdio::null()).output()?;
         if !out.status.success() {
             bail!(
                 "{program} {} in {}: {}",
@@ -92,11 +77,7 @@ impl Netns {
     /// Spawns a long-running process inside the namespace; it is killed with
     /// the namespace.
     pub fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Child> {
-        Ok(self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .spawn()?)
+        Ok(self.command(program).args(args).stdin(Stdio::null()).spawn()?)
     }
 }
 
@@ -110,10 +91,7 @@ pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> anyhow::Result<
     }
     let a_if = format!("{}-{}", a.name, &b.name[2..]);
     let b_if = format!("{}-{}", b.name, &a.name[2..]);
-    ip(&[
-        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
-        &b.name,
-    ])?;
+    ip(&["link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name])?;
     a.ip(&["addr", "add", a_addr, "dev", &a_if])?;
     b.ip(&["addr", "add", b_addr, "dev", &b_if])?;
     a.ip(&["link", "set", &a_if, "up"])?;
@@ -130,10 +108,7 @@ fn remove(name: &str) {
             }
         }
     }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
 }
 
 impl Drop for Netns {

@@ -51,23 +51,14 @@ impl CuttableProxy {
                 }
             })
         };
-        Ok(Self {
-            addr,
-            cut,
-            severed,
-            connections,
-            accept,
-        })
+        Ok(Self { addr, cut, severed, connections, accept })
     }
 
     /// Closes every open connection and refuses new ones until
     /// [`Self::restore`]: the client sees the server go away at once.
     pub fn sever(&self) {
         self.severed.store(true, Ordering::SeqCst);
-        let list = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let list = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
         for task in list.iter() {
             task.abort();
         }

@@ -46,9 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     bootfleet_core::telemetry::init("warn", bootfleet_core::config::LogFormat::Plain);
     let store: SharedStore = Arc::new(
-        EtcdStore::connect(EtcdOptions::new(args.endpoints.clone()))
-            .await
-            .context("connecting to etcd")?,
+        EtcdStore::connect(EtcdOptions::new(args.endpoints.clone())).await.context("connecting to etcd")?,
     );
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals()?;
@@ -57,9 +55,7 @@ async fn main() -> anyhow::Result<()> {
     report("READY", &args.id);
     while !cancel.is_cancelled() {
         let mut leadership =
-            match Leadership::acquire(&election, args.id.clone().into_bytes(), args.ttl, &cancel)
-                .await
-            {
+            match Leadership::acquire(&election, args.id.clone().into_bytes(), args.ttl, &cancel).await {
                 Ok(Some(leadership)) => leadership,
                 Ok(None) => break,
                 Err(e) => {

@@ -57,12 +57,7 @@ fn fmt_ms(d: Duration) -> String {
 }
 
 /// Runs `op(i)` for i in 0..ops over `concurrency` tasks; returns ops/s.
-async fn throughput<F, Fut>(
-    ops: usize,
-    concurrency: usize,
-    limit: Duration,
-    op: F,
-) -> anyhow::Result<String>
+async fn throughput<F, Fut>(ops: usize, concurrency: usize, limit: Duration, op: F) -> anyhow::Result<String>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -105,12 +100,7 @@ async fn measure(store: SharedStore, args: &Args, tag: &str) -> anyhow::Result<V
         throughput(args.ops, 1, limit, move |i| {
             let s = s.clone();
             let key = format!("{p}seq/{}", i % 512);
-            async move {
-                s.put(&key, vec![0u8; 128], None)
-                    .await
-                    .map(drop)
-                    .map_err(Into::into)
-            }
+            async move { s.put(&key, vec![0u8; 128], None).await.map(drop).map_err(Into::into) }
         })
         .await?,
     );
@@ -121,12 +111,7 @@ async fn measure(store: SharedStore, args: &Args, tag: &str) -> anyhow::Result<V
         throughput(args.ops, args.concurrency, limit, move |i| {
             let s = s.clone();
             let key = format!("{p}par/{}", i % 512);
-            async move {
-                s.put(&key, vec![0u8; 128], None)
-                    .await
-                    .map(drop)
-                    .map_err(Into::into)
-            }
+            async move { s.put(&key, vec![0u8; 128], None).await.map(drop).map_err(Into::into) }
         })
         .await?,
     );
@@ -170,9 +155,7 @@ async fn measure(store: SharedStore, args: &Args, tag: &str) -> anyhow::Result<V
             break;
         }
         let started = Instant::now();
-        store
-            .put(&format!("{watched}{}", i % 64), vec![1], None)
-            .await?;
+        store.put(&format!("{watched}{}", i % 64), vec![1], None).await?;
         tokio::time::timeout(Duration::from_secs(5), watch.next())
             .await
             .context("watch event did not arrive")?
@@ -193,9 +176,7 @@ fn failovers(args: &Args) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let bin = bin.to_str().context("candidate path")?.to_owned();
     let cluster = EtcdCluster::start(3)?;
     let endpoints = cluster.endpoints();
-    let members: Vec<(String, Vec<String>)> = (0..3)
-        .map(|i| (format!("c{i}"), endpoints.clone()))
-        .collect();
+    let members: Vec<(String, Vec<String>)> = (0..3).map(|i| (format!("c{i}"), endpoints.clone())).collect();
     let mut candidates = Candidates::start(&bin, "bench", "2s", &members)?;
     let wait = Duration::from_secs(30);
     let mut kill_times = Vec::new();
@@ -204,11 +185,7 @@ fn failovers(args: &Args) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     for (next_id, round) in (3..).zip(0..args.rounds * 2) {
         let leader = candidates.wait_for(wait, |r| r.event == "ACQUIRED" && r.at_ns > since)?;
         let sigkill = round % 2 == 0;
-        let at = if sigkill {
-            candidates.kill(&leader.id)?
-        } else {
-            candidates.terminate(&leader.id)?
-        };
+        let at = if sigkill { candidates.kill(&leader.id)? } else { candidates.terminate(&leader.id)? };
         let next = candidates.wait_acquired_after(at, Some(&leader.id), wait)?;
         let took = Duration::from_nanos(u64::try_from(next.at_ns - at).unwrap_or(0));
         if sigkill {
@@ -228,17 +205,13 @@ fn failovers(args: &Args) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (embedded, etcd) = runtime.block_on(async {
         let dir = tempfile::tempdir()?;
         let embedded: SharedStore = Arc::new(EmbeddedStore::open(&dir.path().join("bench.redb"))?);
         let embedded_rows = measure(embedded, &args, "embedded").await?;
         let cluster = EtcdCluster::start(1)?;
-        let etcd: SharedStore =
-            Arc::new(EtcdStore::connect(EtcdOptions::new(cluster.endpoints())).await?);
+        let etcd: SharedStore = Arc::new(EtcdStore::connect(EtcdOptions::new(cluster.endpoints())).await?);
         let etcd_rows = measure(etcd, &args, "etcd").await?;
         anyhow::Ok((embedded_rows, etcd_rows))
     })?;
@@ -252,44 +225,26 @@ fn main() -> anyhow::Result<()> {
     let rows: Vec<Row> = names
         .iter()
         .zip(embedded.into_iter().zip(etcd))
-        .map(|(what, (embedded, etcd))| Row {
-            what: (*what).to_owned(),
-            embedded,
-            etcd,
-        })
+        .map(|(what, (embedded, etcd))| Row { what: (*what).to_owned(), embedded, etcd })
         .collect();
     println!(
         "StateStore backends ({} ops per row, 128-byte values; embedded = redb file, fsync per commit; etcd 3.4 single member on loopback)",
         args.ops
     );
-    println!(
-        "| {:<36} | {:>28} | {:>28} |",
-        "operation", "embedded", "etcd"
-    );
+    println!("| {:<36} | {:>28} | {:>28} |", "operation", "embedded", "etcd");
     println!("|{:-<38}|{:->30}|{:->30}|", "", "", "");
     for row in rows {
-        println!(
-            "| {:<36} | {:>28} | {:>28} |",
-            row.what, row.embedded, row.etcd
-        );
+        println!("| {:<36} | {:>28} | {:>28} |", row.what, row.embedded, row.etcd);
     }
 
     let (kills, terms) = failovers(&args)?;
-    let list = |v: &[Duration]| {
-        v.iter()
-            .map(|d| format!("{}", d.as_millis()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |v: &[Duration]| v.iter().map(|d| format!("{}", d.as_millis())).collect::<Vec<_>>().join(", ");
     println!();
     println!(
         "Election failover on a 3-member etcd, lease TTL 2 s, 3 candidate processes ({} rounds each)",
         args.rounds
     );
-    println!(
-        "| {:<36} | {:>10} | {:>30} |",
-        "event", "median", "all (ms)"
-    );
+    println!("| {:<36} | {:>10} | {:>30} |", "event", "median", "all (ms)");
     println!("|{:-<38}|{:->12}|{:->32}|", "", "", "");
     println!(
         "| {:<36} | {:>10} | {:>30} |",

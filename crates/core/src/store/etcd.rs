@@ -12,16 +12,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions, DeleteOptions,
-    EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp as EtcdTxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions, DeleteOptions, EventType,
+    GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp as EtcdTxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use tokio::sync::Mutex;
 
 use super::{
-    Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, Range, Revision, StateStore,
-    StoreError, StoreResult, TxnOp, TxnOpResult, TxnRequest, TxnResult, WatchEvent, WatchStream,
-    check_key,
+    Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, Range, Revision, StateStore, StoreError,
+    StoreResult, TxnOp, TxnOpResult, TxnRequest, TxnResult, WatchEvent, WatchStream, check_key,
 };
 
 /// HTTP/2 keep-alive interval: etcd 3.4 closes connections that ping more
@@ -43,11 +42,7 @@ pub struct EtcdOptions {
 impl EtcdOptions {
     /// Defaults suited to a LAN: 2 s to connect, 3 s per request.
     pub fn new(endpoints: Vec<String>) -> Self {
-        Self {
-            endpoints,
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(3),
-        }
+        Self { endpoints, connect_timeout: Duration::from_secs(2), request_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -64,9 +59,7 @@ pub struct EtcdStore {
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore")
-            .field("endpoints", &self.options.endpoints)
-            .finish()
+        f.debug_struct("EtcdStore").field("endpoints", &self.options.endpoints).finish()
     }
 }
 
@@ -149,30 +142,19 @@ impl EtcdStore {
     /// a malformed endpoint; an unreachable cluster surfaces on first use.
     pub async fn connect(options: EtcdOptions) -> StoreResult<Self> {
         if options.endpoints.is_empty() {
-            return Err(StoreError::InvalidArgument(
-                "no etcd endpoints configured".into(),
-            ));
+            return Err(StoreError::InvalidArgument("no etcd endpoints configured".into()));
         }
         let connect = ConnectOptions::new()
             .with_keep_alive(HTTP2_KEEPALIVE, HTTP2_KEEPALIVE_TIMEOUT)
             .with_keep_alive_while_idle(true)
             .with_connect_timeout(options.connect_timeout)
             .with_require_leader(true);
-        let client = Client::connect(&options.endpoints, Some(connect))
-            .await
-            .map_err(map_err)?;
-        Ok(Self {
-            client,
-            options,
-            keepers: Arc::default(),
-        })
+        let client = Client::connect(&options.endpoints, Some(connect)).await.map_err(map_err)?;
+        Ok(Self { client, options, keepers: Arc::default() })
     }
 
     /// Runs a unary request with the configured timeout.
-    async fn timed<T>(
-        &self,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> StoreResult<T> {
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T, etcd_client::Error>>) -> StoreResult<T> {
         match tokio::time::timeout(self.options.request_timeout, fut).await {
             Ok(result) => result.map_err(map_err),
             Err(_) => Err(StoreError::Unavailable(format!(
@@ -183,18 +165,12 @@ impl EtcdStore {
     }
 
     fn keeper(&self, lease: LeaseId) -> Keeper {
-        let mut keepers = self
-            .keepers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keepers = self.keepers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(keepers.entry(lease).or_default())
     }
 
     fn forget_keeper(&self, lease: LeaseId) {
-        let mut keepers = self
-            .keepers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keepers = self.keepers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         keepers.remove(&lease);
     }
 
@@ -228,9 +204,7 @@ impl EtcdStore {
             }
             Ok(None) => {
                 *slot = None;
-                Err(StoreError::Unavailable(
-                    "lease keep-alive stream closed".into(),
-                ))
+                Err(StoreError::Unavailable("lease keep-alive stream closed".into()))
             }
             Err(e) => {
                 *slot = None;
@@ -250,26 +224,12 @@ impl StateStore for EtcdStore {
 
     async fn range(&self, prefix: &str) -> StoreResult<Range> {
         let mut kv = self.client.kv_client();
-        let resp = self
-            .timed(kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix())))
-            .await?;
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(convert_kv)
-            .collect::<StoreResult<_>>()?;
-        Ok(Range {
-            kvs,
-            revision: header_revision(resp.header()),
-        })
+        let resp = self.timed(kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))).await?;
+        let kvs = resp.kvs().iter().map(convert_kv).collect::<StoreResult<_>>()?;
+        Ok(Range { kvs, revision: header_revision(resp.header()) })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> StoreResult<Revision> {
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
         check_key(key)?;
         let mut kv = self.client.kv_client();
         let options = lease.map(|l| PutOptions::new().with_lease(l));
@@ -291,18 +251,8 @@ impl StateStore for EtcdStore {
     async fn txn(&self, txn: TxnRequest) -> StoreResult<TxnResult> {
         let request = Txn::new()
             .when(txn.compares.iter().map(convert_compare).collect::<Vec<_>>())
-            .and_then(
-                txn.then
-                    .iter()
-                    .map(convert_op)
-                    .collect::<StoreResult<Vec<_>>>()?,
-            )
-            .or_else(
-                txn.otherwise
-                    .iter()
-                    .map(convert_op)
-                    .collect::<StoreResult<Vec<_>>>()?,
-            );
+            .and_then(txn.then.iter().map(convert_op).collect::<StoreResult<Vec<_>>>()?)
+            .or_else(txn.otherwise.iter().map(convert_op).collect::<StoreResult<Vec<_>>>()?);
         let mut kv = self.client.kv_client();
         let resp = match self.timed(kv.txn(request)).await {
             Err(StoreError::Backend(m)) if m.contains("requested lease not found") => {
@@ -324,21 +274,13 @@ impl StateStore for EtcdStore {
             results.push(match op {
                 TxnOpResponse::Put(_) => TxnOpResult::Put,
                 TxnOpResponse::Delete(d) => TxnOpResult::Delete(d.deleted() > 0),
-                TxnOpResponse::Get(g) => {
-                    TxnOpResult::Get(g.kvs().first().map(convert_kv).transpose()?)
-                }
+                TxnOpResponse::Get(g) => TxnOpResult::Get(g.kvs().first().map(convert_kv).transpose()?),
                 TxnOpResponse::Txn(_) => {
-                    return Err(StoreError::Backend(
-                        "nested transactions are not used".into(),
-                    ));
+                    return Err(StoreError::Backend("nested transactions are not used".into()));
                 }
             });
         }
-        Ok(TxnResult {
-            succeeded: resp.succeeded(),
-            revision: header_revision(resp.header()),
-            results,
-        })
+        Ok(TxnResult { succeeded: resp.succeeded(), revision: header_revision(resp.header()), results })
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> StoreResult<WatchStream> {
@@ -347,18 +289,14 @@ impl StateStore for EtcdStore {
             options = options.with_start_revision(from);
         }
         let mut client = self.client.watch_client();
-        let mut etcd_stream = self
-            .timed(client.watch(prefix.as_bytes(), Some(options)))
-            .await?;
+        let mut etcd_stream = self.timed(client.watch(prefix.as_bytes(), Some(options))).await?;
         // Wait for etcd to confirm the watch, so Ok means "established".
         let first = self.timed(etcd_stream.message()).await?;
         let mut pending = match first {
             Some(resp) if resp.created() && !resp.canceled() => None,
             Some(resp) => Some(resp),
             None => {
-                return Err(StoreError::Unavailable(
-                    "watch stream closed at creation".into(),
-                ));
+                return Err(StoreError::Unavailable("watch stream closed at creation".into()));
             }
         };
         let (stream, tx, stop) = WatchStream::channel(64);
@@ -380,9 +318,10 @@ impl StateStore for EtcdStore {
                             compact_revision: resp.compact_revision(),
                         })]
                     }
-                    Ok(Some(resp)) if resp.canceled() => vec![Err(StoreError::Unavailable(
-                        format!("watch canceled by etcd: {}", resp.cancel_reason()),
-                    ))],
+                    Ok(Some(resp)) if resp.canceled() => vec![Err(StoreError::Unavailable(format!(
+                        "watch canceled by etcd: {}",
+                        resp.cancel_reason()
+                    )))],
                     Ok(Some(resp)) => match per_revision(resp.events()) {
                         Ok(batches) => batches.into_iter().map(Ok).collect(),
                         Err(e) => vec![Err(e)],

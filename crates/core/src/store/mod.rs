@@ -20,8 +20,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use types::{
-    Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, Range, Revision, TxnOp,
-    TxnOpResult, TxnRequest, TxnResult, WatchEvent,
+    Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, Range, Revision, TxnOp, TxnOpResult,
+    TxnRequest, TxnResult, WatchEvent,
 };
 pub use watch::WatchStream;
 
@@ -81,8 +81,7 @@ pub trait StateStore: Send + Sync + 'static {
     async fn range(&self, prefix: &str) -> StoreResult<Range>;
 
     /// Writes one key, optionally attached to a lease; returns the new revision.
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>)
-    -> StoreResult<Revision>;
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision>;
 
     /// Deletes one key; returns whether it existed.
     async fn delete(&self, key: &str) -> StoreResult<bool>;
@@ -124,9 +123,7 @@ pub(crate) fn check_key(key: &str) -> StoreResult<()> {
         return Err(StoreError::InvalidArgument("empty key".into()));
     }
     if key.contains('\0') {
-        return Err(StoreError::InvalidArgument(format!(
-            "key {key:?} contains NUL"
-        )));
+        return Err(StoreError::InvalidArgument(format!("key {key:?} contains NUL")));
     }
     Ok(())
 }

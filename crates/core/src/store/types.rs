@@ -72,38 +72,22 @@ pub struct Compare {
 impl Compare {
     /// True when `key` does not exist.
     pub fn absent(key: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            op: CompareOp::Equal,
-            target: CompareTarget::CreateRevision(0),
-        }
+        Self { key: key.into(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }
     }
 
     /// Compares the key's last modification revision (0 = absent).
     pub fn mod_revision(key: impl Into<String>, op: CompareOp, revision: Revision) -> Self {
-        Self {
-            key: key.into(),
-            op,
-            target: CompareTarget::ModRevision(revision),
-        }
+        Self { key: key.into(), op, target: CompareTarget::ModRevision(revision) }
     }
 
     /// Compares the key's create revision (0 = absent).
     pub fn create_revision(key: impl Into<String>, op: CompareOp, revision: Revision) -> Self {
-        Self {
-            key: key.into(),
-            op,
-            target: CompareTarget::CreateRevision(revision),
-        }
+        Self { key: key.into(), op, target: CompareTarget::CreateRevision(revision) }
     }
 
     /// Compares the key's value.
     pub fn value(key: impl Into<String>, op: CompareOp, value: Vec<u8>) -> Self {
-        Self {
-            key: key.into(),
-            op,
-            target: CompareTarget::Value(value),
-        }
+        Self { key: key.into(), op, target: CompareTarget::Value(value) }
     }
 
     /// Evaluates the condition against the key's current state, exactly as
@@ -114,9 +98,7 @@ impl Compare {
         let ordering = match (&self.target, current) {
             (CompareTarget::Value(_), None) => return false,
             (CompareTarget::Value(want), Some(kv)) => kv.value.as_slice().cmp(want.as_slice()),
-            (CompareTarget::CreateRevision(want), kv) => {
-                kv.map_or(0, |kv| kv.create_revision).cmp(want)
-            }
+            (CompareTarget::CreateRevision(want), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(want),
             (CompareTarget::ModRevision(want), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(want),
             (CompareTarget::Version(want), kv) => kv.map_or(0, |kv| kv.version).cmp(want),
         };
@@ -156,11 +138,7 @@ pub enum TxnOp {
 impl TxnOp {
     /// A put without a lease.
     pub fn put(key: impl Into<String>, value: Vec<u8>) -> Self {
-        Self::Put {
-            key: key.into(),
-            value,
-            lease: None,
-        }
+        Self::Put { key: key.into(), value, lease: None }
     }
 
     /// A delete.
@@ -278,52 +256,16 @@ mod tests {
         let cases: Vec<(Compare, Option<&KeyValue>, bool)> = vec![
             (Compare::absent("k"), None, true),
             (Compare::absent("k"), Some(&present), false),
-            (
-                Compare::mod_revision("k", CompareOp::Equal, 7),
-                Some(&present),
-                true,
-            ),
-            (
-                Compare::mod_revision("k", CompareOp::Equal, 6),
-                Some(&present),
-                false,
-            ),
-            (
-                Compare::mod_revision("k", CompareOp::Less, 8),
-                Some(&present),
-                true,
-            ),
-            (
-                Compare::mod_revision("k", CompareOp::Greater, 8),
-                Some(&present),
-                false,
-            ),
+            (Compare::mod_revision("k", CompareOp::Equal, 7), Some(&present), true),
+            (Compare::mod_revision("k", CompareOp::Equal, 6), Some(&present), false),
+            (Compare::mod_revision("k", CompareOp::Less, 8), Some(&present), true),
+            (Compare::mod_revision("k", CompareOp::Greater, 8), Some(&present), false),
             (Compare::mod_revision("k", CompareOp::Equal, 0), None, true),
-            (
-                Compare::create_revision("k", CompareOp::NotEqual, 3),
-                Some(&present),
-                false,
-            ),
-            (
-                Compare::value("k", CompareOp::Equal, b"v".to_vec()),
-                Some(&present),
-                true,
-            ),
-            (
-                Compare::value("k", CompareOp::Equal, b"v".to_vec()),
-                None,
-                false,
-            ),
-            (
-                Compare::value("k", CompareOp::NotEqual, b"v".to_vec()),
-                None,
-                false,
-            ),
-            (
-                Compare::value("k", CompareOp::Less, b"w".to_vec()),
-                Some(&present),
-                true,
-            ),
+            (Compare::create_revision("k", CompareOp::NotEqual, 3), Some(&present), false),
+            (Compare::value("k", CompareOp::Equal, b"v".to_vec()), Some(&present), true),
+            (Compare::value("k", CompareOp::Equal, b"v".to_vec()), None, false),
+            (Compare::value("k", CompareOp::NotEqual, b"v".to_vec()), None, false),
+            (Compare::value("k", CompareOp::Less, b"w".to_vec()), Some(&present), true),
         ];
         for (i, (compare, current, want)) in cases.into_iter().enumerate() {
             assert_eq!(compare.holds(current), want, "case {i}: {compare:?}");

@@ -20,21 +20,10 @@ impl WatchStream {
     /// sender and stops when the token is cancelled (the stream was dropped).
     pub(crate) fn channel(
         capacity: usize,
-    ) -> (
-        Self,
-        mpsc::Sender<StoreResult<Vec<WatchEvent>>>,
-        CancellationToken,
-    ) {
+    ) -> (Self, mpsc::Sender<StoreResult<Vec<WatchEvent>>>, CancellationToken) {
         let (tx, rx) = mpsc::channel(capacity);
         let stop = CancellationToken::new();
-        (
-            Self {
-                rx,
-                _stop: stop.clone().drop_guard(),
-            },
-            tx,
-            stop,
-        )
+        (Self { rx, _stop: stop.clone().drop_guard() }, tx, stop)
     }
 
     /// The next batch of events; `None` once the stream ended. An `Err` is

@@ -24,28 +24,18 @@ pub(crate) struct Backend {
 
 pub(crate) async fn embedded() -> Backend {
     bootfleet_test_support::init_tracing();
-    Backend {
-        store: Arc::new(EmbeddedStore::in_memory().expect("in-memory store")),
-        _etcd: None,
-    }
+    Backend { store: Arc::new(EmbeddedStore::in_memory().expect("in-memory store")), _etcd: None }
 }
 
 pub(crate) async fn etcd() -> Backend {
     bootfleet_test_support::init_tracing();
     let cluster = EtcdCluster::start(1).expect("start etcd");
     let store = connect(cluster.endpoints()).await;
-    Backend {
-        store,
-        _etcd: Some(cluster),
-    }
+    Backend { store, _etcd: Some(cluster) }
 }
 
 pub(crate) async fn connect(endpoints: Vec<String>) -> SharedStore {
-    Arc::new(
-        EtcdStore::connect(EtcdOptions::new(endpoints))
-            .await
-            .expect("connect to etcd"),
-    )
+    Arc::new(EtcdStore::connect(EtcdOptions::new(endpoints)).await.expect("connect to etcd"))
 }
 
 /// Bounds every wait in tests so a bug fails the test instead of hanging it.
@@ -57,8 +47,5 @@ pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 
 /// Next watch batch, failing the test on error or end.
 pub(crate) async fn next_batch(watch: &mut WatchStream) -> Vec<WatchEvent> {
-    within("watch batch", watch.next())
-        .await
-        .expect("watch ended")
-        .expect("watch error")
+    within("watch batch", watch.next()).await.expect("watch ended").expect("watch error")
 }

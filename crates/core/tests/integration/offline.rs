@@ -16,18 +16,11 @@ const PREFIX: &str = "/bootfleet/v1/test/offline/";
 
 async fn wait_status(cache: &SnapshotCache, want: CacheStatus) {
     let mut status = cache.status_updates();
-    within(
-        &format!("snapshot {want:?}"),
-        status.wait_for(|s| *s == want),
-    )
-    .await
-    .unwrap();
+    within(&format!("snapshot {want:?}"), status.wait_for(|s| *s == want)).await.unwrap();
 }
 
 fn degraded_metric(prefix: &str) -> i64 {
-    bootfleet_core::metrics::SNAPSHOT_DEGRADED
-        .with_label_values(&[prefix])
-        .get()
+    bootfleet_core::metrics::SNAPSHOT_DEGRADED.with_label_values(&[prefix]).get()
 }
 
 /// The cache's only way to etcd is a proxy; severing it drops the
@@ -36,16 +29,11 @@ fn degraded_metric(prefix: &str) -> i64 {
 async fn watch_resumes_after_connection_drop_without_losing_updates() {
     bootfleet_test_support::init_tracing();
     let cluster = EtcdCluster::start(3).unwrap();
-    let proxy = CuttableProxy::start(([127, 0, 0, 1], cluster.client_port(0)).into())
-        .await
-        .unwrap();
+    let proxy = CuttableProxy::start(([127, 0, 0, 1], cluster.client_port(0)).into()).await.unwrap();
     let cache_store = connect(vec![proxy.url()]).await;
     let writer: SharedStore = connect(cluster.endpoints()).await;
     let prefix = format!("{PREFIX}resume/");
-    writer
-        .put(&format!("{prefix}before"), b"1".to_vec(), None)
-        .await
-        .unwrap();
+    writer.put(&format!("{prefix}before"), b"1".to_vec(), None).await.unwrap();
     let stop = CancellationToken::new();
     let cache = SnapshotCache::start(cache_store, &prefix, stop.clone());
     within("loaded", cache.loaded()).await;
@@ -56,29 +44,16 @@ async fn watch_resumes_after_connection_drop_without_losing_updates() {
     // Reads keep being served from the copy.
     assert_eq!(cache.get(&format!("{prefix}before")).unwrap().value, b"1");
     // Meanwhile another client changes things.
-    writer
-        .put(&format!("{prefix}during-1"), b"2".to_vec(), None)
-        .await
-        .unwrap();
+    writer.put(&format!("{prefix}during-1"), b"2".to_vec(), None).await.unwrap();
     writer.delete(&format!("{prefix}before")).await.unwrap();
-    let last = writer
-        .put(&format!("{prefix}during-2"), b"3".to_vec(), None)
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.get(&format!("{prefix}during-1")),
-        None,
-        "cut off: cannot know yet"
-    );
+    let last = writer.put(&format!("{prefix}during-2"), b"3".to_vec(), None).await.unwrap();
+    assert_eq!(cache.get(&format!("{prefix}during-1")), None, "cut off: cannot know yet");
 
     proxy.restore();
     wait_status(&cache, CacheStatus::Live).await;
     within("caught up", cache.caught_up(last)).await;
     let keys: Vec<String> = cache.list(&prefix).into_iter().map(|kv| kv.key).collect();
-    assert_eq!(
-        keys,
-        [format!("{prefix}during-1"), format!("{prefix}during-2")]
-    );
+    assert_eq!(keys, [format!("{prefix}during-1"), format!("{prefix}during-2")]);
     assert_eq!(degraded_metric(&prefix), 0);
     stop.cancel();
 }
@@ -88,16 +63,11 @@ async fn watch_resumes_after_connection_drop_without_losing_updates() {
 async fn relists_when_missed_history_was_compacted() {
     bootfleet_test_support::init_tracing();
     let cluster = EtcdCluster::start(1).unwrap();
-    let proxy = CuttableProxy::start(([127, 0, 0, 1], cluster.client_port(0)).into())
-        .await
-        .unwrap();
+    let proxy = CuttableProxy::start(([127, 0, 0, 1], cluster.client_port(0)).into()).await.unwrap();
     let cache_store = connect(vec![proxy.url()]).await;
     let writer: SharedStore = connect(cluster.endpoints()).await;
     let prefix = format!("{PREFIX}compact/");
-    writer
-        .put(&format!("{prefix}a"), b"1".to_vec(), None)
-        .await
-        .unwrap();
+    writer.put(&format!("{prefix}a"), b"1".to_vec(), None).await.unwrap();
     let stop = CancellationToken::new();
     let cache = SnapshotCache::start(cache_store, &prefix, stop.clone());
     within("loaded", cache.loaded()).await;
@@ -105,10 +75,7 @@ async fn relists_when_missed_history_was_compacted() {
     proxy.sever();
     wait_status(&cache, CacheStatus::Degraded).await;
     writer.delete(&format!("{prefix}a")).await.unwrap();
-    let last = writer
-        .put(&format!("{prefix}b"), b"2".to_vec(), None)
-        .await
-        .unwrap();
+    let last = writer.put(&format!("{prefix}b"), b"2".to_vec(), None).await.unwrap();
     writer.compact(last).await.unwrap();
     proxy.restore();
 
@@ -116,9 +83,7 @@ async fn relists_when_missed_history_was_compacted() {
     wait_status(&cache, CacheStatus::Live).await;
     let keys: Vec<String> = cache.list(&prefix).into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, [format!("{prefix}b")]);
-    let relists = bootfleet_core::metrics::SNAPSHOT_RESYNCS
-        .with_label_values(&[&prefix, "relist"])
-        .get();
+    let relists = bootfleet_core::metrics::SNAPSHOT_RESYNCS.with_label_values(&[&prefix, "relist"]).get();
     assert!(relists >= 1, "compaction must force a re-list");
     stop.cancel();
 }
@@ -131,10 +96,7 @@ async fn serves_while_etcd_is_stopped() {
     let mut cluster = EtcdCluster::start(1).unwrap();
     let store = connect(cluster.endpoints()).await;
     let prefix = format!("{PREFIX}stopped/");
-    store
-        .put(&format!("{prefix}host"), b"known".to_vec(), None)
-        .await
-        .unwrap();
+    store.put(&format!("{prefix}host"), b"known".to_vec(), None).await.unwrap();
     let stop = CancellationToken::new();
     let cache = SnapshotCache::start(store.clone(), &prefix, stop.clone());
     within("loaded", cache.loaded()).await;
@@ -153,20 +115,11 @@ async fn serves_while_etcd_is_stopped() {
         assert_eq!(cache.get(&format!("{prefix}host")).unwrap().value, b"known");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        store
-            .get("/bootfleet/v1/x")
-            .await
-            .unwrap_err()
-            .is_unavailable()
-    );
+    assert!(store.get("/bootfleet/v1/x").await.unwrap_err().is_unavailable());
 
     cluster.restart_all().unwrap();
     let other = connect(cluster.endpoints()).await;
-    let rev = other
-        .put(&format!("{prefix}new"), b"after".to_vec(), None)
-        .await
-        .unwrap();
+    let rev = other.put(&format!("{prefix}new"), b"after".to_vec(), None).await.unwrap();
     within("caught up after restart", cache.caught_up(rev)).await;
     assert_eq!(cache.status(), CacheStatus::Live);
     assert_eq!(cache.get(&format!("{prefix}new")).unwrap().value, b"after");

@@ -33,17 +33,9 @@ fn shipped_configs_parse_and_reject_stray_keys() {
                 continue;
             }
             let mut broken = table.clone();
-            broken[section]
-                .as_table_mut()
-                .unwrap()
-                .insert("stray_key".into(), toml::Value::Boolean(true));
+            broken[section].as_table_mut().unwrap().insert("stray_key".into(), toml::Value::Boolean(true));
             let err = parse_file(&toml::to_string(&broken).unwrap()).expect_err(section);
-            assert_eq!(
-                err.key,
-                format!("{section}.stray_key"),
-                "{}: {err}",
-                path.display()
-            );
+            assert_eq!(err.key, format!("{section}.stray_key"), "{}: {err}", path.display());
         }
     }
 }

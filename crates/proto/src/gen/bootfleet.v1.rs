@@ -3,6 +3,8 @@
 /// /bootfleet/v1/members/<service>/<id>, attached to the replica's lease, so
 /// the record disappears by itself when the replica stops renewing it.
 #[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Member {
     /// Service kind: "dhcp-responder", "tftp-server", "image-streamer",
@@ -37,6 +39,8 @@ pub struct Member {
 }
 /// The value a leader candidate publishes on its election key.
 #[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LeaderRecord {
     /// The member that campaigns.
@@ -45,4 +49,2203 @@ pub struct LeaderRecord {
     /// Address others may use to reach the leader (service-specific).
     #[prost(string, tag = "2")]
     pub address: ::prost::alloc::string::String,
+}
+/// What a host tells about itself (DHCP options, iPXE variables), normalized.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HostFacts {
+    /// MAC address, lowercase colon-separated ("52:54:00:12:34:56").
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+    /// SMBIOS/DHCP option 97 client UUID, lowercase with dashes.
+    #[prost(string, tag = "2")]
+    pub uuid: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub serial: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub asset_tag: ::prost::alloc::string::String,
+    /// Manufacturer (iPXE ${manufacturer}).
+    #[prost(string, tag = "5")]
+    pub vendor: ::prost::alloc::string::String,
+    /// Product (iPXE ${product}).
+    #[prost(string, tag = "6")]
+    pub model: ::prost::alloc::string::String,
+    /// "bios", "efi-x64", "efi-ia32", "efi-arm64", "efi-arm32", … (option 93).
+    #[prost(string, tag = "7")]
+    pub arch: ::prost::alloc::string::String,
+    /// The host's IPv4 address, if known.
+    #[prost(string, tag = "8")]
+    pub ipv4: ::prost::alloc::string::String,
+    /// The relay (giaddr) the request came through, if any.
+    #[prost(string, tag = "9")]
+    pub relay: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub hostname: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub domain: ::prost::alloc::string::String,
+    /// Free-form labels (e.g. set by an inventory system).
+    #[prost(map = "string, string", tag = "12")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+/// A file of the image catalog: image name + version + file name.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FileRef {
+    #[prost(string, tag = "1")]
+    pub image: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub file: ::prost::alloc::string::String,
+}
+/// Boot a kernel with initrds and a command line.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KernelBoot {
+    #[prost(message, optional, tag = "1")]
+    pub kernel: ::core::option::Option<FileRef>,
+    #[prost(message, repeated, tag = "2")]
+    pub initrds: ::prost::alloc::vec::Vec<FileRef>,
+    /// Command line template: ${host.KEY} (host profile values),
+    /// ${location.KEY}, ${facts.mac|uuid|serial|hostname|arch}.
+    #[prost(string, tag = "3")]
+    pub cmdline: ::prost::alloc::string::String,
+}
+/// Run an operator-supplied iPXE script (template, same variables).
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ScriptBoot {
+    #[prost(string, tag = "1")]
+    pub script: ::prost::alloc::string::String,
+}
+/// sanboot a whole disk image over HTTP.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SanBoot {
+    #[prost(message, optional, tag = "1")]
+    pub disk: ::core::option::Option<FileRef>,
+}
+/// Serve a read-only vDisk over NBD with a per-client write overlay.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NbdBoot {
+    #[prost(message, optional, tag = "1")]
+    pub vdisk: ::core::option::Option<FileRef>,
+}
+/// Exit to firmware: boot the local (cached) disk.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalBoot {}
+/// Stay silent: Bootfleet does not answer this host at all.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IgnoreHost {}
+/// What to boot.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ImageProfile {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    #[prost(oneof = "image_profile::Boot", tags = "3, 4, 5, 6, 7, 8")]
+    pub boot: ::core::option::Option<image_profile::Boot>,
+}
+/// Nested message and enum types in `ImageProfile`.
+pub mod image_profile {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Boot {
+        #[prost(message, tag = "3")]
+        Kernel(super::KernelBoot),
+        #[prost(message, tag = "4")]
+        Script(super::ScriptBoot),
+        #[prost(message, tag = "5")]
+        Sanboot(super::SanBoot),
+        #[prost(message, tag = "6")]
+        Nbd(super::NbdBoot),
+        #[prost(message, tag = "7")]
+        Local(super::LocalBoot),
+        #[prost(message, tag = "8")]
+        Ignore(super::IgnoreHost),
+    }
+}
+/// Key/values handed to the booted host and usable in templates.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HostProfile {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub values: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+/// Where a host is: site, cluster, rack… carried by the decision.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Location {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StringSet {
+    #[prost(string, repeated, tag = "1")]
+    pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Inclusive range: MACs compare as 48-bit numbers, other fields as strings
+/// (numerically when both bounds and the value are decimal integers).
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ValueRange {
+    #[prost(string, tag = "1")]
+    pub from: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub to: ::prost::alloc::string::String,
+}
+/// One test on one fact. `field` is a HostFacts field name ("mac", "arch",
+/// "ipv4", …) or "label.<key>".
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Condition {
+    #[prost(string, tag = "1")]
+    pub field: ::prost::alloc::string::String,
+    #[prost(oneof = "condition::Test", tags = "2, 3, 4, 5, 6")]
+    pub test: ::core::option::Option<condition::Test>,
+}
+/// Nested message and enum types in `Condition`.
+pub mod condition {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Test {
+        #[prost(string, tag = "2")]
+        Equals(::prost::alloc::string::String),
+        #[prost(message, tag = "3")]
+        In(super::StringSet),
+        /// Shell-style: * ? \[abc\] \[a-z\] \[!x\].
+        #[prost(string, tag = "4")]
+        Glob(::prost::alloc::string::String),
+        /// IPv4 network ("198.18.0.0/15"); for fields ipv4 and relay.
+        #[prost(string, tag = "5")]
+        Cidr(::prost::alloc::string::String),
+        #[prost(message, tag = "6")]
+        Range(super::ValueRange),
+    }
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MatchList {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<Match>,
+}
+/// A match expression over facts.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Match {
+    #[prost(oneof = "r#match::Expr", tags = "1, 2, 3, 4, 5")]
+    pub expr: ::core::option::Option<r#match::Expr>,
+}
+/// Nested message and enum types in `Match`.
+pub mod r#match {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Expr {
+        #[prost(message, tag = "1")]
+        All(super::MatchList),
+        #[prost(message, tag = "2")]
+        Any(super::MatchList),
+        #[prost(message, tag = "3")]
+        Not(::prost::alloc::boxed::Box<super::Match>),
+        #[prost(message, tag = "4")]
+        Condition(super::Condition),
+        /// Matches every host (a catch-all rule).
+        #[prost(bool, tag = "5")]
+        Always(bool),
+    }
+}
+/// An ordered rule: if `match` holds, assign whatever it names. For each of
+/// image profile, host profile and location, the first matching rule that
+/// assigns it wins.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Rule {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub r#match: ::core::option::Option<Match>,
+    #[prost(string, tag = "4")]
+    pub image_profile: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub host_profile: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub location: ::prost::alloc::string::String,
+}
+/// An ordered list of rules.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RuleSet {
+    #[prost(message, repeated, tag = "1")]
+    pub rules: ::prost::alloc::vec::Vec<Rule>,
+    /// Bumped by every activation (active set only).
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    /// Unix ms of the last change.
+    #[prost(int64, tag = "3")]
+    pub updated_at_unix_ms: i64,
+}
+/// How a host boots, as decided by the active rules.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Decision {
+    /// Absent when no rule assigned one (the caller's no-match policy applies).
+    #[prost(message, optional, tag = "1")]
+    pub image_profile: ::core::option::Option<ImageProfile>,
+    #[prost(message, optional, tag = "2")]
+    pub host_profile: ::core::option::Option<HostProfile>,
+    #[prost(message, optional, tag = "3")]
+    pub location: ::core::option::Option<Location>,
+    /// Names of the rules that matched, in rule order.
+    #[prost(string, repeated, tag = "4")]
+    pub matched_rules: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Version of the rule set that decided.
+    #[prost(uint64, tag = "5")]
+    pub rule_set_version: u64,
+    #[prost(int64, tag = "6")]
+    pub decided_at_unix_ms: i64,
+}
+/// One entry of a host's history.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HostEvent {
+    #[prost(int64, tag = "1")]
+    pub at_unix_ms: i64,
+    #[prost(message, optional, tag = "2")]
+    pub facts: ::core::option::Option<HostFacts>,
+    #[prost(message, optional, tag = "3")]
+    pub decision: ::core::option::Option<Decision>,
+    /// Which replica decided (member id).
+    #[prost(string, tag = "4")]
+    pub decided_by: ::prost::alloc::string::String,
+}
+/// Everything known about one host, keyed by MAC.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HostRecord {
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub facts: ::core::option::Option<HostFacts>,
+    #[prost(message, optional, tag = "3")]
+    pub last_decision: ::core::option::Option<Decision>,
+    /// Newest last; bounded.
+    #[prost(message, repeated, tag = "4")]
+    pub history: ::prost::alloc::vec::Vec<HostEvent>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EvaluateRequest {
+    #[prost(message, optional, tag = "1")]
+    pub facts: ::core::option::Option<HostFacts>,
+    /// Decide without recording on the host record.
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EvaluateResponse {
+    #[prost(message, optional, tag = "1")]
+    pub decision: ::core::option::Option<Decision>,
+    /// True when the replica answered from a snapshot it cannot refresh.
+    #[prost(bool, tag = "2")]
+    pub degraded: bool,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetRuleSetRequest {
+    #[prost(enumeration = "RuleSetKind", tag = "1")]
+    pub kind: i32,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RuleSetResponse {
+    #[prost(message, optional, tag = "1")]
+    pub rule_set: ::core::option::Option<RuleSet>,
+    /// Store revision of the set; 0 when it was never written.
+    #[prost(int64, tag = "2")]
+    pub revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PutRuleRequest {
+    #[prost(message, optional, tag = "1")]
+    pub rule: ::core::option::Option<Rule>,
+    /// Where a new rule goes: before this rule, after this rule, or (neither)
+    /// at the end. A replaced rule keeps its place unless one is given.
+    #[prost(string, tag = "2")]
+    pub before: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub after: ::prost::alloc::string::String,
+    /// If set, fail with FAILED_PRECONDITION unless the working set is still
+    /// at this revision.
+    #[prost(int64, tag = "4")]
+    pub expected_revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteRuleRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub expected_revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReplaceWorkingSetRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub rules: ::prost::alloc::vec::Vec<Rule>,
+    #[prost(int64, tag = "2")]
+    pub expected_revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ActivateRequest {
+    /// If set, activate only if the working set is still at this revision.
+    #[prost(int64, tag = "1")]
+    pub expected_revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ActivateResponse {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(int64, tag = "2")]
+    pub revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiffRequest {}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RuleChange {
+    #[prost(enumeration = "rule_change::Kind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Present for REMOVED, CHANGED, MOVED.
+    #[prost(message, optional, tag = "3")]
+    pub active: ::core::option::Option<Rule>,
+    /// Present for ADDED, CHANGED, MOVED.
+    #[prost(message, optional, tag = "4")]
+    pub working: ::core::option::Option<Rule>,
+    /// Positions (0-based) in each set; -1 when absent.
+    #[prost(int32, tag = "5")]
+    pub active_position: i32,
+    #[prost(int32, tag = "6")]
+    pub working_position: i32,
+}
+/// Nested message and enum types in `RuleChange`.
+pub mod rule_change {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Kind {
+        Added = 0,
+        Removed = 1,
+        Changed = 2,
+        Moved = 3,
+    }
+    impl Kind {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Added => "KIND_ADDED",
+                Self::Removed => "KIND_REMOVED",
+                Self::Changed => "KIND_CHANGED",
+                Self::Moved => "KIND_MOVED",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "KIND_ADDED" => Some(Self::Added),
+                "KIND_REMOVED" => Some(Self::Removed),
+                "KIND_CHANGED" => Some(Self::Changed),
+                "KIND_MOVED" => Some(Self::Moved),
+                _ => None,
+            }
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DiffResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub changes: ::prost::alloc::vec::Vec<RuleChange>,
+    #[prost(uint64, tag = "2")]
+    pub active_version: u64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProfileObject {
+    #[prost(int64, tag = "4")]
+    pub revision: i64,
+    #[prost(oneof = "profile_object::Object", tags = "1, 2, 3")]
+    pub object: ::core::option::Option<profile_object::Object>,
+}
+/// Nested message and enum types in `ProfileObject`.
+pub mod profile_object {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Object {
+        #[prost(message, tag = "1")]
+        Image(super::ImageProfile),
+        #[prost(message, tag = "2")]
+        Host(super::HostProfile),
+        #[prost(message, tag = "3")]
+        Location(super::Location),
+    }
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListProfilesRequest {
+    /// Unspecified lists every kind.
+    #[prost(enumeration = "ProfileKind", tag = "1")]
+    pub kind: i32,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListProfilesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub profiles: ::prost::alloc::vec::Vec<ProfileObject>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetProfileRequest {
+    #[prost(enumeration = "ProfileKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PutProfileRequest {
+    #[prost(message, optional, tag = "1")]
+    pub profile: ::core::option::Option<ProfileObject>,
+    /// If set, fail unless the stored profile is at this revision (0 with
+    /// create_only: must not exist).
+    #[prost(int64, tag = "2")]
+    pub expected_revision: i64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteProfileRequest {
+    #[prost(enumeration = "ProfileKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteProfileResponse {}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestComplianceRequest {
+    /// MACs to check; empty checks every known host.
+    #[prost(string, repeated, tag = "1")]
+    pub macs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The set to test against (default: working).
+    #[prost(enumeration = "RuleSetKind", tag = "2")]
+    pub against: i32,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ComplianceResult {
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+    /// Decision last recorded for the host (absent if none).
+    #[prost(message, optional, tag = "2")]
+    pub recorded: ::core::option::Option<Decision>,
+    /// Decision the tested set would make.
+    #[prost(message, optional, tag = "3")]
+    pub expected: ::core::option::Option<Decision>,
+    /// Which items differ: "image_profile", "host_profile", "location".
+    #[prost(string, repeated, tag = "4")]
+    pub changed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TestComplianceResponse {
+    /// Only the hosts whose decision would change.
+    #[prost(message, repeated, tag = "1")]
+    pub non_compliant: ::prost::alloc::vec::Vec<ComplianceResult>,
+    #[prost(uint32, tag = "2")]
+    pub hosts_checked: u32,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RepairRequest {
+    /// MACs to repair; empty repairs every non-compliant host.
+    #[prost(string, repeated, tag = "1")]
+    pub macs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RepairResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub repaired: ::prost::alloc::vec::Vec<ComplianceResult>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListHostsRequest {}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListHostsResponse {
+    /// Records without history (GetHost returns the history).
+    #[prost(message, repeated, tag = "1")]
+    pub hosts: ::prost::alloc::vec::Vec<HostRecord>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetHostRequest {
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchDecisionsRequest {
+    /// Only this host's decisions; empty for all.
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RuleSetKind {
+    Working = 0,
+    Active = 1,
+}
+impl RuleSetKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Working => "RULE_SET_KIND_WORKING",
+            Self::Active => "RULE_SET_KIND_ACTIVE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RULE_SET_KIND_WORKING" => Some(Self::Working),
+            "RULE_SET_KIND_ACTIVE" => Some(Self::Active),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ProfileKind {
+    Unspecified = 0,
+    Image = 1,
+    Host = 2,
+    Location = 3,
+}
+impl ProfileKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PROFILE_KIND_UNSPECIFIED",
+            Self::Image => "PROFILE_KIND_IMAGE",
+            Self::Host => "PROFILE_KIND_HOST",
+            Self::Location => "PROFILE_KIND_LOCATION",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PROFILE_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "PROFILE_KIND_IMAGE" => Some(Self::Image),
+            "PROFILE_KIND_HOST" => Some(Self::Host),
+            "PROFILE_KIND_LOCATION" => Some(Self::Location),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod rules_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct RulesServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl RulesServiceClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> RulesServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> RulesServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            RulesServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// How should this host boot? Answered from the replica's snapshot, also
+        /// while etcd is down. Records the decision on the host's record unless
+        /// dry_run.
+        pub async fn evaluate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EvaluateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EvaluateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/Evaluate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Evaluate"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The working or active rule set, with the revision to pass back as
+        /// expected_revision for a conflict-free edit.
+        pub async fn get_rule_set(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetRuleSetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RuleSetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/GetRuleSet",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "GetRuleSet"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Adds or replaces one rule of the working set.
+        pub async fn put_rule(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutRuleRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RuleSetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/PutRule",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "PutRule"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes one rule from the working set.
+        pub async fn delete_rule(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteRuleRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RuleSetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/DeleteRule",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "DeleteRule"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces the whole working set (declarative apply).
+        pub async fn replace_working_set(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReplaceWorkingSetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RuleSetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/ReplaceWorkingSet",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("bootfleet.v1.RulesService", "ReplaceWorkingSet"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// Makes the working set active, atomically, bumping the version.
+        pub async fn activate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ActivateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ActivateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/Activate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Activate"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// What activating would change.
+        pub async fn diff(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DiffRequest>,
+        ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/Diff",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Diff"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_profiles(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListProfilesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListProfilesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/ListProfiles",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "ListProfiles"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_profile(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetProfileRequest>,
+        ) -> std::result::Result<tonic::Response<super::ProfileObject>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/GetProfile",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "GetProfile"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn put_profile(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutProfileRequest>,
+        ) -> std::result::Result<tonic::Response<super::ProfileObject>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/PutProfile",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "PutProfile"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn delete_profile(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteProfileRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteProfileResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/DeleteProfile",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "DeleteProfile"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Hosts whose decision would change under a rule set (default: working),
+        /// compared with the decision last recorded for them.
+        pub async fn test_compliance(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TestComplianceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestComplianceResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/TestCompliance",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "TestCompliance"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Re-evaluates hosts with the active set and records the new decisions.
+        pub async fn repair(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RepairRequest>,
+        ) -> std::result::Result<tonic::Response<super::RepairResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/Repair",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Repair"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_hosts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListHostsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListHostsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/ListHosts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "ListHosts"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_host(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetHostRequest>,
+        ) -> std::result::Result<tonic::Response<super::HostRecord>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/GetHost",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "GetHost"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every decision recorded from now on, by any replica.
+        pub async fn watch_decisions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchDecisionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HostEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/WatchDecisions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "WatchDecisions"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod rules_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with RulesServiceServer.
+    #[async_trait]
+    pub trait RulesService: std::marker::Send + std::marker::Sync + 'static {
+        /// How should this host boot? Answered from the replica's snapshot, also
+        /// while etcd is down. Records the decision on the host's record unless
+        /// dry_run.
+        async fn evaluate(
+            &self,
+            request: tonic::Request<super::EvaluateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EvaluateResponse>,
+            tonic::Status,
+        >;
+        /// The working or active rule set, with the revision to pass back as
+        /// expected_revision for a conflict-free edit.
+        async fn get_rule_set(
+            &self,
+            request: tonic::Request<super::GetRuleSetRequest>,
+        ) -> std::result::Result<tonic::Response<super::RuleSetResponse>, tonic::Status>;
+        /// Adds or replaces one rule of the working set.
+        async fn put_rule(
+            &self,
+            request: tonic::Request<super::PutRuleRequest>,
+        ) -> std::result::Result<tonic::Response<super::RuleSetResponse>, tonic::Status>;
+        /// Removes one rule from the working set.
+        async fn delete_rule(
+            &self,
+            request: tonic::Request<super::DeleteRuleRequest>,
+        ) -> std::result::Result<tonic::Response<super::RuleSetResponse>, tonic::Status>;
+        /// Replaces the whole working set (declarative apply).
+        async fn replace_working_set(
+            &self,
+            request: tonic::Request<super::ReplaceWorkingSetRequest>,
+        ) -> std::result::Result<tonic::Response<super::RuleSetResponse>, tonic::Status>;
+        /// Makes the working set active, atomically, bumping the version.
+        async fn activate(
+            &self,
+            request: tonic::Request<super::ActivateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ActivateResponse>,
+            tonic::Status,
+        >;
+        /// What activating would change.
+        async fn diff(
+            &self,
+            request: tonic::Request<super::DiffRequest>,
+        ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status>;
+        async fn list_profiles(
+            &self,
+            request: tonic::Request<super::ListProfilesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListProfilesResponse>,
+            tonic::Status,
+        >;
+        async fn get_profile(
+            &self,
+            request: tonic::Request<super::GetProfileRequest>,
+        ) -> std::result::Result<tonic::Response<super::ProfileObject>, tonic::Status>;
+        async fn put_profile(
+            &self,
+            request: tonic::Request<super::PutProfileRequest>,
+        ) -> std::result::Result<tonic::Response<super::ProfileObject>, tonic::Status>;
+        async fn delete_profile(
+            &self,
+            request: tonic::Request<super::DeleteProfileRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteProfileResponse>,
+            tonic::Status,
+        >;
+        /// Hosts whose decision would change under a rule set (default: working),
+        /// compared with the decision last recorded for them.
+        async fn test_compliance(
+            &self,
+            request: tonic::Request<super::TestComplianceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestComplianceResponse>,
+            tonic::Status,
+        >;
+        /// Re-evaluates hosts with the active set and records the new decisions.
+        async fn repair(
+            &self,
+            request: tonic::Request<super::RepairRequest>,
+        ) -> std::result::Result<tonic::Response<super::RepairResponse>, tonic::Status>;
+        async fn list_hosts(
+            &self,
+            request: tonic::Request<super::ListHostsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListHostsResponse>,
+            tonic::Status,
+        >;
+        async fn get_host(
+            &self,
+            request: tonic::Request<super::GetHostRequest>,
+        ) -> std::result::Result<tonic::Response<super::HostRecord>, tonic::Status>;
+        /// Server streaming response type for the WatchDecisions method.
+        type WatchDecisionsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HostEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Every decision recorded from now on, by any replica.
+        async fn watch_decisions(
+            &self,
+            request: tonic::Request<super::WatchDecisionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchDecisionsStream>,
+            tonic::Status,
+        >;
+    }
+    #[derive(Debug)]
+    pub struct RulesServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> RulesServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for RulesServiceServer<T>
+    where
+        T: RulesService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/bootfleet.v1.RulesService/Evaluate" => {
+                    #[allow(non_camel_case_types)]
+                    struct EvaluateSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::EvaluateRequest>
+                    for EvaluateSvc<T> {
+                        type Response = super::EvaluateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EvaluateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::evaluate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EvaluateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/GetRuleSet" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetRuleSetSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::GetRuleSetRequest>
+                    for GetRuleSetSvc<T> {
+                        type Response = super::RuleSetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetRuleSetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::get_rule_set(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetRuleSetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/PutRule" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutRuleSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::PutRuleRequest>
+                    for PutRuleSvc<T> {
+                        type Response = super::RuleSetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutRuleRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::put_rule(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutRuleSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/DeleteRule" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteRuleSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::DeleteRuleRequest>
+                    for DeleteRuleSvc<T> {
+                        type Response = super::RuleSetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteRuleRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::delete_rule(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteRuleSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/ReplaceWorkingSet" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReplaceWorkingSetSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::ReplaceWorkingSetRequest>
+                    for ReplaceWorkingSetSvc<T> {
+                        type Response = super::RuleSetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReplaceWorkingSetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::replace_working_set(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReplaceWorkingSetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/Activate" => {
+                    #[allow(non_camel_case_types)]
+                    struct ActivateSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::ActivateRequest>
+                    for ActivateSvc<T> {
+                        type Response = super::ActivateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ActivateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::activate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ActivateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/Diff" => {
+                    #[allow(non_camel_case_types)]
+                    struct DiffSvc<T: RulesService>(pub Arc<T>);
+                    impl<T: RulesService> tonic::server::UnaryService<super::DiffRequest>
+                    for DiffSvc<T> {
+                        type Response = super::DiffResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DiffRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::diff(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DiffSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/ListProfiles" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListProfilesSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::ListProfilesRequest>
+                    for ListProfilesSvc<T> {
+                        type Response = super::ListProfilesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListProfilesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::list_profiles(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListProfilesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/GetProfile" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetProfileSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::GetProfileRequest>
+                    for GetProfileSvc<T> {
+                        type Response = super::ProfileObject;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetProfileRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::get_profile(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetProfileSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/PutProfile" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutProfileSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::PutProfileRequest>
+                    for PutProfileSvc<T> {
+                        type Response = super::ProfileObject;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutProfileRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::put_profile(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutProfileSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/DeleteProfile" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteProfileSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::DeleteProfileRequest>
+                    for DeleteProfileSvc<T> {
+                        type Response = super::DeleteProfileResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteProfileRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::delete_profile(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteProfileSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/TestCompliance" => {
+                    #[allow(non_camel_case_types)]
+                    struct TestComplianceSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::TestComplianceRequest>
+                    for TestComplianceSvc<T> {
+                        type Response = super::TestComplianceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TestComplianceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::test_compliance(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TestComplianceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/Repair" => {
+                    #[allow(non_camel_case_types)]
+                    struct RepairSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::RepairRequest>
+                    for RepairSvc<T> {
+                        type Response = super::RepairResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RepairRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::repair(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RepairSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/ListHosts" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListHostsSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::ListHostsRequest>
+                    for ListHostsSvc<T> {
+                        type Response = super::ListHostsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListHostsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::list_hosts(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListHostsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/GetHost" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetHostSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::GetHostRequest>
+                    for GetHostSvc<T> {
+                        type Response = super::HostRecord;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetHostRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::get_host(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetHostSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/WatchDecisions" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchDecisionsSvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::ServerStreamingService<super::WatchDecisionsRequest>
+                    for WatchDecisionsSvc<T> {
+                        type Response = super::HostEvent;
+                        type ResponseStream = T::WatchDecisionsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchDecisionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::watch_decisions(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchDecisionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for RulesServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "bootfleet.v1.RulesService";
+    impl<T> tonic::server::NamedService for RulesServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
 }

@@ -50,41 +50,20 @@ pub(super) fn load(db: &Database) -> StoreResult<Loaded> {
 
     let tx = db.begin_read().map_err(db_err)?;
     let meta = tx.open_table(META_TABLE).map_err(db_err)?;
-    let revision = meta
-        .get(META_REVISION)
-        .map_err(db_err)?
-        .map_or(1, |v| v.value());
-    let next_lease = meta
-        .get(META_NEXT_LEASE)
-        .map_err(db_err)?
-        .map_or(1, |v| v.value());
+    let revision = meta.get(META_REVISION).map_err(db_err)?.map_or(1, |v| v.value());
+    let next_lease = meta.get(META_NEXT_LEASE).map_err(db_err)?.map_or(1, |v| v.value());
     let mut leases = Vec::new();
-    for entry in tx
-        .open_table(LEASE_TABLE)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
+    for entry in tx.open_table(LEASE_TABLE).map_err(db_err)?.iter().map_err(db_err)? {
         let (id, ttl_ms) = entry.map_err(db_err)?;
         let ttl = Duration::from_millis(u64::try_from(ttl_ms.value()).unwrap_or(0));
         leases.push((id.value(), ttl));
     }
     let mut kvs = Vec::new();
-    for entry in tx
-        .open_table(KV_TABLE)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
+    for entry in tx.open_table(KV_TABLE).map_err(db_err)?.iter().map_err(db_err)? {
         let (key, record) = entry.map_err(db_err)?;
         kvs.push(decode_record(key.value(), record.value())?);
     }
-    Ok(Loaded {
-        kvs,
-        leases,
-        revision,
-        next_lease,
-    })
+    Ok(Loaded { kvs, leases, revision, next_lease })
 }
 
 /// Writes the current state of every dirty key and lease, and the counters,
@@ -96,9 +75,7 @@ pub(super) fn persist(db: &Database, state: &State, dirty: &Dirty) -> StoreResul
         for key in &dirty.keys {
             match state.kvs.get(key) {
                 Some(kv) => {
-                    kv_table
-                        .insert(key.as_str(), encode_record(kv).as_slice())
-                        .map_err(db_err)?;
+                    kv_table.insert(key.as_str(), encode_record(kv).as_slice()).map_err(db_err)?;
                 }
                 None => {
                     kv_table.remove(key.as_str()).map_err(db_err)?;
@@ -119,8 +96,7 @@ pub(super) fn persist(db: &Database, state: &State, dirty: &Dirty) -> StoreResul
         }
         let mut meta = tx.open_table(META_TABLE).map_err(db_err)?;
         meta.insert(META_REVISION, state.revision).map_err(db_err)?;
-        meta.insert(META_NEXT_LEASE, state.next_lease)
-            .map_err(db_err)?;
+        meta.insert(META_NEXT_LEASE, state.next_lease).map_err(db_err)?;
     }
     tx.commit().map_err(db_err)
 }
@@ -137,9 +113,8 @@ fn encode_record(kv: &KeyValue) -> Vec<u8> {
 
 fn decode_record(key: &str, record: &[u8]) -> StoreResult<KeyValue> {
     let field = |i: usize| -> StoreResult<i64> {
-        let bytes = record
-            .get(i * 8..i * 8 + 8)
-            .ok_or_else(|| db_err(format!("record for {key:?} is truncated")))?;
+        let bytes =
+            record.get(i * 8..i * 8 + 8).ok_or_else(|| db_err(format!("record for {key:?} is truncated")))?;
         let mut buf = [0u8; 8];
         buf.copy_from_slice(bytes);
         Ok(i64::from_le_bytes(buf))

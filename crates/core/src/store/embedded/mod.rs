@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use self::disk::{Dirty, db_err};
 use self::state::State;
 use super::{
-    KeyValue, LeaseId, Range, Revision, StateStore, StoreError, StoreResult, TxnOp, TxnOpResult,
-    TxnRequest, TxnResult, WatchStream,
+    KeyValue, LeaseId, Range, Revision, StateStore, StoreError, StoreResult, TxnOp, TxnOpResult, TxnRequest,
+    TxnResult, WatchStream,
 };
 
 /// How often leases are checked for expiry.
@@ -97,22 +97,15 @@ impl EmbeddedStore {
     fn from_database(db: Database) -> StoreResult<Self> {
         let state = State::from_loaded(disk::load(&db)?);
         let (committed, _) = watch::channel(state.revision);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            committed,
-            closed: CancellationToken::new(),
-        });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(state), committed, closed: CancellationToken::new() });
         let (writes, queue) = std_mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("bootfleet-store-writer".into())
             .spawn(move || write_groups(&db, &writer_shared, &queue))
             .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
-        Ok(Self {
-            shared,
-            writes: Some(writes),
-            writer: Some(writer),
-        })
+        Ok(Self { shared, writes: Some(writes), writer: Some(writer) })
     }
 
     async fn write(&self, op: WriteOp) -> StoreResult<WriteReply> {
@@ -122,9 +115,7 @@ impl EmbeddedStore {
             .ok_or_else(|| StoreError::Backend("store closed".into()))?
             .send(WriteRequest { op, reply })
             .map_err(|_| StoreError::Backend("store writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("store writer stopped".into()))?
+        answer.await.map_err(|_| StoreError::Backend("store writer stopped".into()))?
     }
 
     async fn write_txn(&self, txn: TxnRequest) -> StoreResult<TxnResult> {
@@ -184,10 +175,8 @@ fn write_groups(db: &Database, shared: &Shared, queue: &std_mpsc::Receiver<Write
         }
         let mut state = shared.lock();
         let mut dirty = Dirty::default();
-        let mut results: Vec<StoreResult<WriteReply>> = group
-            .iter()
-            .map(|w| apply(&mut state, &w.op, &mut dirty))
-            .collect();
+        let mut results: Vec<StoreResult<WriteReply>> =
+            group.iter().map(|w| apply(&mut state, &w.op, &mut dirty)).collect();
         if Instant::now() >= next_expiry_check {
             expire_leases(&mut state, &mut dirty);
             next_expiry_check = Instant::now() + EXPIRY_TICK;
@@ -196,10 +185,7 @@ fn write_groups(db: &Database, shared: &Shared, queue: &std_mpsc::Receiver<Write
             if let Err(e) = disk::persist(db, &state, &dirty) {
                 tracing::error!(error = %e, writes = group.len(), "store commit failed; reloading from disk");
                 reload(db, &mut state);
-                results = group
-                    .iter()
-                    .map(|_| Err(StoreError::Backend(e.to_string())))
-                    .collect();
+                results = group.iter().map(|_| Err(StoreError::Backend(e.to_string()))).collect();
             }
         }
         let revision = state.revision;
@@ -217,12 +203,8 @@ fn write_groups(db: &Database, shared: &Shared, queue: &std_mpsc::Receiver<Write
 
 fn expire_leases(state: &mut State, dirty: &mut Dirty) {
     let now = Instant::now();
-    let expired: Vec<LeaseId> = state
-        .leases
-        .iter()
-        .filter(|(_, l)| l.expires <= now)
-        .map(|(id, _)| *id)
-        .collect();
+    let expired: Vec<LeaseId> =
+        state.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
     for id in expired {
         match state.revoke(id, true, dirty) {
             Ok(()) => tracing::debug!(lease = format_args!("{id:x}"), "lease expired"),
@@ -265,37 +247,17 @@ impl StateStore for EmbeddedStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, kv)| kv.clone())
             .collect();
-        Ok(Range {
-            kvs,
-            revision: state.revision,
-        })
+        Ok(Range { kvs, revision: state.revision })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> StoreResult<Revision> {
-        let op = TxnOp::Put {
-            key: key.to_owned(),
-            value,
-            lease,
-        };
-        Ok(self
-            .write_txn(TxnRequest::new().and_then([op]))
-            .await?
-            .revision)
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> StoreResult<Revision> {
+        let op = TxnOp::Put { key: key.to_owned(), value, lease };
+        Ok(self.write_txn(TxnRequest::new().and_then([op])).await?.revision)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
-        let result = self
-            .write_txn(TxnRequest::new().and_then([TxnOp::delete(key)]))
-            .await?;
-        Ok(matches!(
-            result.results.first(),
-            Some(TxnOpResult::Delete(true))
-        ))
+        let result = self.write_txn(TxnRequest::new().and_then([TxnOp::delete(key)])).await?;
+        Ok(matches!(result.results.first(), Some(TxnOpResult::Delete(true))))
     }
 
     async fn txn(&self, txn: TxnRequest) -> StoreResult<TxnResult> {
@@ -307,11 +269,7 @@ impl StateStore for EmbeddedStore {
         let shared = Arc::clone(&self.shared);
         let prefix = prefix.to_owned();
         let mut committed = shared.committed.subscribe();
-        let mut next = if from > 0 {
-            from
-        } else {
-            shared.lock().revision + 1
-        };
+        let mut next = if from > 0 { from } else { shared.lock().revision + 1 };
         tokio::spawn(async move {
             loop {
                 let found = {
@@ -348,9 +306,7 @@ impl StateStore for EmbeddedStore {
 
     async fn lease_grant(&self, ttl: Duration) -> StoreResult<LeaseId> {
         if ttl.is_zero() {
-            return Err(StoreError::InvalidArgument(
-                "lease TTL must be positive".into(),
-            ));
+            return Err(StoreError::InvalidArgument("lease TTL must be positive".into()));
         }
         match self.write(WriteOp::Grant(ttl)).await? {
             WriteReply::Lease(id) => Ok(id),
@@ -360,10 +316,7 @@ impl StateStore for EmbeddedStore {
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> StoreResult<Duration> {
         let mut state = self.shared.lock();
-        let entry = state
-            .leases
-            .get_mut(&lease)
-            .ok_or(StoreError::LeaseNotFound(lease))?;
+        let entry = state.leases.get_mut(&lease).ok_or(StoreError::LeaseNotFound(lease))?;
         entry.expires = Instant::now() + entry.ttl;
         Ok(entry.ttl)
     }

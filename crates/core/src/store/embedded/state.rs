@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::disk::{Dirty, Loaded};
 use crate::store::{
-    EventKind, KeyValue, LeaseId, Revision, StoreError, StoreResult, TxnOp, TxnOpResult,
-    TxnRequest, TxnResult, WatchEvent, check_key,
+    EventKind, KeyValue, LeaseId, Revision, StoreError, StoreResult, TxnOp, TxnOpResult, TxnRequest,
+    TxnResult, WatchEvent, check_key,
 };
 
 /// How many events the watch history keeps before older ones count as compacted.
@@ -37,16 +37,7 @@ impl State {
         let mut leases: HashMap<LeaseId, Lease> = loaded
             .leases
             .into_iter()
-            .map(|(id, ttl)| {
-                (
-                    id,
-                    Lease {
-                        ttl,
-                        expires: now + ttl,
-                        keys: BTreeSet::new(),
-                    },
-                )
-            })
+            .map(|(id, ttl)| (id, Lease { ttl, expires: now + ttl, keys: BTreeSet::new() }))
             .collect();
         let mut kvs = BTreeMap::new();
         for kv in loaded.kvs {
@@ -101,11 +92,7 @@ impl State {
             self.revision = revision;
             self.trim_history();
         }
-        Ok(TxnResult {
-            succeeded,
-            revision: self.revision,
-            results,
-        })
+        Ok(TxnResult { succeeded, revision: self.revision, results })
     }
 
     /// Rejects a branch before any of it applies, so a transaction is all or
@@ -114,10 +101,7 @@ impl State {
         let mut written = BTreeSet::new();
         for op in ops {
             check_key(op.key())?;
-            if let TxnOp::Put {
-                lease: Some(lease), ..
-            } = op
-            {
+            if let TxnOp::Put { lease: Some(lease), .. } = op {
                 if *lease != 0 && !self.leases.contains_key(lease) {
                     return Err(StoreError::LeaseNotFound(*lease));
                 }
@@ -142,13 +126,7 @@ impl State {
         if let Some(lease) = self.leases.get_mut(&kv.lease) {
             lease.keys.insert(key.clone());
         }
-        self.history.push_back((
-            revision,
-            WatchEvent {
-                kind: EventKind::Put,
-                kv: kv.clone(),
-            },
-        ));
+        self.history.push_back((revision, WatchEvent { kind: EventKind::Put, kv: kv.clone() }));
         self.kvs.insert(key.clone(), kv);
         dirty.keys.insert(key);
     }
@@ -168,13 +146,7 @@ impl State {
             version: 0,
             lease: 0,
         };
-        self.history.push_back((
-            revision,
-            WatchEvent {
-                kind: EventKind::Delete,
-                kv: tombstone,
-            },
-        ));
+        self.history.push_back((revision, WatchEvent { kind: EventKind::Delete, kv: tombstone }));
         dirty.keys.insert(key.to_owned());
         true
     }
@@ -190,11 +162,7 @@ impl State {
     pub(super) fn grant(&mut self, ttl: Duration, dirty: &mut Dirty) -> LeaseId {
         let id = self.next_lease;
         self.next_lease += 1;
-        let lease = Lease {
-            ttl,
-            expires: Instant::now() + ttl,
-            keys: BTreeSet::new(),
-        };
+        let lease = Lease { ttl, expires: Instant::now() + ttl, keys: BTreeSet::new() };
         self.leases.insert(id, lease);
         dirty.leases.insert(id);
         id
@@ -228,16 +196,9 @@ impl State {
     }
 
     /// Events with revision >= `from` under `prefix`, one batch per revision.
-    pub(super) fn events_since(
-        &self,
-        prefix: &str,
-        from: Revision,
-    ) -> StoreResult<Vec<Vec<WatchEvent>>> {
+    pub(super) fn events_since(&self, prefix: &str, from: Revision) -> StoreResult<Vec<Vec<WatchEvent>>> {
         if from < self.history_floor && from <= self.revision {
-            return Err(StoreError::Compacted {
-                requested: from,
-                compact_revision: self.history_floor,
-            });
+            return Err(StoreError::Compacted { requested: from, compact_revision: self.history_floor });
         }
         let start = self.history.partition_point(|(rev, _)| *rev < from);
         let mut batches: Vec<(Revision, Vec<WatchEvent>)> = Vec::new();
@@ -279,12 +240,7 @@ mod tests {
     use crate::store::Compare;
 
     fn empty() -> State {
-        State::from_loaded(Loaded {
-            kvs: Vec::new(),
-            leases: Vec::new(),
-            revision: 1,
-            next_lease: 1,
-        })
+        State::from_loaded(Loaded { kvs: Vec::new(), leases: Vec::new(), revision: 1, next_lease: 1 })
     }
 
     #[test]
@@ -293,21 +249,11 @@ mod tests {
         let mut dirty = Dirty::default();
         let txn = TxnRequest::new().and_then([
             TxnOp::put("/a", b"1".to_vec()),
-            TxnOp::Put {
-                key: "/b".into(),
-                value: vec![],
-                lease: Some(99),
-            },
+            TxnOp::Put { key: "/b".into(), value: vec![], lease: Some(99) },
         ]);
-        assert!(matches!(
-            state.txn(&txn, &mut dirty),
-            Err(StoreError::LeaseNotFound(99))
-        ));
+        assert!(matches!(state.txn(&txn, &mut dirty), Err(StoreError::LeaseNotFound(99))));
         let dup = TxnRequest::new().and_then([TxnOp::put("/a", vec![]), TxnOp::delete("/a")]);
-        assert!(matches!(
-            state.txn(&dup, &mut dirty),
-            Err(StoreError::InvalidArgument(_))
-        ));
+        assert!(matches!(state.txn(&dup, &mut dirty), Err(StoreError::InvalidArgument(_))));
         assert!(state.kvs.is_empty() && dirty.is_empty() && state.history.is_empty());
         assert_eq!(state.revision, 1);
     }
