@@ -1,0 +1,45 @@
+//! Bootfleet's rules engine: decides how each host boots.
+//!
+//! The pure part — normalized [`facts`], compiled [`matcher`] expressions,
+//! indexed rule sets ([`ruleset`]), decisions ([`decide`]) and the
+//! declarative [`manifest`] format — has no I/O and builds without the
+//! `runtime` feature. With it (the default), [`store`] keeps rules, profiles
+//! and host records in Bootfleet's `StateStore`, [`service`] answers the
+//! `RulesService` gRPC API, and [`server::run`] serves it.
+#![warn(missing_docs)]
+
+pub mod decide;
+pub mod error;
+pub mod facts;
+pub mod manifest;
+pub mod matcher;
+pub mod ruleset;
+#[cfg(feature = "runtime")]
+pub mod server;
+#[cfg(feature = "runtime")]
+pub mod service;
+#[cfg(feature = "runtime")]
+pub mod store;
+
+pub use error::RulesError;
+
+/// A reference from a rule to a named object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProfileRef {
+    /// An image profile.
+    Image(String),
+    /// A host profile.
+    Host(String),
+    /// A location.
+    Location(String),
+}
+
+impl std::fmt::Display for ProfileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Image(n) => write!(f, "image profile {n:?}"),
+            Self::Host(n) => write!(f, "host profile {n:?}"),
+            Self::Location(n) => write!(f, "location {n:?}"),
+        }
+    }
+}
