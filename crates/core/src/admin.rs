@@ -77,6 +77,14 @@ impl Health {
         Self { state: Arc::default(), reporter, service }
     }
 
+    /// The `grpc.health.v1` service, to serve on a service's own gRPC port
+    /// as well as on the admin port.
+    pub fn grpc_service(
+        &self,
+    ) -> tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService> {
+        self.service.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod election;
 pub mod membership;
 pub mod metrics;
+pub mod process;
 pub mod shutdown;
 pub mod snapshot;
 pub mod store;

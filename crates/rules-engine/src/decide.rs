@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use bootfleet_proto::v1::{Decision, HostProfile, ImageProfile, Location, RuleSet};
 
+use crate::ProfileRef;
 use crate::error::RulesError;
 use crate::facts::Facts;
 use crate::ruleset::{CompiledRuleSet, Outcome};
-use crate::ProfileRef;
 
 /// Profiles and locations by name.
 #[derive(Clone, Debug, Default)]
@@ -51,12 +51,14 @@ pub struct Engine {
     pub rules: CompiledRuleSet,
     /// The profiles.
     pub catalog: Catalog,
+    /// Store revision the engine was built from (0 when not from a store).
+    pub built_at: i64,
 }
 
 impl Engine {
     /// Compiles a rule set against a catalog.
     pub fn new(set: &RuleSet, catalog: Catalog) -> Result<Self, RulesError> {
-        Ok(Self { rules: CompiledRuleSet::compile(set)?, catalog })
+        Ok(Self { rules: CompiledRuleSet::compile(set)?, catalog, built_at: 0 })
     }
 
     /// Which rules decide for these facts.
@@ -81,7 +83,11 @@ impl Engine {
             image_profile: image.and_then(|n| self.catalog.image.get(&n)).map(|p| (**p).clone()),
             host_profile: host.and_then(|n| self.catalog.host.get(&n)).map(|p| (**p).clone()),
             location: location.and_then(|n| self.catalog.location.get(&n)).map(|p| (**p).clone()),
-            matched_rules: outcome.contributing().into_iter().map(|i| self.rules.rules[i].name.clone()).collect(),
+            matched_rules: outcome
+                .contributing()
+                .into_iter()
+                .map(|i| self.rules.rules[i].name.clone())
+                .collect(),
             rule_set_version: self.rules.version,
             decided_at_unix_ms: now_unix_ms,
         }

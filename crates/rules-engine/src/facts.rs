@@ -144,7 +144,10 @@ impl Facts {
     /// it keys the host record.
     pub fn from_proto(facts: &HostFacts) -> Result<Self, RulesError> {
         let mac_value = parse_mac(&facts.mac).ok_or_else(|| {
-            RulesError::invalid("facts.mac", format!("{:?} is not a MAC address like 52:54:00:12:34:56", facts.mac))
+            RulesError::invalid(
+                "facts.mac",
+                format!("{:?} is not a MAC address like 52:54:00:12:34:56", facts.mac),
+            )
         })?;
         Ok(Self {
             mac: format_mac(mac_value),

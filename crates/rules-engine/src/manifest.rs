@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 
 use bootfleet_proto::v1::{
-    Condition, FileRef, HostProfile, ImageProfile, IgnoreHost, KernelBoot, LocalBoot, Location, Match,
+    Condition, FileRef, HostProfile, IgnoreHost, ImageProfile, KernelBoot, LocalBoot, Location, Match,
     MatchList, NbdBoot, Rule, SanBoot, ScriptBoot, StringSet, ValueRange, condition, image_profile, r#match,
 };
 use serde::Deserialize;
@@ -145,7 +145,9 @@ struct RuleSpec {
 pub fn parse_file_ref(text: &str, path: &str) -> Result<FileRef, RulesError> {
     let mut parts = text.splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(image), Some(version), Some(file)) if !image.is_empty() && !version.is_empty() && !file.is_empty() => {
+        (Some(image), Some(version), Some(file))
+            if !image.is_empty() && !version.is_empty() && !file.is_empty() =>
+        {
             Ok(FileRef { image: image.into(), version: version.into(), file: file.into() })
         }
         _ => Err(RulesError::invalid(path, format!("{text:?} is not IMAGE/VERSION/FILE"))),
@@ -155,7 +157,9 @@ pub fn parse_file_ref(text: &str, path: &str) -> Result<FileRef, RulesError> {
 /// Parses a manifest.
 pub fn parse(text: &str, format: Format) -> Result<Manifest, RulesError> {
     let value: Value = match format {
-        Format::Yaml => serde_yaml::from_str(text).map_err(|e| RulesError::invalid("manifest", e.to_string()))?,
+        Format::Yaml => {
+            serde_yaml::from_str(text).map_err(|e| RulesError::invalid("manifest", e.to_string()))?
+        }
         Format::Toml => toml::from_str(text).map_err(|e| RulesError::invalid("manifest", e.to_string()))?,
     };
     let spec: ManifestSpec = serde_path_to_error::deserialize(value)
@@ -169,10 +173,17 @@ pub fn parse(text: &str, format: Format) -> Result<Manifest, RulesError> {
     let host_profiles = spec
         .host_profiles
         .into_iter()
-        .map(|p| HostProfile { name: p.name, description: p.description, values: p.values.into_iter().collect() })
+        .map(|p| HostProfile {
+            name: p.name,
+            description: p.description,
+            values: p.values.into_iter().collect(),
+        })
         .collect();
-    let locations =
-        spec.locations.into_iter().map(|l| Location { name: l.name, labels: l.labels.into_iter().collect() }).collect();
+    let locations = spec
+        .locations
+        .into_iter()
+        .map(|l| Location { name: l.name, labels: l.labels.into_iter().collect() })
+        .collect();
     let rules = spec
         .rules
         .map(|rules| {
@@ -242,7 +253,9 @@ fn string(value: &Value, path: &str) -> Result<String, RulesError> {
 
 fn strings(value: &Value, path: &str) -> Result<Vec<String>, RulesError> {
     match value {
-        Value::Array(items) => items.iter().enumerate().map(|(i, v)| string(v, &format!("{path}[{i}]"))).collect(),
+        Value::Array(items) => {
+            items.iter().enumerate().map(|(i, v)| string(v, &format!("{path}[{i}]"))).collect()
+        }
         other => Err(RulesError::invalid(path, format!("expected a list, found {other}"))),
     }
 }
@@ -250,7 +263,11 @@ fn strings(value: &Value, path: &str) -> Result<Vec<String>, RulesError> {
 fn list(value: &Value, path: &str) -> Result<MatchList, RulesError> {
     match value {
         Value::Array(items) => Ok(MatchList {
-            items: items.iter().enumerate().map(|(i, v)| match_expr(v, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
+            items: items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match_expr(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
         }),
         other => Err(RulesError::invalid(path, format!("expected a list of matches, found {other}"))),
     }
@@ -292,9 +309,16 @@ fn condition(field: &str, test: &Value, path: &str) -> Result<Match, RulesError>
                 }
             }
         }
-        _ => return Err(RulesError::invalid(path, "expected a string or one of {equals|in|glob|cidr|range: …}")),
+        _ => {
+            return Err(RulesError::invalid(
+                path,
+                "expected a string or one of {equals|in|glob|cidr|range: …}",
+            ));
+        }
     };
-    Ok(Match { expr: Some(r#match::Expr::Condition(Condition { field: field.to_owned(), test: Some(test) })) })
+    Ok(Match {
+        expr: Some(r#match::Expr::Condition(Condition { field: field.to_owned(), test: Some(test) })),
+    })
 }
 
 /// Converts one match map (see the module docs) to the wire form.
@@ -388,7 +412,10 @@ host_profile = "db"
     fn errors_name_the_path() {
         let cases = [
             ("rules: [{name: a, match: {mac: {like: x}}, image_profile: p}]", "rules[0].match.mac.like"),
-            ("rules: [{name: a, match: {arch: {in: [bios, {x: 1}]}}, image_profile: p}]", "rules[0].match.arch.in[1]"),
+            (
+                "rules: [{name: a, match: {arch: {in: [bios, {x: 1}]}}, image_profile: p}]",
+                "rules[0].match.arch.in[1]",
+            ),
             ("rules: [{name: a, match: {all: {mac: x}}, image_profile: p}]", "rules[0].match.all"),
             ("rules: [{name: a, match: {}, image_profile: p}]", "rules[0].match"),
             ("rules: [{name: a, image_profile: p}]", "rules[0]"),

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use bootfleet_proto::v1::{Condition, Match, condition, r#match};
 
 use crate::error::RulesError;
-use crate::facts::{Field, Facts, parse_mac};
+use crate::facts::{Facts, Field, parse_mac};
 
 /// Deepest nesting accepted, so a hostile expression cannot blow the stack.
 const MAX_DEPTH: usize = 32;
@@ -128,13 +128,21 @@ pub struct Cidr {
 impl Cidr {
     /// Parses "a.b.c.d/n"; host bits set in the address are an error.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (addr, len) = text.split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR like 198.18.0.0/15"))?;
+        let (addr, len) =
+            text.split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR like 198.18.0.0/15"))?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("/{len} is not a prefix length 0-32"))?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("/{len} is not a prefix length 0-32"))?;
         let network = u32::from(addr);
         let cidr = Self { network: network & Self::mask(prefix), prefix };
         if cidr.network != network {
-            return Err(format!("{text:?} has host bits set (network is {}/{prefix})", Ipv4Addr::from(cidr.network)));
+            return Err(format!(
+                "{text:?} has host bits set (network is {}/{prefix})",
+                Ipv4Addr::from(cidr.network)
+            ));
         }
         Ok(cidr)
     }
@@ -173,11 +181,11 @@ pub enum Test {
 #[derive(Clone, Debug)]
 pub enum Expr {
     /// Every item holds (true when empty).
-    All(Vec<Expr>),
+    All(Vec<Self>),
     /// Some item holds (false when empty).
-    Any(Vec<Expr>),
+    Any(Vec<Self>),
     /// The item does not hold.
-    Not(Box<Expr>),
+    Not(Box<Self>),
     /// A test on a fact.
     Cond(Field, Test),
     /// Always true.
@@ -201,7 +209,9 @@ impl Expr {
                     Test::Glob(glob) => glob.matches(value),
                     Test::Cidr(cidr) => facts.address(field).is_some_and(|a| cidr.contains(a)),
                     Test::MacRange(lo, hi) => (*lo..=*hi).contains(&facts.mac_value),
-                    Test::NumberRange(lo, hi) => value.parse::<u128>().is_ok_and(|v| (*lo..=*hi).contains(&v)),
+                    Test::NumberRange(lo, hi) => {
+                        value.parse::<u128>().is_ok_and(|v| (*lo..=*hi).contains(&v))
+                    }
                     Test::TextRange(lo, hi) => lo.as_str() <= value && value <= hi.as_str(),
                 }
             }
@@ -212,13 +222,14 @@ impl Expr {
 /// Normalizes a literal for comparison with a normalized fact.
 fn normalize_value(field: &Field, value: &str, path: &str) -> Result<String, RulesError> {
     Ok(match field {
-        Field::Mac => crate::facts::normalize_mac(value).map_err(|_| {
-            RulesError::invalid(path, format!("{value:?} is not a MAC address"))
-        })?,
+        Field::Mac => crate::facts::normalize_mac(value)
+            .map_err(|_| RulesError::invalid(path, format!("{value:?} is not a MAC address")))?,
         Field::Uuid | Field::Arch => value.trim().to_ascii_lowercase(),
         Field::Ipv4 | Field::Relay => {
-            let addr: Ipv4Addr =
-                value.trim().parse().map_err(|_| RulesError::invalid(path, format!("{value:?} is not an IPv4 address")))?;
+            let addr: Ipv4Addr = value
+                .trim()
+                .parse()
+                .map_err(|_| RulesError::invalid(path, format!("{value:?} is not an IPv4 address")))?;
             addr.to_string()
         }
         _ => value.to_owned(),
@@ -227,11 +238,18 @@ fn normalize_value(field: &Field, value: &str, path: &str) -> Result<String, Rul
 
 fn compile_condition(c: &Condition, path: &str) -> Result<Expr, RulesError> {
     let field = Field::parse(&c.field).ok_or_else(|| {
-        RulesError::invalid(format!("{path}.field"), format!("unknown field {:?} (known: {})", c.field, Field::NAMES))
+        RulesError::invalid(
+            format!("{path}.field"),
+            format!("unknown field {:?} (known: {})", c.field, Field::NAMES),
+        )
     })?;
     let test = match &c.test {
-        None => return Err(RulesError::invalid(path, "condition has no test (equals, in, glob, cidr or range)")),
-        Some(condition::Test::Equals(v)) => Test::Equals(normalize_value(&field, v, &format!("{path}.equals"))?),
+        None => {
+            return Err(RulesError::invalid(path, "condition has no test (equals, in, glob, cidr or range)"));
+        }
+        Some(condition::Test::Equals(v)) => {
+            Test::Equals(normalize_value(&field, v, &format!("{path}.equals"))?)
+        }
         Some(condition::Test::In(set)) => {
             if set.values.is_empty() {
                 return Err(RulesError::invalid(format!("{path}.in"), "empty set matches nothing"));
@@ -258,14 +276,20 @@ fn compile_condition(c: &Condition, path: &str) -> Result<Expr, RulesError> {
         }
         Some(condition::Test::Cidr(text)) => {
             if !field.is_address() {
-                return Err(RulesError::invalid(format!("{path}.cidr"), format!("cidr applies to ipv4 or relay, not {}", c.field)));
+                return Err(RulesError::invalid(
+                    format!("{path}.cidr"),
+                    format!("cidr applies to ipv4 or relay, not {}", c.field),
+                ));
             }
             Test::Cidr(Cidr::parse(text).map_err(|m| RulesError::invalid(format!("{path}.cidr"), m))?)
         }
         Some(condition::Test::Range(range)) => {
             let at = format!("{path}.range");
             if field == Field::Mac {
-                let parse = |v: &str| parse_mac(v).ok_or_else(|| RulesError::invalid(&at, format!("{v:?} is not a MAC address")));
+                let parse = |v: &str| {
+                    parse_mac(v)
+                        .ok_or_else(|| RulesError::invalid(&at, format!("{v:?} is not a MAC address")))
+                };
                 let (lo, hi) = (parse(&range.from)?, parse(&range.to)?);
                 if lo > hi {
                     return Err(RulesError::invalid(at, "from is above to"));
@@ -307,11 +331,16 @@ fn compile_at(m: &Match, path: &str, depth: usize) -> Result<Expr, RulesError> {
         None => return Err(RulesError::invalid(path, "empty match (use always: true for a catch-all)")),
         Some(r#match::Expr::All(l)) => Expr::All(list(&l.items, "all")?),
         Some(r#match::Expr::Any(l)) => Expr::Any(list(&l.items, "any")?),
-        Some(r#match::Expr::Not(inner)) => Expr::Not(Box::new(compile_at(inner, &format!("{path}.not"), depth + 1)?)),
+        Some(r#match::Expr::Not(inner)) => {
+            Expr::Not(Box::new(compile_at(inner, &format!("{path}.not"), depth + 1)?))
+        }
         Some(r#match::Expr::Condition(c)) => compile_condition(c, path)?,
         Some(r#match::Expr::Always(true)) => Expr::Always,
         Some(r#match::Expr::Always(false)) => {
-            return Err(RulesError::invalid(format!("{path}.always"), "always: false never matches; remove the rule"));
+            return Err(RulesError::invalid(
+                format!("{path}.always"),
+                "always: false never matches; remove the rule",
+            ));
         }
     })
 }

@@ -54,7 +54,8 @@ pub struct Outcome {
 impl Outcome {
     /// Indices of the rules that contributed, in rule order, deduplicated.
     pub fn contributing(&self) -> Vec<usize> {
-        let set: BTreeSet<usize> = [self.image_profile, self.host_profile, self.location].into_iter().flatten().collect();
+        let set: BTreeSet<usize> =
+            [self.image_profile, self.host_profile, self.location].into_iter().flatten().collect();
         set.into_iter().collect()
     }
 }
@@ -148,7 +149,10 @@ impl CompiledRuleSet {
                     format!("duplicate rule name {:?} (also rules[{first}])", rule.name),
                 ));
             }
-            let m = rule.r#match.as_ref().ok_or_else(|| RulesError::invalid(format!("{path}.match"), "missing"))?;
+            let m = rule
+                .r#match
+                .as_ref()
+                .ok_or_else(|| RulesError::invalid(format!("{path}.match"), "missing"))?;
             let expr = matcher::compile(m, &format!("{path}.match"))?;
             let assigns = Assigns {
                 image_profile: non_empty(&rule.image_profile),
@@ -205,7 +209,8 @@ impl CompiledRuleSet {
             }
         }
         for (field, prefix, by_network) in &self.cidr {
-            if let Some(rules) = facts.address(field).and_then(|a| by_network.get(&(a & Cidr::mask(*prefix)))) {
+            if let Some(rules) = facts.address(field).and_then(|a| by_network.get(&(a & Cidr::mask(*prefix))))
+            {
                 candidates.extend_from_slice(rules);
             }
         }
@@ -316,7 +321,9 @@ mod tests {
         Facts::from_proto(&f).unwrap()
     }
 
-    fn names(set: &CompiledRuleSet, o: &Outcome) -> (Option<String>, Option<String>, Option<String>) {
+    type Names = (Option<String>, Option<String>, Option<String>);
+
+    fn names(set: &CompiledRuleSet, o: &Outcome) -> Names {
         let n = |i: Option<usize>| i.map(|i| set.rules[i].name.clone());
         (n(o.image_profile), n(o.host_profile), n(o.location))
     }
@@ -328,12 +335,18 @@ mod tests {
             rule("exact", json!({"mac": "52:54:00:00:00:01"}), "img-exact", "", ""),
             rule("efi", json!({"arch": "efi-x64"}), "img-efi", "efi-host", ""),
             rule("lab-net", json!({"ipv4": {"cidr": "198.18.0.0/15"}}), "", "", "lab"),
-            rule("qemu", json!({"vendor": {"glob": "QEMU*"}, "not": {"serial": {"range": ["100", "199"]}}}), "img-qemu", "qemu-host", "qemu-loc"),
+            rule(
+                "qemu",
+                json!({"vendor": {"glob": "QEMU*"}, "not": {"serial": {"range": ["100", "199"]}}}),
+                "img-qemu",
+                "qemu-host",
+                "qemu-loc",
+            ),
             rule("fallback", json!({"always": true}), "img-default", "default-host", "nowhere"),
         ];
         let set = CompiledRuleSet::compile_rules(&rules, 1).unwrap();
         let s = |v: &str| Some(v.to_owned());
-        let cases: Vec<(Facts, (Option<String>, Option<String>, Option<String>))> = vec![
+        let cases: Vec<(Facts, Names)> = vec![
             // Exact MAC takes the image; efi gives the host profile; net the location.
             (
                 facts("52:54:00:00:00:01", |f| {
@@ -372,7 +385,13 @@ mod tests {
     fn invalid_rules_are_rejected_naming_the_field() {
         use serde_json::json;
         let cases: Vec<(Vec<Rule>, &str)> = vec![
-            (vec![rule("a", json!({"always": true}), "p", "", ""), rule("a", json!({"always": true}), "p", "", "")], "rules[1].name"),
+            (
+                vec![
+                    rule("a", json!({"always": true}), "p", "", ""),
+                    rule("a", json!({"always": true}), "p", "", ""),
+                ],
+                "rules[1].name",
+            ),
             (vec![rule("bad name", json!({"always": true}), "p", "", "")], "rules[0].name"),
             (vec![rule("a", json!({"always": true}), "", "", "")], "rules[0]"),
             (vec![rule("a", json!({"colour": "red"}), "p", "", "")], "rules[0].match.field"),
@@ -380,7 +399,16 @@ mod tests {
             (vec![rule("a", json!({"serial": {"cidr": "10.0.0.0/8"}}), "p", "", "")], "rules[0].match.cidr"),
             (vec![rule("a", json!({"ipv4": {"cidr": "10.0.0.1/8"}}), "p", "", "")], "rules[0].match.cidr"),
             (vec![rule("a", json!({"vendor": {"glob": "[x"}}), "p", "", "")], "rules[0].match.glob"),
-            (vec![rule("a", json!({"mac": {"range": ["52:54:00:00:00:09", "52:54:00:00:00:01"]}}), "p", "", "")], "rules[0].match.range"),
+            (
+                vec![rule(
+                    "a",
+                    json!({"mac": {"range": ["52:54:00:00:00:09", "52:54:00:00:00:01"]}}),
+                    "p",
+                    "",
+                    "",
+                )],
+                "rules[0].match.range",
+            ),
         ];
         for (rules, field) in cases {
             match CompiledRuleSet::compile_rules(&rules, 0) {
@@ -393,7 +421,8 @@ mod tests {
         for _ in 0..40 {
             m = Match { expr: Some(r#match::Expr::Not(Box::new(m))) };
         }
-        let deep = Rule { name: "deep".into(), r#match: Some(m), image_profile: "p".into(), ..Default::default() };
+        let deep =
+            Rule { name: "deep".into(), r#match: Some(m), image_profile: "p".into(), ..Default::default() };
         assert!(CompiledRuleSet::compile_rules(&[deep], 0).is_err());
     }
 
@@ -402,13 +431,20 @@ mod tests {
             use condition::Test;
             let (field, test) = match kind {
                 0 => ("mac", Test::Equals(format!("52:54:00:00:00:0{v}"))),
-                1 => ("arch", Test::In(bootfleet_proto::v1::StringSet { values: vec!["bios".into(), format!("efi-{v}")] })),
+                1 => (
+                    "arch",
+                    Test::In(bootfleet_proto::v1::StringSet {
+                        values: vec!["bios".into(), format!("efi-{v}")],
+                    }),
+                ),
                 2 => ("vendor", Test::Glob(format!("v{v}*"))),
                 3 => ("ipv4", Test::Cidr(format!("198.18.{v}.0/24"))),
                 4 => ("ipv4", Test::Cidr("198.18.0.0/15".into())),
                 _ => ("serial", Test::Equals(format!("s{v}"))),
             };
-            Match { expr: Some(r#match::Expr::Condition(Condition { field: field.into(), test: Some(test) })) }
+            Match {
+                expr: Some(r#match::Expr::Condition(Condition { field: field.into(), test: Some(test) })),
+            }
         });
         if depth == 0 {
             return cond.boxed();

@@ -1,0 +1,138 @@
+//! The life of a service process, shared by every binary and by
+//! `bootfleet up`: configuration checked before anything binds (exit 64 on
+//! error, `--validate` stops there), logging, the store, the admin endpoint,
+//! membership, signals, and an orderly shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bootfleet_proto::v1::Member;
+
+use crate::admin::{self, ComponentHealth, Health};
+use crate::config::{CommonArgs, ConfigError, CoreConfig, Defaults, EXIT_USAGE};
+use crate::membership::Registration;
+use crate::shutdown::Shutdown;
+use crate::store::{self, SharedStore};
+
+/// What a running service gets from the process shell.
+pub struct ServiceContext {
+    /// The validated shared configuration.
+    pub config: CoreConfig,
+    /// The opened store.
+    pub store: SharedStore,
+    /// Process health, served on the admin port.
+    pub health: Health,
+    /// Shutdown signal and task tracker.
+    pub shutdown: Shutdown,
+    /// Where the admin endpoint listens.
+    pub admin_addr: SocketAddr,
+    /// This replica's member record (add addresses once bound). The shell
+    /// deregisters it after the service returns.
+    pub registration: Arc<Registration>,
+}
+
+/// Runs a service process and returns its exit status.
+///
+/// `check` validates the service's own settings (from flags and its file
+/// section) before anything binds; `body` runs the service until
+/// `ctx.shutdown` fires, then returns. Afterwards the shell marks health
+/// NOT_SERVING, deregisters, and drains tracked tasks within the grace
+/// period.
+pub fn run_service<S, F, Fut>(
+    service: &'static str,
+    args: &CommonArgs,
+    defaults: &Defaults,
+    check: impl FnOnce(&CoreConfig) -> Result<S, ConfigError>,
+    body: F,
+) -> i32
+where
+    S: std::fmt::Debug,
+    F: FnOnce(ServiceContext, S) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let checked = CoreConfig::load(args, defaults).and_then(|core| check(&core).map(|s| (core, s)));
+    let (config, settings) = match checked {
+        Ok(both) => both,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if args.validate {
+        eprintln!("configuration is valid:\n{config:#?}\n{settings:#?}");
+        return 0;
+    }
+    crate::telemetry::init(&config.log_filter, config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("Error: starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(service, config, settings, body)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("Error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run<S, F, Fut>(service: &'static str, config: CoreConfig, settings: S, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(ServiceContext, S) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals().context("installing signal handlers")?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoint on {}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let store = store::open(&config.store).await.context("opening the state store")?;
+    tracing::info!(service, backend = store.backend_name(), admin = %admin_addr, member = %config.member_id, "starting");
+
+    let health = Health::new();
+    health.set("process", ComponentHealth::Serving).await;
+    shutdown.spawn(admin::serve(admin_listener, health.clone(), shutdown.token()));
+
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let member = Member {
+        service: service.into(),
+        id: config.member_id.clone(),
+        admin_address: admin_addr.to_string(),
+        started_at_unix_ms: i64::try_from(started).unwrap_or(i64::MAX),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Member::default()
+    };
+    let registration = Arc::new(Registration::start(store.clone(), member, config.store.member_ttl));
+    let grace = config.shutdown_grace;
+    let ctx = ServiceContext {
+        config,
+        store,
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        admin_addr,
+        registration: Arc::clone(&registration),
+    };
+
+    let result = body(ctx, settings).await;
+    // Whatever ended the body (signal or failure), shut everything down.
+    shutdown.trigger();
+    health.set_shutting_down().await;
+    match Arc::try_unwrap(registration) {
+        Ok(registration) => {
+            if let Err(e) = registration.deregister().await {
+                tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
+            }
+        }
+        Err(_) => tracing::warn!("member registration still in use; it lapses with its lease"),
+    }
+    shutdown.drain(grace).await;
+    tracing::info!(service, "stopped");
+    result
+}

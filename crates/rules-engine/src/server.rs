@@ -1,0 +1,159 @@
+//! The rules-engine service: its settings and the `run` function that both
+//! the `bootfleet-rules-engine` binary and `bootfleet up` call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bootfleet_core::config::{ConfigError, CoreConfig};
+use bootfleet_core::process::ServiceContext;
+use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::service::RulesApi;
+use crate::store::{RulesState, StateOptions};
+
+/// Default gRPC address of the rules engine.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default number of entries kept in a host's history.
+pub const DEFAULT_HISTORY_LIMIT: usize = 20;
+
+/// Rules-engine flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RulesArgs {
+    /// Address of the RulesService gRPC endpoint.
+    #[arg(long = "rules-listen", env = "BOOTFLEET_RULES_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// File holding the admin bearer token that writes require.
+    #[arg(long = "rules-admin-token-file", env = "BOOTFLEET_RULES_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin bearer token itself (prefer the file).
+    #[arg(
+        long = "rules-admin-token",
+        env = "BOOTFLEET_RULES_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+/// The `[rules]` section of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesSection {
+    listen: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    admin_token: Option<String>,
+    history_limit: Option<usize>,
+}
+
+/// Validated rules-engine settings.
+#[derive(Clone)]
+pub struct RulesConfig {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Bearer token for writes; `None` refuses writes.
+    pub admin_token: Option<String>,
+    /// Host history length.
+    pub history_limit: usize,
+}
+
+impl std::fmt::Debug for RulesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesConfig")
+            .field("listen", &self.listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("history_limit", &self.history_limit)
+            .finish()
+    }
+}
+
+impl RulesConfig {
+    /// Merges flags and the `[rules]` file section; errors name the key.
+    pub fn load(args: &RulesArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
+        let section: RulesSection = match &core.file.rules {
+            Some(table) => serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| ConfigError::new(format!("rules.{}", e.path()), e.inner().to_string()))?,
+            None => RulesSection::default(),
+        };
+        let (listen_text, key) = match (&args.listen, &section.listen) {
+            (Some(v), _) => (v.clone(), "--rules-listen / BOOTFLEET_RULES_LISTEN"),
+            (None, Some(v)) => (v.clone(), "rules.listen"),
+            (None, None) => (DEFAULT_LISTEN.to_owned(), "rules.listen (default)"),
+        };
+        let listen = listen_text.parse().map_err(|_| {
+            ConfigError::new(key, format!("{listen_text:?} is not an address like 127.0.0.1:7070"))
+        })?;
+        let token_file = args
+            .admin_token_file
+            .clone()
+            .map(|f| (f, "--rules-admin-token-file / BOOTFLEET_RULES_ADMIN_TOKEN_FILE"));
+        let token_file =
+            token_file.or_else(|| section.admin_token_file.clone().map(|f| (f, "rules.admin_token_file")));
+        let admin_token = match (args.admin_token.clone().or(section.admin_token.clone()), token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some((file, key))) => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| ConfigError::new(key, format!("reading {}: {e}", file.display())))?;
+                Some(text.trim().to_owned())
+            }
+            (None, None) => None,
+        };
+        if let Some(token) = &admin_token {
+            if token.len() < 16 {
+                return Err(ConfigError::new("rules.admin_token", "too short: use at least 16 characters"));
+            }
+        }
+        let history_limit = section.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        if history_limit == 0 || history_limit > 1000 {
+            return Err(ConfigError::new("rules.history_limit", "must be between 1 and 1000"));
+        }
+        Ok(Self { listen, admin_token, history_limit })
+    }
+}
+
+/// Binds the gRPC port and serves the rules engine until shutdown.
+pub async fn run(ctx: ServiceContext, config: RulesConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the rules engine on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    ctx.registration.update(|m| m.addresses = vec![addr.to_string()]);
+    let stop = ctx.shutdown.token();
+    let options =
+        StateOptions { member_id: ctx.config.member_id.clone(), history_limit: config.history_limit };
+    let state = RulesState::start(ctx.store.clone(), options, &stop);
+    for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(state.caches()) {
+        ctx.health.track_snapshot(&format!("rules.{name}"), cache, stop.clone());
+    }
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin token configured: rule and profile writes are refused");
+    }
+    tracing::info!(%addr, "rules engine listening");
+    serve(listener, state, &ctx, config.admin_token).await
+}
+
+/// Serves the gRPC API (RulesService, health, reflection) on `listener`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<RulesState>,
+    ctx: &ServiceContext,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let stop = ctx.shutdown.token();
+    tonic::transport::Server::builder()
+        .add_service(ctx.health.grpc_service())
+        .add_service(reflection)
+        .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .await
+        .context("serving the rules engine")
+}

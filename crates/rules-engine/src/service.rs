@@ -1,0 +1,547 @@
+//! The `RulesService` gRPC API over [`RulesState`].
+//!
+//! Evaluate and reads are open: boot services call them. Writes need the
+//! admin bearer token (`authorization: Bearer <token>`); without a
+//! configured token writes are refused altogether.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bootfleet_proto::v1 as pb;
+use bootfleet_proto::v1::rules_service_server::RulesService;
+use pb::{profile_object, rule_change};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::decide::changed_items;
+use crate::error::RulesError;
+use crate::facts::{Facts, normalize_mac};
+use crate::store::{HOSTS_PREFIX, RulesState, decode, writes};
+
+/// The rules engine's Prometheus metrics.
+pub mod metrics {
+    use std::sync::LazyLock;
+
+    use prometheus::{
+        IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec,
+        register_int_gauge,
+    };
+
+    /// Evaluations by outcome.
+    pub static EVALUATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        register_int_counter_vec!(
+            "bootfleet_rules_evaluations_total",
+            "Evaluate calls by outcome",
+            &["outcome"]
+        )
+        .expect("metric registers once")
+    });
+    /// Version of the active rule set.
+    pub static ACTIVE_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
+        register_int_gauge!("bootfleet_rules_active_version", "Version of the active rule set")
+            .expect("metric registers once")
+    });
+    /// Rules in the active set.
+    pub static ACTIVE_RULES: LazyLock<IntGauge> = LazyLock::new(|| {
+        register_int_gauge!("bootfleet_rules_active_rules", "Rules in the active set")
+            .expect("metric registers once")
+    });
+    /// Host-record write transactions.
+    pub static HOST_RECORD_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "bootfleet_rules_host_record_writes_total",
+            "Host record write transactions committed"
+        )
+        .expect("metric registers once")
+    });
+    /// Host events not recorded because the queue was full.
+    pub static HOST_EVENTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "bootfleet_rules_host_events_dropped_total",
+            "Decisions not recorded on host records because the write queue was full"
+        )
+        .expect("metric registers once")
+    });
+}
+
+impl From<RulesError> for Status {
+    fn from(e: RulesError) -> Self {
+        let message = e.to_string();
+        match e {
+            RulesError::Invalid { .. } => Self::invalid_argument(message),
+            RulesError::NotFound(_) => Self::not_found(message),
+            RulesError::Conflict(_) => Self::failed_precondition(message),
+            RulesError::Unauthenticated(_) => Self::unauthenticated(message),
+            RulesError::Unavailable(_) => Self::unavailable(message),
+            RulesError::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The gRPC service.
+#[derive(Clone, Debug)]
+pub struct RulesApi {
+    state: Arc<RulesState>,
+    admin_token: Option<Arc<str>>,
+}
+
+impl RulesApi {
+    /// Serves `state`; writes need `admin_token` (none: writes refused).
+    pub fn new(state: Arc<RulesState>, admin_token: Option<String>) -> Self {
+        Self { state, admin_token: admin_token.map(Into::into) }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.admin_token else {
+            return Err(Status::unauthenticated(
+                "writes are disabled: this rules engine has no admin token configured (rules.admin_token_file)",
+            ));
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("writes need the admin token: authorization: Bearer <token>"))
+        }
+    }
+
+    fn rule_set_response(&self, active: bool) -> Result<pb::RuleSetResponse, RulesError> {
+        let (rule_set, revision) = self.state.rule_set(active)?;
+        Ok(pb::RuleSetResponse { rule_set: Some(rule_set), revision })
+    }
+
+    fn compliance(
+        &self,
+        macs: &[String],
+        against_active: bool,
+    ) -> Result<(Vec<pb::ComplianceResult>, u32), RulesError> {
+        let engine_storage;
+        let engine = if against_active {
+            engine_storage = self.state.engine();
+            &*engine_storage
+        } else {
+            &self.state.working_engine()?
+        };
+        let records: Vec<pb::HostRecord> = if macs.is_empty() {
+            self.state.all_hosts()?
+        } else {
+            let mut out = Vec::new();
+            for (i, mac) in macs.iter().enumerate() {
+                let mac = normalize_mac(mac).map_err(|e| e.within(&format!("macs[{i}]")))?;
+                let (record, _) =
+                    self.state.host(&mac)?.ok_or_else(|| RulesError::NotFound(format!("host {mac}")))?;
+                out.push(record);
+            }
+            out
+        };
+        let now = now_ms();
+        let mut results = Vec::new();
+        for record in &records {
+            let Some(facts) = record.facts.as_ref() else { continue };
+            let facts = Facts::from_proto(facts)?;
+            let expected = engine.decide(&facts, now);
+            let changed = changed_items(record.last_decision.as_ref(), &expected);
+            if !changed.is_empty() {
+                results.push(pb::ComplianceResult {
+                    mac: record.mac.clone(),
+                    recorded: record.last_decision.clone(),
+                    expected: Some(expected),
+                    changed,
+                });
+            }
+        }
+        Ok((results, u32::try_from(records.len()).unwrap_or(u32::MAX)))
+    }
+}
+
+/// Compares without leaking the position of the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn kind_of(object: &pb::ProfileObject) -> pb::ProfileKind {
+    match object.object {
+        Some(profile_object::Object::Image(_)) => pb::ProfileKind::Image,
+        Some(profile_object::Object::Host(_)) => pb::ProfileKind::Host,
+        Some(profile_object::Object::Location(_)) => pb::ProfileKind::Location,
+        None => pb::ProfileKind::Unspecified,
+    }
+}
+
+fn diff(working: &[pb::Rule], active: &[pb::Rule]) -> Vec<pb::RuleChange> {
+    let position = |rules: &[pb::Rule]| -> HashMap<String, usize> {
+        rules.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect()
+    };
+    let (w, a) = (position(working), position(active));
+    let as_i32 = |i: usize| i32::try_from(i).unwrap_or(i32::MAX);
+    let mut changes = Vec::new();
+    for (i, rule) in working.iter().enumerate() {
+        match a.get(&rule.name) {
+            None => changes.push(pb::RuleChange {
+                kind: rule_change::Kind::Added.into(),
+                name: rule.name.clone(),
+                working: Some(rule.clone()),
+                active: None,
+                working_position: as_i32(i),
+                active_position: -1,
+            }),
+            Some(&j) => {
+                let kind = if active[j] != *rule {
+                    rule_change::Kind::Changed
+                } else if i != j {
+                    rule_change::Kind::Moved
+                } else {
+                    continue;
+                };
+                changes.push(pb::RuleChange {
+                    kind: kind.into(),
+                    name: rule.name.clone(),
+                    working: Some(rule.clone()),
+                    active: Some(active[j].clone()),
+                    working_position: as_i32(i),
+                    active_position: as_i32(j),
+                });
+            }
+        }
+    }
+    for (j, rule) in active.iter().enumerate() {
+        if !w.contains_key(&rule.name) {
+            changes.push(pb::RuleChange {
+                kind: rule_change::Kind::Removed.into(),
+                name: rule.name.clone(),
+                working: None,
+                active: Some(rule.clone()),
+                working_position: -1,
+                active_position: as_i32(j),
+            });
+        }
+    }
+    changes
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::HostEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RulesService for RulesApi {
+    async fn evaluate(
+        &self,
+        request: Request<pb::EvaluateRequest>,
+    ) -> Result<Response<pb::EvaluateResponse>, Status> {
+        let request = request.into_inner();
+        let facts = request.facts.ok_or_else(|| Status::invalid_argument("facts: missing"))?;
+        let facts = Facts::from_proto(&facts)?;
+        let engine = self.state.engine();
+        let now = now_ms();
+        let decision = engine.decide(&facts, now);
+        let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
+        metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
+        if !request.dry_run {
+            let event = pb::HostEvent {
+                at_unix_ms: now,
+                facts: Some(facts.to_proto()),
+                decision: Some(decision.clone()),
+                decided_by: self.state.options.member_id.clone(),
+            };
+            self.state.recorder.record(facts.mac.clone(), event);
+        }
+        Ok(Response::new(pb::EvaluateResponse { decision: Some(decision), degraded: self.state.degraded() }))
+    }
+
+    async fn get_rule_set(
+        &self,
+        request: Request<pb::GetRuleSetRequest>,
+    ) -> Result<Response<pb::RuleSetResponse>, Status> {
+        let active = request.into_inner().kind() == pb::RuleSetKind::Active;
+        Ok(Response::new(self.rule_set_response(active)?))
+    }
+
+    async fn put_rule(
+        &self,
+        request: Request<pb::PutRuleRequest>,
+    ) -> Result<Response<pb::RuleSetResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let rule = r.rule.ok_or_else(|| Status::invalid_argument("rule: missing"))?;
+        let (rule_set, revision) = writes::modify_working(&self.state.store, r.expected_revision, |rules| {
+            writes::place_rule(rules, rule.clone(), &r.before, &r.after)
+        })
+        .await?;
+        Ok(Response::new(pb::RuleSetResponse { rule_set: Some(rule_set), revision }))
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<pb::DeleteRuleRequest>,
+    ) -> Result<Response<pb::RuleSetResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let (rule_set, revision) = writes::modify_working(&self.state.store, r.expected_revision, |rules| {
+            let before = rules.len();
+            rules.retain(|rule| rule.name != r.name);
+            if rules.len() == before {
+                return Err(RulesError::NotFound(format!("rule {:?} in the working set", r.name)));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::RuleSetResponse { rule_set: Some(rule_set), revision }))
+    }
+
+    async fn replace_working_set(
+        &self,
+        request: Request<pb::ReplaceWorkingSetRequest>,
+    ) -> Result<Response<pb::RuleSetResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let (rule_set, revision) = writes::modify_working(&self.state.store, r.expected_revision, |rules| {
+            rules.clone_from(&r.rules);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::RuleSetResponse { rule_set: Some(rule_set), revision }))
+    }
+
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
+        self.authorize(&request)?;
+        let (version, revision) =
+            writes::activate(&self.state.store, request.into_inner().expected_revision).await?;
+        tracing::info!(version, "rule set activated");
+        Ok(Response::new(pb::ActivateResponse { version, revision }))
+    }
+
+    async fn diff(&self, _request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        let (working, _) = self.state.rule_set(false)?;
+        let (active, _) = self.state.rule_set(true)?;
+        Ok(Response::new(pb::DiffResponse {
+            changes: diff(&working.rules, &active.rules),
+            active_version: active.version,
+        }))
+    }
+
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let kind = request.into_inner().kind();
+        let mut profiles = Vec::new();
+        let wanted = |k: pb::ProfileKind| kind == pb::ProfileKind::Unspecified || kind == k;
+        for kv in self.state.profiles.list(crate::store::PROFILES_PREFIX) {
+            let object = if kv.key.starts_with(crate::store::IMAGE_PREFIX) && wanted(pb::ProfileKind::Image) {
+                profile_object::Object::Image(decode(&kv)?)
+            } else if kv.key.starts_with(crate::store::HOST_PREFIX) && wanted(pb::ProfileKind::Host) {
+                profile_object::Object::Host(decode(&kv)?)
+            } else {
+                continue;
+            };
+            profiles.push(pb::ProfileObject { object: Some(object), revision: kv.mod_revision });
+        }
+        if wanted(pb::ProfileKind::Location) {
+            for kv in self.state.locations.list(crate::store::LOCATION_PREFIX) {
+                profiles.push(pb::ProfileObject {
+                    object: Some(profile_object::Object::Location(decode(&kv)?)),
+                    revision: kv.mod_revision,
+                });
+            }
+        }
+        Ok(Response::new(pb::ListProfilesResponse { profiles }))
+    }
+
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::ProfileObject>, Status> {
+        let r = request.into_inner();
+        let key = writes::profile_key(r.kind(), &r.name)?;
+        let cache =
+            if r.kind() == pb::ProfileKind::Location { &self.state.locations } else { &self.state.profiles };
+        let kv = cache
+            .get(&key)
+            .ok_or_else(|| Status::not_found(format!("{:?} {:?} not found", r.kind(), r.name)))?;
+        let object = match r.kind() {
+            pb::ProfileKind::Image => profile_object::Object::Image(decode(&kv)?),
+            pb::ProfileKind::Host => profile_object::Object::Host(decode(&kv)?),
+            _ => profile_object::Object::Location(decode(&kv)?),
+        };
+        Ok(Response::new(pb::ProfileObject { object: Some(object), revision: kv.mod_revision }))
+    }
+
+    async fn put_profile(
+        &self,
+        request: Request<pb::PutProfileRequest>,
+    ) -> Result<Response<pb::ProfileObject>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let mut object = r.profile.ok_or_else(|| Status::invalid_argument("profile: missing"))?;
+        object.revision = writes::put_profile(&self.state.store, &object, r.expected_revision).await?;
+        tracing::info!(kind = ?kind_of(&object), "profile stored");
+        Ok(Response::new(object))
+    }
+
+    async fn delete_profile(
+        &self,
+        request: Request<pb::DeleteProfileRequest>,
+    ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        writes::delete_profile(&self.state.store, r.kind(), &r.name).await?;
+        Ok(Response::new(pb::DeleteProfileResponse {}))
+    }
+
+    async fn test_compliance(
+        &self,
+        request: Request<pb::TestComplianceRequest>,
+    ) -> Result<Response<pb::TestComplianceResponse>, Status> {
+        let r = request.into_inner();
+        let (non_compliant, hosts_checked) =
+            self.compliance(&r.macs, r.against() == pb::RuleSetKind::Active)?;
+        Ok(Response::new(pb::TestComplianceResponse { non_compliant, hosts_checked }))
+    }
+
+    async fn repair(
+        &self,
+        request: Request<pb::RepairRequest>,
+    ) -> Result<Response<pb::RepairResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let (repaired, _) = self.compliance(&r.macs, true)?;
+        let now = now_ms();
+        let events = repaired
+            .iter()
+            .map(|c| {
+                let facts = self.state.host(&c.mac).ok().flatten().and_then(|(record, _)| record.facts);
+                let event = pb::HostEvent {
+                    at_unix_ms: now,
+                    facts,
+                    decision: c.expected.clone(),
+                    decided_by: self.state.options.member_id.clone(),
+                };
+                (c.mac.clone(), event)
+            })
+            .collect();
+        self.state.recorder.write_now(events).await?;
+        Ok(Response::new(pb::RepairResponse { repaired }))
+    }
+
+    async fn list_hosts(
+        &self,
+        _request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self
+            .state
+            .all_hosts()?
+            .into_iter()
+            .map(|mut record| {
+                record.history.clear();
+                record
+            })
+            .collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn get_host(
+        &self,
+        request: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::HostRecord>, Status> {
+        let mac = normalize_mac(&request.into_inner().mac).map_err(|e| e.within("mac"))?;
+        let (record, _) =
+            self.state.host(&mac)?.ok_or_else(|| Status::not_found(format!("host {mac} not found")))?;
+        Ok(Response::new(record))
+    }
+
+    type WatchDecisionsStream = EventStream;
+
+    async fn watch_decisions(
+        &self,
+        request: Request<pb::WatchDecisionsRequest>,
+    ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
+        let filter = request.into_inner().mac;
+        let filter =
+            if filter.is_empty() { None } else { Some(normalize_mac(&filter).map_err(|e| e.within("mac"))?) };
+        let mut events = self.state.hosts.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            // Per host, the newest entry already sent.
+            let mut sent: HashMap<String, i64> = HashMap::new();
+            loop {
+                let batch = match events.recv().await {
+                    Ok(batch) => batch,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let status =
+                            Status::data_loss(format!("watcher fell behind by {n} batches; watch again"));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for event in batch.iter().filter(|e| e.kind == bootfleet_core::store::EventKind::Put) {
+                    let Some(mac) = event.kv.key.strip_prefix(HOSTS_PREFIX) else { continue };
+                    if filter.as_deref().is_some_and(|f| f != mac) {
+                        continue;
+                    }
+                    let Ok(record) = decode::<pb::HostRecord>(&event.kv) else { continue };
+                    let last = sent.get(mac).copied().unwrap_or(i64::MIN);
+                    for entry in record.history.iter().filter(|h| h.at_unix_ms > last) {
+                        if tx.send(Ok(entry.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(newest) = record.history.last() {
+                        sent.insert(mac.to_owned(), newest.at_unix_ms);
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, image: &str) -> pb::Rule {
+        pb::Rule { name: name.into(), image_profile: image.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn diff_reports_each_kind_of_change() {
+        let active = vec![rule("a", "x"), rule("b", "x"), rule("c", "x")];
+        let working = vec![rule("b", "x"), rule("a", "y"), rule("d", "x")];
+        let changes: Vec<(i32, String)> =
+            diff(&working, &active).into_iter().map(|c| (c.kind, c.name)).collect();
+        let k = |kind: rule_change::Kind| i32::from(kind);
+        assert_eq!(
+            changes,
+            [
+                (k(rule_change::Kind::Moved), "b".to_owned()),
+                (k(rule_change::Kind::Changed), "a".to_owned()),
+                (k(rule_change::Kind::Added), "d".to_owned()),
+                (k(rule_change::Kind::Removed), "c".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

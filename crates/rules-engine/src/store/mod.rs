@@ -1,0 +1,216 @@
+//! Rules, profiles and host records in Bootfleet's `StateStore`.
+//!
+//! Reads come from watched snapshots (so they keep working while etcd is
+//! down); writes go to the store as compare-and-swap transactions (see
+//! [`writes`]); decisions are recorded on host records in the background
+//! ([`recorder`]). The active rule set is compiled into an [`Engine`] again
+//! whenever rules or profiles change.
+
+pub mod recorder;
+pub mod writes;
+
+use std::sync::Arc;
+
+use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
+use bootfleet_core::store::{KeyValue, SharedStore};
+use bootfleet_proto::v1::{HostProfile, HostRecord, ImageProfile, Location, RuleSet};
+use prost::Message;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::decide::{Catalog, Engine};
+use crate::error::RulesError;
+use crate::ruleset::CompiledRuleSet;
+
+/// Key of the working rule set.
+pub const WORKING_KEY: &str = "/bootfleet/v1/rules/working";
+/// Key of the active rule set.
+pub const ACTIVE_KEY: &str = "/bootfleet/v1/rules/active";
+/// Prefix of both rule sets.
+pub const RULES_PREFIX: &str = "/bootfleet/v1/rules/";
+/// Prefix of image and host profiles.
+pub const PROFILES_PREFIX: &str = "/bootfleet/v1/profiles/";
+/// Prefix of image profiles.
+pub const IMAGE_PREFIX: &str = "/bootfleet/v1/profiles/image/";
+/// Prefix of host profiles.
+pub const HOST_PREFIX: &str = "/bootfleet/v1/profiles/host/";
+/// Prefix of locations.
+pub const LOCATION_PREFIX: &str = "/bootfleet/v1/locations/";
+/// Prefix of host records.
+pub const HOSTS_PREFIX: &str = "/bootfleet/v1/hosts/";
+
+/// Decodes a stored message, naming the key when it is corrupt.
+pub fn decode<M: Message + Default>(kv: &KeyValue) -> Result<M, RulesError> {
+    M::decode(kv.value.as_slice())
+        .map_err(|e| RulesError::Internal(format!("undecodable value at {}: {e}", kv.key)))
+}
+
+/// A stored rule set and its revision (0 and empty when never written).
+pub fn rule_set_of(kv: Option<&KeyValue>) -> Result<(RuleSet, i64), RulesError> {
+    match kv {
+        Some(kv) => Ok((decode(kv)?, kv.mod_revision)),
+        None => Ok((RuleSet::default(), 0)),
+    }
+}
+
+/// Builds the catalog from stored profile and location records.
+pub fn catalog_of(profiles: &[KeyValue], locations: &[KeyValue]) -> Result<Catalog, RulesError> {
+    let mut catalog = Catalog::default();
+    for kv in profiles {
+        if kv.key.starts_with(IMAGE_PREFIX) {
+            let p: ImageProfile = decode(kv)?;
+            catalog.image.insert(p.name.clone(), Arc::new(p));
+        } else if kv.key.starts_with(HOST_PREFIX) {
+            let p: HostProfile = decode(kv)?;
+            catalog.host.insert(p.name.clone(), Arc::new(p));
+        }
+    }
+    for kv in locations {
+        let l: Location = decode(kv)?;
+        catalog.location.insert(l.name.clone(), Arc::new(l));
+    }
+    Ok(catalog)
+}
+
+/// Settings of a rules-engine replica.
+#[derive(Clone, Debug)]
+pub struct StateOptions {
+    /// Member id recorded as `decided_by`.
+    pub member_id: String,
+    /// Entries kept in each host's history.
+    pub history_limit: usize,
+}
+
+/// Everything a rules-engine replica serves from.
+pub struct RulesState {
+    pub(crate) store: SharedStore,
+    pub(crate) rules: SnapshotCache,
+    pub(crate) profiles: SnapshotCache,
+    pub(crate) locations: SnapshotCache,
+    pub(crate) hosts: SnapshotCache,
+    engine: watch::Receiver<Arc<Engine>>,
+    pub(crate) recorder: recorder::HostRecorder,
+    pub(crate) options: StateOptions,
+}
+
+impl std::fmt::Debug for RulesState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesState").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl RulesState {
+    /// Starts following the store; background tasks end with `stop`.
+    pub fn start(store: SharedStore, options: StateOptions, stop: &CancellationToken) -> Arc<Self> {
+        let rules = SnapshotCache::start(store.clone(), RULES_PREFIX, stop.clone());
+        let profiles = SnapshotCache::start(store.clone(), PROFILES_PREFIX, stop.clone());
+        let locations = SnapshotCache::start(store.clone(), LOCATION_PREFIX, stop.clone());
+        let hosts = SnapshotCache::start(store.clone(), HOSTS_PREFIX, stop.clone());
+        let (engine_tx, engine) = watch::channel(Arc::new(Engine::default()));
+        tokio::spawn(rebuild_engine(
+            rules.clone(),
+            profiles.clone(),
+            locations.clone(),
+            engine_tx,
+            stop.clone(),
+        ));
+        let recorder =
+            recorder::HostRecorder::start(store.clone(), hosts.clone(), options.history_limit, stop.clone());
+        Arc::new(Self { store, rules, profiles, locations, hosts, engine, recorder, options })
+    }
+
+    /// Waits until every snapshot is loaded and the engine compiled.
+    pub async fn ready(&self) {
+        for cache in [&self.rules, &self.profiles, &self.locations, &self.hosts] {
+            cache.loaded().await;
+        }
+        let mut engine = self.engine.clone();
+        let revision = self.rules.revision().max(self.profiles.revision()).max(self.locations.revision());
+        let _ = engine.wait_for(|e| e.built_at >= revision).await;
+    }
+
+    /// The engine built from the active set.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.borrow().clone()
+    }
+
+    /// The snapshots, for health reporting.
+    pub fn caches(&self) -> [&SnapshotCache; 4] {
+        [&self.rules, &self.profiles, &self.locations, &self.hosts]
+    }
+
+    /// True while any snapshot cannot be refreshed.
+    pub fn degraded(&self) -> bool {
+        self.caches().iter().any(|c| c.status() == CacheStatus::Degraded)
+    }
+
+    /// The working or active set from the snapshot, with its revision.
+    pub fn rule_set(&self, active: bool) -> Result<(RuleSet, i64), RulesError> {
+        rule_set_of(self.rules.get(if active { ACTIVE_KEY } else { WORKING_KEY }).as_ref())
+    }
+
+    /// The catalog from the snapshot.
+    pub fn catalog(&self) -> Result<Catalog, RulesError> {
+        catalog_of(&self.profiles.list(PROFILES_PREFIX), &self.locations.list(LOCATION_PREFIX))
+    }
+
+    /// The working set compiled against the current catalog.
+    pub fn working_engine(&self) -> Result<Engine, RulesError> {
+        let (set, _) = self.rule_set(false)?;
+        let rules = CompiledRuleSet::compile(&set)?;
+        Ok(Engine { rules, catalog: self.catalog()?, built_at: 0 })
+    }
+
+    /// One host record from the snapshot.
+    pub fn host(&self, mac: &str) -> Result<Option<(HostRecord, i64)>, RulesError> {
+        self.hosts
+            .get(&format!("{HOSTS_PREFIX}{mac}"))
+            .map(|kv| Ok((decode(&kv)?, kv.mod_revision)))
+            .transpose()
+    }
+
+    /// Every host record from the snapshot.
+    pub fn all_hosts(&self) -> Result<Vec<HostRecord>, RulesError> {
+        self.hosts.list(HOSTS_PREFIX).iter().map(decode).collect()
+    }
+}
+
+/// Recompiles the active set whenever rules, profiles or locations change.
+async fn rebuild_engine(
+    rules: SnapshotCache,
+    profiles: SnapshotCache,
+    locations: SnapshotCache,
+    engine: watch::Sender<Arc<Engine>>,
+    stop: CancellationToken,
+) {
+    let (mut r, mut p, mut l) = (rules.changes(), profiles.changes(), locations.changes());
+    loop {
+        r.borrow_and_update();
+        p.borrow_and_update();
+        l.borrow_and_update();
+        let built_at = rules.revision().max(profiles.revision()).max(locations.revision());
+        let built = rule_set_of(rules.get(ACTIVE_KEY).as_ref()).and_then(|(set, _)| {
+            let catalog = catalog_of(&profiles.list(PROFILES_PREFIX), &locations.list(LOCATION_PREFIX))?;
+            let compiled = CompiledRuleSet::compile(&set)?;
+            Ok(Engine { rules: compiled, catalog, built_at })
+        });
+        match built {
+            Ok(new) => {
+                crate::service::metrics::ACTIVE_VERSION
+                    .set(i64::try_from(new.rules.version).unwrap_or(i64::MAX));
+                crate::service::metrics::ACTIVE_RULES
+                    .set(i64::try_from(new.rules.rules.len()).unwrap_or(i64::MAX));
+                engine.send_replace(Arc::new(new));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "active rule set does not compile; keeping the previous engine")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = r.changed() => {}
+            _ = p.changed() => {}
+            _ = l.changed() => {}
+        }
+    }
+}
