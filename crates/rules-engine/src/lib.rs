@@ -8,6 +8,8 @@
 //! `RulesService` gRPC API, and [`server::run`] serves it.
 #![warn(missing_docs)]
 
+#[cfg(feature = "runtime")]
+pub mod client;
 pub mod decide;
 pub mod error;
 pub mod facts;

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bootfleet_core::admin::Health;
 use bootfleet_core::config::{ConfigError, CoreConfig};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::service::RulesApi;
 use crate::store::{RulesState, StateOptions};
@@ -133,24 +135,25 @@ pub async fn run(ctx: ServiceContext, config: RulesConfig) -> anyhow::Result<()>
         tracing::warn!("no admin token configured: rule and profile writes are refused");
     }
     tracing::info!(%addr, "rules engine listening");
-    serve(listener, state, &ctx, config.admin_token).await
+    serve(listener, state, &ctx.health, config.admin_token, ctx.shutdown.token()).await
 }
 
-/// Serves the gRPC API (RulesService, health, reflection) on `listener`.
+/// Serves the gRPC API (RulesService, health, reflection) on `listener`
+/// until `stop`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<RulesState>,
-    ctx: &ServiceContext,
+    health: &Health,
     admin_token: Option<String>,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building gRPC reflection")?;
-    let stop = ctx.shutdown.token();
     tonic::transport::Server::builder()
-        .add_service(ctx.health.grpc_service())
+        .add_service(health.grpc_service())
         .add_service(reflection)
         .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())

@@ -129,6 +129,19 @@ impl RulesState {
         let _ = engine.wait_for(|e| e.built_at >= revision).await;
     }
 
+    /// Waits until the snapshots have applied `revision` and the engine was
+    /// rebuilt from them (a write through any replica is then visible).
+    pub async fn caught_up(&self, revision: i64) {
+        self.rules.caught_up(revision).await;
+        let mut engine = self.engine.clone();
+        let _ = engine.wait_for(|e| e.built_at >= revision).await;
+    }
+
+    /// The store this replica writes to.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
     /// The engine built from the active set.
     pub fn engine(&self) -> Arc<Engine> {
         self.engine.borrow().clone()

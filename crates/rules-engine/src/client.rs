@@ -1,0 +1,67 @@
+//! Connecting to a rules engine, with the admin token attached to every
+//! request (used by the CLI, the boot services and tests).
+
+use std::time::Duration;
+
+use bootfleet_proto::v1::rules_service_client::RulesServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Adds `authorization: Bearer <token>` when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A RulesService client.
+pub type Client = RulesServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is malformed.
+    #[error("{url:?} is not a valid server URL (like http://127.0.0.1:7070): {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is bad.
+        reason: String,
+    },
+    /// The token cannot be sent as a header.
+    #[error("the admin token contains characters that cannot be sent in a header")]
+    BadToken,
+    /// Nobody answered.
+    #[error("cannot reach the rules engine at {url}: {reason}")]
+    Unreachable {
+        /// The URL given.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+}
+
+/// Connects (within 5 s) to `url`, sending `token` with every request.
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ConnectError::BadUrl { url: url.to_owned(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Unreachable { url: url.to_owned(), reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string) })?;
+    let token = match token {
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| ConnectError::BadToken)?),
+        None => None,
+    };
+    Ok(RulesServiceClient::with_interceptor(channel, BearerToken(token)))
+}

@@ -1,0 +1,1 @@
+//! Two rules-engine processes on a real etcd.
