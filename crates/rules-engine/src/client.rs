@@ -55,10 +55,10 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
         .map_err(|e| ConnectError::BadUrl { url: url.to_owned(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ConnectError::Unreachable { url: url.to_owned(), reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string) })?;
+    let channel = endpoint.connect().await.map_err(|e| ConnectError::Unreachable {
+        url: url.to_owned(),
+        reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string),
+    })?;
     let token = match token {
         Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| ConnectError::BadToken)?),
         None => None,

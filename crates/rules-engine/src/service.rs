@@ -273,6 +273,7 @@ impl RulesService for RulesApi {
         request: Request<pb::PutRuleRequest>,
     ) -> Result<Response<pb::RuleSetResponse>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         let rule = r.rule.ok_or_else(|| Status::invalid_argument("rule: missing"))?;
         let (rule_set, revision) = writes::modify_working(&self.state.store, r.expected_revision, |rules| {
@@ -287,6 +288,7 @@ impl RulesService for RulesApi {
         request: Request<pb::DeleteRuleRequest>,
     ) -> Result<Response<pb::RuleSetResponse>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         let (rule_set, revision) = writes::modify_working(&self.state.store, r.expected_revision, |rules| {
             let before = rules.len();
@@ -305,6 +307,7 @@ impl RulesService for RulesApi {
         request: Request<pb::ReplaceWorkingSetRequest>,
     ) -> Result<Response<pb::RuleSetResponse>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         let (rule_set, revision) = writes::modify_working(&self.state.store, r.expected_revision, |rules| {
             rules.clone_from(&r.rules);
@@ -319,6 +322,7 @@ impl RulesService for RulesApi {
         request: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let (version, revision) =
             writes::activate(&self.state.store, request.into_inner().expected_revision).await?;
         tracing::info!(version, "rule set activated");
@@ -386,6 +390,7 @@ impl RulesService for RulesApi {
         request: Request<pb::PutProfileRequest>,
     ) -> Result<Response<pb::ProfileObject>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         let mut object = r.profile.ok_or_else(|| Status::invalid_argument("profile: missing"))?;
         object.revision = writes::put_profile(&self.state.store, &object, r.expected_revision).await?;
@@ -398,6 +403,7 @@ impl RulesService for RulesApi {
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         writes::delete_profile(&self.state.store, r.kind(), &r.name).await?;
         Ok(Response::new(pb::DeleteProfileResponse {}))
@@ -418,6 +424,7 @@ impl RulesService for RulesApi {
         request: Request<pb::RepairRequest>,
     ) -> Result<Response<pb::RepairResponse>, Status> {
         self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         let (repaired, _) = self.compliance(&r.macs, true)?;
         let now = now_ms();

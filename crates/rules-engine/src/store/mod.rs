@@ -91,6 +91,9 @@ pub struct RulesState {
     engine: watch::Receiver<Arc<Engine>>,
     pub(crate) recorder: recorder::HostRecorder,
     pub(crate) options: StateOptions,
+    /// Serializes this replica's admin writes: they are rare, and racing
+    /// with ourselves would only cost retries.
+    pub(crate) write_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RulesState {
@@ -116,7 +119,17 @@ impl RulesState {
         ));
         let recorder =
             recorder::HostRecorder::start(store.clone(), hosts.clone(), options.history_limit, stop.clone());
-        Arc::new(Self { store, rules, profiles, locations, hosts, engine, recorder, options })
+        Arc::new(Self {
+            store,
+            rules,
+            profiles,
+            locations,
+            hosts,
+            engine,
+            recorder,
+            options,
+            write_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Waits until every snapshot is loaded and the engine compiled.

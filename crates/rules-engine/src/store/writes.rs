@@ -23,7 +23,14 @@ use crate::error::RulesError;
 use crate::ruleset::{CompiledRuleSet, check_name};
 
 /// Attempts before a write without `expected_revision` gives up.
-const ATTEMPTS: usize = 8;
+const ATTEMPTS: u32 = 16;
+
+/// A short, growing, jittered pause after a lost race, so that replicas
+/// racing for the same key do not collide again in lockstep.
+async fn pause_after_conflict(attempt: u32) {
+    let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() % 7);
+    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt * 3 + jitter))).await;
+}
 
 pub(crate) fn store_err(e: StoreError) -> RulesError {
     if e.is_unavailable() {
@@ -95,7 +102,7 @@ pub async fn modify_working(
     expected: i64,
     edit: impl Fn(&mut Vec<Rule>) -> Result<(), RulesError>,
 ) -> Result<(RuleSet, i64), RulesError> {
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
         let current = store.get(WORKING_KEY).await.map_err(store_err)?;
         let (mut set, revision) = rule_set_of(current.as_ref())?;
         check_expected(expected, revision, "the working rule set")?;
@@ -115,6 +122,7 @@ pub async fn modify_working(
                     .into(),
             ));
         }
+        pause_after_conflict(attempt).await;
     }
     Err(conflict_after_retries("the working rule set"))
 }
@@ -149,7 +157,7 @@ pub fn place_rule(rules: &mut Vec<Rule>, rule: Rule, before: &str, after: &str) 
 
 /// Makes the working set active. Returns the new version and revision.
 pub async fn activate(store: &SharedStore, expected: i64) -> Result<(u64, i64), RulesError> {
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
         let working = store.get(WORKING_KEY).await.map_err(store_err)?;
         let active = store.get(ACTIVE_KEY).await.map_err(store_err)?;
         let (working_set, working_rev) = rule_set_of(working.as_ref())?;
@@ -170,6 +178,7 @@ pub async fn activate(store: &SharedStore, expected: i64) -> Result<(u64, i64), 
                 "the rule sets changed meanwhile; read them again and retry".into(),
             ));
         }
+        pause_after_conflict(attempt).await;
     }
     Err(conflict_after_retries("the rule sets"))
 }
@@ -275,7 +284,7 @@ pub async fn delete_profile(store: &SharedStore, kind: ProfileKind, name: &str) 
         ProfileKind::Host => ProfileRef::Host(name.to_owned()),
         _ => ProfileRef::Location(name.to_owned()),
     };
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
         let mut compares = vec![Compare::create_revision(key.clone(), CompareOp::Greater, 0)];
         for (set_key, label) in [(WORKING_KEY, "working"), (ACTIVE_KEY, "active")] {
             let kv = store.get(set_key).await.map_err(store_err)?;
@@ -304,6 +313,7 @@ pub async fn delete_profile(store: &SharedStore, kind: ProfileKind, name: &str) 
         if matches!(result.results.first(), Some(bootfleet_core::store::TxnOpResult::Get(None))) {
             return Err(RulesError::NotFound(reference.to_string()));
         }
+        pause_after_conflict(attempt).await;
     }
     Err(conflict_after_retries("the rule sets"))
 }

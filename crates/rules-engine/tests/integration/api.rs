@@ -10,16 +10,26 @@ use crate::{admin, anonymous, embedded, evaluate, image_name, kernel_profile, ru
 
 async fn put_profiles(client: &mut bootfleet_rules_engine::client::Client) {
     for profile in [kernel_profile("img-a", "a"), kernel_profile("img-b", "b")] {
-        client.put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 }).await.unwrap();
+        client
+            .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
+            .await
+            .unwrap();
     }
 }
 
-async fn replace(client: &mut bootfleet_rules_engine::client::Client, rules: Vec<pb::Rule>) -> Result<i64, tonic::Status> {
+async fn replace(
+    client: &mut bootfleet_rules_engine::client::Client,
+    rules: Vec<pb::Rule>,
+) -> Result<i64, tonic::Status> {
     let request = pb::ReplaceWorkingSetRequest { rules, expected_revision: 0 };
     client.replace_working_set(request).await.map(|r| r.into_inner().revision)
 }
 
-async fn recorded(client: &mut bootfleet_rules_engine::client::Client, mac: &str, image: &str) -> pb::HostRecord {
+async fn recorded(
+    client: &mut bootfleet_rules_engine::client::Client,
+    mac: &str,
+    image: &str,
+) -> pb::HostRecord {
     within(&format!("{mac} recorded with {image}"), async {
         loop {
             if let Ok(host) = client.get_host(pb::GetHostRequest { mac: mac.into() }).await {
@@ -42,9 +52,12 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     let server = embedded().await;
     let mut c = admin(&server.url).await;
     put_profiles(&mut c).await;
-    replace(&mut c, vec![rule("host1", json!({"mac": HOST1}), "img-a"), rule("rest", json!({"always": true}), "img-b")])
-        .await
-        .unwrap();
+    replace(
+        &mut c,
+        vec![rule("host1", json!({"mac": HOST1}), "img-a"), rule("rest", json!({"always": true}), "img-b")],
+    )
+    .await
+    .unwrap();
 
     // Nothing is active yet: no decision.
     let before = evaluate(&mut c, HOST1).await;
@@ -65,13 +78,19 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     recorded(&mut c, HOST2, "img-b").await;
 
     // Edit the working set: host1 now gets img-b.
-    let working = replace(&mut c, vec![rule("host1", json!({"mac": HOST1}), "img-b"), rule("rest", json!({"always": true}), "img-b")])
-        .await
-        .unwrap();
+    let working = replace(
+        &mut c,
+        vec![rule("host1", json!({"mac": HOST1}), "img-b"), rule("rest", json!({"always": true}), "img-b")],
+    )
+    .await
+    .unwrap();
     within("working applied", server.state.caught_up(working)).await;
     let diff = c.diff(pb::DiffRequest {}).await.unwrap().into_inner();
     assert_eq!(diff.changes.len(), 1);
-    assert_eq!((diff.changes[0].name.as_str(), diff.changes[0].kind()), ("host1", pb::rule_change::Kind::Changed));
+    assert_eq!(
+        (diff.changes[0].name.as_str(), diff.changes[0].kind()),
+        ("host1", pb::rule_change::Kind::Changed)
+    );
 
     let compliance = c
         .test_compliance(pb::TestComplianceRequest { macs: vec![], against: pb::RuleSetKind::Working.into() })
@@ -81,14 +100,18 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     assert_eq!(compliance.hosts_checked, 2);
     assert_eq!(compliance.non_compliant.len(), 1, "{compliance:?}");
     let changed = &compliance.non_compliant[0];
-    assert_eq!((changed.mac.as_str(), changed.changed.as_slice()), (HOST1, &["image_profile".to_owned()][..]));
+    assert_eq!(
+        (changed.mac.as_str(), changed.changed.as_slice()),
+        (HOST1, &["image_profile".to_owned()][..])
+    );
     assert_eq!(changed.expected.as_ref().and_then(image_name), Some("img-b"));
 
     // Activate; the active set now disagrees with host1's record until repaired.
     let v2 = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
     assert_eq!(v2.version, 2);
     within("v2 applied", server.state.caught_up(v2.revision)).await;
-    let against_active = pb::TestComplianceRequest { macs: vec![HOST1.into()], against: pb::RuleSetKind::Active.into() };
+    let against_active =
+        pb::TestComplianceRequest { macs: vec![HOST1.into()], against: pb::RuleSetKind::Active.into() };
     assert_eq!(c.test_compliance(against_active.clone()).await.unwrap().into_inner().non_compliant.len(), 1);
     let repaired = c.repair(pb::RepairRequest { macs: vec![] }).await.unwrap().into_inner();
     assert_eq!(repaired.repaired.len(), 1);
@@ -112,19 +135,40 @@ async fn writes_are_validated_and_need_the_token() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(text), "{text} not in {:?}", status.message());
     };
-    expect(replace(&mut c, vec![rule("a", json!({"always": true}), "nope")]).await, Code::InvalidArgument, "rules[0].image_profile");
     expect(
-        replace(&mut c, vec![rule("a", json!({"always": true}), "img-a"), rule("a", json!({"always": true}), "img-a")]).await,
+        replace(&mut c, vec![rule("a", json!({"always": true}), "nope")]).await,
+        Code::InvalidArgument,
+        "rules[0].image_profile",
+    );
+    expect(
+        replace(
+            &mut c,
+            vec![rule("a", json!({"always": true}), "img-a"), rule("a", json!({"always": true}), "img-a")],
+        )
+        .await,
         Code::InvalidArgument,
         "rules[1].name",
     );
-    expect(replace(&mut c, vec![rule("a", json!({"vendor": "[x"}), "img-a")]).await, Code::InvalidArgument, "rules[0].match.glob");
-    expect(replace(&mut c, vec![rule("a", json!({"ipv4": {"cidr": "10.0.0.1/8"}}), "img-a")]).await, Code::InvalidArgument, "rules[0].match.cidr");
+    expect(
+        replace(&mut c, vec![rule("a", json!({"vendor": "[x"}), "img-a")]).await,
+        Code::InvalidArgument,
+        "rules[0].match.glob",
+    );
+    expect(
+        replace(&mut c, vec![rule("a", json!({"ipv4": {"cidr": "10.0.0.1/8"}}), "img-a")]).await,
+        Code::InvalidArgument,
+        "rules[0].match.cidr",
+    );
 
     // Without the token, or with a wrong one: refused.
     let mut anon = anonymous(&server.url).await;
-    expect(replace(&mut anon, vec![rule("a", json!({"always": true}), "img-a")]).await, Code::Unauthenticated, "admin token");
-    let mut wrong = bootfleet_rules_engine::client::connect(&server.url, Some("not-the-token-at-all")).await.unwrap();
+    expect(
+        replace(&mut anon, vec![rule("a", json!({"always": true}), "img-a")]).await,
+        Code::Unauthenticated,
+        "admin token",
+    );
+    let mut wrong =
+        bootfleet_rules_engine::client::connect(&server.url, Some("not-the-token-at-all")).await.unwrap();
     expect(replace(&mut wrong, vec![]).await, Code::Unauthenticated, "admin token");
     // Reads stay open.
     anon.get_rule_set(pb::GetRuleSetRequest { kind: 0 }).await.unwrap();
@@ -132,14 +176,22 @@ async fn writes_are_validated_and_need_the_token() {
     // A profile in use cannot be deleted; a stale revision is a conflict.
     let revision = replace(&mut c, vec![rule("a", json!({"always": true}), "img-a")]).await.unwrap();
     let delete = c
-        .delete_profile(pb::DeleteProfileRequest { kind: pb::ProfileKind::Image.into(), name: "img-a".into() })
+        .delete_profile(pb::DeleteProfileRequest {
+            kind: pb::ProfileKind::Image.into(),
+            name: "img-a".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(delete.code(), Code::FailedPrecondition, "{delete:?}");
     assert!(delete.message().contains("rule \"a\""), "{delete:?}");
-    c.delete_profile(pb::DeleteProfileRequest { kind: pb::ProfileKind::Image.into(), name: "img-b".into() }).await.unwrap();
+    c.delete_profile(pb::DeleteProfileRequest { kind: pb::ProfileKind::Image.into(), name: "img-b".into() })
+        .await
+        .unwrap();
     let missing = c
-        .delete_profile(pb::DeleteProfileRequest { kind: pb::ProfileKind::Image.into(), name: "img-b".into() })
+        .delete_profile(pb::DeleteProfileRequest {
+            kind: pb::ProfileKind::Image.into(),
+            name: "img-b".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -151,7 +203,10 @@ async fn writes_are_validated_and_need_the_token() {
     assert_eq!(c.put_rule(stale).await.unwrap_err().code(), Code::FailedPrecondition);
 
     // Bad facts are named.
-    let bad = c.evaluate(pb::EvaluateRequest { facts: Some(crate::facts("nope")), dry_run: true }).await.unwrap_err();
+    let bad = c
+        .evaluate(pb::EvaluateRequest { facts: Some(crate::facts("nope")), dry_run: true })
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("facts.mac"));
     // Bad profiles too.
@@ -161,7 +216,10 @@ async fn writes_are_validated_and_need_the_token() {
             k.cmdline = "x=${secret.key}".into();
         }
     }
-    let err = c.put_profile(pb::PutProfileRequest { profile: Some(broken), expected_revision: 0 }).await.unwrap_err();
+    let err = c
+        .put_profile(pb::PutProfileRequest { profile: Some(broken), expected_revision: 0 })
+        .await
+        .unwrap_err();
     assert!(err.message().contains("image.kernel.cmdline"), "{err:?}");
 }
 
@@ -175,7 +233,11 @@ async fn concurrent_rule_edits_lose_no_update() {
         let mut client = admin(&server.url).await;
         tasks.push(tokio::spawn(async move {
             let request = pb::PutRuleRequest {
-                rule: Some(rule(&format!("r{i}"), json!({"mac": format!("52:54:00:00:01:{i:02x}")}), "img-a")),
+                rule: Some(rule(
+                    &format!("r{i}"),
+                    json!({"mac": format!("52:54:00:00:01:{i:02x}")}),
+                    "img-a",
+                )),
                 ..Default::default()
             };
             client.put_rule(request).await.map(drop)
@@ -207,7 +269,8 @@ async fn watch_decisions_streams_what_is_decided() {
     replace(&mut c, vec![rule("rest", json!({"always": true}), "img-b")]).await.unwrap();
     let v = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
     within("active", server.state.caught_up(v.revision)).await;
-    let mut stream = c.watch_decisions(pb::WatchDecisionsRequest { mac: HOST2.into() }).await.unwrap().into_inner();
+    let mut stream =
+        c.watch_decisions(pb::WatchDecisionsRequest { mac: HOST2.into() }).await.unwrap().into_inner();
     evaluate(&mut c, HOST1).await;
     evaluate(&mut c, HOST2).await;
     let event = within("decision event", stream.message()).await.unwrap().unwrap();
@@ -218,16 +281,21 @@ async fn watch_decisions_streams_what_is_decided() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let server = embedded().await;
-    let channel = tonic::transport::Endpoint::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
     let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer: {response:?}");

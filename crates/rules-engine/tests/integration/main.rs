@@ -41,7 +41,8 @@ pub(crate) async fn start(store: SharedStore) -> Server {
     let serve_stop = stop.clone();
     tokio::spawn(async move {
         let health = Health::new();
-        bootfleet_rules_engine::server::serve(listener, serve_state, &health, Some(TOKEN.into()), serve_stop).await
+        bootfleet_rules_engine::server::serve(listener, serve_state, &health, Some(TOKEN.into()), serve_stop)
+            .await
     });
     Server { url, state, stop }
 }
@@ -96,5 +97,9 @@ pub(crate) fn image_name(decision: &pb::Decision) -> Option<&str> {
 }
 
 pub(crate) async fn evaluate(client: &mut Client, mac: &str) -> pb::EvaluateResponse {
-    client.evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run: false }).await.unwrap().into_inner()
+    client
+        .evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run: false })
+        .await
+        .unwrap()
+        .into_inner()
 }
