@@ -7,4 +7,11 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh build
 cargo build --release --locked -p bootfleet
+
+# The admin token the CLI needs for changes (created once, kept private).
+mkdir -p .bootfleet
+if [ ! -s .bootfleet/admin.token ]; then
+  (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > .bootfleet/admin.token)
+  echo "created .bootfleet/admin.token (use: --token-file .bootfleet/admin.token)"
+fi
 exec target/release/bootfleet up -c deploy/config/bootfleet.toml "$@"

@@ -40,6 +40,7 @@ fn wait_serving(port: u16) -> String {
 fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
     let child = Command::new(BIN)
         .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
+        .args(["--rules-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .env("BOOTFLEET_LOG", "info")
@@ -82,7 +83,8 @@ fn bad_configuration_exits_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
 
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/config/bootfleet.toml");
-    let out = Command::new(BIN).args(["up", "--validate", "-c", shipped]).output().unwrap();
+    let token = ["--rules-admin-token", "0123456789abcdef0123"];
+    let out = Command::new(BIN).args(["up", "--validate", "-c", shipped]).args(token).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
@@ -92,7 +94,7 @@ fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     let port = bootfleet_test_support::free_port();
     let up = start(dir.path(), port);
     let body = wait_serving(port);
-    assert!(body.contains("store: serving"), "{body}");
+    assert!(body.contains("rules.rules: serving"), "{body}");
     let status = sigterm_and_wait(up);
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(dir.path().join("state.redb").exists());

@@ -5,7 +5,6 @@ mod admin;
 mod conformance;
 mod offline;
 mod persistence;
-mod shipped_configs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,13 @@
-//! Every configuration file shipped under deploy/ parses, and a stray key in
-//! any of its tables is rejected with the key named.
+//! Every configuration file shipped under deploy/ loads with every service
+//! section checked, and a stray key in any of its tables is rejected with
+//! the key named.
 
 use std::path::{Path, PathBuf};
 
-use bootfleet_core::config::parse_file;
+use bootfleet_core::config::{CommonArgs, ConfigError, CoreConfig, Defaults, parse_file};
+use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
+
+const DEFAULTS: Defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "embedded" };
 
 fn shipped() -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -22,11 +26,19 @@ fn shipped() -> Vec<PathBuf> {
     found
 }
 
+/// Loads a whole file as `bootfleet up` would (token given on the command
+/// line, so token files need not exist here).
+fn load(text: &str) -> Result<(), ConfigError> {
+    let core = CoreConfig::from_parts(&CommonArgs::default(), parse_file(text)?, &DEFAULTS)?;
+    let rules = RulesArgs { admin_token: Some("0123456789abcdef0123".into()), ..RulesArgs::default() };
+    RulesConfig::load(&rules, &core).map(drop)
+}
+
 #[test]
-fn shipped_configs_parse_and_reject_stray_keys() {
+fn shipped_configs_load_and_reject_stray_keys() {
     for path in shipped() {
         let text = std::fs::read_to_string(&path).unwrap();
-        parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        load(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let table: toml::Table = text.parse().unwrap();
         for (section, value) in &table {
             if !value.is_table() {
@@ -34,7 +46,7 @@ fn shipped_configs_parse_and_reject_stray_keys() {
             }
             let mut broken = table.clone();
             broken[section].as_table_mut().unwrap().insert("stray_key".into(), toml::Value::Boolean(true));
-            let err = parse_file(&toml::to_string(&broken).unwrap()).expect_err(section);
+            let err = load(&toml::to_string(&broken).unwrap()).expect_err(section);
             assert_eq!(err.key, format!("{section}.stray_key"), "{}: {err}", path.display());
         }
     }

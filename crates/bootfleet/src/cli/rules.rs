@@ -1,0 +1,206 @@
+//! `bootfleet rules …`.
+
+use bootfleet_proto::v1 as pb;
+
+use super::{ClientArgs, Output, describe, explain, print_json, print_table, say};
+
+/// Rule-set commands.
+#[derive(clap::Args)]
+pub(crate) struct RulesCommand {
+    #[command(subcommand)]
+    action: RulesAction,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum RulesAction {
+    /// List the rules of the working (default) or active set, in order.
+    List {
+        /// Show the active set.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Show one rule.
+    Get {
+        /// Rule name.
+        name: String,
+        /// From the active set.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Remove a rule from the working set.
+    Delete {
+        /// Rule name.
+        name: String,
+    },
+    /// Make the working set active.
+    Activate,
+    /// What activating would change.
+    Diff,
+    /// Hosts whose decision would change under the working (or active) set.
+    TestCompliance {
+        /// Hosts to check (default: every known host).
+        macs: Vec<String>,
+        /// Test against the active set instead of the working set.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Record the active set's decision for non-compliant hosts.
+    Repair {
+        /// Hosts to repair (default: every non-compliant host).
+        macs: Vec<String>,
+    },
+}
+
+fn kind(active: bool) -> i32 {
+    if active { pb::RuleSetKind::Active.into() } else { pb::RuleSetKind::Working.into() }
+}
+
+fn compliance_rows(results: &[pb::ComplianceResult]) -> Vec<Vec<String>> {
+    results
+        .iter()
+        .map(|r| {
+            vec![
+                r.mac.clone(),
+                r.changed.join(","),
+                describe::decision(r.recorded.as_ref()),
+                describe::decision(r.expected.as_ref()),
+            ]
+        })
+        .collect()
+}
+
+pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
+    let mut client = command.client.connect().await?;
+    let json = command.client.output == Output::Json;
+    match command.action {
+        RulesAction::List { active } => {
+            let response = client
+                .get_rule_set(pb::GetRuleSetRequest { kind: kind(active) })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if json {
+                return print_json(&response);
+            }
+            let set = response.rule_set.unwrap_or_default();
+            let rows: Vec<Vec<String>> = set
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    vec![
+                        i.to_string(),
+                        r.name.clone(),
+                        describe::matcher(r.r#match.as_ref()),
+                        describe::assigns(r),
+                    ]
+                })
+                .collect();
+            print_table(&["#", "NAME", "MATCH", "ASSIGNS"], &rows);
+            let which =
+                if active { format!("active set, version {}", set.version) } else { "working set".into() };
+            say(&format!("({} rules, {which}, revision {})", set.rules.len(), response.revision));
+        }
+        RulesAction::Get { name, active } => {
+            let response = client
+                .get_rule_set(pb::GetRuleSetRequest { kind: kind(active) })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let set = response.rule_set.unwrap_or_default();
+            let Some((position, rule)) = set.rules.iter().enumerate().find(|(_, r)| r.name == name) else {
+                anyhow::bail!(
+                    "not found: no rule {name:?} in the {} set",
+                    if active { "active" } else { "working" }
+                );
+            };
+            if json {
+                return print_json(rule);
+            }
+            print_table(
+                &["FIELD", "VALUE"],
+                &[
+                    vec!["name".into(), rule.name.clone()],
+                    vec!["position".into(), position.to_string()],
+                    vec!["description".into(), rule.description.clone()],
+                    vec!["match".into(), describe::matcher(rule.r#match.as_ref())],
+                    vec!["assigns".into(), describe::assigns(rule)],
+                ],
+            );
+        }
+        RulesAction::Delete { name } => {
+            let request = pb::DeleteRuleRequest { name: name.clone(), expected_revision: 0 };
+            let response = client.delete_rule(request).await.map_err(explain)?.into_inner();
+            say(&format!("rule {name} deleted from the working set (revision {})", response.revision));
+        }
+        RulesAction::Activate => {
+            let response = client
+                .activate(pb::ActivateRequest { expected_revision: 0 })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if json {
+                return print_json(&response);
+            }
+            say(&format!("activated version {} (revision {})", response.version, response.revision));
+        }
+        RulesAction::Diff => {
+            let response = client.diff(pb::DiffRequest {}).await.map_err(explain)?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            let rows: Vec<Vec<String>> = response
+                .changes
+                .iter()
+                .map(|c| {
+                    let kind = format!("{:?}", c.kind()).to_lowercase();
+                    let pos = |p: i32| if p < 0 { "-".to_owned() } else { p.to_string() };
+                    let rule = c.working.as_ref().or(c.active.as_ref());
+                    let what = rule.map(|r| {
+                        format!("{} → {}", describe::matcher(r.r#match.as_ref()), describe::assigns(r))
+                    });
+                    vec![
+                        kind,
+                        c.name.clone(),
+                        pos(c.active_position),
+                        pos(c.working_position),
+                        what.unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["CHANGE", "RULE", "ACTIVE#", "WORKING#", "RULE (working)"], &rows);
+            say(&format!(
+                "({} changes against active version {})",
+                response.changes.len(),
+                response.active_version
+            ));
+        }
+        RulesAction::TestCompliance { macs, active } => {
+            let request = pb::TestComplianceRequest { macs, against: kind(active) };
+            let response = client.test_compliance(request).await.map_err(explain)?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            print_table(
+                &["MAC", "CHANGES", "RECORDED", "WOULD BE"],
+                &compliance_rows(&response.non_compliant),
+            );
+            say(&format!(
+                "({} of {} hosts would change)",
+                response.non_compliant.len(),
+                response.hosts_checked
+            ));
+        }
+        RulesAction::Repair { macs } => {
+            let response = client.repair(pb::RepairRequest { macs }).await.map_err(explain)?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            print_table(&["MAC", "CHANGES", "WAS", "NOW"], &compliance_rows(&response.repaired));
+            say(&format!("({} hosts repaired)", response.repaired.len()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! An operator's session with the `bootfleet` CLI against `bootfleet up`:
+//! apply a rules file, activate, evaluate hosts, change the rules, and see
+//! test-compliance list the hosts whose boot would change.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
+const TOKEN: &str = "cli-test-token-0123456789";
+const HOST1: &str = "52:54:00:aa:00:01";
+const HOST2: &str = "52:54:00:aa:00:02";
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn healthz(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+fn cli(server: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("BOOTFLEET_SERVER", server)
+        .env("BOOTFLEET_TOKEN", TOKEN)
+        .output()
+        .unwrap()
+}
+
+fn ok(server: &str, args: &[&str]) -> String {
+    let out = cli(server, args);
+    assert!(out.status.success(), "bootfleet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const V1: &str = r#"
+image_profiles:
+  - { name: img-a, kernel: { kernel: tiny/1/vmlinuz, cmdline: "marker=a" } }
+  - { name: img-b, kernel: { kernel: tiny/1/vmlinuz, cmdline: "marker=b" } }
+host_profiles:
+  - { name: lab, values: { role: lab } }
+rules:
+  - { name: host1, match: { mac: "52:54:00:aa:00:01" }, image_profile: img-a, host_profile: lab }
+  - { name: rest, match: { always: true }, image_profile: img-b }
+"#;
+
+const V2: &str = r#"
+rules:
+  - { name: host1, match: { mac: "52:54:00:aa:00:01" }, image_profile: img-b, host_profile: lab }
+  - { name: rest, match: { always: true }, image_profile: img-b }
+"#;
+
+#[test]
+fn operator_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
+    let _up = Up(Command::new(BIN)
+        .args(["up", "--store", "embedded", "--log", "warn"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !healthz(admin_port).starts_with("serving") {
+        assert!(Instant::now() < deadline, "bootfleet up did not become healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = format!("http://127.0.0.1:{rules_port}");
+    let v1 = dir.path().join("v1.yaml");
+    std::fs::write(&v1, V1).unwrap();
+    let out = ok(&server, &["apply", "-f", v1.to_str().unwrap(), "--activate"]);
+    assert!(out.contains("image profile img-a applied") && out.contains("activated version 1"), "{out}");
+
+    // The engine picks the new set up asynchronously; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ok(&server, &["evaluate", "--mac", HOST1, "--dry-run"]);
+        if out.contains("image=img-a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules never active: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok(&server, &["evaluate", "--mac", HOST1]).contains("matched rules: host1"));
+    assert!(ok(&server, &["evaluate", "--mac", HOST2, "--arch", "efi-x64"]).contains("image=img-b"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts = ok(&server, &["hosts", "list"]);
+        if hosts.contains(HOST1) && hosts.contains(HOST2) {
+            assert!(hosts.contains("efi-x64"), "{hosts}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "hosts never recorded: {hosts}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listed = ok(&server, &["rules", "list", "--active"]);
+    assert!(listed.contains("mac=52:54:00:aa:00:01") && listed.contains("image=img-a host=lab"), "{listed}");
+
+    // Change the working set: host1 would now boot img-b.
+    let v2 = dir.path().join("v2.yaml");
+    std::fs::write(&v2, V2).unwrap();
+    ok(&server, &["apply", "-f", v2.to_str().unwrap()]);
+    let diff = ok(&server, &["rules", "diff"]);
+    assert!(diff.contains("changed") && diff.contains("host1"), "{diff}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let compliance = loop {
+        let out = ok(&server, &["rules", "test-compliance", "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if json["non_compliant"].as_array().is_some_and(|a| !a.is_empty()) {
+            break json;
+        }
+        assert!(Instant::now() < deadline, "test-compliance never saw the change: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let changed = compliance["non_compliant"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{compliance}");
+    assert_eq!(changed[0]["mac"], HOST1);
+    assert_eq!(changed[0]["changed"][0], "image_profile");
+    let table = ok(&server, &["rules", "test-compliance"]);
+    assert!(table.contains(HOST1) && table.contains("(1 of 2 hosts would change)"), "{table}");
+
+    // Without the token, changes are refused with a hint.
+    let out = Command::new(BIN).args(["rules", "activate", "--server", &server]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not allowed"), "{out:?}");
+    // A server that is not there is named.
+    let out = cli("http://127.0.0.1:1", &["rules", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the rules engine at http://127.0.0.1:1"),
+        "{out:?}"
+    );
+    // Profiles in use cannot go.
+    let out = cli(&server, &["profiles", "delete", "image", "img-a"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"), "{out:?}");
+    // Completions.
+    assert!(ok(&server, &["completions", "bash"]).contains("bootfleet"));
+}
