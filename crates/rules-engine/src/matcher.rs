@@ -1,5 +1,5 @@
 //! Match expressions: compiled from the wire form once, evaluated against
-//! [`Facts`] cheaply (only glob tests allocate).
+//! [`Facts`] without allocating (but for globs on non-ASCII text).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -16,6 +16,9 @@ const MAX_DEPTH: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Glob {
     tokens: Vec<GlobToken>,
+    /// Every character of the pattern is ASCII: ASCII text can then be
+    /// matched byte by byte without decoding or allocating.
+    ascii: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +70,7 @@ impl Glob {
                 other => GlobToken::Literal(other),
             });
         }
-        Ok(Self { tokens })
+        Ok(Self { tokens, ascii: pattern.is_ascii() })
     }
 
     /// Whether the pattern has no wildcard (then it is a plain equality).
@@ -81,10 +84,28 @@ impl Glob {
             .collect()
     }
 
+    /// The literal text every match starts with ("rack1-" for "rack1-*").
+    pub fn literal_prefix(&self) -> String {
+        self.tokens
+            .iter()
+            .map_while(|t| match t {
+                GlobToken::Literal(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Matches the whole of `text` (iterative, with backtracking to the last
     /// `*` only: linear in practice, no exponential blow-up).
     pub fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = text.chars().collect();
+        if self.ascii && text.is_ascii() {
+            self.match_units(text.as_bytes(), |b| char::from(*b))
+        } else {
+            self.match_units(&text.chars().collect::<Vec<char>>(), |c| *c)
+        }
+    }
+
+    fn match_units<U>(&self, text: &[U], to_char: impl Fn(&U) -> char) -> bool {
         let (mut t, mut p) = (0usize, 0usize);
         let mut star: Option<(usize, usize)> = None;
         while t < text.len() {
@@ -95,9 +116,10 @@ impl Glob {
                     continue;
                 }
                 Some(GlobToken::AnyOne) => true,
-                Some(GlobToken::Literal(c)) => *c == text[t],
+                Some(GlobToken::Literal(c)) => *c == to_char(&text[t]),
                 Some(GlobToken::Class { negated, ranges }) => {
-                    ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&text[t])) != *negated
+                    let c = to_char(&text[t]);
+                    ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negated
                 }
                 None => false,
             };

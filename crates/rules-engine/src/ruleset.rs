@@ -3,8 +3,9 @@
 //! Scanning 10,000 rules per boot request is too slow for a boot storm, so
 //! each rule is filed under an *anchor* taken from its match expression: an
 //! equality (or set) on a fact goes into a hash map keyed by field and value,
-//! a CIDR on an address into a per-prefix-length map of networks, anything
-//! else into a residual list. Evaluating collects the candidate rules for the
+//! a CIDR on an address into a per-prefix-length map of networks, a glob with
+//! a literal prefix into a per-length map of prefixes, anything else into a
+//! residual list. Evaluating collects the candidate rules for the
 //! host's facts from those indexes, merges them with the residual list in
 //! rule order, and checks the full expression of each candidate until every
 //! item (image profile, host profile, location) is assigned. The result is
@@ -63,6 +64,8 @@ impl Outcome {
 enum Anchor {
     Exact(Field, Vec<String>),
     Cidr(Field, Cidr),
+    /// A glob with a non-empty literal prefix.
+    Prefix(Field, String),
 }
 
 fn anchor(expr: &Expr) -> Option<Anchor> {
@@ -70,20 +73,26 @@ fn anchor(expr: &Expr) -> Option<Anchor> {
         Expr::Cond(field, Test::Equals(v)) => Some(Anchor::Exact(field.clone(), vec![v.clone()])),
         Expr::Cond(field, Test::In(set)) => Some(Anchor::Exact(field.clone(), set.iter().cloned().collect())),
         Expr::Cond(field, Test::Cidr(c)) => Some(Anchor::Cidr(field.clone(), *c)),
+        Expr::Cond(field, Test::Glob(g)) => {
+            let prefix = g.literal_prefix();
+            (!prefix.is_empty()).then(|| Anchor::Prefix(field.clone(), prefix))
+        }
         // Any conjunct must hold, so any conjunct's anchor is a valid filter;
         // prefer exact ones (fewer candidates).
         Expr::All(items) => {
             let anchors: Vec<Anchor> = items.iter().filter_map(anchor).collect();
             let mut exact = None;
             let mut cidr = None;
+            let mut prefix = None;
             for a in anchors {
                 match a {
                     Anchor::Exact(..) if exact.is_none() => exact = Some(a),
                     Anchor::Cidr(..) if cidr.is_none() => cidr = Some(a),
+                    Anchor::Prefix(..) if prefix.is_none() => prefix = Some(a),
                     _ => {}
                 }
             }
-            exact.or(cidr)
+            exact.or(cidr).or(prefix)
         }
         _ => None,
     }
@@ -99,6 +108,8 @@ pub struct CompiledRuleSet {
     exact: HashMap<Field, HashMap<String, Vec<usize>>>,
     /// Per (field, prefix length): network → rules.
     cidr: Vec<(Field, u8, HashMap<u32, Vec<usize>>)>,
+    /// Per (field, literal prefix length in bytes): glob prefix → rules.
+    prefixes: Vec<(Field, usize, HashMap<String, Vec<usize>>)>,
     residual: Vec<usize>,
     /// Items no rule assigns count as done, so evaluation can stop early.
     unassignable: Assigned,
@@ -196,6 +207,18 @@ impl CompiledRuleSet {
                 };
                 self.cidr[slot].2.entry(cidr.network).or_default().push(i);
             }
+            Some(Anchor::Prefix(field, prefix)) => {
+                let len = prefix.len();
+                let slot = self.prefixes.iter().position(|(f, l, _)| *f == field && *l == len);
+                let slot = match slot {
+                    Some(slot) => slot,
+                    None => {
+                        self.prefixes.push((field, len, HashMap::new()));
+                        self.prefixes.len() - 1
+                    }
+                };
+                self.prefixes[slot].2.entry(prefix).or_default().push(i);
+            }
             None => self.residual.push(i),
         }
     }
@@ -211,6 +234,12 @@ impl CompiledRuleSet {
         for (field, prefix, by_network) in &self.cidr {
             if let Some(rules) = facts.address(field).and_then(|a| by_network.get(&(a & Cidr::mask(*prefix))))
             {
+                candidates.extend_from_slice(rules);
+            }
+        }
+        for (field, len, by_prefix) in &self.prefixes {
+            let head = facts.get(field).and_then(|v| v.get(..*len));
+            if let Some(rules) = head.and_then(|h| by_prefix.get(h)) {
                 candidates.extend_from_slice(rules);
             }
         }
