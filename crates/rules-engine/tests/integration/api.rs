@@ -305,3 +305,67 @@ async fn reflection_lists_the_services() {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }
+
+/// While activations flip between two rule sets, every decision comes
+/// wholly from one set or the other: never an image from one and a host
+/// profile from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_is_atomic_for_evaluations() {
+    let server = embedded().await;
+    let mut c = admin(&server.url).await;
+    put_profiles(&mut c).await;
+    for name in ["host-a", "host-b"] {
+        let object =
+            pb::profile_object::Object::Host(pb::HostProfile { name: name.into(), ..Default::default() });
+        let profile = pb::ProfileObject { object: Some(object), revision: 0 };
+        c.put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 }).await.unwrap();
+    }
+    let set = |image: &str, host: &str| {
+        // Image and host profile come from different rules, so a torn
+        // set would show up as a mismatched pair.
+        let mut by_image = rule("image", json!({"always": true}), image);
+        by_image.description = "image".into();
+        let mut by_host = rule("host", json!({"always": true}), "");
+        by_host.host_profile = host.into();
+        vec![by_image, by_host]
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let url = server.url.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut client = anonymous(&url).await;
+            let mut evaluations = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = pb::EvaluateRequest { facts: Some(crate::facts(HOST1)), dry_run: true };
+                let d = client.evaluate(request).await.unwrap().into_inner().decision.unwrap();
+                let pair = (
+                    d.image_profile.map(|p| p.name).unwrap_or_default(),
+                    d.host_profile.map(|p| p.name).unwrap_or_default(),
+                );
+                assert!(
+                    matches!(
+                        (pair.0.as_str(), pair.1.as_str()),
+                        ("", "") | ("img-a", "host-a") | ("img-b", "host-b")
+                    ),
+                    "torn decision {pair:?}"
+                );
+                evaluations += 1;
+            }
+            evaluations
+        })
+    };
+    for round in 0..20 {
+        let (image, host) = if round % 2 == 0 { ("img-a", "host-a") } else { ("img-b", "host-b") };
+        replace(&mut c, set(image, host)).await.unwrap();
+        let v = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
+        within("activation applied", server.state.caught_up(v.revision)).await;
+        let request = pb::EvaluateRequest { facts: Some(crate::facts(HOST1)), dry_run: true };
+        let d = c.evaluate(request).await.unwrap().into_inner().decision.unwrap();
+        assert_eq!(image_name(&d), Some(image));
+        assert_eq!(d.host_profile.map(|p| p.name).as_deref(), Some(host));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let evaluations = checker.await.unwrap();
+    assert!(evaluations >= 20, "the checker evaluated only {evaluations} times while activations flipped");
+}
