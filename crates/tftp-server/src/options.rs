@@ -74,7 +74,8 @@ pub fn negotiate(options: &[(String, String)], size: u64, limits: &Limits) -> (N
             "blksize" if !used.blksize => {
                 if let Ok(asked) = value.parse::<u32>() {
                     if asked >= u32::from(MIN_BLKSIZE) {
-                        let granted = u16::try_from(asked.min(u32::from(limits.max_blksize))).unwrap_or(MAX_BLKSIZE);
+                        let granted =
+                            u16::try_from(asked.min(u32::from(limits.max_blksize))).unwrap_or(MAX_BLKSIZE);
                         n.blksize = granted;
                         n.oack.push((name.clone(), granted.to_string()));
                         used.blksize = true;
@@ -137,7 +138,10 @@ mod tests {
             12_345,
             &limits(),
         );
-        assert_eq!((n.blksize, n.windowsize, n.timeout, n.tsize), (1468, 64, Duration::from_secs(3), Some(12_345)));
+        assert_eq!(
+            (n.blksize, n.windowsize, n.timeout, n.tsize),
+            (1468, 64, Duration::from_secs(3), Some(12_345))
+        );
         assert_eq!(
             n.oack,
             opts(&[("blksize", "1468"), ("tsize", "12345"), ("windowsize", "64"), ("timeout", "3")])
@@ -148,7 +152,14 @@ mod tests {
     #[test]
     fn bad_and_unknown_options_are_ignored() {
         let (n, _) = negotiate(
-            &opts(&[("blksize", "7"), ("timeout", "0"), ("timeout", "300"), ("windowsize", "x"), ("utimeout", "1"), ("windowwait", "1")]),
+            &opts(&[
+                ("blksize", "7"),
+                ("timeout", "0"),
+                ("timeout", "300"),
+                ("windowsize", "x"),
+                ("utimeout", "1"),
+                ("windowwait", "1"),
+            ]),
             10,
             &limits(),
         );

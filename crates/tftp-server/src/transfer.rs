@@ -215,7 +215,10 @@ impl ReadTransfer {
             _ if self.retries >= self.max_retries => {
                 self.state = State::Done;
                 vec![
-                    Action::SendError(ErrorCode::NotDefined, "timed out waiting for an acknowledgement".into()),
+                    Action::SendError(
+                        ErrorCode::NotDefined,
+                        "timed out waiting for an acknowledgement".into(),
+                    ),
                     Action::Finish(Outcome::TimedOut),
                 ]
             }

@@ -169,7 +169,8 @@ fn parse_request(body: &[u8]) -> Result<Request, WireError> {
     };
     let mut options = Vec::new();
     while let Some(name) = strings.next("option name")? {
-        let value = strings.next("option value")?.ok_or_else(|| WireError::OptionWithoutValue(name.to_owned()))?;
+        let value =
+            strings.next("option value")?.ok_or_else(|| WireError::OptionWithoutValue(name.to_owned()))?;
         if options.len() >= 16 {
             return Err(WireError::TooManyOptions);
         }
@@ -204,7 +205,9 @@ impl Packet {
                 let mut strings = Strings { bytes: body };
                 let mut options = Vec::new();
                 while let Some(name) = strings.next("option name")? {
-                    let value = strings.next("option value")?.ok_or_else(|| WireError::OptionWithoutValue(name.to_owned()))?;
+                    let value = strings
+                        .next("option value")?
+                        .ok_or_else(|| WireError::OptionWithoutValue(name.to_owned()))?;
                     options.push((name.to_ascii_lowercase(), value.to_owned()));
                 }
                 Ok(Self::Oack { options })

@@ -1,0 +1,323 @@
+//! The tokio shell around the protocol core: the request socket, one task
+//! and one ephemeral socket (TID) per transfer, files and the hot-file
+//! cache, limits, metrics, and configuration.
+
+mod config;
+mod content;
+mod metrics;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::config::{TftpArgs, TftpConfig};
+use self::content::{Content, ContentError, Files};
+use crate::options::{Limits, negotiate};
+use crate::transfer::{Action, Outcome, ReadTransfer};
+use crate::wire::{self, ErrorCode, Packet, Request};
+
+/// Shared state of one server.
+pub struct TftpServer {
+    config: TftpConfig,
+    limits: Limits,
+    files: Files,
+    active: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl std::fmt::Debug for TftpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TftpServer").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Releases a transfer slot when the transfer ends, however it ends.
+struct Slot {
+    server: Arc<TftpServer>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.active.fetch_sub(1, Ordering::SeqCst);
+        metrics::ACTIVE.dec();
+        let mut clients = self.server.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = clients.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl TftpServer {
+    /// A server for `config`; the root must exist.
+    pub fn new(config: TftpConfig) -> std::io::Result<Arc<Self>> {
+        let files = Files::new(&config.root, config.cache_bytes, config.cache_file_limit)?;
+        let limits = Limits::for_mtu(config.mtu, config.max_windowsize, config.timeout);
+        Ok(Arc::new(Self {
+            config,
+            limits,
+            files,
+            active: AtomicUsize::new(0),
+            per_client: Mutex::default(),
+        }))
+    }
+
+    /// Transfers in progress.
+    pub fn active_transfers(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Takes a transfer slot, or says why not.
+    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, &'static str> {
+        let mut clients = self.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.active.load(Ordering::SeqCst) >= self.config.max_transfers {
+            return Err("server busy: too many transfers");
+        }
+        let count = clients.entry(client).or_insert(0);
+        if *count >= self.config.max_per_client {
+            return Err("server busy: too many transfers from this client");
+        }
+        *count += 1;
+        self.active.fetch_add(1, Ordering::SeqCst);
+        metrics::ACTIVE.inc();
+        Ok(Slot { server: Arc::clone(self), client })
+    }
+}
+
+async fn send_error(socket: &UdpSocket, peer: SocketAddr, code: ErrorCode, message: &str) {
+    let mut buf = Vec::with_capacity(message.len() + 5);
+    wire::encode_error(&mut buf, code, message);
+    let _ = socket.send_to(&buf, peer).await;
+}
+
+/// Serves requests arriving on `socket` until `stop`. Transfers run on
+/// `tracker` and are left to finish (the caller drains them).
+///
+/// CANCEL-SAFETY: stops between datagrams; nothing is half-handled.
+pub async fn serve(
+    socket: UdpSocket,
+    server: Arc<TftpServer>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut buf = vec![0u8; wire::MAX_DATAGRAM];
+    loop {
+        let (len, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed");
+                    continue;
+                }
+            },
+        };
+        match Packet::parse(&buf[..len]) {
+            Ok(Packet::Rrq(request)) => match server.admit(peer.ip()) {
+                Ok(slot) => {
+                    tracker.spawn(transfer(Arc::clone(&server), slot, request, peer));
+                }
+                Err(why) => {
+                    metrics::REFUSED.with_label_values(&["busy"]).inc();
+                    tracing::debug!(%peer, why, "request refused");
+                    send_error(&socket, peer, ErrorCode::NotDefined, why).await;
+                }
+            },
+            Ok(Packet::Wrq(request)) => {
+                metrics::REFUSED.with_label_values(&["write"]).inc();
+                tracing::debug!(%peer, file = %request.filename, "write request refused");
+                send_error(&socket, peer, ErrorCode::AccessViolation, "this server is read-only").await;
+            }
+            Ok(other) => {
+                metrics::MALFORMED.inc();
+                tracing::debug!(%peer, ?other, "not a request; dropped");
+            }
+            Err(e) => {
+                metrics::MALFORMED.inc();
+                tracing::debug!(%peer, error = %e, "malformed datagram dropped");
+            }
+        }
+    }
+    tracing::info!(active = server.active_transfers(), "no longer accepting requests");
+}
+
+/// Runs one read transfer on its own socket.
+async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: SocketAddr) {
+    let local = SocketAddr::new(server.config.listen.ip(), 0);
+    let socket = match UdpSocket::bind(local).await {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
+            return;
+        }
+    };
+    // Connected: datagrams from anyone but this client never reach us.
+    if let Err(e) = socket.connect(peer).await {
+        tracing::warn!(%peer, error = %e, "cannot reach the client");
+        return;
+    }
+    let content = match server.files.open(&request.filename, request.mode).await {
+        Ok(content) => content,
+        Err(e) => {
+            let (code, label) = match &e {
+                ContentError::NotFound => (ErrorCode::FileNotFound, "not_found"),
+                ContentError::Refused(_) => (ErrorCode::AccessViolation, "access"),
+                ContentError::TooLarge | ContentError::Io => (ErrorCode::NotDefined, "error"),
+            };
+            metrics::REFUSED.with_label_values(&[label]).inc();
+            tracing::info!(%peer, file = %request.filename, reason = %e, "request refused");
+            let mut buf = Vec::new();
+            wire::encode_error(&mut buf, code, &e.to_string());
+            let _ = socket.send(&buf).await;
+            return;
+        }
+    };
+    let (negotiated, used) = negotiate(&request.options, content.len(), &server.limits);
+    metrics::record_options(used);
+    let mut machine = ReadTransfer::new(content.len(), &negotiated, server.config.max_retries);
+    let started = Instant::now();
+    let mut runner = Runner {
+        socket: &socket,
+        content,
+        packet: Vec::with_capacity(usize::from(negotiated.blksize) + 4),
+        sent: 0,
+    };
+    let mut deadline = Instant::now() + negotiated.timeout;
+    let mut pending = machine.start();
+    let mut buf = vec![0u8; wire::MAX_DATAGRAM];
+    let outcome = 'run: loop {
+        for action in pending.drain(..) {
+            match runner.execute(action).await {
+                Step::Continue => {}
+                Step::Timer(after) => deadline = Instant::now() + after,
+                Step::Finished(outcome) => break 'run outcome,
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => pending = machine.on_timeout(),
+            received = socket.recv(&mut buf) => {
+                pending = match received.map(|len| Packet::parse(&buf[..len])) {
+                    Ok(Ok(Packet::Ack { block })) => machine.on_ack(block),
+                    Ok(Ok(Packet::Error { code, message })) => {
+                        tracing::debug!(%peer, ?code, message, "client ended the transfer");
+                        machine.on_error()
+                    }
+                    Ok(Ok(_)) => machine.on_illegal(),
+                    Ok(Err(_)) => {
+                        metrics::MALFORMED.inc();
+                        Vec::new()
+                    }
+                    // ICMP port unreachable and friends: the client is gone.
+                    Err(_) => machine.on_error(),
+                };
+            }
+        }
+    };
+    metrics::finished(outcome, runner.sent, machine.retransmitted);
+    let elapsed = started.elapsed();
+    match outcome {
+        Outcome::Complete => tracing::info!(
+            %peer, file = %request.filename, bytes = runner.sent, ms = elapsed.as_millis() as u64,
+            blksize = negotiated.blksize, windowsize = negotiated.windowsize, retransmitted = machine.retransmitted,
+            "transfer complete"
+        ),
+        other => tracing::info!(%peer, file = %request.filename, outcome = ?other, "transfer ended"),
+    }
+}
+
+enum Step {
+    Continue,
+    Timer(std::time::Duration),
+    Finished(Outcome),
+}
+
+struct Runner<'a> {
+    socket: &'a UdpSocket,
+    content: Content,
+    packet: Vec<u8>,
+    sent: u64,
+}
+
+impl Runner<'_> {
+    async fn execute(&mut self, action: Action) -> Step {
+        match action {
+            Action::SendData { block, offset, len } => {
+                self.packet.clear();
+                match self.content.block(offset, len).await {
+                    Ok(data) => wire::encode_data(&mut self.packet, block, data),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading file failed mid-transfer");
+                        self.packet.clear();
+                        wire::encode_error(&mut self.packet, ErrorCode::NotDefined, "read error");
+                        let _ = self.socket.send(&self.packet).await;
+                        return Step::Finished(Outcome::ProtocolError);
+                    }
+                }
+                if self.socket.send(&self.packet).await.is_ok() {
+                    self.sent += len as u64;
+                }
+                Step::Continue
+            }
+            Action::SendOack(options) => {
+                let packet = Packet::Oack { options }.encode();
+                let _ = self.socket.send(&packet).await;
+                Step::Continue
+            }
+            Action::SendError(code, message) => {
+                self.packet.clear();
+                wire::encode_error(&mut self.packet, code, &message);
+                let _ = self.socket.send(&self.packet).await;
+                Step::Continue
+            }
+            Action::ArmTimer(after) => Step::Timer(after),
+            Action::Finish(outcome) => Step::Finished(outcome),
+        }
+    }
+}
+
+/// Binds the TFTP port and serves until shutdown, registering the replica
+/// with its load (active transfers).
+pub async fn run(ctx: bootfleet_core::process::ServiceContext, config: TftpConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let socket =
+        UdpSocket::bind(config.listen).await.with_context(|| format!("binding TFTP on {}", config.listen))?;
+    let addr = socket.local_addr()?;
+    let server =
+        TftpServer::new(config.clone()).with_context(|| format!("serving from {}", config.root.display()))?;
+    ctx.registration.update(|m| m.addresses = vec![addr.to_string()]);
+    ctx.health.set("tftp", bootfleet_core::admin::ComponentHealth::Serving).await;
+    tracing::info!(%addr, root = %config.root.display(), "TFTP listening");
+    let tracker = TaskTracker::new();
+    let load_server = Arc::clone(&server);
+    let load_stop = ctx.shutdown.token();
+    let registration = Arc::clone(&ctx.registration);
+    tokio::spawn(async move {
+        let mut published = usize::MAX;
+        loop {
+            let active = load_server.active_transfers();
+            if active != published {
+                registration.update(|m| m.load = active as u64);
+                published = active;
+            }
+            tokio::select! {
+                () = load_stop.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    serve(socket, Arc::clone(&server), ctx.shutdown.token(), tracker.clone()).await;
+    tracker.close();
+    if tokio::time::timeout(ctx.config.shutdown_grace, tracker.wait()).await.is_err() {
+        tracing::warn!(active = server.active_transfers(), "grace period over; abandoning transfers");
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! TFTP settings: flags, `BOOTFLEET_TFTP_*` variables and the `[tftp]`
+//! section of the configuration file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bootfleet_core::config::{ConfigError, CoreConfig, parse_duration};
+use serde::Deserialize;
+
+/// TFTP flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TftpArgs {
+    /// Address to serve TFTP on.
+    #[arg(long = "tftp-listen", env = "BOOTFLEET_TFTP_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory whose files are served (read-only).
+    #[arg(long = "tftp-root", env = "BOOTFLEET_TFTP_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TftpSection {
+    listen: Option<String>,
+    root: Option<PathBuf>,
+    mtu: Option<u16>,
+    max_windowsize: Option<u16>,
+    timeout: Option<String>,
+    max_retries: Option<u32>,
+    max_transfers: Option<usize>,
+    max_transfers_per_client: Option<usize>,
+    cache_mib: Option<u64>,
+    cache_file_limit_mib: Option<u64>,
+}
+
+/// Validated TFTP settings.
+#[derive(Clone, Debug)]
+pub struct TftpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Served directory.
+    pub root: PathBuf,
+    /// Link MTU: caps the block size.
+    pub mtu: u16,
+    /// Largest RFC 7440 window granted.
+    pub max_windowsize: u16,
+    /// Retransmission timeout unless the client negotiates one.
+    pub timeout: Duration,
+    /// Retransmissions before a transfer is abandoned.
+    pub max_retries: u32,
+    /// Concurrent transfers, in all.
+    pub max_transfers: usize,
+    /// Concurrent transfers per client address.
+    pub max_per_client: usize,
+    /// Bytes of hot files kept in memory.
+    pub cache_bytes: u64,
+    /// Largest file kept in memory.
+    pub cache_file_limit: u64,
+}
+
+impl TftpConfig {
+    /// Defaults for everything but the root and address.
+    pub fn new(listen: SocketAddr, root: PathBuf) -> Self {
+        Self {
+            listen,
+            root,
+            mtu: 1500,
+            max_windowsize: 64,
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+            max_transfers: 4096,
+            max_per_client: 8,
+            cache_bytes: 256 * 1024 * 1024,
+            cache_file_limit: 32 * 1024 * 1024,
+        }
+    }
+
+    /// Merges flags and the `[tftp]` section; errors name the key.
+    pub fn load(args: &TftpArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
+        let section: TftpSection = match &core.file.tftp {
+            Some(table) => serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| ConfigError::new(format!("tftp.{}", e.path()), e.inner().to_string()))?,
+            None => TftpSection::default(),
+        };
+        let (text, key) = match (&args.listen, &section.listen) {
+            (Some(v), _) => (v.clone(), "--tftp-listen / BOOTFLEET_TFTP_LISTEN"),
+            (None, Some(v)) => (v.clone(), "tftp.listen"),
+            (None, None) => ("0.0.0.0:69".to_owned(), "tftp.listen (default)"),
+        };
+        let listen: SocketAddr = text
+            .parse()
+            .map_err(|_| ConfigError::new(key, format!("{text:?} is not an address like 0.0.0.0:69")))?;
+        let (root, key) = match (&args.root, &section.root) {
+            (Some(v), _) => (v.clone(), "--tftp-root / BOOTFLEET_TFTP_ROOT"),
+            (None, Some(v)) => (v.clone(), "tftp.root"),
+            (None, None) => (core.data_dir.join("tftp"), "tftp.root (default <data_dir>/tftp)"),
+        };
+        if !root.is_dir() {
+            return Err(ConfigError::new(key, format!("{} is not a directory", root.display())));
+        }
+        let mut config = Self::new(listen, root);
+        if let Some(mtu) = section.mtu {
+            if !(576..=65_535).contains(&mtu) {
+                return Err(ConfigError::new("tftp.mtu", "must be between 576 and 65535"));
+            }
+            config.mtu = mtu;
+        }
+        if let Some(w) = section.max_windowsize {
+            if w == 0 {
+                return Err(ConfigError::new("tftp.max_windowsize", "must be at least 1"));
+            }
+            config.max_windowsize = w;
+        }
+        if let Some(t) = &section.timeout {
+            config.timeout = parse_duration(t).map_err(|m| ConfigError::new("tftp.timeout", m))?;
+            if config.timeout.is_zero() {
+                return Err(ConfigError::new("tftp.timeout", "must be greater than zero"));
+            }
+        }
+        if let Some(r) = section.max_retries {
+            config.max_retries = r;
+        }
+        for (value, key, target) in [
+            (section.max_transfers, "tftp.max_transfers", &mut config.max_transfers),
+            (section.max_transfers_per_client, "tftp.max_transfers_per_client", &mut config.max_per_client),
+        ] {
+            if let Some(v) = value {
+                if v == 0 {
+                    return Err(ConfigError::new(key, "must be at least 1"));
+                }
+                *target = v;
+            }
+        }
+        if let Some(mib) = section.cache_mib {
+            config.cache_bytes = mib * 1024 * 1024;
+        }
+        if let Some(mib) = section.cache_file_limit_mib {
+            config.cache_file_limit = mib * 1024 * 1024;
+        }
+        Ok(config)
+    }
+}
