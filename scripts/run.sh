@@ -9,7 +9,7 @@ scripts/install-deps.sh build
 cargo build --release --locked -p bootfleet
 
 # The admin token the CLI needs for changes (created once, kept private).
-mkdir -p .bootfleet
+mkdir -p .bootfleet/tftp
 if [ ! -s .bootfleet/admin.token ]; then
   (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > .bootfleet/admin.token)
   echo "created .bootfleet/admin.token (use: --token-file .bootfleet/admin.token)"

@@ -1,8 +1,12 @@
 //! `bootfleet up`: every service in one process on the embedded store,
 //! through the same `run` functions as the service binaries.
 
+use std::sync::Arc;
+
 use bootfleet_core::config::{CommonArgs, Defaults};
+use bootfleet_core::process::ServiceContext;
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
+use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
 
 /// Defaults of the all-in-one process: local admin port, embedded store.
 const DEFAULTS: Defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "embedded" };
@@ -14,6 +18,31 @@ pub(crate) struct UpArgs {
     common: CommonArgs,
     #[command(flatten)]
     rules: RulesArgs,
+    #[command(flatten)]
+    tftp: TftpArgs,
+}
+
+/// Settings of every service `up` runs.
+#[derive(Debug)]
+struct Services {
+    rules: RulesConfig,
+    tftp: TftpConfig,
+}
+
+/// Runs every service until shutdown; the first failure stops them all.
+async fn run_all(ctx: Arc<ServiceContext>, services: Services) -> anyhow::Result<()> {
+    let stop = ctx.shutdown.clone();
+    let on_failure = |result: anyhow::Result<()>| {
+        if result.is_err() {
+            stop.trigger();
+        }
+        result
+    };
+    let (rules, tftp) = tokio::join!(
+        async { on_failure(bootfleet_rules_engine::server::run(Arc::clone(&ctx), services.rules).await) },
+        async { on_failure(bootfleet_tftp_server::server::run(Arc::clone(&ctx), services.tftp).await) },
+    );
+    rules.and(tftp)
 }
 
 /// Runs `up`; returns the process exit status.
@@ -22,7 +51,12 @@ pub(crate) fn main(args: UpArgs) -> i32 {
         "bootfleet",
         &args.common,
         &DEFAULTS,
-        |core| RulesConfig::load(&args.rules, core),
-        bootfleet_rules_engine::server::run,
+        |core| {
+            Ok(Services {
+                rules: RulesConfig::load(&args.rules, core)?,
+                tftp: TftpConfig::load(&args.tftp, core)?,
+            })
+        },
+        run_all,
     )
 }

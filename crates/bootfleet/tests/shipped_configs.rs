@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bootfleet_core::config::{CommonArgs, ConfigError, CoreConfig, Defaults, parse_file};
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
+use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
 
 const DEFAULTS: Defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "embedded" };
 
@@ -31,7 +32,10 @@ fn shipped() -> Vec<PathBuf> {
 fn load(text: &str) -> Result<(), ConfigError> {
     let core = CoreConfig::from_parts(&CommonArgs::default(), parse_file(text)?, &DEFAULTS)?;
     let rules = RulesArgs { admin_token: Some("0123456789abcdef0123".into()), ..RulesArgs::default() };
-    RulesConfig::load(&rules, &core).map(drop)
+    RulesConfig::load(&rules, &core)?;
+    // Roots named in shipped files need not exist on the test machine.
+    let tftp = TftpArgs { root: Some(std::env::temp_dir()), ..TftpArgs::default() };
+    TftpConfig::load(&tftp, &core).map(drop)
 }
 
 #[test]

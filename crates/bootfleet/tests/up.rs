@@ -40,7 +40,7 @@ fn wait_serving(port: u16) -> String {
 fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
     let child = Command::new(BIN)
         .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
-        .args(["--rules-listen", "127.0.0.1:0"])
+        .args(["--rules-listen", "127.0.0.1:0", "--tftp-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .env("BOOTFLEET_LOG", "info")
@@ -83,8 +83,16 @@ fn bad_configuration_exits_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
 
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/config/bootfleet.toml");
+    // The shipped file names a token file and a TFTP root that exist only
+    // after scripts/run.sh; give both here.
     let token = ["--rules-admin-token", "0123456789abcdef0123"];
-    let out = Command::new(BIN).args(["up", "--validate", "-c", shipped]).args(token).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--validate", "-c", shipped])
+        .args(token)
+        .arg("--tftp-root")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 

@@ -28,18 +28,34 @@ pub struct ServiceContext {
     pub shutdown: Shutdown,
     /// Where the admin endpoint listens.
     pub admin_addr: SocketAddr,
-    /// This replica's member record (add addresses once bound). The shell
-    /// deregisters it after the service returns.
-    pub registration: Arc<Registration>,
+    started_at_unix_ms: i64,
+}
+
+impl ServiceContext {
+    /// Registers this process as a live member of `service` serving on
+    /// `addresses`. The record stays while the returned handle lives (call
+    /// `deregister` on the way out).
+    pub fn register(&self, service: &str, addresses: Vec<String>) -> Registration {
+        let member = Member {
+            service: service.into(),
+            id: self.config.member_id.clone(),
+            addresses,
+            admin_address: self.admin_addr.to_string(),
+            started_at_unix_ms: self.started_at_unix_ms,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Member::default()
+        };
+        Registration::start(self.store.clone(), member, self.config.store.member_ttl)
+    }
 }
 
 /// Runs a service process and returns its exit status.
 ///
 /// `check` validates the service's own settings (from flags and its file
-/// section) before anything binds; `body` runs the service until
-/// `ctx.shutdown` fires, then returns. Afterwards the shell marks health
-/// NOT_SERVING, deregisters, and drains tracked tasks within the grace
-/// period.
+/// section) before anything binds; `body` runs the service (registering it
+/// with [`ServiceContext::register`]) until `ctx.shutdown` fires, then
+/// returns. Afterwards the shell marks health NOT_SERVING and drains tracked
+/// tasks within the grace period.
 pub fn run_service<S, F, Fut>(
     service: &'static str,
     args: &CommonArgs,
@@ -49,7 +65,7 @@ pub fn run_service<S, F, Fut>(
 ) -> i32
 where
     S: std::fmt::Debug,
-    F: FnOnce(ServiceContext, S) -> Fut,
+    F: FnOnce(Arc<ServiceContext>, S) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let checked = CoreConfig::load(args, defaults).and_then(|core| check(&core).map(|s| (core, s)));
@@ -84,7 +100,7 @@ where
 
 async fn run<S, F, Fut>(service: &'static str, config: CoreConfig, settings: S, body: F) -> anyhow::Result<()>
 where
-    F: FnOnce(ServiceContext, S) -> Fut,
+    F: FnOnce(Arc<ServiceContext>, S) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let shutdown = Shutdown::new();
@@ -101,15 +117,6 @@ where
     shutdown.spawn(admin::serve(admin_listener, health.clone(), shutdown.token()));
 
     let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let member = Member {
-        service: service.into(),
-        id: config.member_id.clone(),
-        admin_address: admin_addr.to_string(),
-        started_at_unix_ms: i64::try_from(started).unwrap_or(i64::MAX),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Member::default()
-    };
-    let registration = Arc::new(Registration::start(store.clone(), member, config.store.member_ttl));
     let grace = config.shutdown_grace;
     let ctx = ServiceContext {
         config,
@@ -117,21 +124,13 @@ where
         health: health.clone(),
         shutdown: shutdown.clone(),
         admin_addr,
-        registration: Arc::clone(&registration),
+        started_at_unix_ms: i64::try_from(started).unwrap_or(i64::MAX),
     };
 
-    let result = body(ctx, settings).await;
+    let result = body(Arc::new(ctx), settings).await;
     // Whatever ended the body (signal or failure), shut everything down.
     shutdown.trigger();
     health.set_shutting_down().await;
-    match Arc::try_unwrap(registration) {
-        Ok(registration) => {
-            if let Err(e) = registration.deregister().await {
-                tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
-            }
-        }
-        Err(_) => tracing::warn!("member registration still in use; it lapses with its lease"),
-    }
     shutdown.drain(grace).await;
     tracing::info!(service, "stopped");
     result

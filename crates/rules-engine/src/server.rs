@@ -27,10 +27,15 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 20;
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RulesArgs {
     /// Address of the RulesService gRPC endpoint.
-    #[arg(long = "rules-listen", env = "BOOTFLEET_RULES_LISTEN", value_name = "ADDR")]
+    #[arg(id = "rules_listen", long = "rules-listen", env = "BOOTFLEET_RULES_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// File holding the admin bearer token that writes require.
-    #[arg(long = "rules-admin-token-file", env = "BOOTFLEET_RULES_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        id = "rules_admin_token_file",
+        long = "rules-admin-token-file",
+        env = "BOOTFLEET_RULES_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
     pub admin_token_file: Option<PathBuf>,
     /// The admin bearer token itself (prefer the file).
     #[arg(
@@ -118,12 +123,12 @@ impl RulesConfig {
 }
 
 /// Binds the gRPC port and serves the rules engine until shutdown.
-pub async fn run(ctx: ServiceContext, config: RulesConfig) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the rules engine on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    ctx.registration.update(|m| m.addresses = vec![addr.to_string()]);
+    let registration = ctx.register("rules-engine", vec![addr.to_string()]);
     let stop = ctx.shutdown.token();
     let options =
         StateOptions { member_id: ctx.config.member_id.clone(), history_limit: config.history_limit };
@@ -135,7 +140,11 @@ pub async fn run(ctx: ServiceContext, config: RulesConfig) -> anyhow::Result<()>
         tracing::warn!("no admin token configured: rule and profile writes are refused");
     }
     tracing::info!(%addr, "rules engine listening");
-    serve(listener, state, &ctx.health, config.admin_token, ctx.shutdown.token()).await
+    let served = serve(listener, state, &ctx.health, config.admin_token, ctx.shutdown.token()).await;
+    if let Err(e) = registration.deregister().await {
+        tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
+    }
+    served
 }
 
 /// Serves the gRPC API (RulesService, health, reflection) on `listener`

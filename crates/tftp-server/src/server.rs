@@ -286,26 +286,30 @@ impl Runner<'_> {
 
 /// Binds the TFTP port and serves until shutdown, registering the replica
 /// with its load (active transfers).
-pub async fn run(ctx: bootfleet_core::process::ServiceContext, config: TftpConfig) -> anyhow::Result<()> {
+pub async fn run(
+    ctx: Arc<bootfleet_core::process::ServiceContext>,
+    config: TftpConfig,
+) -> anyhow::Result<()> {
     use anyhow::Context;
+    std::fs::create_dir_all(&config.root).with_context(|| format!("creating {}", config.root.display()))?;
     let socket =
         UdpSocket::bind(config.listen).await.with_context(|| format!("binding TFTP on {}", config.listen))?;
     let addr = socket.local_addr()?;
     let server =
         TftpServer::new(config.clone()).with_context(|| format!("serving from {}", config.root.display()))?;
-    ctx.registration.update(|m| m.addresses = vec![addr.to_string()]);
+    let registration = Arc::new(ctx.register("tftp-server", vec![addr.to_string()]));
     ctx.health.set("tftp", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(%addr, root = %config.root.display(), "TFTP listening");
     let tracker = TaskTracker::new();
     let load_server = Arc::clone(&server);
     let load_stop = ctx.shutdown.token();
-    let registration = Arc::clone(&ctx.registration);
-    tokio::spawn(async move {
+    let load_registration = Arc::clone(&registration);
+    let load_task = tokio::spawn(async move {
         let mut published = usize::MAX;
         loop {
             let active = load_server.active_transfers();
             if active != published {
-                registration.update(|m| m.load = active as u64);
+                load_registration.update(|m| m.load = active as u64);
                 published = active;
             }
             tokio::select! {
@@ -318,6 +322,12 @@ pub async fn run(ctx: bootfleet_core::process::ServiceContext, config: TftpConfi
     tracker.close();
     if tokio::time::timeout(ctx.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(active = server.active_transfers(), "grace period over; abandoning transfers");
+    }
+    let _ = load_task.await;
+    if let Ok(registration) = Arc::try_unwrap(registration) {
+        if let Err(e) = registration.deregister().await {
+            tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
+        }
     }
     Ok(())
 }

@@ -12,10 +12,10 @@ use serde::Deserialize;
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TftpArgs {
     /// Address to serve TFTP on.
-    #[arg(long = "tftp-listen", env = "BOOTFLEET_TFTP_LISTEN", value_name = "ADDR")]
+    #[arg(id = "tftp_listen", long = "tftp-listen", env = "BOOTFLEET_TFTP_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// Directory whose files are served (read-only).
-    #[arg(long = "tftp-root", env = "BOOTFLEET_TFTP_ROOT", value_name = "DIR")]
+    #[arg(id = "tftp_root", long = "tftp-root", env = "BOOTFLEET_TFTP_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 }
 
@@ -92,12 +92,15 @@ impl TftpConfig {
             .parse()
             .map_err(|_| ConfigError::new(key, format!("{text:?} is not an address like 0.0.0.0:69")))?;
         let (root, key) = match (&args.root, &section.root) {
-            (Some(v), _) => (v.clone(), "--tftp-root / BOOTFLEET_TFTP_ROOT"),
-            (None, Some(v)) => (v.clone(), "tftp.root"),
-            (None, None) => (core.data_dir.join("tftp"), "tftp.root (default <data_dir>/tftp)"),
+            (Some(v), _) => (v.clone(), Some("--tftp-root / BOOTFLEET_TFTP_ROOT")),
+            (None, Some(v)) => (v.clone(), Some("tftp.root")),
+            // The default lives in the data directory and is created on start.
+            (None, None) => (core.data_dir.join("tftp"), None),
         };
-        if !root.is_dir() {
-            return Err(ConfigError::new(key, format!("{} is not a directory", root.display())));
+        if let Some(key) = key {
+            if !root.is_dir() {
+                return Err(ConfigError::new(key, format!("{} is not a directory", root.display())));
+            }
         }
         let mut config = Self::new(listen, root);
         if let Some(mtu) = section.mtu {
