@@ -1,0 +1,141 @@
+//! The TFTP server with real clients (tftp-hpa, atftp, curl), a raw client
+//! for what real clients never send, and a lossy link.
+
+mod clients;
+mod lossy;
+mod safety;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bootfleet_tftp_server::server::{self, TftpConfig, TftpServer};
+use bootfleet_tftp_server::wire::{Mode, Packet, Request};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A server on 127.0.0.1 with a prepared root, stopped on drop.
+pub(crate) struct Fixture {
+    pub(crate) addr: SocketAddr,
+    pub(crate) root: PathBuf,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub(crate) fn write_files(root: &Path) {
+    std::fs::write(root.join("small.bin"), pseudo_random(1000, 1)).unwrap();
+    std::fs::write(root.join("exact.bin"), pseudo_random(1024, 2)).unwrap();
+    std::fs::write(root.join("empty.bin"), b"").unwrap();
+    std::fs::write(root.join("medium.bin"), pseudo_random(3 * 1024 * 1024 + 17, 3)).unwrap();
+    std::fs::write(root.join("text.txt"), b"first line\nsecond\rline\n").unwrap();
+    std::fs::create_dir_all(root.join("pxelinux.cfg")).unwrap();
+    std::fs::write(root.join("pxelinux.cfg/default"), b"DEFAULT linux\n").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("escape")).unwrap();
+    std::os::unix::fs::symlink("small.bin", root.join("alias.bin")).unwrap();
+}
+
+pub(crate) async fn start_with(adjust: impl FnOnce(&mut TftpConfig)) -> Fixture {
+    bootfleet_test_support::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    write_files(&root);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut config = TftpConfig::new(addr, root.clone());
+    adjust(&mut config);
+    let server: Arc<TftpServer> = TftpServer::new(config).unwrap();
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::spawn(server::serve(socket, server, stop.clone(), tracker.clone()));
+    Fixture { addr, root, stop, tracker, _dir: dir }
+}
+
+pub(crate) async fn start() -> Fixture {
+    start_with(|_| {}).await
+}
+
+/// A minimal lockstep client for requests real clients never make.
+pub(crate) struct RawClient {
+    pub(crate) socket: UdpSocket,
+    pub(crate) server: SocketAddr,
+}
+
+impl RawClient {
+    pub(crate) async fn new(server: SocketAddr) -> Self {
+        Self { socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(), server }
+    }
+
+    pub(crate) async fn send_raw(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.server).await.unwrap();
+    }
+
+    pub(crate) async fn request(&self, filename: &str, options: &[(&str, &str)]) {
+        let request = Request {
+            filename: filename.into(),
+            mode: Mode::Octet,
+            options: options.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        };
+        self.send_raw(&Packet::Rrq(request).encode()).await;
+    }
+
+    /// Next packet and where it came from, within 5 s.
+    pub(crate) async fn recv(&self) -> Option<(Packet, SocketAddr)> {
+        self.recv_within(Duration::from_secs(5)).await
+    }
+
+    /// Next packet within `limit`.
+    pub(crate) async fn recv_within(&self, limit: Duration) -> Option<(Packet, SocketAddr)> {
+        let mut buf = vec![0u8; 70_000];
+        let (len, from) = tokio::time::timeout(limit, self.socket.recv_from(&mut buf)).await.ok()?.ok()?;
+        Some((Packet::parse(&buf[..len]).expect("server sends valid packets"), from))
+    }
+
+    /// Downloads a file in lockstep (answering an OACK), returning its bytes.
+    pub(crate) async fn get(&self, filename: &str, options: &[(&str, &str)]) -> Result<Vec<u8>, Packet> {
+        self.request(filename, options).await;
+        let mut out = Vec::new();
+        let mut blksize = 512;
+        loop {
+            let (packet, from) = self.recv().await.expect("server answers");
+            match packet {
+                Packet::Oack { options } => {
+                    if let Some((_, v)) = options.iter().find(|(k, _)| k == "blksize") {
+                        blksize = v.parse().unwrap();
+                    }
+                    self.socket.send_to(&Packet::Ack { block: 0 }.encode(), from).await.unwrap();
+                }
+                Packet::Data { block, data } => {
+                    let last = data.len() < blksize;
+                    out.extend_from_slice(&data);
+                    self.socket.send_to(&Packet::Ack { block }.encode(), from).await.unwrap();
+                    if last {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(other),
+            }
+        }
+    }
+}
