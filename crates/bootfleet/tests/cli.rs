@@ -2,7 +2,7 @@
 //! apply a rules file, activate, evaluate hosts, change the rules, and see
 //! test-compliance list the hosts whose boot would change.
 
-use std::io::{Read, Write};
+use bootfleet_test_support::healthz;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,6 @@ impl Drop for Up {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn healthz(port: u16) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
 }
 
 fn cli(server: &str, args: &[&str]) -> Output {

@@ -2,8 +2,7 @@
 //! starts, reports healthy, stops cleanly on SIGTERM, and starts again on
 //! the same data directory.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use bootfleet_test_support::healthz;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,18 +17,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn healthz(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
-}
-
 fn wait_serving(port: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(body) = healthz(port).filter(|b| b.starts_with("serving")) {
+        let body = healthz(port);
+        if body.starts_with("serving") {
             return body;
         }
         assert!(Instant::now() < deadline, "bootfleet up never reported serving");

@@ -290,6 +290,20 @@ fn flag_key(flag: &str, env: &str) -> String {
     format!("--{flag} / {env}")
 }
 
+/// Parses a service's own `[name]` section (kept raw in [`FileConfig`]),
+/// rejecting unknown keys and naming `name.<key>` in errors. A missing
+/// section gives the defaults.
+pub fn service_section<T>(section: Option<&toml::Table>, name: &str) -> Result<T, ConfigError>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    match section {
+        Some(table) => serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+            .map_err(|e| ConfigError::new(format!("{name}.{}", e.path()), e.inner().to_string())),
+        None => Ok(T::default()),
+    }
+}
+
 /// Reads and parses the TOML file, naming the dotted key of any error.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = format!("--config {}", path.display());

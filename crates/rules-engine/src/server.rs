@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bootfleet_core::admin::Health;
-use bootfleet_core::config::{ConfigError, CoreConfig};
+use bootfleet_core::config::{ConfigError, CoreConfig, service_section};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
 use serde::Deserialize;
@@ -81,11 +81,7 @@ impl std::fmt::Debug for RulesConfig {
 impl RulesConfig {
     /// Merges flags and the `[rules]` file section; errors name the key.
     pub fn load(args: &RulesArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
-        let section: RulesSection = match &core.file.rules {
-            Some(table) => serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
-                .map_err(|e| ConfigError::new(format!("rules.{}", e.path()), e.inner().to_string()))?,
-            None => RulesSection::default(),
-        };
+        let section: RulesSection = service_section(core.file.rules.as_ref(), "rules")?;
         let (listen_text, key) = match (&args.listen, &section.listen) {
             (Some(v), _) => (v.clone(), "--rules-listen / BOOTFLEET_RULES_LISTEN"),
             (None, Some(v)) => (v.clone(), "rules.listen"),

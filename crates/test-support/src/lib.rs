@@ -32,6 +32,26 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port on 127.0.0.1")
 }
 
+/// `GET path` over HTTP/1.1 on 127.0.0.1:`port`; the body, or an empty
+/// string when nothing answers (for polling a starting server).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// The admin endpoint's `/healthz` body ("serving", "degraded", …).
+pub fn healthz(port: u16) -> String {
+    http_get(port, "/healthz")
+}
+
 /// Monotonic clock in nanoseconds, comparable across processes on this host
 /// (CLOCK_MONOTONIC), for ordering events logged by several processes.
 pub fn monotonic_ns() -> i128 {

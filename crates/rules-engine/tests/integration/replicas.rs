@@ -2,7 +2,7 @@
 //! by the other within a second, concurrent edits through both lose
 //! nothing, and with etcd stopped both keep answering Evaluate.
 
-use std::io::{Read, Write};
+use bootfleet_test_support::healthz;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,14 +27,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn healthz(port: u16) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
 }
 
 fn spawn(id: &str, endpoints: &[String]) -> Replica {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bootfleet_core::config::{ConfigError, CoreConfig, parse_duration};
+use bootfleet_core::config::{ConfigError, CoreConfig, parse_duration, service_section};
 use serde::Deserialize;
 
 /// TFTP flags.
@@ -78,11 +78,7 @@ impl TftpConfig {
 
     /// Merges flags and the `[tftp]` section; errors name the key.
     pub fn load(args: &TftpArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
-        let section: TftpSection = match &core.file.tftp {
-            Some(table) => serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
-                .map_err(|e| ConfigError::new(format!("tftp.{}", e.path()), e.inner().to_string()))?,
-            None => TftpSection::default(),
-        };
+        let section: TftpSection = service_section(core.file.tftp.as_ref(), "tftp")?;
         let (text, key) = match (&args.listen, &section.listen) {
             (Some(v), _) => (v.clone(), "--tftp-listen / BOOTFLEET_TFTP_LISTEN"),
             (None, Some(v)) => (v.clone(), "tftp.listen"),
