@@ -49,6 +49,17 @@ pub enum ConnectError {
     },
 }
 
+/// A client that connects on first use and reconnects by itself: for
+/// services that must start even while the rules engine is down.
+pub fn connect_lazy(url: &str) -> Result<Client, ConnectError> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ConnectError::BadUrl { url: url.to_owned(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(3))
+        .connect_lazy();
+    Ok(RulesServiceClient::with_interceptor(channel, BearerToken(None)))
+}
+
 /// Connects (within 5 s) to `url`, sending `token` with every request.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
     let endpoint = Endpoint::from_shared(url.to_owned())

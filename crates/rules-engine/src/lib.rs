@@ -15,6 +15,7 @@ pub mod error;
 pub mod facts;
 pub mod manifest;
 pub mod matcher;
+pub mod render;
 pub mod ruleset;
 #[cfg(feature = "runtime")]
 pub mod server;

@@ -5,6 +5,7 @@
 mod config;
 mod content;
 mod metrics;
+mod rendered;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::config::{TftpArgs, TftpConfig};
+pub use self::config::{RenderConfig, TftpArgs, TftpConfig};
 use self::content::{Content, ContentError, Files};
 use crate::options::{Limits, negotiate};
 use crate::transfer::{Action, Outcome, ReadTransfer};
@@ -27,6 +28,7 @@ pub struct TftpServer {
     config: TftpConfig,
     limits: Limits,
     files: Files,
+    renderer: Option<rendered::Renderer>,
     active: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -59,13 +61,15 @@ impl Drop for Slot {
 
 impl TftpServer {
     /// A server for `config`; the root must exist.
-    pub fn new(config: TftpConfig) -> std::io::Result<Arc<Self>> {
+    pub fn new(config: TftpConfig) -> anyhow::Result<Arc<Self>> {
         let files = Files::new(&config.root, config.cache_bytes, config.cache_file_limit)?;
         let limits = Limits::for_mtu(config.mtu, config.max_windowsize, config.timeout);
+        let renderer = config.render.as_ref().map(rendered::Renderer::new).transpose()?;
         Ok(Arc::new(Self {
             config,
             limits,
             files,
+            renderer,
             active: AtomicUsize::new(0),
             per_client: Mutex::default(),
         }))
@@ -165,7 +169,21 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
         tracing::warn!(%peer, error = %e, "cannot reach the client");
         return;
     }
-    let content = match server.files.open(&request.filename, request.mode).await {
+    let opened = match server.files.open(&request.filename, request.mode).await {
+        // Not a file on disk: maybe a loader config rendered for this host.
+        Err(ContentError::NotFound) => match &server.renderer {
+            Some(renderer) => match renderer.render(&request.filename, peer.ip()).await {
+                Some(bytes) if request.mode == wire::Mode::Netascii => {
+                    Ok(Content::Memory(wire::to_netascii(&bytes).into()))
+                }
+                Some(bytes) => Ok(Content::Memory(bytes)),
+                None => Err(ContentError::NotFound),
+            },
+            None => Err(ContentError::NotFound),
+        },
+        other => other,
+    };
+    let content = match opened {
         Ok(content) => content,
         Err(e) => {
             let (code, label) = match &e {

@@ -17,6 +17,22 @@ pub struct TftpArgs {
     /// Directory whose files are served (read-only).
     #[arg(id = "tftp_root", long = "tftp-root", env = "BOOTFLEET_TFTP_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Rules engine to render per-host loader configs from (e.g. http://rules:7070).
+    #[arg(
+        id = "tftp_rules_url",
+        long = "tftp-rules-url",
+        env = "BOOTFLEET_TFTP_RULES_URL",
+        value_name = "URL"
+    )]
+    pub rules_url: Option<String>,
+    /// Base URL of the image streamer, for kernel and initrd URLs in rendered configs.
+    #[arg(
+        id = "tftp_http_base",
+        long = "tftp-http-base",
+        env = "BOOTFLEET_TFTP_HTTP_BASE",
+        value_name = "URL"
+    )]
+    pub http_base: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +48,8 @@ struct TftpSection {
     max_transfers_per_client: Option<usize>,
     cache_mib: Option<u64>,
     cache_file_limit_mib: Option<u64>,
+    rules_url: Option<String>,
+    http_base: Option<String>,
 }
 
 /// Validated TFTP settings.
@@ -57,6 +75,17 @@ pub struct TftpConfig {
     pub cache_bytes: u64,
     /// Largest file kept in memory.
     pub cache_file_limit: u64,
+    /// Rendering of per-host loader configs, when configured.
+    pub render: Option<RenderConfig>,
+}
+
+/// Where rendered files come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderConfig {
+    /// Rules engine gRPC URL.
+    pub rules_url: String,
+    /// Image streamer base URL.
+    pub http_base: String,
 }
 
 impl TftpConfig {
@@ -73,6 +102,7 @@ impl TftpConfig {
             max_per_client: 8,
             cache_bytes: 256 * 1024 * 1024,
             cache_file_limit: 32 * 1024 * 1024,
+            render: None,
         }
     }
 
@@ -137,6 +167,28 @@ impl TftpConfig {
         if let Some(mib) = section.cache_file_limit_mib {
             config.cache_file_limit = mib * 1024 * 1024;
         }
+        let rules_url = args.rules_url.clone().or(section.rules_url);
+        let http_base = args.http_base.clone().or(section.http_base);
+        config.render = match (rules_url, http_base) {
+            (None, None) => None,
+            (Some(rules_url), Some(http_base)) => {
+                for (value, key) in [(&rules_url, "tftp.rules_url"), (&http_base, "tftp.http_base")] {
+                    if !value.starts_with("http://") && !value.starts_with("https://") {
+                        return Err(ConfigError::new(
+                            key,
+                            format!("{value:?} is not a URL like http://host:port"),
+                        ));
+                    }
+                }
+                Some(RenderConfig { rules_url, http_base })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new("tftp.http_base", "required with tftp.rules_url"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("tftp.rules_url", "required with tftp.http_base"));
+            }
+        };
         Ok(config)
     }
 }

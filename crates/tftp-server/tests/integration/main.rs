@@ -3,6 +3,7 @@
 
 mod clients;
 mod lossy;
+mod rendered;
 mod safety;
 
 use std::net::SocketAddr;
