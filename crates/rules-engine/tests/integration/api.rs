@@ -330,9 +330,11 @@ async fn activation_is_atomic_for_evaluations() {
         vec![by_image, by_host]
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let checker = {
         let url = server.url.clone();
         let stop = std::sync::Arc::clone(&stop);
+        let done = std::sync::Arc::clone(&done);
         tokio::spawn(async move {
             let mut client = anonymous(&url).await;
             let mut evaluations = 0u32;
@@ -351,11 +353,23 @@ async fn activation_is_atomic_for_evaluations() {
                     "torn decision {pair:?}"
                 );
                 evaluations += 1;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             evaluations
         })
     };
+    let checked = |at_least: u32| {
+        let done = std::sync::Arc::clone(&done);
+        async move {
+            while done.load(std::sync::atomic::Ordering::SeqCst) < at_least {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
     for round in 0..20 {
+        // Make sure the checker runs during every flip.
+        let before = done.load(std::sync::atomic::Ordering::SeqCst);
+        within("checker evaluating", checked(before + 2)).await;
         let (image, host) = if round % 2 == 0 { ("img-a", "host-a") } else { ("img-b", "host-b") };
         replace(&mut c, set(image, host)).await.unwrap();
         let v = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
@@ -367,5 +381,5 @@ async fn activation_is_atomic_for_evaluations() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let evaluations = checker.await.unwrap();
-    assert!(evaluations >= 20, "the checker evaluated only {evaluations} times while activations flipped");
+    assert!(evaluations >= 40, "the checker evaluated only {evaluations} times while activations flipped");
 }
