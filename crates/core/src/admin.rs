@@ -226,6 +226,7 @@ pub async fn serve(listener: TcpListener, health: Health, stop: CancellationToke
                 }
             },
         };
+        let _ = stream.set_nodelay(true);
         let health = health.clone();
         let service = hyper::service::service_fn(move |req| handle(health.clone(), req));
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();

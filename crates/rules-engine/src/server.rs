@@ -12,6 +12,7 @@ use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -157,11 +158,19 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building gRPC reflection")?;
+    // serve_with_incoming ignores the builder's TCP_NODELAY; without it Nagle
+    // holds small responses back and Evaluate latency suffers.
+    let incoming = TcpListenerStream::new(listener).map(|connection| {
+        if let Ok(stream) = &connection {
+            let _ = stream.set_nodelay(true);
+        }
+        connection
+    });
     tonic::transport::Server::builder()
         .add_service(health.grpc_service())
         .add_service(reflection)
         .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
         .context("serving the rules engine")
 }
