@@ -14,6 +14,8 @@
 //! in the tests and benchmarks as a peer.
 #![warn(missing_docs)]
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzz_logic;
 pub mod options;
 pub mod path;
 #[cfg(feature = "runtime")]
