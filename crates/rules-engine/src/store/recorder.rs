@@ -25,8 +25,9 @@ use crate::error::RulesError;
 use crate::service::metrics;
 
 /// Hosts written per transaction (etcd allows 128 operations; each host
-/// takes a compare and a put).
-const CHUNK: usize = 50;
+/// takes a compare and a put). Kept small so one chunk's encoding never
+/// holds a worker thread long enough to delay Evaluate answers.
+const CHUNK: usize = 16;
 /// Queue length between Evaluate and the writer.
 const QUEUE: usize = 65_536;
 /// Hosts with unwritten events kept while the store is down.
@@ -177,6 +178,8 @@ impl HostRecorder {
                     written.insert(mac, (result.revision, record));
                 }
                 metrics::HOST_RECORD_WRITES.inc();
+                // Let request handlers run between chunks.
+                tokio::task::yield_now().await;
                 continue;
             }
             // Someone else wrote one of them: one host at a time, fresh reads.
