@@ -1,0 +1,329 @@
+//! DHCPv4 requests, parsed and validated from raw bytes (RFC 2131, 2132,
+//! with RFC 3396 long-option concatenation).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Size of the fixed BOOTP header before the magic cookie.
+const HEADER: usize = 236;
+const MAGIC: [u8; 4] = [99, 130, 83, 99];
+
+/// Why a datagram is not a DHCP request we can answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Shorter than header + cookie.
+    #[error("datagram too short ({0} bytes)")]
+    TooShort(usize),
+    /// `op` is not BOOTREQUEST.
+    #[error("op {0} is not a request")]
+    NotRequest(u8),
+    /// Not Ethernet (htype 1, hlen 6).
+    #[error("unsupported hardware type {htype} / length {hlen}")]
+    Hardware {
+        /// htype.
+        htype: u8,
+        /// hlen.
+        hlen: u8,
+    },
+    /// The magic cookie is wrong (plain BOOTP or garbage).
+    #[error("no DHCP magic cookie")]
+    NoCookie,
+    /// An option runs past the end of the packet.
+    #[error("option {code} overruns the packet")]
+    Overrun {
+        /// The option code.
+        code: u8,
+    },
+    /// No END option.
+    #[error("options are not terminated")]
+    Unterminated,
+    /// Message type (53) missing or invalid.
+    #[error("missing or invalid message type")]
+    MessageType,
+    /// A known option has a length or content it cannot have.
+    #[error("option {code} is malformed")]
+    BadOption {
+        /// The option code.
+        code: u8,
+    },
+}
+
+/// DHCP message type (option 53).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageType {
+    /// DHCPDISCOVER.
+    Discover,
+    /// DHCPREQUEST.
+    Request,
+    /// DHCPDECLINE.
+    Decline,
+    /// DHCPRELEASE.
+    Release,
+    /// DHCPINFORM.
+    Inform,
+}
+
+/// A validated client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Message type.
+    pub message_type: MessageType,
+    /// Transaction id.
+    pub xid: u32,
+    /// Seconds since the client began.
+    pub secs: u16,
+    /// Broadcast flag.
+    pub broadcast: bool,
+    /// Client hardware address.
+    pub mac: [u8; 6],
+    /// Client address (renewals, INFORM).
+    pub ciaddr: Ipv4Addr,
+    /// Relay address.
+    pub giaddr: Ipv4Addr,
+    /// Relay hop count.
+    pub hops: u8,
+    /// Every option, long options concatenated, in code order.
+    pub options: BTreeMap<u8, Vec<u8>>,
+}
+
+impl Request {
+    /// Parses and validates one datagram.
+    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() < HEADER + MAGIC.len() {
+            return Err(WireError::TooShort(bytes.len()));
+        }
+        if bytes[0] != 1 {
+            return Err(WireError::NotRequest(bytes[0]));
+        }
+        if bytes[1] != 1 || bytes[2] != 6 {
+            return Err(WireError::Hardware { htype: bytes[1], hlen: bytes[2] });
+        }
+        if bytes[HEADER..HEADER + 4] != MAGIC {
+            return Err(WireError::NoCookie);
+        }
+        let options = parse_options(&bytes[HEADER + 4..])?;
+        let message_type = match options.get(&53).map(Vec::as_slice) {
+            Some([1]) => MessageType::Discover,
+            Some([3]) => MessageType::Request,
+            Some([4]) => MessageType::Decline,
+            Some([7]) => MessageType::Release,
+            Some([8]) => MessageType::Inform,
+            _ => return Err(WireError::MessageType),
+        };
+        let be16 = |i: usize| u16::from_be_bytes([bytes[i], bytes[i + 1]]);
+        let ip = |i: usize| Ipv4Addr::new(bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&bytes[28..34]);
+        let request = Self {
+            message_type,
+            xid: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            secs: be16(8),
+            broadcast: be16(10) & 0x8000 != 0,
+            mac,
+            ciaddr: ip(12),
+            giaddr: ip(24),
+            hops: bytes[3],
+            options,
+        };
+        request.validate()?;
+        Ok(request)
+    }
+
+    /// Checks the options whose shape we rely on.
+    fn validate(&self) -> Result<(), WireError> {
+        let bad = |code| Err(WireError::BadOption { code });
+        for (code, value) in &self.options {
+            match code {
+                50 | 54 if value.len() != 4 => return bad(*code),
+                57 if value.len() != 2 => return bad(*code),
+                93 if value.is_empty() || value.len() % 2 != 0 => return bad(*code),
+                94 if value.len() != 3 => return bad(*code),
+                97 if !(value.len() == 17 && value[0] == 0) => return bad(*code),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Raw value of an option.
+    pub fn option(&self, code: u8) -> Option<&[u8]> {
+        self.options.get(&code).map(Vec::as_slice)
+    }
+
+    /// An option as text (lossy for non-UTF-8 bytes, trailing NULs removed).
+    pub fn text(&self, code: u8) -> Option<String> {
+        self.option(code).map(|v| String::from_utf8_lossy(v).trim_end_matches('\0').to_owned())
+    }
+
+    /// Requested IP address (option 50).
+    pub fn requested_ip(&self) -> Option<Ipv4Addr> {
+        self.option(50).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+    }
+
+    /// Server identifier (option 54).
+    pub fn server_id(&self) -> Option<Ipv4Addr> {
+        self.option(54).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+    }
+
+    /// Every architecture the client lists (option 93), in order.
+    pub fn architectures(&self) -> Vec<u16> {
+        self.option(93)
+            .map(|v| v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
+            .unwrap_or_default()
+    }
+
+    /// Client machine UUID (option 97), lowercase with dashes.
+    pub fn uuid(&self) -> Option<String> {
+        let v = self.option(97)?;
+        let hex: String = v[1..].iter().map(|b| format!("{b:02x}")).collect();
+        Some(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+    }
+
+    /// The MAC as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_text(&self) -> String {
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+}
+
+/// Walks the option area: PAD skipped, END required, lengths checked,
+/// repeated codes concatenated (RFC 3396).
+pub fn parse_options(area: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, WireError> {
+    let mut options: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
+    let mut i = 0;
+    while i < area.len() {
+        match area[i] {
+            0 => i += 1,
+            255 => return Ok(options),
+            code => {
+                let len = usize::from(*area.get(i + 1).ok_or(WireError::Overrun { code })?);
+                let value = area.get(i + 2..i + 2 + len).ok_or(WireError::Overrun { code })?;
+                options.entry(code).or_default().extend_from_slice(value);
+                i += 2 + len;
+            }
+        }
+    }
+    Err(WireError::Unterminated)
+}
+
+/// Sub-options of an encapsulating option (43, 82, 175): code, length,
+/// value, with the same checks.
+pub fn sub_options(value: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, WireError> {
+    let mut out: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            0 => i += 1,
+            255 => break,
+            code => {
+                let len = usize::from(*value.get(i + 1).ok_or(WireError::Overrun { code })?);
+                let v = value.get(i + 2..i + 2 + len).ok_or(WireError::Overrun { code })?;
+                out.entry(code).or_default().extend_from_slice(v);
+                i += 2 + len;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a request datagram with the given options (code, value).
+    pub(crate) fn datagram(mac: [u8; 6], options: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER];
+        b[0] = 1;
+        b[1] = 1;
+        b[2] = 6;
+        b[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        b[10] = 0x80;
+        b[28..34].copy_from_slice(&mac);
+        b.extend_from_slice(&MAGIC);
+        for (code, value) in options {
+            b.push(*code);
+            b.push(u8::try_from(value.len()).unwrap());
+            b.extend_from_slice(value);
+        }
+        b.push(255);
+        b
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    #[test]
+    fn a_pxe_discover_parses() {
+        let uuid = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        let d = datagram(
+            MAC,
+            &[(53, &[1]), (93, &[0, 7, 0, 0]), (97, &uuid), (60, b"PXEClient:Arch:00007:UNDI:003016")],
+        );
+        let r = Request::parse(&d).unwrap();
+        assert_eq!(r.message_type, MessageType::Discover);
+        assert_eq!((r.xid, r.broadcast), (0x1234_5678, true));
+        assert_eq!(r.mac_text(), "52:54:00:12:34:56");
+        assert_eq!(r.architectures(), [7, 0], "every architecture, not only the first");
+        assert_eq!(r.uuid().unwrap(), "01020304-0506-0708-090a-0b0c0d0e0f10");
+        assert!(r.text(60).unwrap().starts_with("PXEClient"));
+    }
+
+    #[test]
+    fn long_options_are_concatenated() {
+        let d = datagram(MAC, &[(53, &[1]), (77, b"iP"), (77, b"XE")]);
+        assert_eq!(Request::parse(&d).unwrap().option(77), Some(&b"iPXE"[..]));
+    }
+
+    #[test]
+    fn bad_datagrams_are_rejected_with_a_reason() {
+        let good = datagram(MAC, &[(53, &[1])]);
+        let mut reply = good.clone();
+        reply[0] = 2;
+        let mut token_ring = good.clone();
+        token_ring[1] = 6;
+        let mut no_cookie = good.clone();
+        no_cookie[HEADER] = 0;
+        let mut overrun = good.clone();
+        overrun.truncate(overrun.len() - 1);
+        overrun.extend_from_slice(&[12, 200, b'x']);
+        let mut unterminated = good.clone();
+        unterminated.pop();
+        let cases: Vec<(Vec<u8>, WireError)> = vec![
+            (good[..100].to_vec(), WireError::TooShort(100)),
+            (reply, WireError::NotRequest(2)),
+            (token_ring, WireError::Hardware { htype: 6, hlen: 6 }),
+            (no_cookie, WireError::NoCookie),
+            (overrun, WireError::Overrun { code: 12 }),
+            (unterminated, WireError::Unterminated),
+            (datagram(MAC, &[]), WireError::MessageType),
+            (datagram(MAC, &[(53, &[9])]), WireError::MessageType),
+            (datagram(MAC, &[(53, &[1]), (93, &[0])]), WireError::BadOption { code: 93 }),
+            (datagram(MAC, &[(53, &[1]), (94, &[1, 2])]), WireError::BadOption { code: 94 }),
+            (datagram(MAC, &[(53, &[1]), (97, &[1; 17])]), WireError::BadOption { code: 97 }),
+            (datagram(MAC, &[(53, &[3]), (50, &[10, 0, 0])]), WireError::BadOption { code: 50 }),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(Request::parse(&bytes), Err(want));
+        }
+        // An undecodable option does not hide the ones after it.
+        let d = datagram(MAC, &[(53, &[1]), (250, &[0xff; 3]), (60, b"PXEClient")]);
+        assert_eq!(Request::parse(&d).unwrap().text(60).as_deref(), Some("PXEClient"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = Request::parse(&bytes);
+            let _ = sub_options(&bytes);
+        }
+
+        #[test]
+        fn any_options_after_a_valid_header_are_safe(area in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let mut d = datagram(MAC, &[(53, &[1])]);
+            d.pop();
+            d.extend_from_slice(&area);
+            if let Ok(r) = Request::parse(&d) {
+                let _ = (r.architectures(), r.uuid(), r.requested_ip(), r.server_id());
+            }
+        }
+    }
+}
