@@ -137,9 +137,12 @@ mod tests {
         detect(&Request::parse(&datagram(MAC, &all)).unwrap())
     }
 
+    /// Options sent, and the loader and architecture expected.
+    type Case = (Vec<(u8, &'static [u8])>, Loader, Option<Arch>);
+
     #[test]
     fn clients_are_told_apart() {
-        let cases: Vec<(Vec<(u8, &[u8])>, Loader, Option<Arch>)> = vec![
+        let cases: Vec<Case> = vec![
             (vec![], Loader::None, None),
             (vec![(60, b"android-dhcp-13")], Loader::None, None),
             (vec![(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])], Loader::Pxe, Some(Arch::Bios)),
