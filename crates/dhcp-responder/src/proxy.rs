@@ -1,0 +1,293 @@
+//! proxyDHCP (PXE spec §2.2.3): answer boot clients with where to boot
+//! from, never with an address, beside an existing DHCP server. Pure:
+//! request + context in, reply (or the reason for silence) out.
+
+use std::net::Ipv4Addr;
+
+use crate::client::{Arch, Client, Loader, detect};
+use crate::wire::{MessageType, Request};
+
+/// Loader file per architecture (PXE clients, over TFTP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaders {
+    /// x86 BIOS (e.g. `undionly.kpxe`).
+    pub bios: Option<String>,
+    /// x64 UEFI (e.g. `ipxe.efi` or `snponly.efi`).
+    pub efi_x64: Option<String>,
+    /// 32-bit x86 UEFI.
+    pub efi_ia32: Option<String>,
+    /// ARM64 UEFI.
+    pub efi_arm64: Option<String>,
+}
+
+impl Loaders {
+    /// The loader for an architecture, if one is configured.
+    pub fn for_arch(&self, arch: Arch) -> Option<&str> {
+        match arch {
+            Arch::Bios => self.bios.as_deref(),
+            Arch::EfiX64 => self.efi_x64.as_deref(),
+            Arch::EfiIa32 => self.efi_ia32.as_deref(),
+            Arch::EfiArm64 => self.efi_arm64.as_deref(),
+            Arch::EfiArm32 | Arch::Other(_) => None,
+        }
+    }
+}
+
+/// What the rules say about this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Boot it from the network.
+    Boot,
+    /// Its profile is `ignore`: stay silent.
+    Ignore,
+    /// No rule assigned an image profile.
+    Unknown,
+}
+
+/// Everything a proxy answer depends on besides the request.
+#[derive(Clone, Debug)]
+pub struct ProxyContext {
+    /// Our address on the client's network (server identifier).
+    pub server_ip: Ipv4Addr,
+    /// TFTP server for PXE loaders (next-server / siaddr).
+    pub tftp_server: Ipv4Addr,
+    /// Loader files for PXE clients.
+    pub loaders: Loaders,
+    /// Loader URL per architecture for UEFI HTTP boot, by base URL:
+    /// `<http_base>/loaders/<file>`.
+    pub http_base: String,
+    /// The rules' verdict for this host.
+    pub verdict: Verdict,
+    /// Whether hosts no rule names are booted anyway (default: no).
+    pub boot_unknown: bool,
+}
+
+/// Why no answer is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Silence {
+    /// Not a network-boot client: the site's DHCP server handles it.
+    NotBootClient,
+    /// A message type proxyDHCP does not answer.
+    MessageType,
+    /// A REQUEST meant for another server.
+    OtherServer,
+    /// The rules say `ignore`.
+    Ignored,
+    /// No rule names the host and the policy is not to boot strangers.
+    UnknownHost,
+    /// No loader configured for the client's architecture.
+    NoLoader,
+}
+
+/// DHCP message type of a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyType {
+    /// DHCPOFFER (to DISCOVER).
+    Offer,
+    /// DHCPACK (to REQUEST).
+    Ack,
+}
+
+/// A reply to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// OFFER or ACK.
+    pub kind: ReplyType,
+    /// Boot file (a TFTP name or a URL).
+    pub file: String,
+    /// siaddr (TFTP server for PXE; 0 otherwise).
+    pub next_server: Ipv4Addr,
+    /// Options in the order written.
+    pub options: Vec<(u8, Vec<u8>)>,
+}
+
+/// Decides the proxyDHCP answer to a request.
+pub fn decide(request: &Request, ctx: &ProxyContext) -> Result<Reply, Silence> {
+    let client = detect(request);
+    if client.loader == Loader::None {
+        return Err(Silence::NotBootClient);
+    }
+    let kind = match request.message_type {
+        MessageType::Discover => ReplyType::Offer,
+        MessageType::Request => {
+            if request.server_id().is_some_and(|id| id != ctx.server_ip) {
+                return Err(Silence::OtherServer);
+            }
+            ReplyType::Ack
+        }
+        _ => return Err(Silence::MessageType),
+    };
+    match ctx.verdict {
+        Verdict::Boot => {}
+        Verdict::Ignore => return Err(Silence::Ignored),
+        Verdict::Unknown if ctx.boot_unknown => {}
+        Verdict::Unknown => return Err(Silence::UnknownHost),
+    }
+    let (file, next_server) = boot_file(request, &client, ctx)?;
+    let mut options: Vec<(u8, Vec<u8>)> =
+        vec![(53, vec![if kind == ReplyType::Offer { 2 } else { 5 }]), (54, ctx.server_ip.octets().to_vec())];
+    match client.loader {
+        // UEFI HTTP boot only takes offers that echo its class.
+        Loader::Http => options.push((60, b"HTTPClient".to_vec())),
+        _ => {
+            options.push((60, b"PXEClient".to_vec()));
+            // PXE vendor options: discovery control = 8 (use the boot file
+            // in this reply; no boot-server discovery).
+            options.push((43, vec![6, 1, 8, 255]));
+        }
+    }
+    if let Some(uuid) = request.option(97) {
+        options.push((97, uuid.to_vec()));
+    }
+    if let Some(relay) = request.option(82) {
+        options.push((82, relay.to_vec()));
+    }
+    Ok(Reply { kind, file, next_server, options })
+}
+
+fn boot_file(request: &Request, client: &Client, ctx: &ProxyContext) -> Result<(String, Ipv4Addr), Silence> {
+    let base = ctx.http_base.trim_end_matches('/');
+    match client.loader {
+        // iPXE is running: hand it its script, not the loader again.
+        Loader::Ipxe => Ok((format!("{base}/boot.ipxe?mac={}", request.mac_text()), Ipv4Addr::UNSPECIFIED)),
+        Loader::Http => {
+            let file = client.arch.and_then(|a| ctx.loaders.for_arch(a)).ok_or(Silence::NoLoader)?;
+            Ok((format!("{base}/loaders/{file}"), Ipv4Addr::UNSPECIFIED))
+        }
+        Loader::Pxe => {
+            let file = client.arch.and_then(|a| ctx.loaders.for_arch(a)).ok_or(Silence::NoLoader)?;
+            Ok((file.to_owned(), ctx.tftp_server))
+        }
+        Loader::None => Err(Silence::NotBootClient),
+    }
+}
+
+/// Encodes a reply to `request` (BOOTREPLY, proxy: yiaddr 0), padded to
+/// the 300-byte BOOTP minimum.
+pub fn encode(request: &Request, reply: &Reply, server_ip: Ipv4Addr) -> Vec<u8> {
+    let mut b = vec![0u8; 236];
+    b[0] = 2;
+    b[1] = 1;
+    b[2] = 6;
+    b[3] = request.hops;
+    b[4..8].copy_from_slice(&request.xid.to_be_bytes());
+    if request.broadcast {
+        b[10] = 0x80;
+    }
+    b[12..16].copy_from_slice(&request.ciaddr.octets());
+    b[20..24].copy_from_slice(&reply.next_server.octets());
+    b[24..28].copy_from_slice(&request.giaddr.octets());
+    b[28..34].copy_from_slice(&request.mac);
+    let sname = server_ip.to_string();
+    b[44..44 + sname.len()].copy_from_slice(sname.as_bytes());
+    // The file field holds 127 bytes + NUL; longer names go in option 67.
+    if reply.file.len() < 128 {
+        b[108..108 + reply.file.len()].copy_from_slice(reply.file.as_bytes());
+    }
+    b.extend_from_slice(&[99, 130, 83, 99]);
+    let mut options = reply.options.clone();
+    options.push((67, reply.file.as_bytes().to_vec()));
+    for (code, value) in options {
+        // RFC 3396: values over 255 bytes split across repeated options.
+        for chunk in value.chunks(255) {
+            b.push(code);
+            b.push(u8::try_from(chunk.len()).unwrap_or(255));
+            b.extend_from_slice(chunk);
+        }
+    }
+    b.push(255);
+    if b.len() < 300 {
+        b.resize(300, 0);
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tests::datagram;
+    use crate::wire::{parse_options, sub_options};
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+    fn ctx(verdict: Verdict) -> ProxyContext {
+        ProxyContext {
+            server_ip: SERVER,
+            tftp_server: Ipv4Addr::new(198, 18, 0, 2),
+            loaders: Loaders {
+                bios: Some("undionly.kpxe".into()),
+                efi_x64: Some("ipxe.efi".into()),
+                efi_ia32: None,
+                efi_arm64: Some("arm64/ipxe.efi".into()),
+            },
+            http_base: "http://198.18.0.3:8080/".into(),
+            verdict,
+            boot_unknown: false,
+        }
+    }
+
+    fn request(options: &[(u8, &[u8])]) -> Request {
+        Request::parse(&datagram(MAC, options)).unwrap()
+    }
+
+    #[test]
+    fn each_client_gets_the_right_boot_file() {
+        let pxe_bios = request(&[(53, &[1]), (60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])]);
+        let pxe_efi = request(&[(53, &[1]), (60, b"PXEClient:Arch:00007:UNDI:003016"), (93, &[0, 7])]);
+        let http = request(&[(53, &[1]), (60, b"HTTPClient:Arch:00016:UNDI:003001"), (93, &[0, 16])]);
+        let ipxe = request(&[(53, &[1]), (60, b"PXEClient:Arch:00000:UNDI:002001"), (77, b"\x04iPXE")]);
+        let c = ctx(Verdict::Boot);
+        let r = decide(&pxe_bios, &c).unwrap();
+        assert_eq!((r.file.as_str(), r.next_server), ("undionly.kpxe", Ipv4Addr::new(198, 18, 0, 2)));
+        assert_eq!(decide(&pxe_efi, &c).unwrap().file, "ipxe.efi");
+        let r = decide(&http, &c).unwrap();
+        assert_eq!(r.file, "http://198.18.0.3:8080/loaders/ipxe.efi");
+        assert!(r.options.contains(&(60, b"HTTPClient".to_vec())), "HTTP boot needs the class echoed");
+        let r = decide(&ipxe, &c).unwrap();
+        assert_eq!(r.file, "http://198.18.0.3:8080/boot.ipxe?mac=52:54:00:00:00:01", "no chainload loop");
+    }
+
+    #[test]
+    fn silence_has_reasons() {
+        let pxe = [(53u8, &[1u8][..]), (60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])];
+        assert_eq!(decide(&request(&[(53, &[1])]), &ctx(Verdict::Boot)), Err(Silence::NotBootClient));
+        assert_eq!(decide(&request(&pxe), &ctx(Verdict::Ignore)), Err(Silence::Ignored));
+        assert_eq!(decide(&request(&pxe), &ctx(Verdict::Unknown)), Err(Silence::UnknownHost));
+        let mut open = ctx(Verdict::Unknown);
+        open.boot_unknown = true;
+        assert!(decide(&request(&pxe), &open).is_ok());
+        let arm32 = [(53u8, &[1u8][..]), (60, b"PXEClient:Arch:00010:UNDI:003000"), (93, &[0, 10])];
+        assert_eq!(decide(&request(&arm32), &ctx(Verdict::Boot)), Err(Silence::NoLoader));
+        let release = [(53u8, &[7u8][..]), (60, b"PXEClient")];
+        assert_eq!(decide(&request(&release), &ctx(Verdict::Boot)), Err(Silence::MessageType));
+        let other = [(53u8, &[3u8][..]), (60, b"PXEClient:Arch:00000"), (54, &[10, 0, 0, 1])];
+        assert_eq!(decide(&request(&other), &ctx(Verdict::Boot)), Err(Silence::OtherServer));
+        let ours = [(53u8, &[3u8][..]), (60, b"PXEClient:Arch:00000"), (54, &[198, 18, 0, 1])];
+        assert_eq!(decide(&request(&ours), &ctx(Verdict::Boot)).unwrap().kind, ReplyType::Ack);
+    }
+
+    #[test]
+    fn replies_encode_as_valid_bootp() {
+        let req = request(&[
+            (53, &[1]),
+            (60, b"PXEClient:Arch:00000:UNDI:002001"),
+            (93, &[0, 0]),
+            (82, &[1, 4, b'p', b'o', b'r', b't']),
+        ]);
+        let reply = decide(&req, &ctx(Verdict::Boot)).unwrap();
+        let bytes = encode(&req, &reply, SERVER);
+        assert!(bytes.len() >= 300);
+        assert_eq!((bytes[0], bytes[4..8].to_vec()), (2, req.xid.to_be_bytes().to_vec()));
+        assert_eq!(&bytes[16..20], &[0, 0, 0, 0], "proxyDHCP offers no address");
+        assert_eq!(&bytes[20..24], &[198, 18, 0, 2], "next-server");
+        assert_eq!(&bytes[108..121], b"undionly.kpxe");
+        let options = parse_options(&bytes[240..]).unwrap();
+        assert_eq!(options[&53], [2]);
+        assert_eq!(options[&54], [198, 18, 0, 1]);
+        assert_eq!(options[&60], b"PXEClient");
+        assert_eq!(sub_options(&options[&43]).unwrap()[&6], [8]);
+        assert_eq!(options[&82], [1, 4, b'p', b'o', b'r', b't'], "relay info echoed");
+        assert_eq!(options[&67], b"undionly.kpxe");
+    }
+}
