@@ -31,6 +31,8 @@ enum Command {
     Hosts(cli::hosts::HostsCommand),
     /// Ask the rules engine how a host would boot (recorded unless --dry-run).
     Evaluate(cli::hosts::EvaluateArgs),
+    /// Act as a network-boot client once on an interface and print the answer.
+    ProbeDhcp(cli::probe::ProbeArgs),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -51,6 +53,13 @@ fn main() {
         Command::Profiles(command) => cli::run(|| cli::profiles::run(command)),
         Command::Hosts(command) => cli::run(|| cli::hosts::run_hosts(command)),
         Command::Evaluate(args) => cli::run(|| cli::hosts::run_evaluate(args)),
+        Command::ProbeDhcp(args) => match cli::probe::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                1
+            }
+        },
     };
     std::process::exit(code);
 }

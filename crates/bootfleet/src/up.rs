@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bootfleet_core::config::{CommonArgs, Defaults};
 use bootfleet_core::process::ServiceContext;
+use bootfleet_dhcp_responder::server::{DhcpArgs, DhcpConfig};
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
 use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
 
@@ -20,6 +21,8 @@ pub(crate) struct UpArgs {
     rules: RulesArgs,
     #[command(flatten)]
     tftp: TftpArgs,
+    #[command(flatten)]
+    dhcp: DhcpArgs,
 }
 
 /// Settings of every service `up` runs.
@@ -27,6 +30,8 @@ pub(crate) struct UpArgs {
 struct Services {
     rules: RulesConfig,
     tftp: TftpConfig,
+    /// Only when `[dhcp]` names interfaces: DHCP is never on by default.
+    dhcp: Option<DhcpConfig>,
 }
 
 /// Runs every service until shutdown; the first failure stops them all.
@@ -38,11 +43,17 @@ async fn run_all(ctx: Arc<ServiceContext>, services: Services) -> anyhow::Result
         }
         result
     };
-    let (rules, tftp) = tokio::join!(
+    let (rules, tftp, dhcp) = tokio::join!(
         async { on_failure(bootfleet_rules_engine::server::run(Arc::clone(&ctx), services.rules).await) },
         async { on_failure(bootfleet_tftp_server::server::run(Arc::clone(&ctx), services.tftp).await) },
+        async {
+            match services.dhcp {
+                Some(dhcp) => on_failure(bootfleet_dhcp_responder::server::run(Arc::clone(&ctx), dhcp).await),
+                None => Ok(()),
+            }
+        },
     );
-    rules.and(tftp)
+    rules.and(tftp).and(dhcp)
 }
 
 /// Runs `up`; returns the process exit status.
@@ -55,6 +66,7 @@ pub(crate) fn main(args: UpArgs) -> i32 {
             Ok(Services {
                 rules: RulesConfig::load(&args.rules, core)?,
                 tftp: TftpConfig::load(&args.tftp, core)?,
+                dhcp: DhcpConfig::load(&args.dhcp, core)?,
             })
         },
         run_all,

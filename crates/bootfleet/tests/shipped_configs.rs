@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bootfleet_core::config::{CommonArgs, ConfigError, CoreConfig, Defaults, parse_file};
+use bootfleet_dhcp_responder::server::{DhcpArgs, DhcpConfig};
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
 use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
 
@@ -35,7 +36,8 @@ fn load(text: &str) -> Result<(), ConfigError> {
     RulesConfig::load(&rules, &core)?;
     // Roots named in shipped files need not exist on the test machine.
     let tftp = TftpArgs { root: Some(std::env::temp_dir()), ..TftpArgs::default() };
-    TftpConfig::load(&tftp, &core).map(drop)
+    TftpConfig::load(&tftp, &core)?;
+    DhcpConfig::load(&DhcpArgs::default(), &core).map(drop)
 }
 
 #[test]

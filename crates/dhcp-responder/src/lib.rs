@@ -17,4 +17,6 @@
 
 pub mod client;
 pub mod proxy;
+#[cfg(feature = "runtime")]
+pub mod server;
 pub mod wire;

@@ -3,6 +3,7 @@
 pub(crate) mod apply;
 pub(crate) mod describe;
 pub(crate) mod hosts;
+pub(crate) mod probe;
 pub(crate) mod profiles;
 pub(crate) mod rules;
 

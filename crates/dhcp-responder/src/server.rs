@@ -1,0 +1,241 @@
+//! The tokio shell for proxyDHCP: one socket per configured interface on
+//! port 67 (broadcasts) and 4011 (PXE boot-server requests), bound to the
+//! interface with SO_BINDTODEVICE so nothing is ever answered elsewhere;
+//! the rules engine asked for each host (last answer remembered for
+//! outages); a per-MAC flood limit; metrics.
+
+mod config;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bootfleet_core::process::ServiceContext;
+use bootfleet_proto::v1 as pb;
+use bootfleet_rules_engine::client::{Client as RulesClient, connect_lazy};
+use prometheus::{IntCounterVec, register_int_counter_vec};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::{DhcpArgs, DhcpConfig};
+use crate::client::{Loader, detect};
+use crate::proxy::{ProxyContext, Silence, Verdict, decide, encode};
+use crate::wire::{MessageType, Request};
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("bootfleet_dhcp_requests_total", "DHCP requests by outcome", &["outcome"])
+        .expect("metric registers once")
+});
+
+fn count(outcome: &str) {
+    REQUESTS.with_label_values(&[outcome]).inc();
+}
+
+/// Asks the rules engine whether to boot a host, remembering the last
+/// answer per MAC so an outage of the rules engine stops no known host.
+struct Verdicts {
+    client: RulesClient,
+    last: Mutex<HashMap<String, Verdict>>,
+}
+
+impl Verdicts {
+    async fn ask(&self, request: &Request, arch: Option<String>, record: bool) -> Verdict {
+        let mac = request.mac_text();
+        let facts = pb::HostFacts {
+            mac: mac.clone(),
+            uuid: request.uuid().unwrap_or_default(),
+            arch: arch.unwrap_or_default(),
+            relay: if request.giaddr.is_unspecified() { String::new() } else { request.giaddr.to_string() },
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let asked = client.evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: !record });
+        let answer = tokio::time::timeout(Duration::from_secs(1), asked).await;
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match answer {
+            Ok(Ok(response)) => {
+                let decision = response.into_inner().decision.unwrap_or_default();
+                let verdict = match decision.image_profile.as_ref().and_then(|p| p.boot.as_ref()) {
+                    None => Verdict::Unknown,
+                    Some(pb::image_profile::Boot::Ignore(_)) => Verdict::Ignore,
+                    Some(_) => Verdict::Boot,
+                };
+                if last.len() > 100_000 {
+                    last.clear();
+                }
+                last.insert(mac, verdict);
+                verdict
+            }
+            Ok(Err(_)) | Err(_) => {
+                let verdict = last.get(&mac).copied().unwrap_or(Verdict::Unknown);
+                tracing::warn!(%mac, ?verdict, "rules engine unavailable; using the last answer");
+                verdict
+            }
+        }
+    }
+}
+
+/// Per-MAC request counter over one-second windows.
+struct FloodGuard {
+    limit: u32,
+    seen: Mutex<HashMap<[u8; 6], (Instant, u32)>>,
+}
+
+impl FloodGuard {
+    fn allow(&self, mac: [u8; 6]) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.len() > 65_536 {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
+        }
+        let entry = seen.entry(mac).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(1) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.limit
+    }
+}
+
+/// A UDP socket on `port`, receiving broadcasts, bound to one interface.
+fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+struct Responder {
+    config: DhcpConfig,
+    verdicts: Verdicts,
+    flood: FloodGuard,
+}
+
+impl Responder {
+    /// Handles one datagram; returns the reply and where to send it.
+    async fn handle(
+        &self,
+        bytes: &[u8],
+        from: SocketAddr,
+        boot_server_port: bool,
+    ) -> Option<(Vec<u8>, SocketAddr)> {
+        let request = match Request::parse(bytes) {
+            Ok(request) => request,
+            Err(e) => {
+                count("malformed");
+                tracing::debug!(%from, error = %e, "dropped");
+                return None;
+            }
+        };
+        if !self.flood.allow(request.mac) {
+            count("rate_limited");
+            return None;
+        }
+        let client = detect(&request);
+        if client.loader == Loader::None {
+            count("not_boot_client");
+            return None;
+        }
+        let record = request.message_type == MessageType::Discover;
+        let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
+        let ctx = ProxyContext {
+            server_ip: self.config.server_ip,
+            tftp_server: self.config.tftp_server,
+            loaders: self.config.loaders.clone(),
+            http_base: self.config.http_base.clone(),
+            verdict,
+            boot_unknown: self.config.boot_unknown,
+        };
+        let reply = match decide(&request, &ctx) {
+            Ok(reply) => reply,
+            Err(silence) => {
+                let label = match silence {
+                    Silence::Ignored => "ignored",
+                    Silence::UnknownHost => "unknown_host",
+                    Silence::NoLoader => "no_loader",
+                    _ => "not_ours",
+                };
+                count(label);
+                tracing::debug!(mac = %request.mac_text(), ?silence, "not answering");
+                return None;
+            }
+        };
+        count("answered");
+        tracing::info!(mac = %request.mac_text(), file = %reply.file, kind = ?reply.kind, "answered");
+        let to = if boot_server_port {
+            from
+        } else if !request.giaddr.is_unspecified() {
+            SocketAddr::from((request.giaddr, 67))
+        } else if !request.ciaddr.is_unspecified() {
+            SocketAddr::from((request.ciaddr, 68))
+        } else {
+            SocketAddr::from((Ipv4Addr::BROADCAST, 68))
+        };
+        Some((encode(&request, &reply, self.config.server_ip), to))
+    }
+}
+
+async fn serve_socket(
+    socket: UdpSocket,
+    responder: Arc<Responder>,
+    boot_server_port: bool,
+    stop: CancellationToken,
+) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let (len, from) = tokio::select! {
+            () = stop.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed");
+                    continue;
+                }
+            },
+        };
+        if let Some((reply, to)) = responder.handle(&buf[..len], from, boot_server_port).await {
+            if let Err(e) = socket.send_to(&reply, to).await {
+                tracing::warn!(%to, error = %e, "sending reply failed");
+            }
+        }
+    }
+}
+
+/// Binds every configured interface and answers until shutdown.
+pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result<()> {
+    let mut sockets = Vec::new();
+    for interface in &config.interfaces {
+        for (port, boot_server) in [(67, false), (4011, true)] {
+            let socket = bind(interface, port)
+                .with_context(|| format!("binding DHCP port {port} on interface {interface}"))?;
+            sockets.push((socket, boot_server));
+        }
+    }
+    let registration = ctx.register("dhcp-responder", vec![config.server_ip.to_string()]);
+    ctx.health.set("dhcp", bootfleet_core::admin::ComponentHealth::Serving).await;
+    tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, "proxyDHCP answering");
+    let responder = Arc::new(Responder {
+        verdicts: Verdicts { client: connect_lazy(&config.rules_url)?, last: Mutex::default() },
+        flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
+        config,
+    });
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|(socket, boot_server)| {
+            tokio::spawn(serve_socket(socket, Arc::clone(&responder), boot_server, ctx.shutdown.token()))
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Err(e) = registration.deregister().await {
+        tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! DHCP settings: `[dhcp]` section plus a few flags. The responder binds
+//! only the interfaces it is given and refuses to start without one.
+
+use std::net::Ipv4Addr;
+
+use bootfleet_core::config::{ConfigError, CoreConfig, service_section};
+use serde::Deserialize;
+
+use crate::proxy::Loaders;
+
+/// DHCP flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DhcpArgs {
+    /// Interface to answer on (repeatable). Nothing is answered elsewhere.
+    #[arg(
+        id = "dhcp_interface",
+        long = "dhcp-interface",
+        env = "BOOTFLEET_DHCP_INTERFACES",
+        value_delimiter = ',',
+        value_name = "IFACE"
+    )]
+    pub interfaces: Option<Vec<String>>,
+    /// Our IPv4 address on those interfaces (server identifier).
+    #[arg(
+        id = "dhcp_server_ip",
+        long = "dhcp-server-ip",
+        env = "BOOTFLEET_DHCP_SERVER_IP",
+        value_name = "ADDR"
+    )]
+    pub server_ip: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoaderSection {
+    bios: Option<String>,
+    efi_x64: Option<String>,
+    efi_ia32: Option<String>,
+    efi_arm64: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DhcpSection {
+    mode: Option<String>,
+    interfaces: Option<Vec<String>>,
+    server_ip: Option<String>,
+    tftp_server: Option<String>,
+    http_base: Option<String>,
+    rules_url: Option<String>,
+    boot_unknown: Option<bool>,
+    requests_per_mac_per_second: Option<u32>,
+    #[serde(default)]
+    loaders: LoaderSection,
+}
+
+/// Validated DHCP settings.
+#[derive(Clone, Debug)]
+pub struct DhcpConfig {
+    /// Interfaces answered on.
+    pub interfaces: Vec<String>,
+    /// Server identifier.
+    pub server_ip: Ipv4Addr,
+    /// TFTP server handed to PXE clients.
+    pub tftp_server: Ipv4Addr,
+    /// Image streamer base URL (iPXE scripts, HTTP loaders).
+    pub http_base: String,
+    /// Rules engine URL.
+    pub rules_url: String,
+    /// Answer hosts no rule names.
+    pub boot_unknown: bool,
+    /// Loader per architecture.
+    pub loaders: Loaders,
+    /// Flood limit per MAC.
+    pub requests_per_mac_per_second: u32,
+}
+
+fn address(text: &str, key: &str) -> Result<Ipv4Addr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::new(key, format!("{text:?} is not an IPv4 address")))
+}
+
+impl DhcpConfig {
+    /// `Ok(None)` when DHCP is not configured at all (no `[dhcp]`, no
+    /// interface flag): `bootfleet up` then runs without it.
+    pub fn load(args: &DhcpArgs, core: &CoreConfig) -> Result<Option<Self>, ConfigError> {
+        if core.file.dhcp.is_none() && args.interfaces.is_none() {
+            return Ok(None);
+        }
+        let section: DhcpSection = service_section(core.file.dhcp.as_ref(), "dhcp")?;
+        match section.mode.as_deref().unwrap_or("proxy") {
+            "proxy" => {}
+            "full" => {
+                return Err(ConfigError::new(
+                    "dhcp.mode",
+                    "full mode is not built yet; use proxy beside a DHCP server",
+                ));
+            }
+            other => return Err(ConfigError::new("dhcp.mode", format!("{other:?}: expected proxy or full"))),
+        }
+        let interfaces = args.interfaces.clone().or(section.interfaces).unwrap_or_default();
+        if interfaces.is_empty() || interfaces.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                "dhcp.interfaces",
+                "name the interfaces to answer on; the responder never answers on every interface",
+            ));
+        }
+        let server_ip = match (&args.server_ip, &section.server_ip) {
+            (Some(v), _) => address(v, "--dhcp-server-ip / BOOTFLEET_DHCP_SERVER_IP")?,
+            (None, Some(v)) => address(v, "dhcp.server_ip")?,
+            (None, None) => {
+                return Err(ConfigError::new("dhcp.server_ip", "required: our address on those interfaces"));
+            }
+        };
+        let tftp_server = match &section.tftp_server {
+            Some(v) => address(v, "dhcp.tftp_server")?,
+            None => server_ip,
+        };
+        let url = |value: Option<String>, key: &str| -> Result<String, ConfigError> {
+            let value = value.ok_or_else(|| ConfigError::new(key, "required"))?;
+            if !value.starts_with("http://") && !value.starts_with("https://") {
+                return Err(ConfigError::new(key, format!("{value:?} is not a URL like http://host:port")));
+            }
+            Ok(value)
+        };
+        let http_base = url(section.http_base, "dhcp.http_base")?;
+        let rules_url = url(section.rules_url, "dhcp.rules_url")?;
+        let loaders = Loaders {
+            bios: section.loaders.bios.or_else(|| Some("undionly.kpxe".into())),
+            efi_x64: section.loaders.efi_x64.or_else(|| Some("ipxe.efi".into())),
+            efi_ia32: section.loaders.efi_ia32,
+            efi_arm64: section.loaders.efi_arm64,
+        };
+        let rate = section.requests_per_mac_per_second.unwrap_or(10);
+        if rate == 0 {
+            return Err(ConfigError::new("dhcp.requests_per_mac_per_second", "must be at least 1"));
+        }
+        Ok(Some(Self {
+            interfaces,
+            server_ip,
+            tftp_server,
+            http_base,
+            rules_url,
+            boot_unknown: section.boot_unknown.unwrap_or(false),
+            loaders,
+            requests_per_mac_per_second: rate,
+        }))
+    }
+}
