@@ -126,6 +126,28 @@ rules:
         probe(&client, booted, "ipxe").unwrap()["file"],
         "http://198.18.30.1:8080/boot.ipxe?mac=52:54:00:00:30:01"
     );
+    // Through a relay: unicast to the relay, option 82 echoed.
+    let out = run_in(
+        &client,
+        &[
+            "probe-dhcp",
+            "--interface",
+            "bfdB-dA",
+            "--mac",
+            booted,
+            "--relay",
+            "198.18.30.2",
+            "--server",
+            "198.18.30.1",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "relayed probe: {}", String::from_utf8_lossy(&out.stderr));
+    let relayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(relayed["from"], "198.18.30.1:67");
+    assert_eq!(relayed["giaddr"], "198.18.30.2");
+    assert_eq!(relayed["relay_info"], "010570726f6265");
+    assert_eq!(relayed["file"], "undionly.kpxe");
     // Silence: a plain DHCP client, a host whose profile is ignore, a host no rule names.
     assert!(probe(&client, booted, "plain").is_none());
     assert!(probe(&client, "52:54:00:00:30:02", "pxe-bios").is_none());

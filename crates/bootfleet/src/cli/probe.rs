@@ -41,18 +41,29 @@ pub(crate) struct ProbeArgs {
     /// How long to wait for an answer, in seconds.
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
+    /// Act as a relay agent with this address: set giaddr and option 82,
+    /// send unicast to --server, and listen on port 67 for the answer.
+    #[arg(long, requires = "server")]
+    relay: Option<Ipv4Addr>,
+    /// The server to send to when relaying.
+    #[arg(long)]
+    server: Option<Ipv4Addr>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
-fn discover(mac: [u8; 6], xid: u32, kind: Kind) -> Vec<u8> {
+fn discover(mac: [u8; 6], xid: u32, kind: Kind, relay: Option<Ipv4Addr>) -> Vec<u8> {
     let mut b = vec![0u8; 236];
     b[0] = 1;
     b[1] = 1;
     b[2] = 6;
     b[4..8].copy_from_slice(&xid.to_be_bytes());
     b[10] = 0x80;
+    if let Some(relay) = relay {
+        b[3] = 1;
+        b[24..28].copy_from_slice(&relay.octets());
+    }
     b[28..34].copy_from_slice(&mac);
     b.extend_from_slice(&[99, 130, 83, 99]);
     let mut option = |code: u8, value: &[u8]| {
@@ -81,6 +92,10 @@ fn discover(mac: [u8; 6], xid: u32, kind: Kind) -> Vec<u8> {
             option(77, b"\x04iPXE");
         }
     }
+    if relay.is_some() {
+        // Relay agent information: circuit id "probe".
+        option(82, &[1, 5, b'p', b'r', b'o', b'b', b'e']);
+    }
     b.push(255);
     b.resize(300, 0);
     b
@@ -100,12 +115,15 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<i32> {
     socket
         .bind_device(Some(args.interface.as_bytes()))
         .with_context(|| format!("binding to interface {}", args.interface))?;
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into()).context("binding port 68")?;
+    // A relay listens where servers answer relays: port 67.
+    let port = if args.relay.is_some() { 67 } else { 68 };
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .with_context(|| format!("binding port {port}"))?;
     let socket: std::net::UdpSocket = socket.into();
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ 0x5a5a_0000;
-    socket
-        .send_to(&discover(mac, xid, args.kind), (Ipv4Addr::BROADCAST, 67))
-        .context("sending DHCPDISCOVER")?;
+    let to = args.server.filter(|_| args.relay.is_some()).unwrap_or(Ipv4Addr::BROADCAST);
+    socket.send_to(&discover(mac, xid, args.kind, args.relay), (to, 67)).context("sending DHCPDISCOVER")?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(0.1));
     let mut buf = [0u8; 1500];
     loop {
@@ -138,6 +156,8 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<i32> {
             "file": file,
             "vendor_class": text(options.get(&60)),
             "server_id": options.get(&54).filter(|v| v.len() == 4).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]).to_string()),
+            "giaddr": ip(24).to_string(),
+            "relay_info": options.get(&82).map(|v| v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
         });
         if args.json {
             println!("{answer}");
