@@ -45,11 +45,17 @@ impl Candidates {
         for (id, endpoints) in members {
             set.spawn(bin, election, ttl, id, endpoints)?;
         }
+        // All spawned first, so they start (and race) together.
         for (id, _) in members {
-            set.wait_for(Duration::from_secs(20), |r| r.event == "READY" && &r.id == id)
-                .with_context(|| format!("candidate {id} did not start"))?;
+            set.wait_ready(id)?;
         }
         Ok(set)
+    }
+
+    fn wait_ready(&self, id: &str) -> anyhow::Result<()> {
+        self.wait_for(Duration::from_secs(20), |r| r.event == "READY" && r.id == id)
+            .with_context(|| format!("candidate {id} did not start"))?;
+        Ok(())
     }
 
     /// Adds one more candidate and waits until it is running.
@@ -62,9 +68,7 @@ impl Candidates {
         endpoints: &[String],
     ) -> anyhow::Result<()> {
         self.spawn(bin, election, ttl, id, endpoints)?;
-        self.wait_for(Duration::from_secs(20), |r| r.event == "READY" && r.id == id)
-            .with_context(|| format!("candidate {id} did not start"))?;
-        Ok(())
+        self.wait_ready(id)
     }
 
     fn spawn(

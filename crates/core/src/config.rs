@@ -304,6 +304,15 @@ where
     }
 }
 
+/// Checks that a setting is an http(s) URL.
+pub fn check_url(value: &str, key: &str) -> Result<(), ConfigError> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, format!("{value:?} is not a URL like http://host:port")))
+    }
+}
+
 /// Reads and parses the TOML file, naming the dotted key of any error.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = format!("--config {}", path.display());

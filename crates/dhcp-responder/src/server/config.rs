@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use bootfleet_core::config::{ConfigError, CoreConfig, service_section};
+use bootfleet_core::config::{ConfigError, CoreConfig, check_url, service_section};
 use serde::Deserialize;
 
 use crate::proxy::Loaders;
@@ -117,9 +117,7 @@ impl DhcpConfig {
         };
         let url = |value: Option<String>, key: &str| -> Result<String, ConfigError> {
             let value = value.ok_or_else(|| ConfigError::new(key, "required"))?;
-            if !value.starts_with("http://") && !value.starts_with("https://") {
-                return Err(ConfigError::new(key, format!("{value:?} is not a URL like http://host:port")));
-            }
+            check_url(&value, key)?;
             Ok(value)
         };
         let http_base = url(section.http_base, "dhcp.http_base")?;

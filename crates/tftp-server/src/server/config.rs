@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bootfleet_core::config::{ConfigError, CoreConfig, parse_duration, service_section};
+use bootfleet_core::config::{ConfigError, CoreConfig, check_url, parse_duration, service_section};
 use serde::Deserialize;
 
 /// TFTP flags.
@@ -172,14 +172,8 @@ impl TftpConfig {
         config.render = match (rules_url, http_base) {
             (None, None) => None,
             (Some(rules_url), Some(http_base)) => {
-                for (value, key) in [(&rules_url, "tftp.rules_url"), (&http_base, "tftp.http_base")] {
-                    if !value.starts_with("http://") && !value.starts_with("https://") {
-                        return Err(ConfigError::new(
-                            key,
-                            format!("{value:?} is not a URL like http://host:port"),
-                        ));
-                    }
-                }
+                check_url(&rules_url, "tftp.rules_url")?;
+                check_url(&http_base, "tftp.http_base")?;
                 Some(RenderConfig { rules_url, http_base })
             }
             (Some(_), None) => {
