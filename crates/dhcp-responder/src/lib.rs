@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod full;
 pub mod proxy;
 #[cfg(feature = "runtime")]
 pub mod server;

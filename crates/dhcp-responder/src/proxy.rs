@@ -84,21 +84,68 @@ pub enum Silence {
 pub enum ReplyType {
     /// DHCPOFFER (to DISCOVER).
     Offer,
-    /// DHCPACK (to REQUEST).
+    /// DHCPACK (to REQUEST, INFORM).
     Ack,
+    /// DHCPNAK (to a REQUEST that cannot be granted).
+    Nak,
+}
+
+impl ReplyType {
+    /// The option 53 value.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Offer => 2,
+            Self::Ack => 5,
+            Self::Nak => 6,
+        }
+    }
 }
 
 /// A reply to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
-    /// OFFER or ACK.
+    /// OFFER, ACK or NAK.
     pub kind: ReplyType,
-    /// Boot file (a TFTP name or a URL).
+    /// Address given (full mode); 0 in proxy mode.
+    pub yiaddr: Ipv4Addr,
+    /// Boot file (a TFTP name or a URL); empty for none.
     pub file: String,
     /// siaddr (TFTP server for PXE; 0 otherwise).
     pub next_server: Ipv4Addr,
     /// Options in the order written.
     pub options: Vec<(u8, Vec<u8>)>,
+}
+
+/// The boot part of an answer: file, next server and the options that go
+/// with it (vendor class echo, PXE discovery control, UUID, relay info).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootParts {
+    /// Boot file or URL.
+    pub file: String,
+    /// siaddr.
+    pub next_server: Ipv4Addr,
+    /// Options.
+    pub options: Vec<(u8, Vec<u8>)>,
+}
+
+/// Where a boot client should boot from (no verdict check here).
+pub fn boot_parts(request: &Request, client: &Client, ctx: &ProxyContext) -> Result<BootParts, Silence> {
+    let (file, next_server) = boot_file(request, client, ctx)?;
+    let mut options = Vec::new();
+    match client.loader {
+        // UEFI HTTP boot only takes offers that echo its class.
+        Loader::Http => options.push((60, b"HTTPClient".to_vec())),
+        _ => {
+            options.push((60, b"PXEClient".to_vec()));
+            // PXE vendor options: discovery control = 8 (use the boot file
+            // in this reply; no boot-server discovery).
+            options.push((43, vec![6, 1, 8, 255]));
+        }
+    }
+    if let Some(uuid) = request.option(97) {
+        options.push((97, uuid.to_vec()));
+    }
+    Ok(BootParts { file, next_server, options })
 }
 
 /// Decides the proxyDHCP answer to a request.
@@ -123,26 +170,14 @@ pub fn decide(request: &Request, ctx: &ProxyContext) -> Result<Reply, Silence> {
         Verdict::Unknown if ctx.boot_unknown => {}
         Verdict::Unknown => return Err(Silence::UnknownHost),
     }
-    let (file, next_server) = boot_file(request, &client, ctx)?;
+    let boot = boot_parts(request, &client, ctx)?;
     let mut options: Vec<(u8, Vec<u8>)> =
-        vec![(53, vec![if kind == ReplyType::Offer { 2 } else { 5 }]), (54, ctx.server_ip.octets().to_vec())];
-    match client.loader {
-        // UEFI HTTP boot only takes offers that echo its class.
-        Loader::Http => options.push((60, b"HTTPClient".to_vec())),
-        _ => {
-            options.push((60, b"PXEClient".to_vec()));
-            // PXE vendor options: discovery control = 8 (use the boot file
-            // in this reply; no boot-server discovery).
-            options.push((43, vec![6, 1, 8, 255]));
-        }
-    }
-    if let Some(uuid) = request.option(97) {
-        options.push((97, uuid.to_vec()));
-    }
+        vec![(53, vec![kind.code()]), (54, ctx.server_ip.octets().to_vec())];
+    options.extend(boot.options);
     if let Some(relay) = request.option(82) {
         options.push((82, relay.to_vec()));
     }
-    Ok(Reply { kind, file, next_server, options })
+    Ok(Reply { kind, yiaddr: Ipv4Addr::UNSPECIFIED, file: boot.file, next_server: boot.next_server, options })
 }
 
 fn boot_file(request: &Request, client: &Client, ctx: &ProxyContext) -> Result<(String, Ipv4Addr), Silence> {
@@ -162,8 +197,8 @@ fn boot_file(request: &Request, client: &Client, ctx: &ProxyContext) -> Result<(
     }
 }
 
-/// Encodes a reply to `request` (BOOTREPLY, proxy: yiaddr 0), padded to
-/// the 300-byte BOOTP minimum.
+/// Encodes a reply to `request` (BOOTREPLY), padded to the 300-byte BOOTP
+/// minimum.
 pub fn encode(request: &Request, reply: &Reply, server_ip: Ipv4Addr) -> Vec<u8> {
     let mut b = vec![0u8; 236];
     b[0] = 2;
@@ -175,6 +210,7 @@ pub fn encode(request: &Request, reply: &Reply, server_ip: Ipv4Addr) -> Vec<u8> 
         b[10] = 0x80;
     }
     b[12..16].copy_from_slice(&request.ciaddr.octets());
+    b[16..20].copy_from_slice(&reply.yiaddr.octets());
     b[20..24].copy_from_slice(&reply.next_server.octets());
     b[24..28].copy_from_slice(&request.giaddr.octets());
     b[28..34].copy_from_slice(&request.mac);
@@ -186,7 +222,9 @@ pub fn encode(request: &Request, reply: &Reply, server_ip: Ipv4Addr) -> Vec<u8> 
     }
     b.extend_from_slice(&[99, 130, 83, 99]);
     let mut options = reply.options.clone();
-    options.push((67, reply.file.as_bytes().to_vec()));
+    if !reply.file.is_empty() {
+        options.push((67, reply.file.as_bytes().to_vec()));
+    }
     for (code, value) in options {
         // RFC 3396: values over 255 bytes split across repeated options.
         for chunk in value.chunks(255) {

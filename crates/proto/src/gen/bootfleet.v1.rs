@@ -50,6 +50,76 @@ pub struct LeaderRecord {
     #[prost(string, tag = "2")]
     pub address: ::prost::alloc::string::String,
 }
+/// One address lease of the DHCP responder in full mode. Stored under
+/// /bootfleet/v1/leases/<ip>, written only by the acting leader.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Lease {
+    #[prost(string, tag = "1")]
+    pub ip: ::prost::alloc::string::String,
+    /// Client MAC, lowercase colon-separated.
+    #[prost(string, tag = "2")]
+    pub mac: ::prost::alloc::string::String,
+    #[prost(enumeration = "lease::State", tag = "3")]
+    pub state: i32,
+    #[prost(int64, tag = "4")]
+    pub expires_unix_ms: i64,
+    #[prost(string, tag = "5")]
+    pub hostname: ::prost::alloc::string::String,
+    /// Replica that wrote it.
+    #[prost(string, tag = "6")]
+    pub member_id: ::prost::alloc::string::String,
+}
+/// Nested message and enum types in `Lease`.
+pub mod lease {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum State {
+        /// Offered, not yet requested; expires quickly.
+        Offered = 0,
+        /// Acknowledged to the client.
+        Bound = 1,
+        /// The client reported the address in use elsewhere.
+        Declined = 2,
+    }
+    impl State {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Offered => "STATE_OFFERED",
+                Self::Bound => "STATE_BOUND",
+                Self::Declined => "STATE_DECLINED",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "STATE_OFFERED" => Some(Self::Offered),
+                "STATE_BOUND" => Some(Self::Bound),
+                "STATE_DECLINED" => Some(Self::Declined),
+                _ => None,
+            }
+        }
+    }
+}
 /// What a host tells about itself (DHCP options, iPXE variables), normalized.
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]

@@ -1,0 +1,232 @@
+//! Full DHCP: address pools, reservations and lease decisions, pure.
+//! The shell reads the leases, asks here, and writes the result as a
+//! compare-and-swap before any ACK leaves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// How long an OFFER holds its address.
+pub const OFFER_HOLD: Duration = Duration::from_secs(30);
+/// How long a DECLINEd address stays out of use.
+pub const DECLINE_HOLD: Duration = Duration::from_secs(600);
+
+/// An address pool on one subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Subnet address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// First address handed out.
+    pub start: Ipv4Addr,
+    /// Last address handed out.
+    pub end: Ipv4Addr,
+    /// Default gateway (option 3).
+    pub router: Option<Ipv4Addr>,
+    /// DNS servers (option 6).
+    pub dns: Vec<Ipv4Addr>,
+    /// Lease time granted.
+    pub lease_time: Duration,
+}
+
+impl Pool {
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) }
+    }
+
+    /// Whether `ip` is on the pool's subnet.
+    pub fn on_subnet(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network)
+    }
+
+    /// Whether `ip` is in the handed-out range.
+    pub fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+
+    /// Options describing the subnet (and the lease, unless INFORM).
+    pub fn options(&self, with_lease: bool) -> Vec<(u8, Vec<u8>)> {
+        let mut out = vec![(1, self.mask().to_be_bytes().to_vec())];
+        if let Some(router) = self.router {
+            out.push((3, router.octets().to_vec()));
+        }
+        if !self.dns.is_empty() {
+            out.push((6, self.dns.iter().flat_map(|d| d.octets()).collect()));
+        }
+        if with_lease {
+            let secs = u32::try_from(self.lease_time.as_secs()).unwrap_or(u32::MAX);
+            out.push((51, secs.to_be_bytes().to_vec()));
+            out.push((58, (secs / 2).to_be_bytes().to_vec()));
+            out.push((59, (secs / 8 * 7).to_be_bytes().to_vec()));
+        }
+        out
+    }
+}
+
+/// The pool for a request: the relay's subnet, else our own.
+pub fn pick_pool(pools: &[Pool], giaddr: Ipv4Addr, server_ip: Ipv4Addr) -> Option<&Pool> {
+    let on = if giaddr.is_unspecified() { server_ip } else { giaddr };
+    pools.iter().find(|p| p.on_subnet(on))
+}
+
+/// What a lease record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Offered, waiting for REQUEST.
+    Offered,
+    /// Acknowledged.
+    Bound,
+    /// Declined by a client (in use elsewhere).
+    Declined,
+}
+
+/// One lease as the allocator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// Holder.
+    pub mac: String,
+    /// State.
+    pub state: LeaseState,
+    /// End of validity.
+    pub expires_unix_ms: i64,
+}
+
+impl LeaseEntry {
+    fn live(&self, now_ms: i64) -> bool {
+        self.expires_unix_ms > now_ms
+    }
+}
+
+/// Whether `mac` may hold `ip` now: in range (or reserved for it), not
+/// reserved for someone else, not held by another live lease.
+pub fn may_hold(
+    pool: &Pool,
+    mac: &str,
+    ip: Ipv4Addr,
+    lease: Option<&LeaseEntry>,
+    reservations: &HashMap<String, Ipv4Addr>,
+    now_ms: i64,
+) -> bool {
+    let reserved_for_mac = reservations.get(mac) == Some(&ip);
+    let reserved_for_other = reservations.iter().any(|(m, r)| *r == ip && m != mac);
+    let taken = lease.is_some_and(|l| l.live(now_ms) && (l.mac != mac || l.state == LeaseState::Declined));
+    pool.on_subnet(ip) && (pool.in_range(ip) || reserved_for_mac) && !reserved_for_other && !taken
+}
+
+/// The address to offer `mac`: its reservation, else the address it
+/// already holds, else the lowest free one.
+pub fn offer(
+    pool: &Pool,
+    mac: &str,
+    leases: &BTreeMap<Ipv4Addr, LeaseEntry>,
+    reservations: &HashMap<String, Ipv4Addr>,
+    now_ms: i64,
+) -> Option<Ipv4Addr> {
+    if let Some(ip) = reservations.get(mac) {
+        return may_hold(pool, mac, *ip, leases.get(ip), reservations, now_ms).then_some(*ip);
+    }
+    let held = leases.iter().find(|(ip, l)| {
+        l.mac == mac
+            && l.live(now_ms)
+            && l.state != LeaseState::Declined
+            && may_hold(pool, mac, **ip, Some(l), reservations, now_ms)
+    });
+    if let Some((ip, _)) = held {
+        return Some(*ip);
+    }
+    (u32::from(pool.start)..=u32::from(pool.end))
+        .map(Ipv4Addr::from)
+        .find(|ip| may_hold(pool, mac, *ip, leases.get(ip), reservations, now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool {
+            network: Ipv4Addr::new(198, 18, 40, 0),
+            prefix: 24,
+            start: Ipv4Addr::new(198, 18, 40, 100),
+            end: Ipv4Addr::new(198, 18, 40, 103),
+            router: Some(Ipv4Addr::new(198, 18, 40, 1)),
+            dns: vec![Ipv4Addr::new(198, 18, 40, 1)],
+            lease_time: Duration::from_secs(3600),
+        }
+    }
+
+    fn lease(mac: &str, state: LeaseState, expires: i64) -> LeaseEntry {
+        LeaseEntry { mac: mac.into(), state, expires_unix_ms: expires }
+    }
+
+    const NOW: i64 = 1_000_000;
+
+    #[test]
+    fn offers_follow_reservation_then_holding_then_lowest_free() {
+        let p = pool();
+        let mut leases = BTreeMap::new();
+        let mut reservations = HashMap::new();
+        assert_eq!(offer(&p, "a", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 100)));
+        leases.insert(Ipv4Addr::new(198, 18, 40, 100), lease("a", LeaseState::Bound, NOW + 10));
+        assert_eq!(
+            offer(&p, "a", &leases, &reservations, NOW),
+            Some(Ipv4Addr::new(198, 18, 40, 100)),
+            "keeps its address"
+        );
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 101)));
+        // Expired leases free their address.
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW + 20), Some(Ipv4Addr::new(198, 18, 40, 100)));
+        // A reservation (even outside the range) wins, and is kept from others.
+        reservations.insert("c".to_owned(), Ipv4Addr::new(198, 18, 40, 50));
+        reservations.insert("d".to_owned(), Ipv4Addr::new(198, 18, 40, 101));
+        assert_eq!(offer(&p, "c", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 50)));
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 102)));
+        // Declined addresses stay out of use for everyone.
+        leases.insert(Ipv4Addr::new(198, 18, 40, 102), lease("b", LeaseState::Declined, NOW + 10));
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 103)));
+        // Full pool: nothing.
+        leases.insert(Ipv4Addr::new(198, 18, 40, 103), lease("e", LeaseState::Offered, NOW + 10));
+        assert_eq!(offer(&p, "f", &leases, &reservations, NOW), None);
+    }
+
+    #[test]
+    fn pools_are_picked_by_relay_or_own_subnet() {
+        let a = pool();
+        let b = Pool { network: Ipv4Addr::new(198, 19, 0, 0), prefix: 16, ..pool() };
+        let pools = [a.clone(), b.clone()];
+        assert_eq!(pick_pool(&pools, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(198, 18, 40, 1)), Some(&a));
+        assert_eq!(pick_pool(&pools, Ipv4Addr::new(198, 19, 3, 1), Ipv4Addr::new(198, 18, 40, 1)), Some(&b));
+        assert_eq!(pick_pool(&pools, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 40, 1)), None);
+    }
+
+    proptest! {
+        /// However leases and reservations lie, an offer never names an
+        /// address another MAC holds or that is reserved for another MAC.
+        #[test]
+        fn offers_never_collide(
+            holders in proptest::collection::vec((0u8..4, 0u8..4, any::<bool>()), 0..8),
+            reserved in proptest::collection::vec((0u8..6, 98u8..105), 0..3),
+            who in 0u8..6,
+        ) {
+            let p = pool();
+            let leases: BTreeMap<Ipv4Addr, LeaseEntry> = holders
+                .into_iter()
+                .map(|(ip, mac, live)| {
+                    (Ipv4Addr::new(198, 18, 40, 100 + ip), lease(&format!("m{mac}"), LeaseState::Bound, if live { NOW + 5 } else { NOW - 5 }))
+                })
+                .collect();
+            let reservations: HashMap<String, Ipv4Addr> =
+                reserved.into_iter().map(|(mac, last)| (format!("m{mac}"), Ipv4Addr::new(198, 18, 40, last))).collect();
+            let mac = format!("m{who}");
+            if let Some(ip) = offer(&p, &mac, &leases, &reservations, NOW) {
+                let other_holds = leases.get(&ip).is_some_and(|l| l.expires_unix_ms > NOW && l.mac != mac);
+                prop_assert!(!other_holds, "{ip} is held by another MAC");
+                prop_assert!(!reservations.iter().any(|(m, r)| *r == ip && *m != mac), "{ip} is reserved for another MAC");
+                prop_assert!(p.on_subnet(ip));
+            }
+        }
+    }
+}
