@@ -1,8 +1,9 @@
-//! proxyDHCP in a network-namespace lab: `bootfleet up` (rules engine,
-//! TFTP, DHCP) runs in one namespace, `bootfleet probe-dhcp` plays each
-//! kind of boot client in another, across a veth pair in 198.18.0.0/15.
-//! Nothing here touches the host's interfaces.
+//! DHCP in a network-namespace lab: `bootfleet up` (rules engine, TFTP,
+//! DHCP) runs in one namespace; clients — `bootfleet probe-dhcp` playing
+//! each kind of boot client, and busybox udhcpc — run in another, across a
+//! veth pair in 198.18.0.0/15. Nothing here touches the host's interfaces.
 
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use bootfleet_test_support::netns::{Netns, link};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
 const TOKEN: &str = "dhcp-lab-token-0123456789";
+const RULES: &str = "http://127.0.0.1:7070";
 
 /// Kills and reaps the process when the test ends, however it ends.
 struct Reaped(std::process::Child);
@@ -21,29 +23,30 @@ impl Drop for Reaped {
     }
 }
 
+/// Server namespace running `bootfleet up`, client namespace, and the
+/// client's interface name. Fields drop in order: process, then namespaces.
+struct Lab {
+    _up: Reaped,
+    server: Netns,
+    client: Netns,
+    client_if: String,
+    dir: tempfile::TempDir,
+}
+
 fn run_in(ns: &Netns, args: &[&str]) -> Output {
     ns.command(BIN).args(args).output().unwrap()
 }
 
-fn probe(client: &Netns, mac: &str, kind: &str) -> Option<serde_json::Value> {
-    let out = run_in(
-        client,
-        &["probe-dhcp", "--interface", "bfdB-dA", "--mac", mac, "--kind", kind, "--timeout", "1.5", "--json"],
-    );
-    match out.status.code() {
-        Some(0) => Some(serde_json::from_slice(&out.stdout).unwrap()),
-        Some(2) => None,
-        _ => panic!("probe failed: {}", String::from_utf8_lossy(&out.stderr)),
-    }
-}
-
-#[test]
-fn proxy_dhcp_answers_each_boot_client_correctly() {
-    let server = Netns::create("bfdA").unwrap();
-    let client = Netns::create("bfdB").unwrap();
-    link(&server, "198.18.30.1/24", &client, "198.18.30.2/24").unwrap();
+/// Starts a lab on 198.18.<octet>.0/24 (server .1, client .2) with the
+/// given `[dhcp]` body and rules manifest, and waits until it serves.
+fn start_lab(names: (&str, &str), octet: u8, dhcp: &str, manifest: &str) -> Lab {
+    let server = Netns::create(names.0).unwrap();
+    let client = Netns::create(names.1).unwrap();
+    link(&server, &format!("198.18.{octet}.1/24"), &client, &format!("198.18.{octet}.2/24")).unwrap();
+    let server_if = format!("{}-{}", names.0, &names.1[2..]);
+    let client_if = format!("{}-{}", names.1, &names.0[2..]);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("lab.toml");
+    let config: PathBuf = dir.path().join("lab.toml");
     std::fs::create_dir(dir.path().join("tftp")).unwrap();
     std::fs::write(
         &config,
@@ -57,19 +60,20 @@ listen = "127.0.0.1:9100"
 listen = "127.0.0.1:7070"
 admin_token = "{TOKEN}"
 [tftp]
-listen = "198.18.30.1:69"
-root = "{}"
+listen = "198.18.{octet}.1:69"
+root = "{tftp}"
 [dhcp]
-interfaces = ["bfdA-dB"]
-server_ip = "198.18.30.1"
-http_base = "http://198.18.30.1:8080"
-rules_url = "http://127.0.0.1:7070"
+interfaces = ["{server_if}"]
+server_ip = "198.18.{octet}.1"
+http_base = "http://198.18.{octet}.1:8080"
+rules_url = "{RULES}"
+{dhcp}
 "#,
-            dir.path().join("tftp").display()
+            tftp = dir.path().join("tftp").display()
         ),
     )
     .unwrap();
-    let _up = Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap());
+    let up = Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let health = server.run("curl", &["-s", "127.0.0.1:9100/healthz"]).unwrap_or_default();
@@ -79,69 +83,96 @@ rules_url = "http://127.0.0.1:7070"
         assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let manifest = dir.path().join("rules.yaml");
-    std::fs::write(
-        &manifest,
-        r#"
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, manifest).unwrap();
+    let applied = run_in(
+        &server,
+        &["apply", "-f", rules.to_str().unwrap(), "--activate", "--server", RULES, "--token", TOKEN],
+    );
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    Lab { _up: up, server, client, client_if, dir }
+}
+
+impl Lab {
+    /// Waits until the rules engine gives `mac` an image profile.
+    fn wait_rules(&self, mac: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = run_in(&self.server, &["evaluate", "--mac", mac, "--dry-run", "--server", RULES]);
+            if String::from_utf8_lossy(&out.stdout).contains("image=") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "rules never became active");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn probe(&self, mac: &str, kind: &str) -> Option<serde_json::Value> {
+        let args = [
+            "probe-dhcp",
+            "--interface",
+            &self.client_if,
+            "--mac",
+            mac,
+            "--kind",
+            kind,
+            "--timeout",
+            "1.5",
+            "--json",
+        ];
+        let out = run_in(&self.client, &args);
+        match out.status.code() {
+            Some(0) => Some(serde_json::from_slice(&out.stdout).unwrap()),
+            Some(2) => None,
+            _ => panic!("probe failed: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+}
+
+const PROXY_RULES: &str = r#"
 image_profiles:
   - { name: tiny, kernel: { kernel: tiny/1/vmlinuz, cmdline: "console=ttyS0" } }
   - { name: quiet, ignore: true }
 rules:
   - { name: quiet-host, match: { mac: "52:54:00:00:30:02" }, image_profile: quiet }
   - { name: lab, match: { mac: "52:54:00:00:30:*" }, image_profile: tiny }
-"#,
-    )
-    .unwrap();
-    let server_url = "http://127.0.0.1:7070";
-    let applied = run_in(
-        &server,
-        &["apply", "-f", manifest.to_str().unwrap(), "--activate", "--server", server_url, "--token", TOKEN],
-    );
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out =
-            run_in(&server, &["evaluate", "--mac", "52:54:00:00:30:01", "--dry-run", "--server", server_url]);
-        if String::from_utf8_lossy(&out.stdout).contains("image=tiny") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "rules never became active");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+"#;
 
+#[test]
+fn proxy_dhcp_answers_each_boot_client_correctly() {
+    let lab = start_lab(("bfdA", "bfdB"), 30, "", PROXY_RULES);
     let booted = "52:54:00:00:30:01";
-    let answer = probe(&client, booted, "pxe-bios").expect("a PXE BIOS client is answered");
+    lab.wait_rules(booted);
+    let answer = lab.probe(booted, "pxe-bios").expect("a PXE BIOS client is answered");
     assert_eq!(answer["file"], "undionly.kpxe");
     assert_eq!(answer["siaddr"], "198.18.30.1");
     assert_eq!(answer["yiaddr"], "0.0.0.0", "proxyDHCP offers no address");
     assert_eq!(answer["vendor_class"], "PXEClient");
     assert_eq!(answer["server_id"], "198.18.30.1");
-    assert_eq!(probe(&client, booted, "pxe-efi").unwrap()["file"], "ipxe.efi");
-    let http = probe(&client, booted, "http").unwrap();
+    assert_eq!(lab.probe(booted, "pxe-efi").unwrap()["file"], "ipxe.efi");
+    let http = lab.probe(booted, "http").unwrap();
     assert_eq!(
         (http["file"].as_str(), http["vendor_class"].as_str()),
         (Some("http://198.18.30.1:8080/loaders/ipxe.efi"), Some("HTTPClient"))
     );
     assert_eq!(
-        probe(&client, booted, "ipxe").unwrap()["file"],
+        lab.probe(booted, "ipxe").unwrap()["file"],
         "http://198.18.30.1:8080/boot.ipxe?mac=52:54:00:00:30:01"
     );
     // Through a relay: unicast to the relay, option 82 echoed.
-    let out = run_in(
-        &client,
-        &[
-            "probe-dhcp",
-            "--interface",
-            "bfdB-dA",
-            "--mac",
-            booted,
-            "--relay",
-            "198.18.30.2",
-            "--server",
-            "198.18.30.1",
-            "--json",
-        ],
-    );
+    let args = [
+        "probe-dhcp",
+        "--interface",
+        &lab.client_if,
+        "--mac",
+        booted,
+        "--relay",
+        "198.18.30.2",
+        "--server",
+        "198.18.30.1",
+        "--json",
+    ];
+    let out = run_in(&lab.client, &args);
     assert!(out.status.success(), "relayed probe: {}", String::from_utf8_lossy(&out.stderr));
     let relayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(relayed["from"], "198.18.30.1:67");
@@ -149,7 +180,79 @@ rules:
     assert_eq!(relayed["relay_info"], "010570726f6265");
     assert_eq!(relayed["file"], "undionly.kpxe");
     // Silence: a plain DHCP client, a host whose profile is ignore, a host no rule names.
-    assert!(probe(&client, booted, "plain").is_none());
-    assert!(probe(&client, "52:54:00:00:30:02", "pxe-bios").is_none());
-    assert!(probe(&client, "00:11:22:33:44:55", "pxe-bios").is_none());
+    assert!(lab.probe(booted, "plain").is_none());
+    assert!(lab.probe("52:54:00:00:30:02", "pxe-bios").is_none());
+    assert!(lab.probe("00:11:22:33:44:55", "pxe-bios").is_none());
+    drop(lab.dir);
+}
+
+const FULL: &str = r#"
+mode = "full"
+[[dhcp.pools]]
+subnet = "198.18.40.0/24"
+start = "198.18.40.100"
+end = "198.18.40.110"
+router = "198.18.40.1"
+dns = ["198.18.40.1"]
+lease_time = "60s"
+"#;
+
+const FULL_RULES: &str = r#"
+image_profiles:
+  - { name: tiny, kernel: { kernel: tiny/1/vmlinuz, cmdline: "console=ttyS0" } }
+rules:
+  - { name: lab, match: { mac: "52:54:00:00:40:*" }, image_profile: tiny }
+"#;
+
+fn udhcpc(lab: &Lab, extra: &[&str]) -> Output {
+    let mut args =
+        vec!["-i", lab.client_if.as_str(), "-f", "-s", "/bin/true", "-t", "3", "-T", "1", "-A", "1"];
+    args.extend_from_slice(extra);
+    lab.client.command("udhcpc").args(&args).output().unwrap()
+}
+
+#[test]
+fn full_dhcp_leases_to_a_real_client_and_renews() {
+    let lab = start_lab(("bfeA", "bfeB"), 40, FULL, FULL_RULES);
+    let known = "52:54:00:00:40:01";
+    lab.client.ip(&["link", "set", &lab.client_if, "address", known]).unwrap();
+    lab.wait_rules(known);
+    // A lease, then the same address again for the same host.
+    for round in 0..2 {
+        let out = udhcpc(&lab, &["-n", "-q"]);
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "round {round}: {text}");
+        assert!(text.contains("lease of 198.18.40.100 obtained"), "round {round}: {text}");
+    }
+    // Renewal: SIGUSR1 makes udhcpc renew now (unicast, from the leased
+    // address, which its script configures); it must get the lease again.
+    let script = lab.dir.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/24\" dev \"$interface\" ;; esac\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let child = lab
+        .client
+        .command("udhcpc")
+        .args(["-i", &lab.client_if, "-f", "-t", "3", "-T", "1", "-s"])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    std::thread::sleep(Duration::from_millis(2500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.matches("lease of 198.18.40.100 obtained").count() >= 2, "no renewal seen: {text}");
+    // A host no rule names gets nothing.
+    lab.client.ip(&["link", "set", &lab.client_if, "address", "00:11:22:33:44:55"]).unwrap();
+    let out = udhcpc(&lab, &["-n", "-q"]);
+    assert!(!out.status.success(), "an unknown host must not get an address");
 }

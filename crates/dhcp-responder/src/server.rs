@@ -5,6 +5,7 @@
 //! outages); a per-MAC flood limit; metrics.
 
 mod config;
+mod full_shell;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,9 +20,9 @@ use prometheus::{IntCounterVec, register_int_counter_vec};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::{DhcpArgs, DhcpConfig};
+pub use self::config::{DhcpArgs, DhcpConfig, Mode};
 use crate::client::{Loader, detect};
-use crate::proxy::{ProxyContext, Silence, Verdict, decide, encode};
+use crate::proxy::{ProxyContext, ReplyType, Silence, Verdict, decide, encode};
 use crate::wire::{MessageType, Request};
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -115,9 +116,22 @@ struct Responder {
     config: DhcpConfig,
     verdicts: Verdicts,
     flood: FloodGuard,
+    /// Full mode: the store and a watched copy of the leases.
+    leases: Option<full_shell::Leases>,
 }
 
 impl Responder {
+    fn proxy_context(&self, verdict: Verdict) -> ProxyContext {
+        ProxyContext {
+            server_ip: self.config.server_ip,
+            tftp_server: self.config.tftp_server,
+            loaders: self.config.loaders.clone(),
+            http_base: self.config.http_base.clone(),
+            verdict,
+            boot_unknown: self.config.boot_unknown,
+        }
+    }
+
     /// Handles one datagram; returns the reply and where to send it.
     async fn handle(
         &self,
@@ -138,20 +152,28 @@ impl Responder {
             return None;
         }
         let client = detect(&request);
-        if client.loader == Loader::None {
+        let full = matches!(self.config.mode, Mode::Full { .. });
+        if client.loader == Loader::None && !full {
             count("not_boot_client");
             return None;
         }
         let record = request.message_type == MessageType::Discover;
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
-        let ctx = ProxyContext {
-            server_ip: self.config.server_ip,
-            tftp_server: self.config.tftp_server,
-            loaders: self.config.loaders.clone(),
-            http_base: self.config.http_base.clone(),
-            verdict,
-            boot_unknown: self.config.boot_unknown,
-        };
+        if let (Mode::Full { pools, reservations }, Some(leases)) = (&self.config.mode, &self.leases) {
+            let boot = self.proxy_context(verdict);
+            let reply = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await?;
+            count("answered");
+            tracing::info!(mac = %request.mac_text(), yiaddr = %reply.yiaddr, kind = ?reply.kind, "answered");
+            let to = if !request.giaddr.is_unspecified() {
+                SocketAddr::from((request.giaddr, 67))
+            } else if !request.ciaddr.is_unspecified() && reply.kind != ReplyType::Nak {
+                SocketAddr::from((request.ciaddr, 68))
+            } else {
+                SocketAddr::from((Ipv4Addr::BROADCAST, 68))
+            };
+            return Some((encode(&request, &reply, self.config.server_ip), to));
+        }
+        let ctx = self.proxy_context(verdict);
         let reply = match decide(&request, &ctx) {
             Ok(reply) => reply,
             Err(silence) => {
@@ -210,8 +232,12 @@ async fn serve_socket(
 /// Binds every configured interface and answers until shutdown.
 pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result<()> {
     let mut sockets = Vec::new();
+    let ports: &[(u16, bool)] = match config.mode {
+        Mode::Proxy => &[(67, false), (4011, true)],
+        Mode::Full { .. } => &[(67, false)],
+    };
     for interface in &config.interfaces {
-        for (port, boot_server) in [(67, false), (4011, true)] {
+        for &(port, boot_server) in ports {
             let socket = bind(interface, port)
                 .with_context(|| format!("binding DHCP port {port} on interface {interface}"))?;
             sockets.push((socket, boot_server));
@@ -220,7 +246,12 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
     let registration = ctx.register("dhcp-responder", vec![config.server_ip.to_string()]);
     ctx.health.set("dhcp", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, "proxyDHCP answering");
+    let leases = match config.mode {
+        Mode::Full { .. } => Some(full_shell::Leases::start(&ctx)),
+        Mode::Proxy => None,
+    };
     let responder = Arc::new(Responder {
+        leases,
         verdicts: Verdicts { client: connect_lazy(&config.rules_url)?, last: Mutex::default() },
         flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
         config,

@@ -6,6 +6,12 @@ use std::net::Ipv4Addr;
 use bootfleet_core::config::{ConfigError, CoreConfig, check_url, service_section};
 use serde::Deserialize;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bootfleet_core::config::parse_duration;
+
+use crate::full::Pool;
 use crate::proxy::Loaders;
 
 /// DHCP flags.
@@ -39,9 +45,32 @@ struct LoaderSection {
     efi_arm64: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolSection {
+    subnet: String,
+    start: String,
+    end: String,
+    router: Option<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    lease_time: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservationSection {
+    mac: String,
+    ip: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DhcpSection {
+    #[serde(default)]
+    pools: Vec<PoolSection>,
+    #[serde(default)]
+    reservations: Vec<ReservationSection>,
     mode: Option<String>,
     interfaces: Option<Vec<String>>,
     server_ip: Option<String>,
@@ -54,9 +83,25 @@ struct DhcpSection {
     loaders: LoaderSection,
 }
 
+/// Proxy or full DHCP.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// proxyDHCP beside another DHCP server: no addresses.
+    Proxy,
+    /// Addresses from these pools, leases in the store.
+    Full {
+        /// Pools, one per subnet.
+        pools: Vec<Pool>,
+        /// Fixed addresses by MAC.
+        reservations: HashMap<String, Ipv4Addr>,
+    },
+}
+
 /// Validated DHCP settings.
 #[derive(Clone, Debug)]
 pub struct DhcpConfig {
+    /// Mode.
+    pub mode: Mode,
     /// Interfaces answered on.
     pub interfaces: Vec<String>,
     /// Server identifier.
@@ -87,16 +132,11 @@ impl DhcpConfig {
             return Ok(None);
         }
         let section: DhcpSection = service_section(core.file.dhcp.as_ref(), "dhcp")?;
-        match section.mode.as_deref().unwrap_or("proxy") {
-            "proxy" => {}
-            "full" => {
-                return Err(ConfigError::new(
-                    "dhcp.mode",
-                    "full mode is not built yet; use proxy beside a DHCP server",
-                ));
-            }
+        let mode = match section.mode.as_deref().unwrap_or("proxy") {
+            "proxy" => Mode::Proxy,
+            "full" => full_mode(&section)?,
             other => return Err(ConfigError::new("dhcp.mode", format!("{other:?}: expected proxy or full"))),
-        }
+        };
         let interfaces = args.interfaces.clone().or(section.interfaces).unwrap_or_default();
         if interfaces.is_empty() || interfaces.iter().any(String::is_empty) {
             return Err(ConfigError::new(
@@ -133,6 +173,7 @@ impl DhcpConfig {
             return Err(ConfigError::new("dhcp.requests_per_mac_per_second", "must be at least 1"));
         }
         Ok(Some(Self {
+            mode,
             interfaces,
             server_ip,
             tftp_server,
@@ -143,4 +184,58 @@ impl DhcpConfig {
             requests_per_mac_per_second: rate,
         }))
     }
+}
+
+fn full_mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
+    if section.pools.is_empty() {
+        return Err(ConfigError::new("dhcp.pools", "full mode needs at least one [[dhcp.pools]]"));
+    }
+    let mut pools = Vec::new();
+    for (i, p) in section.pools.iter().enumerate() {
+        let key = |field: &str| format!("dhcp.pools[{i}].{field}");
+        let (network, prefix) = p
+            .subnet
+            .split_once('/')
+            .and_then(|(a, l)| {
+                Some((a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 32)?))
+            })
+            .ok_or_else(|| {
+                ConfigError::new(key("subnet"), format!("{:?} is not a subnet like 198.18.40.0/24", p.subnet))
+            })?;
+        let lease_time = match &p.lease_time {
+            Some(t) => parse_duration(t).map_err(|m| ConfigError::new(key("lease_time"), m))?,
+            None => Duration::from_secs(3600),
+        };
+        if lease_time < Duration::from_secs(2) {
+            return Err(ConfigError::new(key("lease_time"), "must be at least 2s"));
+        }
+        let pool = Pool {
+            network,
+            prefix,
+            start: address(&p.start, &key("start"))?,
+            end: address(&p.end, &key("end"))?,
+            router: p.router.as_deref().map(|r| address(r, &key("router"))).transpose()?,
+            dns: p.dns.iter().map(|d| address(d, &key("dns"))).collect::<Result<_, _>>()?,
+            lease_time,
+        };
+        if pool.on_subnet(pool.network)
+            && (!pool.on_subnet(pool.start) || !pool.on_subnet(pool.end) || pool.start > pool.end)
+        {
+            return Err(ConfigError::new(key("start"), "start and end must be on the subnet, start first"));
+        }
+        if u32::from(pool.network) & !(if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) })
+            != 0
+        {
+            return Err(ConfigError::new(key("subnet"), "host bits set"));
+        }
+        pools.push(pool);
+    }
+    let mut reservations = HashMap::new();
+    for (i, r) in section.reservations.iter().enumerate() {
+        let mac = bootfleet_rules_engine::facts::normalize_mac(&r.mac).map_err(|_| {
+            ConfigError::new(format!("dhcp.reservations[{i}].mac"), format!("{:?} is not a MAC", r.mac))
+        })?;
+        reservations.insert(mac, address(&r.ip, &format!("dhcp.reservations[{i}].ip"))?);
+    }
+    Ok(Mode::Full { pools, reservations })
 }

@@ -1,0 +1,234 @@
+//! Full-DHCP requests against the leases in the store. Every lease write is
+//! a compare-and-swap on the lease key's revision, and nothing is ACKed
+//! before its write committed. While the store is unreachable nothing new
+//! is allocated or acknowledged (the client retries).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bootfleet_core::process::ServiceContext;
+use bootfleet_core::snapshot::SnapshotCache;
+use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, StoreResult, TxnOp, TxnRequest};
+use bootfleet_proto::v1 as pb;
+use prost::Message;
+
+use crate::client::{Client, Loader};
+use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, OFFER_HOLD, Pool, may_hold, offer, pick_pool};
+use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
+use crate::wire::{MessageType, Request};
+
+const PREFIX: &str = "/bootfleet/v1/leases/";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn key(ip: Ipv4Addr) -> String {
+    format!("{PREFIX}{ip}")
+}
+
+fn entry(kv: &KeyValue) -> Option<(Ipv4Addr, LeaseEntry)> {
+    let lease = pb::Lease::decode(kv.value.as_slice()).ok()?;
+    let state = match lease.state() {
+        pb::lease::State::Offered => LeaseState::Offered,
+        pb::lease::State::Bound => LeaseState::Bound,
+        pb::lease::State::Declined => LeaseState::Declined,
+    };
+    Some((
+        lease.ip.parse().ok()?,
+        LeaseEntry { mac: lease.mac, state, expires_unix_ms: lease.expires_unix_ms },
+    ))
+}
+
+/// The leases, as the store and a watched copy hold them.
+pub(super) struct Leases {
+    store: SharedStore,
+    cache: SnapshotCache,
+    member_id: String,
+}
+
+impl Leases {
+    pub(super) fn start(ctx: &ServiceContext) -> Self {
+        let cache = SnapshotCache::start(ctx.store.clone(), PREFIX, ctx.shutdown.token());
+        Self { store: ctx.store.clone(), cache, member_id: ctx.config.member_id.clone() }
+    }
+
+    fn from_kvs(kvs: &[KeyValue]) -> BTreeMap<Ipv4Addr, (LeaseEntry, i64)> {
+        kvs.iter().filter_map(|kv| entry(kv).map(|(ip, e)| (ip, (e, kv.mod_revision)))).collect()
+    }
+
+    async fn fresh(&self) -> StoreResult<BTreeMap<Ipv4Addr, (LeaseEntry, i64)>> {
+        Ok(Self::from_kvs(&self.store.range(PREFIX).await?.kvs))
+    }
+
+    /// Writes (or with `None` deletes) the lease of `ip` if its revision is
+    /// still `revision` (0: absent). Returns whether it committed.
+    async fn write(
+        &self,
+        ip: Ipv4Addr,
+        lease: Option<(String, LeaseState, i64, String)>,
+        revision: i64,
+    ) -> StoreResult<bool> {
+        let op = match lease {
+            Some((mac, state, expires, hostname)) => {
+                let state = match state {
+                    LeaseState::Offered => pb::lease::State::Offered,
+                    LeaseState::Bound => pb::lease::State::Bound,
+                    LeaseState::Declined => pb::lease::State::Declined,
+                };
+                let record = pb::Lease {
+                    ip: ip.to_string(),
+                    mac,
+                    state: state.into(),
+                    expires_unix_ms: expires,
+                    hostname,
+                    member_id: self.member_id.clone(),
+                };
+                TxnOp::put(key(ip), record.encode_to_vec())
+            }
+            None => TxnOp::delete(key(ip)),
+        };
+        let txn = TxnRequest::new()
+            .when([Compare::mod_revision(key(ip), CompareOp::Equal, revision)])
+            .and_then([op]);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+}
+
+fn reply(kind: ReplyType, yiaddr: Ipv4Addr, request: &Request, ctx: &ProxyContext) -> Reply {
+    let mut options = vec![(53, vec![kind.code()]), (54, ctx.server_ip.octets().to_vec())];
+    if let Some(relay) = request.option(82) {
+        options.push((82, relay.to_vec()));
+    }
+    Reply { kind, yiaddr, file: String::new(), next_server: Ipv4Addr::UNSPECIFIED, options }
+}
+
+/// Adds the pool and boot parts to an OFFER/ACK.
+fn complete(
+    mut r: Reply,
+    request: &Request,
+    client: &Client,
+    ctx: &ProxyContext,
+    pool: &Pool,
+    with_lease: bool,
+) -> Reply {
+    r.options.extend(pool.options(with_lease));
+    if client.loader != Loader::None {
+        if let Ok(boot) = boot_parts(request, client, ctx) {
+            r.file = boot.file;
+            r.next_server = boot.next_server;
+            r.options.extend(boot.options);
+        }
+        if client.loader == Loader::Ipxe {
+            // iPXE: this answer is complete; do not wait for a proxyDHCP.
+            r.options.push((175, vec![176, 1, 1]));
+        }
+    }
+    r
+}
+
+/// Answers one full-DHCP request (`None`: stay silent).
+pub(super) async fn answer(
+    request: &Request,
+    client: &Client,
+    ctx: &ProxyContext,
+    pools: &[Pool],
+    reservations: &HashMap<String, Ipv4Addr>,
+    leases: &Leases,
+) -> Option<Reply> {
+    match ctx.verdict {
+        Verdict::Boot => {}
+        Verdict::Unknown if ctx.boot_unknown => {}
+        // Bootfleet never answers machines it was not told about.
+        Verdict::Unknown | Verdict::Ignore => return None,
+    }
+    let pool = pick_pool(pools, request.giaddr, ctx.server_ip)?;
+    let mac = request.mac_text();
+    let hostname = request.text(12).unwrap_or_default();
+    let now = now_ms();
+    let result: StoreResult<Option<Reply>> = async {
+        match request.message_type {
+            MessageType::Discover => {
+                let mut known = Leases::from_kvs(&leases.cache.list(PREFIX));
+                for attempt in 0..3 {
+                    let entries: BTreeMap<Ipv4Addr, LeaseEntry> = known.iter().map(|(ip, (e, _))| (*ip, e.clone())).collect();
+                    let Some(ip) = offer(pool, &mac, &entries, reservations, now) else {
+                        tracing::warn!(%mac, "pool exhausted");
+                        return Ok(None);
+                    };
+                    let current = known.get(&ip);
+                    let already_bound =
+                        current.is_some_and(|(e, _)| e.mac == mac && e.state == LeaseState::Bound && e.expires_unix_ms > now);
+                    let expires = now + i64::try_from(OFFER_HOLD.as_millis()).unwrap_or(30_000);
+                    let revision = current.map_or(0, |(_, r)| *r);
+                    let held = already_bound
+                        || leases.write(ip, Some((mac.clone(), LeaseState::Offered, expires, hostname.clone())), revision).await?;
+                    if held {
+                        let r = reply(ReplyType::Offer, ip, request, ctx);
+                        return Ok(Some(complete(r, request, client, ctx, pool, true)));
+                    }
+                    tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading the leases again");
+                    known = leases.fresh().await?;
+                }
+                Ok(None)
+            }
+            MessageType::Request => {
+                if request.server_id().is_some_and(|id| id != ctx.server_ip) {
+                    return Ok(None); // the client chose another server
+                }
+                let Some(ip) = request.requested_ip().or((!request.ciaddr.is_unspecified()).then_some(request.ciaddr)) else {
+                    return Ok(None);
+                };
+                let kv = leases.store.get(&key(ip)).await?;
+                let current = kv.as_ref().and_then(entry).map(|(_, e)| e);
+                let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                if !may_hold(pool, &mac, ip, current.as_ref(), reservations, now) {
+                    tracing::info!(%mac, %ip, "request refused (NAK)");
+                    return Ok(Some(reply(ReplyType::Nak, Ipv4Addr::UNSPECIFIED, request, ctx)));
+                }
+                let expires = now + i64::try_from(pool.lease_time.as_millis()).unwrap_or(i64::MAX / 2);
+                // Stored before it is acknowledged.
+                if !leases.write(ip, Some((mac.clone(), LeaseState::Bound, expires, hostname.clone())), revision).await? {
+                    return Ok(None);
+                }
+                let r = reply(ReplyType::Ack, ip, request, ctx);
+                Ok(Some(complete(r, request, client, ctx, pool, true)))
+            }
+            MessageType::Release => {
+                let ip = request.ciaddr;
+                if let Some(kv) = leases.store.get(&key(ip)).await? {
+                    if entry(&kv).is_some_and(|(_, e)| e.mac == mac) {
+                        leases.write(ip, None, kv.mod_revision).await?;
+                        tracing::info!(%mac, %ip, "released");
+                    }
+                }
+                Ok(None)
+            }
+            MessageType::Decline => {
+                if let Some(ip) = request.requested_ip() {
+                    let kv = leases.store.get(&key(ip)).await?;
+                    let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    let expires = now + i64::try_from(DECLINE_HOLD.as_millis()).unwrap_or(600_000);
+                    leases.write(ip, Some((mac.clone(), LeaseState::Declined, expires, String::new())), revision).await?;
+                    tracing::warn!(%mac, %ip, "address declined (in use elsewhere?)");
+                }
+                Ok(None)
+            }
+            MessageType::Inform => {
+                let r = reply(ReplyType::Ack, Ipv4Addr::UNSPECIFIED, request, ctx);
+                Ok(Some(complete(r, request, client, ctx, pool, false)))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(%mac, error = %e, "lease store unavailable; not answering");
+            None
+        }
+    }
+}
