@@ -256,3 +256,152 @@ fn full_dhcp_leases_to_a_real_client_and_renews() {
     let out = udhcpc(&lab, &["-n", "-q"]);
     assert!(!out.status.success(), "an unknown host must not get an address");
 }
+
+/// Two full `bootfleet up` replicas on one etcd (all inside the server
+/// namespace): their DHCP responders run hot-standby. SIGKILL the acting
+/// one in the middle of a stream of clients: the standby takes over, every
+/// client gets an address, and no address goes to two clients.
+#[test]
+fn full_dhcp_hot_standby_survives_the_leader_dying() {
+    let server = Netns::create("bfhA").unwrap();
+    let client = Netns::create("bfhB").unwrap();
+    link(&server, "198.18.50.1/24", &client, "198.18.50.2/24").unwrap();
+    let etcd = bootfleet_test_support::etcd::EtcdCluster::start_in(1, Some("bfhA")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tftp")).unwrap();
+    let replica = |id: &str, n: u16| -> Reaped {
+        let config = dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[store]
+backend = "etcd"
+etcd_endpoints = ["{endpoint}"]
+election_ttl = "2s"
+[member]
+id = "{id}"
+[admin]
+listen = "127.0.0.1:92{n:02}"
+[rules]
+listen = "127.0.0.1:71{n:02}"
+admin_token = "{TOKEN}"
+[tftp]
+listen = "198.18.50.1:69{n:02}"
+root = "{tftp}"
+[dhcp]
+mode = "full"
+interfaces = ["bfhA-hB"]
+server_ip = "198.18.50.1"
+http_base = "http://198.18.50.1:8080"
+rules_url = "http://127.0.0.1:71{n:02}"
+[[dhcp.pools]]
+subnet = "198.18.50.0/24"
+start = "198.18.50.100"
+end = "198.18.50.120"
+lease_time = "60s"
+"#,
+                endpoint = etcd.endpoint(0),
+                tftp = dir.path().join("tftp").display()
+            ),
+        )
+        .unwrap();
+        Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap())
+    };
+    let mut replicas = vec![("ra", replica("ra", 1)), ("rb", replica("rb", 2))];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in [9201, 9202] {
+        loop {
+            let health =
+                server.run("curl", &["-s", &format!("127.0.0.1:{port}/healthz")]).unwrap_or_default();
+            if health.starts_with("serving") && health.contains("dhcp: serving") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica on {port} never became healthy: {health}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, FULL_RULES.replace("52:54:00:00:40:*", "52:54:00:00:50:*")).unwrap();
+    let applied = run_in(
+        &server,
+        &[
+            "apply",
+            "-f",
+            rules.to_str().unwrap(),
+            "--activate",
+            "--server",
+            "http://127.0.0.1:7101",
+            "--token",
+            TOKEN,
+        ],
+    );
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    for port in [7101, 7102] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = format!("http://127.0.0.1:{port}");
+            let out =
+                run_in(&server, &["evaluate", "--mac", "52:54:00:00:50:01", "--dry-run", "--server", &url]);
+            if String::from_utf8_lossy(&out.stdout).contains("image=tiny") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "rules never reached the replica on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let client_if = "bfhB-hA";
+    let leader = || -> String {
+        let out = server
+            .run(
+                "etcdctl",
+                &[
+                    "--endpoints",
+                    &etcd.endpoint(0),
+                    "get",
+                    "--prefix",
+                    "/bootfleet/v1/election/dhcp-responder/",
+                    "--sort-by=CREATE",
+                    "--order=ASCEND",
+                    "--print-value-only",
+                ],
+            )
+            .unwrap();
+        out.lines().next().unwrap_or_default().to_owned()
+    };
+    let mut addresses = std::collections::BTreeMap::new();
+    let mut takeover = None;
+    for i in 1..=6u8 {
+        if i == 4 {
+            let acting = leader();
+            assert!(acting == "ra" || acting == "rb", "a leader before the kill: {acting:?}");
+            let index = replicas.iter().position(|(id, _)| *id == acting).unwrap();
+            let (_, mut victim) = replicas.remove(index);
+            victim.0.kill().unwrap();
+            victim.0.wait().unwrap();
+            takeover = Some(Instant::now());
+        }
+        let mac = format!("52:54:00:00:50:{i:02x}");
+        client.ip(&["link", "set", client_if, "address", &mac]).unwrap();
+        let out = client
+            .command("udhcpc")
+            .args(["-i", client_if, "-f", "-q", "-n", "-s", "/bin/true", "-t", "6", "-T", "1", "-A", "1"])
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "client {mac}: {text}");
+        let ip = text.split("lease of ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+        if let Some(killed) = takeover.take() {
+            let took = killed.elapsed();
+            eprintln!("standby answered {} ms after the leader was killed", took.as_millis());
+            // TTL 2 s + 1 s, plus udhcpc's 1 s retry step and a little slack.
+            assert!(took < Duration::from_millis(4500), "took {took:?}");
+        }
+        addresses.insert(mac, ip);
+    }
+    let distinct: std::collections::BTreeSet<&String> = addresses.values().collect();
+    assert_eq!(distinct.len(), addresses.len(), "an address went to two clients: {addresses:?}");
+    drop(replicas);
+    drop(etcd);
+}

@@ -269,6 +269,12 @@ impl Leadership {
         *self.acting.borrow()
     }
 
+    /// A receiver that turns false when leadership is lost, for code that
+    /// checks it without owning the [`Leadership`].
+    pub fn acting_updates(&self) -> watch::Receiver<bool> {
+        self.acting.clone()
+    }
+
     /// Resolves once leadership is lost (lease not renewed in time, or gone).
     ///
     /// CANCEL-SAFETY: cancel-safe.

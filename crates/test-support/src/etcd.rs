@@ -26,6 +26,8 @@ struct Member {
 
 /// A running etcd cluster of one or more members, killed on drop.
 pub struct EtcdCluster {
+    /// Network namespace the members run in (None: the host's loopback).
+    netns: Option<String>,
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
@@ -39,6 +41,12 @@ fn etcd_bin() -> String {
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster is healthy.
     pub fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_in(size, None)
+    }
+
+    /// As [`Self::start`], inside network namespace `netns` (its loopback),
+    /// for services under test that live in that namespace.
+    pub fn start_in(size: usize, netns: Option<&str>) -> anyhow::Result<Self> {
         let bin = etcd_bin();
         if !std::path::Path::new(&bin).exists() {
             bail!("etcd not found at {bin}: install Debian's etcd-server (the README's test command does)");
@@ -59,7 +67,8 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self { members, initial_cluster, token, _dir: dir };
+        let mut cluster =
+            Self { netns: netns.map(str::to_owned), members, initial_cluster, token, _dir: dir };
         for i in 0..size {
             cluster.spawn(i)?;
         }
@@ -72,7 +81,15 @@ impl EtcdCluster {
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::File::create(m.data_dir.with_extension("log"))?;
-        let child = Command::new(etcd_bin())
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(etcd_bin());
+                c
+            }
+            None => Command::new(etcd_bin()),
+        };
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -165,7 +182,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + limit;
         for m in self.members.iter().filter(|m| m.child.is_some()) {
             loop {
-                if health_ok(m.client_port) {
+                if health_ok(self.netns.as_deref(), m.client_port) {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -180,7 +197,14 @@ impl EtcdCluster {
 }
 
 /// GET /health on a member: `{"health":"true"}` once it has a leader.
-fn health_ok(port: u16) -> bool {
+fn health_ok(netns: Option<&str>, port: u16) -> bool {
+    if let Some(ns) = netns {
+        let url = format!("http://127.0.0.1:{port}/health");
+        return Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-s", "--max-time", "2", &url])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""));
+    }
     let Ok(mut stream) =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
     else {

@@ -1,17 +1,24 @@
 //! Full-DHCP requests against the leases in the store. Every lease write is
-//! a compare-and-swap on the lease key's revision, and nothing is ACKed
-//! before its write committed. While the store is unreachable nothing new
-//! is allocated or acknowledged (the client retries).
+//! a compare-and-swap on the lease key's revision and on this replica's
+//! election key, and nothing is ACKed before its write committed. Only the
+//! acting leader answers (hot standby): a standby stays silent but watches
+//! the leases, and takes over when the leader's lease lapses. A deposed
+//! leader's writes fail, so two replicas that both believe they lead still
+//! cannot hand out one address twice. While the store is unreachable
+//! nothing new is allocated or acknowledged (the client retries).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bootfleet_core::election::{Election, Leadership};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, StoreResult, TxnOp, TxnRequest};
 use bootfleet_proto::v1 as pb;
 use prost::Message;
+use tokio::sync::watch;
 
 use crate::client::{Client, Loader};
 use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, OFFER_HOLD, Pool, may_hold, offer, pick_pool};
@@ -43,17 +50,63 @@ fn entry(kv: &KeyValue) -> Option<(Ipv4Addr, LeaseEntry)> {
     ))
 }
 
-/// The leases, as the store and a watched copy hold them.
+/// Proof of leadership while it lasts: the compare that fences writes and
+/// the flag that turns false when the lease could no longer be renewed.
+struct LeaderToken {
+    guard: Compare,
+    acting: watch::Receiver<bool>,
+}
+
+/// The leases, as the store and a watched copy hold them, and the
+/// election that decides which replica may write them.
 pub(super) struct Leases {
     store: SharedStore,
     cache: SnapshotCache,
     member_id: String,
+    leader: watch::Receiver<Option<Arc<LeaderToken>>>,
 }
 
 impl Leases {
     pub(super) fn start(ctx: &ServiceContext) -> Self {
         let cache = SnapshotCache::start(ctx.store.clone(), PREFIX, ctx.shutdown.token());
-        Self { store: ctx.store.clone(), cache, member_id: ctx.config.member_id.clone() }
+        let (tx, leader) = watch::channel(None);
+        let election = Election::new(ctx.store.clone(), "dhcp-responder");
+        let (ttl, stop, id) =
+            (ctx.config.store.election_ttl, ctx.shutdown.token(), ctx.config.member_id.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                match Leadership::acquire(&election, id.clone().into_bytes(), ttl, &stop).await {
+                    Ok(Some(mut leadership)) => {
+                        tracing::info!("acting DHCP leader");
+                        let token =
+                            LeaderToken { guard: leadership.guard(), acting: leadership.acting_updates() };
+                        tx.send_replace(Some(Arc::new(token)));
+                        tokio::select! {
+                            () = leadership.lost() => tracing::warn!("DHCP leadership lost; standing by"),
+                            () = stop.cancelled() => {
+                                tx.send_replace(None);
+                                let _ = leadership.resign().await;
+                                return;
+                            }
+                        }
+                        tx.send_replace(None);
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DHCP election unavailable; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Self { store: ctx.store.clone(), cache, member_id: ctx.config.member_id.clone(), leader }
+    }
+
+    /// The fencing compare, while this replica is the acting leader.
+    fn acting_guard(&self) -> Option<Compare> {
+        let token = self.leader.borrow().clone()?;
+        let acting = *token.acting.borrow();
+        acting.then(|| token.guard.clone())
     }
 
     fn from_kvs(kvs: &[KeyValue]) -> BTreeMap<Ipv4Addr, (LeaseEntry, i64)> {
@@ -72,6 +125,8 @@ impl Leases {
         lease: Option<(String, LeaseState, i64, String)>,
         revision: i64,
     ) -> StoreResult<bool> {
+        // Only the acting leader writes; its election key must still be its own.
+        let Some(guard) = self.acting_guard() else { return Ok(false) };
         let op = match lease {
             Some((mac, state, expires, hostname)) => {
                 let state = match state {
@@ -92,7 +147,7 @@ impl Leases {
             None => TxnOp::delete(key(ip)),
         };
         let txn = TxnRequest::new()
-            .when([Compare::mod_revision(key(ip), CompareOp::Equal, revision)])
+            .when([Compare::mod_revision(key(ip), CompareOp::Equal, revision), guard])
             .and_then([op]);
         Ok(self.store.txn(txn).await?.succeeded)
     }
@@ -145,6 +200,8 @@ pub(super) async fn answer(
         // Bootfleet never answers machines it was not told about.
         Verdict::Unknown | Verdict::Ignore => return None,
     }
+    // A standby stays silent: the leader answers.
+    leases.acting_guard()?;
     let pool = pick_pool(pools, request.giaddr, ctx.server_ip)?;
     let mac = request.mac_text();
     let hostname = request.text(12).unwrap_or_default();
