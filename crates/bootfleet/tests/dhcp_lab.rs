@@ -251,6 +251,12 @@ fn full_dhcp_leases_to_a_real_client_and_renews() {
     let out = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.matches("lease of 198.18.40.100 obtained").count() >= 2, "no renewal seen: {text}");
+    // A PXE ROM gets an address and its loader in one answer.
+    let pxe = lab.probe("52:54:00:00:40:07", "pxe-bios").expect("a PXE client is answered in full mode");
+    assert_eq!((pxe["message_type"].as_u64(), pxe["file"].as_str()), (Some(2), Some("undionly.kpxe")));
+    assert!(pxe["yiaddr"].as_str().unwrap().starts_with("198.18.40.1"), "{pxe}");
+    assert_ne!(pxe["yiaddr"], "198.18.40.100", "that address is the first client's");
+    assert_eq!(lab.probe("52:54:00:00:40:08", "http").unwrap()["vendor_class"], "HTTPClient");
     // A host no rule names gets nothing.
     lab.client.ip(&["link", "set", &lab.client_if, "address", "00:11:22:33:44:55"]).unwrap();
     let out = udhcpc(&lab, &["-n", "-q"]);
@@ -266,7 +272,7 @@ fn full_dhcp_hot_standby_survives_the_leader_dying() {
     let server = Netns::create("bfhA").unwrap();
     let client = Netns::create("bfhB").unwrap();
     link(&server, "198.18.50.1/24", &client, "198.18.50.2/24").unwrap();
-    let etcd = bootfleet_test_support::etcd::EtcdCluster::start_in(1, Some("bfhA")).unwrap();
+    let mut etcd = bootfleet_test_support::etcd::EtcdCluster::start_in(1, Some("bfhA")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("tftp")).unwrap();
     let replica = |id: &str, n: u16| -> Reaped {
@@ -402,6 +408,16 @@ lease_time = "60s"
     }
     let distinct: std::collections::BTreeSet<&String> = addresses.values().collect();
     assert_eq!(distinct.len(), addresses.len(), "an address went to two clients: {addresses:?}");
+    // Without the store nothing new is allocated (documented behaviour):
+    // a new client gets no address rather than one that might collide.
+    etcd.stop_all();
+    client.ip(&["link", "set", client_if, "address", "52:54:00:00:50:0f"]).unwrap();
+    let out = client
+        .command("udhcpc")
+        .args(["-i", client_if, "-f", "-q", "-n", "-s", "/bin/true", "-t", "2", "-T", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no new allocation without the store");
     drop(replicas);
     drop(etcd);
 }
