@@ -203,12 +203,18 @@ impl Responder {
     }
 }
 
+/// Requests handled at once per socket: each may wait on the rules engine
+/// and the store, so they overlap (and their lease writes share commits).
+const IN_FLIGHT: usize = 256;
+
 async fn serve_socket(
     socket: UdpSocket,
     responder: Arc<Responder>,
     boot_server_port: bool,
     stop: CancellationToken,
 ) {
+    let socket = Arc::new(socket);
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut buf = vec![0u8; 1500];
     loop {
         let (len, from) = tokio::select! {
@@ -221,11 +227,21 @@ async fn serve_socket(
                 }
             },
         };
-        if let Some((reply, to)) = responder.handle(&buf[..len], from, boot_server_port).await {
-            if let Err(e) = socket.send_to(&reply, to).await {
-                tracing::warn!(%to, error = %e, "sending reply failed");
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Overloaded: dropping is what clients expect (they retry).
+            count("overloaded");
+            continue;
+        };
+        let datagram = buf[..len].to_vec();
+        let (socket, responder) = (Arc::clone(&socket), Arc::clone(&responder));
+        tokio::spawn(async move {
+            if let Some((reply, to)) = responder.handle(&datagram, from, boot_server_port).await {
+                if let Err(e) = socket.send_to(&reply, to).await {
+                    tracing::warn!(%to, error = %e, "sending reply failed");
+                }
             }
-        }
+            drop(slot);
+        });
     }
 }
 

@@ -18,7 +18,7 @@ use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, StoreResult, TxnOp, TxnRequest};
 use bootfleet_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client::{Client, Loader};
 use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, OFFER_HOLD, Pool, may_hold, offer, pick_pool};
@@ -64,6 +64,93 @@ pub(super) struct Leases {
     cache: SnapshotCache,
     member_id: String,
     leader: watch::Receiver<Option<Arc<LeaderToken>>>,
+    writes: mpsc::Sender<WriteJob>,
+}
+
+/// One lease write waiting for the batch writer.
+struct WriteJob {
+    ip: Ipv4Addr,
+    op: TxnOp,
+    revision: i64,
+    done: oneshot::Sender<StoreResult<bool>>,
+}
+
+/// Lease writes committed by one transaction (etcd allows 128 operations;
+/// each write is a compare and a put, plus one shared leader compare).
+const BATCH: usize = 32;
+
+/// Commits queued lease writes in batches: one transaction for everything
+/// that arrived together, all guarded by the leader's election key. If the
+/// batch fails (one of its compares no longer holds), each write is retried
+/// alone so that one stale read costs only its own write.
+async fn write_batches(
+    store: SharedStore,
+    leader: watch::Receiver<Option<Arc<LeaderToken>>>,
+    mut queue: mpsc::Receiver<WriteJob>,
+) {
+    let acting_guard = || {
+        let token = leader.borrow().clone()?;
+        let acting = *token.acting.borrow();
+        acting.then(|| token.guard.clone())
+    };
+    let mut deferred: Vec<WriteJob> = Vec::new();
+    loop {
+        let mut batch: Vec<WriteJob> = std::mem::take(&mut deferred);
+        if batch.is_empty() {
+            match queue.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+        }
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // One write per key per transaction; later ones wait their turn.
+        let mut seen = std::collections::HashSet::new();
+        let (now, later): (Vec<WriteJob>, Vec<WriteJob>) =
+            batch.into_iter().partition(|job| seen.insert(job.ip));
+        deferred = later;
+        let Some(guard) = acting_guard() else {
+            for job in now {
+                let _ = job.done.send(Ok(false));
+            }
+            continue;
+        };
+        let mut txn = TxnRequest::new().when([guard.clone()]);
+        for job in &now {
+            txn = txn
+                .when([Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
+                .and_then([job.op.clone()]);
+        }
+        match store.txn(txn).await {
+            Ok(result) if result.succeeded => {
+                for job in now {
+                    let _ = job.done.send(Ok(true));
+                }
+            }
+            Ok(_) => {
+                for job in now {
+                    let single = TxnRequest::new()
+                        .when([
+                            guard.clone(),
+                            Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision),
+                        ])
+                        .and_then([job.op.clone()]);
+                    let _ = job.done.send(store.txn(single).await.map(|r| r.succeeded));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in now {
+                    let _ =
+                        job.done.send(Err(bootfleet_core::store::StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl Leases {
@@ -99,7 +186,9 @@ impl Leases {
                 }
             }
         });
-        Self { store: ctx.store.clone(), cache, member_id: ctx.config.member_id.clone(), leader }
+        let (writes, queue) = mpsc::channel(1024);
+        tokio::spawn(write_batches(ctx.store.clone(), leader.clone(), queue));
+        Self { store: ctx.store.clone(), cache, member_id: ctx.config.member_id.clone(), leader, writes }
     }
 
     /// The fencing compare, while this replica is the acting leader.
@@ -125,7 +214,7 @@ impl Leases {
         lease: Option<(String, LeaseState, i64, String)>,
         revision: i64,
     ) -> StoreResult<bool> {
-        // Only the acting leader writes; its election key must still be its own.
+        // Only the acting leader writes (a standby does not even queue).
         let Some(guard) = self.acting_guard() else { return Ok(false) };
         let op = match lease {
             Some((mac, state, expires, hostname)) => {
@@ -146,10 +235,13 @@ impl Leases {
             }
             None => TxnOp::delete(key(ip)),
         };
-        let txn = TxnRequest::new()
-            .when([Compare::mod_revision(key(ip), CompareOp::Equal, revision), guard])
-            .and_then([op]);
-        Ok(self.store.txn(txn).await?.succeeded)
+        // The batch writer checks the guard again, atomically, in the txn.
+        drop(guard);
+        let (done, result) = oneshot::channel();
+        if self.writes.send(WriteJob { ip, op, revision, done }).await.is_err() {
+            return Ok(false);
+        }
+        result.await.unwrap_or(Ok(false))
     }
 }
 
@@ -287,5 +379,55 @@ pub(super) async fn answer(
             tracing::warn!(%mac, error = %e, "lease store unavailable; not answering");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bootfleet_core::store::embedded::EmbeddedStore;
+
+    use super::*;
+
+    fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<bool>>) {
+        let (done, result) = oneshot::channel();
+        (WriteJob { ip, op: TxnOp::put(key(ip), b"lease".to_vec()), revision, done }, result)
+    }
+
+    #[tokio::test]
+    async fn batches_commit_together_and_conflicts_fail_alone() {
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let (_acting_tx, acting) = watch::channel(true);
+        let token = LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting };
+        let (_leader_tx, leader) = watch::channel(Some(Arc::new(token)));
+        let (tx, queue) = mpsc::channel(1024);
+        tokio::spawn(write_batches(store.clone(), leader, queue));
+        let mut results = Vec::new();
+        for i in 0..40u8 {
+            let (j, r) = job(Ipv4Addr::new(198, 18, 0, i), 0);
+            tx.send(j).await.unwrap();
+            results.push(r);
+        }
+        // Same address twice: the second saw a revision that is gone by then.
+        let (j, twice) = job(Ipv4Addr::new(198, 18, 0, 1), 0);
+        tx.send(j).await.unwrap();
+        for r in results {
+            assert!(r.await.unwrap().unwrap());
+        }
+        assert!(!twice.await.unwrap().unwrap(), "a stale write must not commit");
+        assert_eq!(store.range(PREFIX).await.unwrap().kvs.len(), 40);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_without_leadership() {
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let (_acting_tx, acting) = watch::channel(false);
+        let token = LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting };
+        let (_leader_tx, leader) = watch::channel(Some(Arc::new(token)));
+        let (tx, queue) = mpsc::channel(16);
+        tokio::spawn(write_batches(store.clone(), leader, queue));
+        let (j, r) = job(Ipv4Addr::new(198, 18, 0, 9), 0);
+        tx.send(j).await.unwrap();
+        assert!(!r.await.unwrap().unwrap());
+        assert!(store.range(PREFIX).await.unwrap().kvs.is_empty());
     }
 }
