@@ -261,7 +261,8 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
     }
     let registration = ctx.register("dhcp-responder", vec![config.server_ip.to_string()]);
     ctx.health.set("dhcp", bootfleet_core::admin::ComponentHealth::Serving).await;
-    tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, "proxyDHCP answering");
+    let mode = if matches!(config.mode, Mode::Full { .. }) { "full" } else { "proxy" };
+    tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, mode, "DHCP answering");
     let leases = match config.mode {
         Mode::Full { .. } => Some(full_shell::Leases::start(&ctx)),
         Mode::Proxy => None,
