@@ -114,8 +114,98 @@ pub fn may_hold(
     pool.on_subnet(ip) && (pool.in_range(ip) || reserved_for_mac) && !reserved_for_other && !taken
 }
 
-/// The address to offer `mac`: its reservation, else the address it
-/// already holds, else the lowest free one.
+/// The leases a responder knows, indexed by address and by MAC, with a
+/// cursor so that finding a free address does not rescan the pool.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseTable {
+    by_ip: BTreeMap<Ipv4Addr, (LeaseEntry, i64)>,
+    by_mac: HashMap<String, Ipv4Addr>,
+    cursor: u32,
+}
+
+impl LeaseTable {
+    /// Sets (or with `None` removes) the lease of `ip` as stored at
+    /// `revision`; older news than what the table holds is ignored.
+    pub fn apply(&mut self, ip: Ipv4Addr, lease: Option<LeaseEntry>, revision: i64) {
+        if self.by_ip.get(&ip).is_some_and(|(_, known)| *known > revision) {
+            return;
+        }
+        if let Some((old, _)) = self.by_ip.remove(&ip) {
+            if self.by_mac.get(&old.mac) == Some(&ip) {
+                self.by_mac.remove(&old.mac);
+            }
+        }
+        if let Some(lease) = lease {
+            if lease.state != LeaseState::Declined {
+                self.by_mac.insert(lease.mac.clone(), ip);
+            }
+            self.by_ip.insert(ip, (lease, revision));
+        }
+    }
+
+    /// Sets the lease of `ip` unconditionally (after reading the store).
+    pub fn replace(&mut self, ip: Ipv4Addr, lease: Option<LeaseEntry>, revision: i64) {
+        self.by_ip.remove(&ip);
+        self.by_mac.retain(|_, held| *held != ip);
+        self.apply(ip, lease, revision);
+    }
+
+    /// The lease of `ip` and its store revision.
+    pub fn get(&self, ip: Ipv4Addr) -> Option<&(LeaseEntry, i64)> {
+        self.by_ip.get(&ip)
+    }
+
+    /// Number of leases known.
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    /// Whether no lease is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+
+    /// The address to offer `mac`: its reservation, else the address it
+    /// already holds, else the next free one after the last handed out.
+    pub fn offer(
+        &mut self,
+        pool: &Pool,
+        mac: &str,
+        reservations: &HashMap<String, Ipv4Addr>,
+        now_ms: i64,
+    ) -> Option<Ipv4Addr> {
+        fn lease(table: &LeaseTable, ip: Ipv4Addr) -> Option<&LeaseEntry> {
+            table.by_ip.get(&ip).map(|(l, _)| l)
+        }
+        if let Some(ip) = reservations.get(mac) {
+            return may_hold(pool, mac, *ip, lease(self, *ip), reservations, now_ms).then_some(*ip);
+        }
+        if let Some(ip) = self.by_mac.get(mac).copied() {
+            let held = lease(self, ip)
+                .is_some_and(|l| l.mac == mac && l.live(now_ms) && l.state != LeaseState::Declined);
+            if held && may_hold(pool, mac, ip, lease(self, ip), reservations, now_ms) {
+                return Some(ip);
+            }
+        }
+        let (start, end) = (u32::from(pool.start), u32::from(pool.end));
+        if start > end {
+            return None;
+        }
+        let size = u64::from(end - start) + 1;
+        let first = if (start..=end).contains(&self.cursor) { self.cursor } else { start };
+        for step in 0..size {
+            let offset = (u64::from(first - start) + step) % size;
+            let ip = Ipv4Addr::from(start + u32::try_from(offset).unwrap_or(0));
+            if may_hold(pool, mac, ip, lease(self, ip), reservations, now_ms) {
+                self.cursor = u32::from(ip).saturating_add(1);
+                return Some(ip);
+            }
+        }
+        None
+    }
+}
+
+/// The address to offer `mac` given every lease (see [`LeaseTable::offer`]).
 pub fn offer(
     pool: &Pool,
     mac: &str,
@@ -123,21 +213,11 @@ pub fn offer(
     reservations: &HashMap<String, Ipv4Addr>,
     now_ms: i64,
 ) -> Option<Ipv4Addr> {
-    if let Some(ip) = reservations.get(mac) {
-        return may_hold(pool, mac, *ip, leases.get(ip), reservations, now_ms).then_some(*ip);
+    let mut table = LeaseTable::default();
+    for (ip, lease) in leases {
+        table.apply(*ip, Some(lease.clone()), 1);
     }
-    let held = leases.iter().find(|(ip, l)| {
-        l.mac == mac
-            && l.live(now_ms)
-            && l.state != LeaseState::Declined
-            && may_hold(pool, mac, **ip, Some(l), reservations, now_ms)
-    });
-    if let Some((ip, _)) = held {
-        return Some(*ip);
-    }
-    (u32::from(pool.start)..=u32::from(pool.end))
-        .map(Ipv4Addr::from)
-        .find(|ip| may_hold(pool, mac, *ip, leases.get(ip), reservations, now_ms))
+    table.offer(pool, mac, reservations, now_ms)
 }
 
 #[cfg(test)]

@@ -95,7 +95,12 @@ lease_time = "1h"
 /// replicas share one address, and unicast (relayed) requests reach only
 /// one socket; so standbys listen on a quiet interface, as if on another
 /// host, watching the leases without traffic.
-fn start_bootfleet(ns: &Netns, dir: &Path, replicas: &[(&str, u16)], store: &str) -> anyhow::Result<Vec<Reaped>> {
+fn start_bootfleet(
+    ns: &Netns,
+    dir: &Path,
+    replicas: &[(&str, u16)],
+    store: &str,
+) -> anyhow::Result<Vec<Reaped>> {
     let bin = bootfleet_bin();
     let bin = bin.to_str().context("path")?;
     let mut running = Vec::new();
@@ -121,7 +126,19 @@ fn start_bootfleet(ns: &Netns, dir: &Path, replicas: &[(&str, u16)], store: &str
         "image_profiles:\n  - { name: disk, local: true }\nrules:\n  - { name: all, match: { always: true }, image_profile: disk }\n",
     )?;
     let url = format!("http://127.0.0.1:71{:02}", replicas[0].1);
-    let out = ns.command(bin).args(["apply", "-f", rules.to_str().context("path")?, "--activate", "--server", &url, "--token", TOKEN]).output()?;
+    let out = ns
+        .command(bin)
+        .args([
+            "apply",
+            "-f",
+            rules.to_str().context("path")?,
+            "--activate",
+            "--server",
+            &url,
+            "--token",
+            TOKEN,
+        ])
+        .output()?;
     if !out.status.success() {
         bail!("apply: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -185,7 +202,9 @@ fn perfdhcp(client: &Netns, rate: u32) -> anyhow::Result<(f64, f64)> {
         .with_context(|| format!("no rate in perfdhcp output:\n{text}"))?;
     let drops = text
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("drops ratio: ")?.split_whitespace().next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            l.trim().strip_prefix("drops ratio: ")?.split_whitespace().next()?.parse::<f64>().ok()
+        })
         .fold(0.0_f64, f64::max);
     Ok((achieved, drops))
 }
@@ -208,7 +227,8 @@ fn main() -> anyhow::Result<()> {
     let client = Netns::create("bfpB")?;
     link(&server, "198.19.0.1/16", &client, "198.19.0.2/16")?;
     let mut rows = Vec::new();
-    let runs: [&str; 4] = ["bootfleet, embedded store", "bootfleet, etcd + standby", "kea-dhcp4, memfile", "dnsmasq"];
+    let runs: [&str; 4] =
+        ["bootfleet, embedded store", "bootfleet, etcd + standby", "kea-dhcp4, memfile", "dnsmasq"];
     // DHCP_BENCH_ONLY=<substring> limits the runs (for investigation).
     let only = std::env::var("DHCP_BENCH_ONLY").unwrap_or_default();
     for name in runs.into_iter().filter(|n| n.contains(only.as_str())) {
@@ -216,7 +236,9 @@ fn main() -> anyhow::Result<()> {
         println!("{name}:");
         let mut _etcd = None;
         let processes = match name {
-            "bootfleet, embedded store" => start_bootfleet(&server, dir.path(), &[("emb", 1)], "backend = \"embedded\"")?,
+            "bootfleet, embedded store" => {
+                start_bootfleet(&server, dir.path(), &[("emb", 1)], "backend = \"embedded\"")?
+            }
             "bootfleet, etcd + standby" => {
                 let etcd = EtcdCluster::start_in(1, Some("bfpA"))?;
                 let store = format!("backend = \"etcd\"\netcd_endpoints = [\"{}\"]", etcd.endpoint(0));

@@ -7,7 +7,7 @@
 //! cannot hand out one address twice. While the store is unreachable
 //! nothing new is allocated or acknowledged (the client retries).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +21,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client::{Client, Loader};
-use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, OFFER_HOLD, Pool, may_hold, offer, pick_pool};
+use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, may_hold, pick_pool};
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
 use crate::wire::{MessageType, Request};
 
@@ -61,10 +61,50 @@ struct LeaderToken {
 /// election that decides which replica may write them.
 pub(super) struct Leases {
     store: SharedStore,
-    cache: SnapshotCache,
     member_id: String,
     leader: watch::Receiver<Option<Arc<LeaderToken>>>,
     writes: mpsc::Sender<WriteJob>,
+    /// Every lease, indexed; kept current from the watched copy.
+    index: Arc<std::sync::Mutex<LeaseTable>>,
+}
+
+/// Keeps the lease index in step with the snapshot's change events,
+/// rebuilding it from the full copy at start and whenever events were
+/// missed.
+async fn maintain_index(cache: SnapshotCache, index: Arc<std::sync::Mutex<LeaseTable>>) {
+    let mut events = cache.subscribe();
+    cache.loaded().await;
+    let rebuild = |index: &std::sync::Mutex<LeaseTable>| {
+        let mut table = LeaseTable::default();
+        for kv in cache.list(PREFIX) {
+            if let Some((ip, lease)) = entry(&kv) {
+                table.apply(ip, Some(lease), kv.mod_revision);
+            }
+        }
+        *index.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+    };
+    rebuild(&index);
+    loop {
+        match events.recv().await {
+            Ok(batch) => {
+                let mut table = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for event in batch.iter() {
+                    let Some(ip) =
+                        event.kv.key.strip_prefix(PREFIX).and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                    else {
+                        continue;
+                    };
+                    let lease = match event.kind {
+                        bootfleet_core::store::EventKind::Put => entry(&event.kv).map(|(_, l)| l),
+                        bootfleet_core::store::EventKind::Delete => None,
+                    };
+                    table.apply(ip, lease, event.kv.mod_revision);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => rebuild(&index),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// One lease write waiting for the batch writer.
@@ -188,7 +228,9 @@ impl Leases {
         });
         let (writes, queue) = mpsc::channel(1024);
         tokio::spawn(write_batches(ctx.store.clone(), leader.clone(), queue));
-        Self { store: ctx.store.clone(), cache, member_id: ctx.config.member_id.clone(), leader, writes }
+        let index = Arc::new(std::sync::Mutex::new(LeaseTable::default()));
+        tokio::spawn(maintain_index(cache.clone(), Arc::clone(&index)));
+        Self { store: ctx.store.clone(), member_id: ctx.config.member_id.clone(), leader, writes, index }
     }
 
     /// The fencing compare, while this replica is the acting leader.
@@ -196,14 +238,6 @@ impl Leases {
         let token = self.leader.borrow().clone()?;
         let acting = *token.acting.borrow();
         acting.then(|| token.guard.clone())
-    }
-
-    fn from_kvs(kvs: &[KeyValue]) -> BTreeMap<Ipv4Addr, (LeaseEntry, i64)> {
-        kvs.iter().filter_map(|kv| entry(kv).map(|(ip, e)| (ip, (e, kv.mod_revision)))).collect()
-    }
-
-    async fn fresh(&self) -> StoreResult<BTreeMap<Ipv4Addr, (LeaseEntry, i64)>> {
-        Ok(Self::from_kvs(&self.store.range(PREFIX).await?.kvs))
     }
 
     /// Writes (or with `None` deletes) the lease of `ip` if its revision is
@@ -301,26 +335,39 @@ pub(super) async fn answer(
     let result: StoreResult<Option<Reply>> = async {
         match request.message_type {
             MessageType::Discover => {
-                let mut known = Leases::from_kvs(&leases.cache.list(PREFIX));
+                let expires = now + i64::try_from(OFFER_HOLD.as_millis()).unwrap_or(30_000);
                 for attempt in 0..3 {
-                    let entries: BTreeMap<Ipv4Addr, LeaseEntry> = known.iter().map(|(ip, (e, _))| (*ip, e.clone())).collect();
-                    let Some(ip) = offer(pool, &mac, &entries, reservations, now) else {
+                    let chosen = {
+                        let mut table = leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        table.offer(pool, &mac, reservations, now).map(|ip| {
+                            let current = table.get(ip).cloned();
+                            let bound = current.as_ref().is_some_and(|(e, _)| {
+                                e.mac == mac && e.state == LeaseState::Bound && e.expires_unix_ms > now
+                            });
+                            let revision = current.map_or(0, |(_, r)| r);
+                            if !bound {
+                                // Provisional, so concurrent offers pick other addresses.
+                                let offered = LeaseEntry { mac: mac.clone(), state: LeaseState::Offered, expires_unix_ms: expires };
+                                table.apply(ip, Some(offered), revision);
+                            }
+                            (ip, revision, bound)
+                        })
+                    };
+                    let Some((ip, revision, bound)) = chosen else {
                         tracing::warn!(%mac, "pool exhausted");
                         return Ok(None);
                     };
-                    let current = known.get(&ip);
-                    let already_bound =
-                        current.is_some_and(|(e, _)| e.mac == mac && e.state == LeaseState::Bound && e.expires_unix_ms > now);
-                    let expires = now + i64::try_from(OFFER_HOLD.as_millis()).unwrap_or(30_000);
-                    let revision = current.map_or(0, |(_, r)| *r);
-                    let held = already_bound
+                    let held = bound
                         || leases.write(ip, Some((mac.clone(), LeaseState::Offered, expires, hostname.clone())), revision).await?;
                     if held {
                         let r = reply(ReplyType::Offer, ip, request, ctx);
                         return Ok(Some(complete(r, request, client, ctx, pool, true)));
                     }
-                    tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading the leases again");
-                    known = leases.fresh().await?;
+                    tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading that lease again");
+                    let kv = leases.store.get(&key(ip)).await?;
+                    let fresh = kv.as_ref().and_then(entry).map(|(_, e)| e);
+                    let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(ip, fresh, revision);
                 }
                 Ok(None)
             }
@@ -343,6 +390,8 @@ pub(super) async fn answer(
                 if !leases.write(ip, Some((mac.clone(), LeaseState::Bound, expires, hostname.clone())), revision).await? {
                     return Ok(None);
                 }
+                let bound = LeaseEntry { mac: mac.clone(), state: LeaseState::Bound, expires_unix_ms: expires };
+                leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(bound), revision);
                 let r = reply(ReplyType::Ack, ip, request, ctx);
                 Ok(Some(complete(r, request, client, ctx, pool, true)))
             }
