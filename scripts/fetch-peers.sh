@@ -15,4 +15,18 @@ if [ ! -x "$peers/usr/sbin/in.tftpd" ]; then
   dpkg -x "$tmp"/tftpd-hpa_*.deb "$peers"
   rm -rf "$tmp"
 fi
-echo "peers in $peers: $(ls "$peers/usr/sbin")"
+# DHCP peers and perfdhcp. Installing Kea would start its daemon: a
+# policy-rc.d that refuses service starts is put in place first.
+if ! command -v perfdhcp >/dev/null || ! command -v kea-dhcp4 >/dev/null || ! command -v dnsmasq >/dev/null; then
+  created_policy=no
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    created_policy=yes
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends kea-admin kea-dhcp4-server dnsmasq-base >/dev/null
+  [ "$created_policy" = yes ] && rm -f /usr/sbin/policy-rc.d
+  # The packaged services must not run on this machine's interfaces.
+  systemctl disable --now kea-dhcp4-server 2>/dev/null || true
+fi
+echo "peers in $peers: $(ls "$peers/usr/sbin"), perfdhcp, kea-dhcp4, dnsmasq"
