@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{DhcpArgs, DhcpConfig, Mode};
 use crate::client::{Loader, detect};
-use crate::proxy::{ProxyContext, ReplyType, Silence, Verdict, decide, encode};
+use crate::proxy::{ProxyContext, Reply, ReplyType, Silence, Verdict, decide, encode};
 use crate::wire::{MessageType, Request};
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -164,13 +164,7 @@ impl Responder {
             let reply = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await?;
             count("answered");
             tracing::info!(mac = %request.mac_text(), yiaddr = %reply.yiaddr, kind = ?reply.kind, "answered");
-            let to = if !request.giaddr.is_unspecified() {
-                SocketAddr::from((request.giaddr, 67))
-            } else if !request.ciaddr.is_unspecified() && reply.kind != ReplyType::Nak {
-                SocketAddr::from((request.ciaddr, 68))
-            } else {
-                SocketAddr::from((Ipv4Addr::BROADCAST, 68))
-            };
+            let to = destination(&request, &reply, from, false);
             return Some((encode(&request, &reply, self.config.server_ip), to));
         }
         let ctx = self.proxy_context(verdict);
@@ -190,16 +184,23 @@ impl Responder {
         };
         count("answered");
         tracing::info!(mac = %request.mac_text(), file = %reply.file, kind = ?reply.kind, "answered");
-        let to = if boot_server_port {
-            from
-        } else if !request.giaddr.is_unspecified() {
-            SocketAddr::from((request.giaddr, 67))
-        } else if !request.ciaddr.is_unspecified() {
-            SocketAddr::from((request.ciaddr, 68))
-        } else {
-            SocketAddr::from((Ipv4Addr::BROADCAST, 68))
-        };
+        let to = destination(&request, &reply, from, boot_server_port);
         Some((encode(&request, &reply, self.config.server_ip), to))
+    }
+}
+
+/// Where a reply goes (RFC 2131 §4.1): back to the sender on the PXE
+/// boot-server port; to the relay if there is one; to the client's address
+/// when it has one (renewals, never for a NAK); else broadcast.
+fn destination(request: &Request, reply: &Reply, from: SocketAddr, boot_server_port: bool) -> SocketAddr {
+    if boot_server_port {
+        from
+    } else if !request.giaddr.is_unspecified() {
+        SocketAddr::from((request.giaddr, 67))
+    } else if !request.ciaddr.is_unspecified() && reply.kind != ReplyType::Nak {
+        SocketAddr::from((request.ciaddr, 68))
+    } else {
+        SocketAddr::from((Ipv4Addr::BROADCAST, 68))
     }
 }
 

@@ -186,6 +186,33 @@ impl Request {
     }
 }
 
+/// Encodes a client request (BOOTREQUEST, broadcast flag set), for tools
+/// that play a client or relay and for tests. `giaddr` set means relayed
+/// (hops 1). Not padded: callers that talk to old BOOTP relays pad to 300.
+pub fn encode_request(mac: [u8; 6], xid: u32, giaddr: Option<Ipv4Addr>, options: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut b = vec![0u8; HEADER];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[4..8].copy_from_slice(&xid.to_be_bytes());
+    b[10] = 0x80;
+    if let Some(relay) = giaddr {
+        b[3] = 1;
+        b[24..28].copy_from_slice(&relay.octets());
+    }
+    b[28..34].copy_from_slice(&mac);
+    b.extend_from_slice(&MAGIC);
+    for (code, value) in options {
+        for chunk in value.chunks(255) {
+            b.push(*code);
+            b.push(u8::try_from(chunk.len()).unwrap_or(255));
+            b.extend_from_slice(chunk);
+        }
+    }
+    b.push(255);
+    b
+}
+
 /// Walks the option area: PAD skipped, END required, lengths checked,
 /// repeated codes concatenated (RFC 3396).
 pub fn parse_options(area: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, WireError> {
@@ -232,21 +259,7 @@ pub(crate) mod tests {
 
     /// Builds a request datagram with the given options (code, value).
     pub(crate) fn datagram(mac: [u8; 6], options: &[(u8, &[u8])]) -> Vec<u8> {
-        let mut b = vec![0u8; HEADER];
-        b[0] = 1;
-        b[1] = 1;
-        b[2] = 6;
-        b[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-        b[10] = 0x80;
-        b[28..34].copy_from_slice(&mac);
-        b.extend_from_slice(&MAGIC);
-        for (code, value) in options {
-            b.push(*code);
-            b.push(u8::try_from(value.len()).unwrap());
-            b.extend_from_slice(value);
-        }
-        b.push(255);
-        b
+        encode_request(mac, 0x1234_5678, None, options)
     }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];

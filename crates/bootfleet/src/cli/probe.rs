@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bootfleet_dhcp_responder::wire::parse_options;
+use bootfleet_dhcp_responder::wire::{encode_request, parse_options};
 use bootfleet_rules_engine::facts::parse_mac;
 
 use super::say;
@@ -54,51 +54,27 @@ pub(crate) struct ProbeArgs {
 }
 
 fn discover(mac: [u8; 6], xid: u32, kind: Kind, relay: Option<Ipv4Addr>) -> Vec<u8> {
-    let mut b = vec![0u8; 236];
-    b[0] = 1;
-    b[1] = 1;
-    b[2] = 6;
-    b[4..8].copy_from_slice(&xid.to_be_bytes());
-    b[10] = 0x80;
-    if let Some(relay) = relay {
-        b[3] = 1;
-        b[24..28].copy_from_slice(&relay.octets());
-    }
-    b[28..34].copy_from_slice(&mac);
-    b.extend_from_slice(&[99, 130, 83, 99]);
-    let mut option = |code: u8, value: &[u8]| {
-        b.push(code);
-        b.push(u8::try_from(value.len()).unwrap_or(255));
-        b.extend_from_slice(value);
+    let (class, arch): (&[u8], &[u8]) = match kind {
+        Kind::Plain => (b"bootfleet-probe", &[]),
+        Kind::PxeBios | Kind::Ipxe => (b"PXEClient:Arch:00000:UNDI:002001", &[0, 0]),
+        Kind::PxeEfi => (b"PXEClient:Arch:00007:UNDI:003016", &[0, 7]),
+        Kind::Http => (b"HTTPClient:Arch:00016:UNDI:003001", &[0, 16]),
     };
-    option(53, &[1]);
-    match kind {
-        Kind::Plain => option(60, b"bootfleet-probe"),
-        Kind::PxeBios => {
-            option(60, b"PXEClient:Arch:00000:UNDI:002001");
-            option(93, &[0, 0]);
-        }
-        Kind::PxeEfi => {
-            option(60, b"PXEClient:Arch:00007:UNDI:003016");
-            option(93, &[0, 7]);
-        }
-        Kind::Http => {
-            option(60, b"HTTPClient:Arch:00016:UNDI:003001");
-            option(93, &[0, 16]);
-        }
-        Kind::Ipxe => {
-            option(60, b"PXEClient:Arch:00000:UNDI:002001");
-            option(93, &[0, 0]);
-            option(77, b"\x04iPXE");
-        }
+    let mut options: Vec<(u8, &[u8])> = vec![(53, &[1]), (60, class)];
+    if !arch.is_empty() {
+        options.push((93, arch));
+    }
+    if matches!(kind, Kind::Ipxe) {
+        options.push((77, b"\x04iPXE"));
     }
     if relay.is_some() {
         // Relay agent information: circuit id "probe".
-        option(82, &[1, 5, b'p', b'r', b'o', b'b', b'e']);
+        options.push((82, &[1, 5, b'p', b'r', b'o', b'b', b'e']));
     }
-    b.push(255);
-    b.resize(300, 0);
-    b
+    let mut datagram = encode_request(mac, xid, relay, &options);
+    // The BOOTP minimum, as real ROMs send it.
+    datagram.resize(datagram.len().max(300), 0);
+    datagram
 }
 
 /// Runs the probe; exit status 2 when nothing answered.

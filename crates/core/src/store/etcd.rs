@@ -72,9 +72,6 @@ fn map_err(e: etcd_client::Error) -> StoreError {
             | tonic::Code::Cancelled
             | tonic::Code::Aborted
             | tonic::Code::Unknown => StoreError::Unavailable(status.message().to_owned()),
-            tonic::Code::NotFound if status.message().contains("lease") => {
-                StoreError::Backend(status.message().to_owned())
-            }
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
                 StoreError::InvalidArgument(status.message().to_owned())
             }

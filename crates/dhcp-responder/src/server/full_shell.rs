@@ -248,8 +248,11 @@ impl Leases {
         lease: Option<(String, LeaseState, i64, String)>,
         revision: i64,
     ) -> StoreResult<bool> {
-        // Only the acting leader writes (a standby does not even queue).
-        let Some(guard) = self.acting_guard() else { return Ok(false) };
+        // Only the acting leader queues writes; the batch writer checks the
+        // guard again, atomically, inside the transaction.
+        if self.acting_guard().is_none() {
+            return Ok(false);
+        }
         let op = match lease {
             Some((mac, state, expires, hostname)) => {
                 let state = match state {
@@ -269,8 +272,6 @@ impl Leases {
             }
             None => TxnOp::delete(key(ip)),
         };
-        // The batch writer checks the guard again, atomically, in the txn.
-        drop(guard);
         let (done, result) = oneshot::channel();
         if self.writes.send(WriteJob { ip, op, revision, done }).await.is_err() {
             return Ok(false);
