@@ -89,61 +89,46 @@ where
     Ok(rate(total, started.elapsed()))
 }
 
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Cas,
+    Get,
+}
+
+/// One operation of a throughput row on key `i`.
+async fn run_op(s: SharedStore, op: Op, prefix: String, i: usize) -> anyhow::Result<()> {
+    match op {
+        Op::Put => s
+            .put(&format!("{prefix}kv/{}", i % 512), vec![0u8; 128], None)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+        Op::Get => s.get(&format!("{prefix}kv/{}", i % 512)).await.map(drop).map_err(Into::into),
+        // CAS on a fresh key: swap only if absent (distinct keys: no conflicts).
+        Op::Cas => {
+            let key = format!("{prefix}cas/{i}");
+            let txn = TxnRequest::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, vec![0u8; 128])]);
+            anyhow::ensure!(s.txn(txn).await?.succeeded, "CAS conflict on a fresh key");
+            Ok(())
+        }
+    }
+}
+
 async fn measure(store: SharedStore, args: &Args, tag: &str) -> anyhow::Result<Vec<String>> {
     let limit = Duration::from_secs(args.limit_secs);
     let prefix = format!("/bootfleet/v1/bench/{tag}/");
     let mut out = Vec::new();
 
-    let s = store.clone();
-    let p = prefix.clone();
-    out.push(
-        throughput(args.ops, 1, limit, move |i| {
-            let s = s.clone();
-            let key = format!("{p}seq/{}", i % 512);
-            async move { s.put(&key, vec![0u8; 128], None).await.map(drop).map_err(Into::into) }
-        })
-        .await?,
-    );
-
-    let s = store.clone();
-    let p = prefix.clone();
-    out.push(
-        throughput(args.ops, args.concurrency, limit, move |i| {
-            let s = s.clone();
-            let key = format!("{p}par/{}", i % 512);
-            async move { s.put(&key, vec![0u8; 128], None).await.map(drop).map_err(Into::into) }
-        })
-        .await?,
-    );
-
-    // CAS: read the key's revision, then swap on it (distinct keys: no conflicts).
-    let s = store.clone();
-    let p = prefix.clone();
-    out.push(
-        throughput(args.ops, args.concurrency, limit, move |i| {
-            let s = s.clone();
-            let key = format!("{p}cas/{i}");
-            async move {
-                let txn = TxnRequest::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, vec![0u8; 128])]);
-                anyhow::ensure!(s.txn(txn).await?.succeeded, "CAS conflict on a fresh key");
-                Ok(())
-            }
-        })
-        .await?,
-    );
-
-    let s = store.clone();
-    let p = prefix.clone();
-    out.push(
-        throughput(args.ops, args.concurrency, limit, move |i| {
-            let s = s.clone();
-            let key = format!("{p}par/{}", i % 512);
-            async move { s.get(&key).await.map(drop).map_err(Into::into) }
-        })
-        .await?,
-    );
+    // (operation, clients): puts from one client, then everything from many.
+    for (op, clients) in
+        [(Op::Put, 1), (Op::Put, args.concurrency), (Op::Cas, args.concurrency), (Op::Get, args.concurrency)]
+    {
+        let (s, p) = (store.clone(), prefix.clone());
+        out.push(throughput(args.ops, clients, limit, move |i| run_op(s.clone(), op, p.clone(), i)).await?);
+    }
 
     // Watch latency: put, then time until the watcher sees it.
     let watched = format!("{prefix}watched/");
