@@ -9,4 +9,8 @@ scripts/install-deps.sh test
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The protocol cores build without their I/O shells (sans-IO, enforced).
+for crate in bootfleet-rules-engine bootfleet-tftp-server bootfleet-dhcp-responder; do
+  cargo check --locked -p "$crate" --no-default-features
+done
 cargo nextest run --workspace --locked --profile ci
