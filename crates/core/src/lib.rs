@@ -7,11 +7,12 @@
 //! - [`membership`]: live replica registration under a lease;
 //! - [`snapshot`]: a watched in-memory copy of prefixes that keeps serving
 //!   when the store is unreachable;
-//! - [`config`], [`telemetry`], [`shutdown`], [`admin`]: the process shell
+//! - [`config`], [`telemetry`], [`shutdown`], [`admin`], [`auth`]: the process shell
 //!   every service binary shares.
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod election;

@@ -100,22 +100,7 @@ impl RulesApi {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.admin_token else {
-            return Err(Status::unauthenticated(
-                "writes are disabled: this rules engine has no admin token configured (rules.admin_token_file)",
-            ));
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("writes need the admin token: authorization: Bearer <token>"))
-        }
+        bootfleet_core::auth::authorize(request, self.admin_token.as_deref(), "rules.admin_token_file")
     }
 
     fn rule_set_response(&self, active: bool) -> Result<pb::RuleSetResponse, RulesError> {
@@ -165,11 +150,6 @@ impl RulesApi {
         }
         Ok((results, u32::try_from(records.len()).unwrap_or(u32::MAX)))
     }
-}
-
-/// Compares without leaking the position of the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn kind_of(object: &pb::ProfileObject) -> pb::ProfileKind {
@@ -243,20 +223,7 @@ impl RulesService for RulesApi {
         let request = request.into_inner();
         let facts = request.facts.ok_or_else(|| Status::invalid_argument("facts: missing"))?;
         let facts = Facts::from_proto(&facts)?;
-        let engine = self.state.engine();
-        let now = now_ms();
-        let decision = engine.decide(&facts, now);
-        let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
-        metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
-        if !request.dry_run {
-            let event = pb::HostEvent {
-                at_unix_ms: now,
-                facts: Some(facts.to_proto()),
-                decision: Some(decision.clone()),
-                decided_by: self.state.options.member_id.clone(),
-            };
-            self.state.recorder.record(facts.mac.clone(), event);
-        }
+        let decision = self.state.evaluate(&facts, now_ms(), request.dry_run);
         Ok(Response::new(pb::EvaluateResponse { decision: Some(decision), degraded: self.state.degraded() }))
     }
 
@@ -542,13 +509,5 @@ mod tests {
                 (k(rule_change::Kind::Removed), "c".to_owned()),
             ]
         );
-    }
-
-    #[test]
-    fn tokens_compare_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

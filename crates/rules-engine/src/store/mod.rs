@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
 use bootfleet_core::store::{KeyValue, SharedStore};
-use bootfleet_proto::v1::{HostProfile, HostRecord, ImageProfile, Location, RuleSet};
+use bootfleet_proto::v1::{Decision, HostEvent, HostProfile, HostRecord, ImageProfile, Location, RuleSet};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::{Catalog, Engine};
 use crate::error::RulesError;
+use crate::facts::Facts;
 use crate::ruleset::CompiledRuleSet;
 
 /// Key of the working rule set.
@@ -158,6 +159,24 @@ impl RulesState {
     /// The engine built from the active set.
     pub fn engine(&self) -> Arc<Engine> {
         self.engine.borrow().clone()
+    }
+
+    /// Decides for `facts` from the current snapshot and, unless `dry_run`,
+    /// queues the decision for the host's record. Never waits on the store.
+    pub fn evaluate(&self, facts: &Facts, now_unix_ms: i64, dry_run: bool) -> Decision {
+        let decision = self.engine().decide(facts, now_unix_ms);
+        let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
+        crate::service::metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
+        if !dry_run {
+            let event = HostEvent {
+                at_unix_ms: now_unix_ms,
+                facts: Some(facts.to_proto()),
+                decision: Some(decision.clone()),
+                decided_by: self.options.member_id.clone(),
+            };
+            self.recorder.record(facts.mac.clone(), event);
+        }
+        decision
     }
 
     /// The snapshots, for health reporting.

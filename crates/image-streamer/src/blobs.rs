@@ -1,0 +1,468 @@
+//! This replica's bytes: files addressed by the sha256 of their content,
+//! under `<dir>/blobs/<sha256>`, with uploads and pulls assembled in
+//! `<dir>/partial/<sha256>` and renamed into place only once their hash is
+//! verified.
+//!
+//! A file is served only after its hash was checked. The check is
+//! remembered together with the file's length, modification time and inode,
+//! so any later change on disk (a corrupting write, a replaced file) forces a
+//! new check before the next byte goes out; a periodic scrub catches silent
+//! rot that leaves the metadata alone. A file found corrupt is deleted and
+//! reported, so replication fetches it again.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// Errors of the blob store callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Not a lowercase hex sha256.
+    #[error("{0:?} is not a sha256 digest (64 lowercase hex characters)")]
+    BadDigest(String),
+    /// The assembled bytes do not hash to the announced digest.
+    #[error("content hashes to {actual}, not the announced {expected}; discarded")]
+    HashMismatch {
+        /// Announced digest.
+        expected: String,
+        /// Digest of what arrived.
+        actual: String,
+    },
+    /// More or fewer bytes than announced.
+    #[error("expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Announced size.
+        expected: u64,
+        /// Size that arrived.
+        actual: u64,
+    },
+    /// An upload chunk does not continue where the partial file ends.
+    #[error("upload offset {offered} does not match the {held} bytes held; ask for the offset again")]
+    OffsetMismatch {
+        /// Offset the writer claimed.
+        offered: u64,
+        /// Bytes already held.
+        held: u64,
+    },
+    /// Local disk trouble.
+    #[error("blob store I/O on {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BlobError {
+    let what = what.into();
+    move |source| BlobError::Io { what, source }
+}
+
+/// Checks that `digest` is a lowercase hex sha256.
+pub fn check_digest(digest: &str) -> Result<(), BlobError> {
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(BlobError::BadDigest(digest.chars().take(80).collect()))
+    }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// What a verified file looked like on disk when its hash was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            len: meta.len(),
+            ino: meta.ino(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// A verified file ready to serve.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// Its digest.
+    pub sha256: String,
+    /// Its length.
+    pub len: u64,
+    /// When it arrived on this replica.
+    pub modified: SystemTime,
+    /// The whole content, when small enough to keep in memory.
+    pub cached: Option<Bytes>,
+    /// Path on disk, for streaming larger files.
+    pub path: PathBuf,
+}
+
+/// Result of looking a blob up.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Verified and ready.
+    Ready(Blob),
+    /// Not held here.
+    Absent,
+    /// Was on disk but failed its hash check; now deleted.
+    Corrupt,
+}
+
+#[derive(Default)]
+struct State {
+    verified: HashMap<String, (Stamp, Option<Bytes>)>,
+    cached_bytes: u64,
+    corrupt: HashSet<String>,
+}
+
+/// The content-addressed file store of one replica.
+pub struct BlobStore {
+    blobs: PathBuf,
+    partial: PathBuf,
+    /// Files up to this size are kept in memory once verified.
+    cache_file_limit: u64,
+    /// Total bytes kept in memory.
+    cache_budget: u64,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore").field("blobs", &self.blobs).finish_non_exhaustive()
+    }
+}
+
+/// Reads a file through sha256, returning the digest, the length and,
+/// when `keep` allows, the bytes.
+fn hash_file(path: &Path, keep: bool) -> io::Result<(String, u64, Option<Bytes>)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if keep {
+            kept.extend_from_slice(&buf[..n]);
+        }
+        total += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), total, keep.then(|| Bytes::from(kept))))
+}
+
+impl BlobStore {
+    /// Opens (creating) the store under `dir`. Partial files of earlier
+    /// runs are kept so uploads and pulls resume.
+    pub fn open(dir: &Path, cache_file_limit: u64, cache_budget: u64) -> Result<Self, BlobError> {
+        let blobs = dir.join("blobs");
+        let partial = dir.join("partial");
+        for d in [&blobs, &partial] {
+            fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        Ok(Self { blobs, partial, cache_file_limit, cache_budget, state: Mutex::default() })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn blob_path(&self, sha: &str) -> PathBuf {
+        self.blobs.join(sha)
+    }
+
+    fn partial_path(&self, sha: &str) -> PathBuf {
+        self.partial.join(sha)
+    }
+
+    /// Digests of the files on disk (verified or not yet).
+    pub fn on_disk(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.blobs) else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| check_digest(name).is_ok())
+            .collect()
+    }
+
+    /// Digests found corrupt since they were last fetched again.
+    pub fn corrupt(&self) -> Vec<String> {
+        self.state().corrupt.iter().cloned().collect()
+    }
+
+    /// Looks a blob up, verifying it first when it is new or changed on
+    /// disk. Blocking (hashes files): call from a blocking context.
+    pub fn lookup(&self, sha: &str) -> Result<Lookup, BlobError> {
+        check_digest(sha)?;
+        let path = self.blob_path(sha);
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.state().verified.remove(sha);
+                return Ok(Lookup::Absent);
+            }
+            Err(e) => return Err(io_err(format!("reading {sha}"))(e)),
+        };
+        let stamp = Stamp::of(&meta);
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if let Some((seen, cached)) = self.state().verified.get(sha) {
+            if *seen == stamp {
+                return Ok(Lookup::Ready(Blob {
+                    sha256: sha.to_owned(),
+                    len: stamp.len,
+                    modified,
+                    cached: cached.clone(),
+                    path,
+                }));
+            }
+        }
+        self.verify(sha, &path, stamp, modified)
+    }
+
+    fn verify(
+        &self,
+        sha: &str,
+        path: &Path,
+        stamp: Stamp,
+        modified: SystemTime,
+    ) -> Result<Lookup, BlobError> {
+        let keep = stamp.len <= self.cache_file_limit;
+        let (actual, len, bytes) = hash_file(path, keep).map_err(io_err(format!("hashing {sha}")))?;
+        let mut state = self.state();
+        if let Some((_, Some(old))) = state.verified.remove(sha) {
+            state.cached_bytes -= old.len() as u64;
+        }
+        if actual != sha || len != stamp.len {
+            tracing::error!(sha256 = sha, actual = %actual, "file failed its hash check: deleted, will be fetched again");
+            state.corrupt.insert(sha.to_owned());
+            drop(state);
+            let _ = fs::remove_file(path);
+            return Ok(Lookup::Corrupt);
+        }
+        let cached = Self::remember(&mut state, self.cache_budget, sha, stamp, bytes);
+        Ok(Lookup::Ready(Blob { sha256: sha.to_owned(), len, modified, cached, path: path.to_owned() }))
+    }
+
+    /// Records a verified file, keeping its bytes in memory within budget.
+    fn remember(
+        state: &mut State,
+        budget: u64,
+        sha: &str,
+        stamp: Stamp,
+        bytes: Option<Bytes>,
+    ) -> Option<Bytes> {
+        if let Some((_, Some(old))) = state.verified.remove(sha) {
+            state.cached_bytes -= old.len() as u64;
+        }
+        let cached = bytes.filter(|b| state.cached_bytes + b.len() as u64 <= budget);
+        if let Some(b) = &cached {
+            state.cached_bytes += b.len() as u64;
+        }
+        state.verified.insert(sha.to_owned(), (stamp, cached.clone()));
+        state.corrupt.remove(sha);
+        cached
+    }
+
+    /// Re-hashes every file on disk, whatever its metadata says; returns
+    /// the digests found corrupt. Blocking.
+    pub fn scrub(&self) -> Vec<String> {
+        let mut corrupt = Vec::new();
+        for sha in self.on_disk() {
+            let path = self.blob_path(&sha);
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            match self.verify(&sha, &path, Stamp::of(&meta), modified) {
+                Ok(Lookup::Corrupt) => corrupt.push(sha),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scrub could not check a file"),
+            }
+        }
+        corrupt
+    }
+
+    /// Bytes of `sha` already assembled (0 when none); the size when the
+    /// whole file is held.
+    pub fn held_bytes(&self, sha: &str) -> Result<u64, BlobError> {
+        check_digest(sha)?;
+        if let Ok(meta) = fs::metadata(self.blob_path(sha)) {
+            return Ok(meta.len());
+        }
+        match fs::metadata(self.partial_path(sha)) {
+            Ok(meta) => Ok(meta.len()),
+            Err(_) => Ok(0),
+        }
+    }
+
+    /// Whether the complete file is on disk (verified or not).
+    pub fn is_complete(&self, sha: &str) -> bool {
+        check_digest(sha).is_ok() && self.blob_path(sha).exists()
+    }
+
+    /// Opens the partial file of `sha` for appending at `offset`, which
+    /// must equal the bytes held. Blocking.
+    pub fn append_at(&self, sha: &str, offset: u64) -> Result<File, BlobError> {
+        check_digest(sha)?;
+        let path = self.partial_path(sha);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(format!("opening the partial file of {sha}")))?;
+        let held = file.metadata().map_err(io_err(format!("reading {sha}")))?.len();
+        if held != offset {
+            return Err(BlobError::OffsetMismatch { offered: offset, held });
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(io_err(format!("seeking in {sha}")))?;
+        Ok(file)
+    }
+
+    /// Appends `data` to an open partial file. Blocking.
+    pub fn write(file: &mut File, sha: &str, data: &[u8]) -> Result<(), BlobError> {
+        file.write_all(data).map_err(io_err(format!("writing {sha}")))
+    }
+
+    /// Verifies the partial file of `sha` (size and hash) and moves it into
+    /// place; a mismatch deletes it. Blocking.
+    pub fn finish(&self, sha: &str, size: u64) -> Result<(), BlobError> {
+        check_digest(sha)?;
+        let partial = self.partial_path(sha);
+        let keep = size <= self.cache_file_limit;
+        let (actual, len, bytes) = hash_file(&partial, keep).map_err(io_err(format!("hashing {sha}")))?;
+        if len != size {
+            if len > size {
+                let _ = fs::remove_file(&partial);
+            }
+            return Err(BlobError::SizeMismatch { expected: size, actual: len });
+        }
+        if actual != sha {
+            let _ = fs::remove_file(&partial);
+            return Err(BlobError::HashMismatch { expected: sha.to_owned(), actual });
+        }
+        let target = self.blob_path(sha);
+        fs::rename(&partial, &target).map_err(io_err(format!("moving {sha} into place")))?;
+        // The hash was just checked: remember that for the file now in place.
+        let meta = fs::metadata(&target).map_err(io_err(format!("reading {sha}")))?;
+        Self::remember(&mut self.state(), self.cache_budget, sha, Stamp::of(&meta), bytes);
+        Ok(())
+    }
+
+    /// Drops a partial file (after a failed pull).
+    pub fn discard_partial(&self, sha: &str) {
+        if check_digest(sha).is_ok() {
+            let _ = fs::remove_file(self.partial_path(sha));
+        }
+    }
+
+    /// Removes a file no longer needed by anything.
+    pub fn remove(&self, sha: &str) {
+        if check_digest(sha).is_err() {
+            return;
+        }
+        let mut state = self.state();
+        if let Some((_, Some(old))) = state.verified.remove(sha) {
+            state.cached_bytes -= old.len() as u64;
+        }
+        drop(state);
+        let _ = fs::remove_file(self.blob_path(sha));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        hex(&Sha256::digest(data))
+    }
+
+    fn put(store: &BlobStore, data: &[u8]) -> String {
+        let digest = sha(data);
+        let mut f = store.append_at(&digest, 0).unwrap();
+        BlobStore::write(&mut f, &digest, data).unwrap();
+        drop(f);
+        store.finish(&digest, data.len() as u64).unwrap();
+        digest
+    }
+
+    #[test]
+    fn upload_resumes_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        let data = b"hello, fleet".repeat(1000);
+        let digest = sha(&data);
+        let mut f = store.append_at(&digest, 0).unwrap();
+        BlobStore::write(&mut f, &digest, &data[..5000]).unwrap();
+        drop(f);
+        assert_eq!(store.held_bytes(&digest).unwrap(), 5000);
+        assert!(matches!(store.append_at(&digest, 10), Err(BlobError::OffsetMismatch { held: 5000, .. })));
+        let mut f = store.append_at(&digest, 5000).unwrap();
+        BlobStore::write(&mut f, &digest, &data[5000..]).unwrap();
+        drop(f);
+        store.finish(&digest, data.len() as u64).unwrap();
+        match store.lookup(&digest).unwrap() {
+            Lookup::Ready(b) => assert_eq!(b.cached.as_deref(), Some(&data[..])),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_hash_is_rejected_and_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20, 1 << 30).unwrap();
+        let claimed = sha(b"the real thing");
+        let mut f = store.append_at(&claimed, 0).unwrap();
+        BlobStore::write(&mut f, &claimed, b"an impostor!!!").unwrap();
+        drop(f);
+        assert!(matches!(store.finish(&claimed, 14), Err(BlobError::HashMismatch { .. })));
+        assert_eq!(store.held_bytes(&claimed).unwrap(), 0);
+        assert!(matches!(store.lookup(&claimed).unwrap(), Lookup::Absent));
+    }
+
+    #[test]
+    fn corruption_on_disk_is_detected_and_the_file_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 0, 0).unwrap();
+        let digest = put(&store, &[7u8; 4096]);
+        assert!(matches!(store.lookup(&digest).unwrap(), Lookup::Ready(_)));
+        // Flip a byte in place; the length stays the same.
+        let path = dir.path().join("blobs").join(&digest);
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(100)).unwrap();
+        f.write_all(&[8]).unwrap();
+        drop(f);
+        assert_eq!(store.scrub(), vec![digest.clone()]);
+        assert!(matches!(store.lookup(&digest).unwrap(), Lookup::Absent));
+        assert_eq!(store.corrupt(), vec![digest]);
+    }
+
+    #[test]
+    fn digests_are_checked() {
+        assert!(check_digest(&"a".repeat(64)).is_ok());
+        for bad in ["", "../etc/passwd", &"A".repeat(64), &"a".repeat(63), &"g".repeat(64)] {
+            assert!(check_digest(bad).is_err(), "{bad}");
+        }
+    }
+}

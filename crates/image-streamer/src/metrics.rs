@@ -1,0 +1,90 @@
+//! The image streamer's Prometheus metrics.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec,
+};
+
+/// Response body bytes sent.
+pub static BYTES_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("bootfleet_streamer_bytes_served_total", "Response body bytes sent")
+        .expect("metric registers once")
+});
+
+/// Responses streaming a body right now.
+pub static ACTIVE_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("bootfleet_streamer_active_streams", "File responses being streamed")
+        .expect("metric registers once")
+});
+
+/// Requests by route and status code.
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "bootfleet_streamer_requests_total",
+        "HTTP requests by route and status",
+        &["route", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// Downloads (GET answered 200 or 206) per image version.
+pub static IMAGE_DOWNLOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "bootfleet_streamer_image_downloads_total",
+        "Catalog file downloads by image and version",
+        &["image", "version"]
+    )
+    .expect("metric registers once")
+});
+
+/// Needed files by local state (present, pulling, missing, corrupt).
+pub static REPLICATION_FILES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "bootfleet_streamer_replication_files",
+        "Files the active rules need, by state on this replica",
+        &["state"]
+    )
+    .expect("metric registers once")
+});
+
+/// Bytes of needed files this replica does not hold yet.
+pub static REPLICATION_LAG_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "bootfleet_streamer_replication_lag_bytes",
+        "Bytes of needed files not yet held by this replica"
+    )
+    .expect("metric registers once")
+});
+
+/// Files fetched from peers, by outcome.
+pub static PULLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "bootfleet_streamer_pulls_total",
+        "Files fetched from peer replicas by outcome",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Files found corrupt on disk.
+pub static CORRUPT_FOUND: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("bootfleet_streamer_corrupt_files_total", "Files that failed a hash check on disk")
+        .expect("metric registers once")
+});
+
+/// Boot reports stored.
+pub static REPORTS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("bootfleet_streamer_boot_reports_written_total", "Boot reports stored")
+        .expect("metric registers once")
+});
+
+/// Boot reports dropped because too many hosts were pending.
+pub static REPORTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "bootfleet_streamer_boot_reports_dropped_total",
+        "Boot reports dropped because too many hosts had reports pending"
+    )
+    .expect("metric registers once")
+});

@@ -1,0 +1,385 @@
+//! iPXE boot scripts rendered from a rules decision. Pure text in, text out.
+//!
+//! Every file URL lists each replica that serves the file, this replica
+//! first, as `cmd URL_A || cmd URL_B || goto failed`, so iPXE falls through
+//! to the next replica when one fails; `:failed` ends in `exit 1`, which
+//! hands control back to the firmware and its next boot device — the local,
+//! cached disk. One template per profile kind; operators may replace any of
+//! them (validated when the configuration is loaded).
+
+use std::collections::HashMap;
+
+use bootfleet_proto::v1::{Decision, FileRef, image_profile};
+use bootfleet_rules_engine::facts::Facts;
+use bootfleet_rules_engine::render::{self, Vars};
+
+/// Profile kinds with a template.
+pub const KINDS: [&str; 4] = ["kernel", "script", "sanboot", "local"];
+
+const KERNEL: &str = "#!ipxe
+# Bootfleet: {{profile}} for {{mac}} (rule set v{{rule_set_version}})
+imgfree
+{{fetch_kernel}}
+{{fetch_initrds}}
+{{report_loaded}}
+boot || goto failed
+{{failed}}";
+
+const SCRIPT: &str = "#!ipxe
+# Bootfleet: {{profile}} for {{mac}} (rule set v{{rule_set_version}})
+{{script}}
+";
+
+const SANBOOT: &str = "#!ipxe
+# Bootfleet: {{profile}} for {{mac}} (rule set v{{rule_set_version}})
+{{report_loaded}}
+{{sanboot}}
+{{failed}}";
+
+const LOCAL: &str = "#!ipxe
+# Bootfleet: {{profile}} for {{mac}} (rule set v{{rule_set_version}})
+echo Bootfleet: booting from the local disk
+exit
+";
+
+const FAILED: &str = ":failed
+echo Bootfleet: network boot failed; booting from the local disk
+exit 1
+";
+
+/// Placeholders a template may use, per kind; the first ones are required.
+fn placeholders(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    const COMMON: &[&str] = &["profile", "mac", "rule_set_version", "failed", "report_loaded"];
+    match kind {
+        "kernel" => (&["fetch_kernel"], &["fetch_initrds", "cmdline"]),
+        "script" => (&["script"], &[]),
+        "sanboot" => (&["sanboot"], &[]),
+        _ => (&[], COMMON),
+    }
+}
+
+fn allowed(kind: &str, name: &str) -> bool {
+    const COMMON: &[&str] = &["profile", "mac", "rule_set_version", "failed", "report_loaded"];
+    let (required, optional) = placeholders(kind);
+    COMMON.contains(&name) || required.contains(&name) || optional.contains(&name)
+}
+
+/// The templates in use.
+#[derive(Clone, Debug)]
+pub struct Templates {
+    by_kind: HashMap<&'static str, String>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        let by_kind = [("kernel", KERNEL), ("script", SCRIPT), ("sanboot", SANBOOT), ("local", LOCAL)]
+            .into_iter()
+            .map(|(k, t)| (k, t.to_owned()))
+            .collect();
+        Self { by_kind }
+    }
+}
+
+impl Templates {
+    /// The defaults with `overrides` (kind → template text) applied; each
+    /// override is validated: it starts with `#!ipxe`, uses only known
+    /// `{{placeholders}}` and every required one.
+    pub fn with_overrides(overrides: &[(String, String)]) -> Result<Self, String> {
+        let mut templates = Self::default();
+        for (kind, text) in overrides {
+            let Some(kind) = KINDS.iter().find(|k| **k == kind) else {
+                return Err(format!("unknown template kind {kind:?} (known: {})", KINDS.join(", ")));
+            };
+            check(kind, text)?;
+            templates.by_kind.insert(kind, text.clone());
+        }
+        Ok(templates)
+    }
+
+    fn get(&self, kind: &str) -> &str {
+        self.by_kind.get(kind).map_or("", String::as_str)
+    }
+}
+
+/// Validates one template.
+pub fn check(kind: &str, text: &str) -> Result<(), String> {
+    if !text.starts_with("#!ipxe") {
+        return Err(format!("{kind} template must start with #!ipxe"));
+    }
+    let mut rest = text;
+    let mut used = Vec::new();
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| format!("{kind} template: unclosed {{{{"))?;
+        let name = after[..end].trim();
+        if !allowed(kind, name) {
+            return Err(format!("{kind} template: unknown placeholder {{{{{name}}}}}"));
+        }
+        used.push(name.to_owned());
+        rest = &after[end + 2..];
+    }
+    for required in placeholders(kind).0 {
+        if !used.iter().any(|u| u == required) {
+            return Err(format!("{kind} template must use {{{{{required}}}}}"));
+        }
+    }
+    Ok(())
+}
+
+fn fill(template: &str, values: &HashMap<&str, String>) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        out.push_str(values.get(after[..end].trim()).map_or("", String::as_str));
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where each catalog file can be fetched.
+pub trait Sources {
+    /// Base URLs of replicas serving `file`, in the order to try.
+    fn sources(&self, file: &FileRef) -> Vec<String>;
+}
+
+/// What to answer a boot-script request with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A script.
+    Script(String),
+    /// Stay silent (profile `ignore`, or no rule assigned an image profile).
+    Silent,
+}
+
+/// Everything a script is rendered from.
+pub struct Request<'a> {
+    /// The decision.
+    pub decision: &'a Decision,
+    /// The host's facts.
+    pub facts: &'a Facts,
+    /// This replica's base URL (for reports).
+    pub self_url: &'a str,
+}
+
+fn url(base: &str, file: &FileRef) -> String {
+    render::file_url(base, file)
+}
+
+/// `cmd URL_A args || cmd URL_B args || goto failed`.
+fn with_failover(command: &str, urls: &[String], args: &str) -> String {
+    let attempts: Vec<String> =
+        urls.iter().map(|u| format!("{command} {u}{args}").trim_end().to_owned()).collect();
+    format!("{} || goto failed", attempts.join(" || "))
+}
+
+fn file_urls(sources: &dyn Sources, file: &FileRef, fallback: &str) -> Vec<String> {
+    let mut bases = sources.sources(file);
+    if bases.is_empty() {
+        bases.push(fallback.to_owned());
+    }
+    bases.iter().map(|b| url(b, file)).collect()
+}
+
+/// Renders the script for a request.
+pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Sources) -> Answer {
+    let Some(profile) = request.decision.image_profile.as_ref() else { return Answer::Silent };
+    let vars = Vars { decision: request.decision, facts: request.facts };
+    let mac = request.facts.mac.clone();
+    let base = request.self_url.trim_end_matches('/');
+    let mut values: HashMap<&str, String> = HashMap::new();
+    values.insert("profile", profile.name.clone());
+    values.insert("mac", mac.clone());
+    values.insert("rule_set_version", request.decision.rule_set_version.to_string());
+    values.insert("failed", FAILED.to_owned());
+    values.insert(
+        "report_loaded",
+        format!(
+            "imgfetch --name bfreport {base}/report/{mac}/loaded || echo Bootfleet: boot report not delivered\n\
+             imgfree bfreport || echo"
+        ),
+    );
+    let kind = match profile.boot.as_ref() {
+        None | Some(image_profile::Boot::Ignore(_)) => return Answer::Silent,
+        Some(image_profile::Boot::Kernel(k)) => {
+            let Some(kernel) = k.kernel.as_ref() else { return Answer::Silent };
+            let names: String = (0..k.initrds.len()).map(|i| format!(" initrd=initrd{i}")).collect();
+            let cmdline = render::expand(&k.cmdline, &vars);
+            let args = format!(" {cmdline}{names}");
+            values.insert("cmdline", cmdline.clone());
+            values.insert(
+                "fetch_kernel",
+                with_failover("kernel --name kernel", &file_urls(sources, kernel, base), &args),
+            );
+            let initrds: Vec<String> = k
+                .initrds
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    with_failover(&format!("initrd --name initrd{i}"), &file_urls(sources, f, base), "")
+                })
+                .collect();
+            values.insert("fetch_initrds", initrds.join("\n"));
+            "kernel"
+        }
+        Some(image_profile::Boot::Script(s)) => {
+            let body = render::expand(&s.script, &vars);
+            let body = body.strip_prefix("#!ipxe").unwrap_or(&body).trim_start_matches('\n');
+            values.insert("script", body.to_owned());
+            "script"
+        }
+        Some(image_profile::Boot::Sanboot(s)) => {
+            let Some(disk) = s.disk.as_ref() else { return Answer::Silent };
+            // iPXE treats several URIs as paths to one disk (multipath).
+            let urls = file_urls(sources, disk, base).join(" ");
+            values.insert("sanboot", format!("sanboot --no-describe {urls} || goto failed"));
+            "sanboot"
+        }
+        Some(image_profile::Boot::Local(_)) => "local",
+        Some(image_profile::Boot::Nbd(_)) => {
+            // NBD vDisks are not served yet: boot the local disk rather than hang.
+            values.insert("failed", String::new());
+            return Answer::Script(format!(
+                "#!ipxe\n# Bootfleet: {} for {mac}\necho Bootfleet: NBD vDisk boot is not available; \
+                 booting from the local disk\nexit 1\n",
+                profile.name
+            ));
+        }
+    };
+    let mut text = fill(templates.get(kind), &values);
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Answer::Script(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use bootfleet_proto::v1::{
+        HostFacts, HostProfile, IgnoreHost, ImageProfile, KernelBoot, LocalBoot, SanBoot, ScriptBoot,
+    };
+
+    use super::*;
+
+    struct TwoReplicas;
+    impl Sources for TwoReplicas {
+        fn sources(&self, _file: &FileRef) -> Vec<String> {
+            vec!["http://198.18.0.2:8080".into(), "http://198.18.0.3:8080".into()]
+        }
+    }
+
+    fn facts() -> Facts {
+        Facts::from_proto(&HostFacts { mac: "52:54:00:00:00:01".into(), ..Default::default() }).unwrap()
+    }
+
+    fn file(name: &str) -> FileRef {
+        FileRef { image: "tiny".into(), version: "1".into(), file: name.into() }
+    }
+
+    fn decision(boot: image_profile::Boot) -> Decision {
+        Decision {
+            image_profile: Some(ImageProfile { name: "p".into(), boot: Some(boot), ..Default::default() }),
+            host_profile: Some(HostProfile {
+                name: "h".into(),
+                values: [("marker".into(), "m1".into())].into(),
+                ..Default::default()
+            }),
+            rule_set_version: 3,
+            ..Default::default()
+        }
+    }
+
+    fn script(boot: image_profile::Boot) -> String {
+        let d = decision(boot);
+        let f = facts();
+        let request = Request { decision: &d, facts: &f, self_url: "http://198.18.0.2:8080/" };
+        match render(&Templates::default(), &request, &TwoReplicas) {
+            Answer::Script(s) => s,
+            Answer::Silent => panic!("silent"),
+        }
+    }
+
+    const REPORT: &str = "imgfetch --name bfreport http://198.18.0.2:8080/report/52:54:00:00:00:01/loaded \
+                          || echo Bootfleet: boot report not delivered\nimgfree bfreport || echo\n";
+
+    #[test]
+    fn kernel_script_golden() {
+        let s = script(image_profile::Boot::Kernel(KernelBoot {
+            kernel: Some(file("vmlinuz")),
+            initrds: vec![file("initrd.img")],
+            cmdline: "console=ttyS0 marker=${host.marker}".into(),
+        }));
+        let expected = format!(
+            "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\nimgfree\n\
+             kernel --name kernel http://198.18.0.2:8080/images/tiny/1/vmlinuz console=ttyS0 marker=m1 initrd=initrd0 \
+             || kernel --name kernel http://198.18.0.3:8080/images/tiny/1/vmlinuz console=ttyS0 marker=m1 initrd=initrd0 \
+             || goto failed\n\
+             initrd --name initrd0 http://198.18.0.2:8080/images/tiny/1/initrd.img \
+             || initrd --name initrd0 http://198.18.0.3:8080/images/tiny/1/initrd.img || goto failed\n\
+             {REPORT}boot || goto failed\n{FAILED}"
+        );
+        assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn sanboot_script_golden() {
+        let s = script(image_profile::Boot::Sanboot(SanBoot { disk: Some(file("disk.img")) }));
+        let expected = format!(
+            "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\n{REPORT}\
+             sanboot --no-describe http://198.18.0.2:8080/images/tiny/1/disk.img \
+             http://198.18.0.3:8080/images/tiny/1/disk.img || goto failed\n{FAILED}"
+        );
+        assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn script_local_and_silent() {
+        let s = script(image_profile::Boot::Script(ScriptBoot {
+            script: "#!ipxe\necho hello ${host.marker}\nexit\n".into(),
+        }));
+        assert_eq!(s, "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\necho hello m1\nexit\n\n");
+        let s = script(image_profile::Boot::Local(LocalBoot {}));
+        assert_eq!(
+            s,
+            "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\necho Bootfleet: booting from the local disk\nexit\n"
+        );
+        let d = decision(image_profile::Boot::Ignore(IgnoreHost {}));
+        let f = facts();
+        let request = Request { decision: &d, facts: &f, self_url: "http://x" };
+        assert_eq!(render(&Templates::default(), &request, &TwoReplicas), Answer::Silent);
+        let none = Decision::default();
+        let request = Request { decision: &none, facts: &f, self_url: "http://x" };
+        assert_eq!(render(&Templates::default(), &request, &TwoReplicas), Answer::Silent);
+    }
+
+    #[test]
+    fn operator_templates_are_validated_and_used() {
+        let custom = "#!ipxe\necho custom {{profile}}\n{{fetch_kernel}}\nboot\n".to_owned();
+        let t = Templates::with_overrides(&[("kernel".into(), custom)]).unwrap();
+        let d = decision(image_profile::Boot::Kernel(KernelBoot {
+            kernel: Some(file("vmlinuz")),
+            ..Default::default()
+        }));
+        let f = facts();
+        let request = Request { decision: &d, facts: &f, self_url: "http://x" };
+        let Answer::Script(s) = render(&t, &request, &TwoReplicas) else { panic!() };
+        assert!(s.starts_with("#!ipxe\necho custom p\nkernel --name kernel http://198.18.0.2:8080/"), "{s}");
+        for (kind, text, why) in [
+            ("kernel", "echo hi {{fetch_kernel}}", "#!ipxe"),
+            ("kernel", "#!ipxe\nboot\n", "must use {{fetch_kernel}}"),
+            ("kernel", "#!ipxe\n{{fetch_kernel}} {{nope}}", "unknown placeholder {{nope}}"),
+            ("kernel", "#!ipxe\n{{fetch_kernel", "unclosed"),
+            ("floppy", "#!ipxe\n", "unknown template kind"),
+        ] {
+            let e = Templates::with_overrides(&[(kind.into(), text.into())]).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}

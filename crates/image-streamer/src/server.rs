@@ -1,0 +1,186 @@
+//! The image-streamer service: its state and the `run` function that both
+//! the `bootfleet-image-streamer` binary and `bootfleet up` call.
+
+mod api;
+pub mod config;
+mod http;
+mod replicate;
+
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use anyhow::Context;
+use bootfleet_core::membership::service_prefix;
+use bootfleet_core::process::ServiceContext;
+use bootfleet_core::snapshot::SnapshotCache;
+use bootfleet_core::store::SharedStore;
+use bootfleet_proto::v1::FileRef;
+use bootfleet_proto::v1::image_service_server::ImageServiceServer;
+use bootfleet_rules_engine::store::{RulesState, StateOptions};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::{StreamerArgs, StreamerConfig};
+use crate::blobs::BlobStore;
+use crate::catalog::{Catalog, IMAGES_PREFIX, Replica, SERVICE, replicas_of};
+use crate::reports::Reporter;
+use crate::script::{Sources, Templates};
+
+/// Everything a replica serves from.
+pub(crate) struct Streamer {
+    pub(crate) member_id: String,
+    pub(crate) public_url: String,
+    pub(crate) store: SharedStore,
+    pub(crate) blobs: Arc<BlobStore>,
+    pub(crate) rules: Arc<RulesState>,
+    pub(crate) images: SnapshotCache,
+    pub(crate) members: SnapshotCache,
+    pub(crate) templates: Templates,
+    pub(crate) loaders_dir: Option<PathBuf>,
+    pub(crate) record_decisions: bool,
+    pub(crate) reporter: Reporter,
+    pub(crate) admin_token: Option<String>,
+    /// Wakes the replication loop (an upload finished, say).
+    pub(crate) replication_wake: Notify,
+    catalog: RwLock<Arc<Catalog>>,
+    replicas: RwLock<Arc<Vec<Replica>>>,
+}
+
+impl Streamer {
+    /// The catalog as last indexed.
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Live replicas as last indexed (this one included once registered).
+    pub(crate) fn replicas(&self) -> Arc<Vec<Replica>> {
+        Arc::clone(&self.replicas.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Another replica that serves `sha`.
+    pub(crate) fn peer_with(&self, sha: &str) -> Option<String> {
+        self.replicas().iter().find(|r| r.id != self.member_id && r.has(sha)).map(|r| r.url.clone())
+    }
+
+    /// Keeps the catalog and replica indexes current.
+    async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        let mut images = self.images.changes();
+        let mut members = self.members.changes();
+        loop {
+            let catalog = Arc::new(Catalog::from_kvs(&self.images.list(IMAGES_PREFIX)));
+            *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+            let replicas = Arc::new(replicas_of(&self.members.list(self.members.prefix())));
+            *self.replicas.write().unwrap_or_else(PoisonError::into_inner) = replicas;
+            self.replication_wake.notify_one();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = images.changed() => if changed.is_err() { return },
+                changed = members.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+impl Sources for Streamer {
+    /// Replicas serving the file, this one first; none when the catalog
+    /// does not know the file (the script then names this replica only).
+    fn sources(&self, file: &FileRef) -> Vec<String> {
+        let catalog = self.catalog();
+        let Some(entry) = catalog.resolve_ref(file) else { return Vec::new() };
+        let replicas = self.replicas();
+        let mut urls: Vec<String> = Vec::with_capacity(replicas.len());
+        if self.blobs.is_complete(&entry.sha256) {
+            urls.push(self.public_url.clone());
+        }
+        for r in replicas.iter() {
+            if r.has(&entry.sha256) && !urls.contains(&r.url) {
+                urls.push(r.url.clone());
+            }
+        }
+        urls
+    }
+}
+
+/// Binds the HTTP and gRPC ports and serves until shutdown.
+pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Result<()> {
+    let blobs = BlobStore::open(&config.data_dir, config.cache_file_limit, config.cache_bytes)
+        .with_context(|| format!("opening the image store in {}", config.data_dir.display()))?;
+    let http_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the image streamer's HTTP port on {}", config.listen))?;
+    let grpc_listener = TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("binding the ImageService gRPC port on {}", config.grpc_listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let stop = ctx.shutdown.token();
+    let options = StateOptions { member_id: ctx.config.member_id.clone(), history_limit: 20 };
+    let rules = RulesState::start(ctx.store.clone(), options, &stop);
+    for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(rules.caches()) {
+        ctx.health.track_snapshot(&format!("streamer.{name}"), cache, stop.clone());
+    }
+    let images = SnapshotCache::start(ctx.store.clone(), IMAGES_PREFIX, stop.clone());
+    ctx.health.track_snapshot("streamer.images", &images, stop.clone());
+    let members = SnapshotCache::start(ctx.store.clone(), &service_prefix(SERVICE), stop.clone());
+    let streamer = Arc::new(Streamer {
+        member_id: ctx.config.member_id.clone(),
+        public_url: config.public_url.clone(),
+        store: ctx.store.clone(),
+        blobs: Arc::new(blobs),
+        rules,
+        images,
+        members,
+        templates: config.templates.clone(),
+        loaders_dir: config.loaders_dir.clone(),
+        record_decisions: config.record_decisions,
+        reporter: Reporter::start(ctx.store.clone(), stop.clone()),
+        admin_token: config.admin_token.clone(),
+        replication_wake: Notify::new(),
+        catalog: RwLock::default(),
+        replicas: RwLock::default(),
+    });
+    // The member record carries the base URL first, then the gRPC address.
+    let registration = ctx.register(SERVICE, vec![config.public_url.clone(), grpc_addr.to_string()]);
+    ctx.shutdown.spawn(Arc::clone(&streamer).follow(stop.clone()));
+    ctx.shutdown.spawn(replicate::run(
+        Arc::clone(&streamer),
+        registration,
+        config.scrub_interval,
+        stop.clone(),
+    ));
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin token configured: uploads and catalog writes are refused");
+    }
+    tracing::info!(http = %config.listen, grpc = %grpc_addr, url = %config.public_url, "image streamer listening");
+    let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, stop.clone());
+    let http = http::serve(http_listener, Arc::clone(&streamer), stop.clone(), ctx.config.shutdown_grace);
+    let (grpc, ()) = tokio::join!(grpc, http);
+    grpc
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    streamer: Arc<Streamer>,
+    ctx: &ServiceContext,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let incoming = TcpListenerStream::new(listener).map(|connection| {
+        if let Ok(stream) = &connection {
+            let _ = stream.set_nodelay(true);
+        }
+        connection
+    });
+    tonic::transport::Server::builder()
+        .add_service(ctx.health.grpc_service())
+        .add_service(reflection)
+        .add_service(ImageServiceServer::new(api::ImageApi::new(streamer)).max_decoding_message_size(8 << 20))
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
+        .context("serving the ImageService")
+}

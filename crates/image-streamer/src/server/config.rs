@@ -1,0 +1,234 @@
+//! Streamer settings: flags, `BOOTFLEET_STREAMER_*` variables and the
+//! `[streamer]` section of the configuration file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bootfleet_core::config::{ConfigError, CoreConfig, check_url, parse_duration, service_section};
+use serde::Deserialize;
+
+use crate::script::Templates;
+
+/// Default HTTP address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default gRPC (ImageService) address.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7072";
+
+/// Streamer flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StreamerArgs {
+    /// Address to serve HTTP (boot scripts, images, reports) on.
+    #[arg(
+        id = "streamer_listen",
+        long = "streamer-listen",
+        env = "BOOTFLEET_STREAMER_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub listen: Option<String>,
+    /// Address of the ImageService gRPC endpoint (uploads, catalog, status).
+    #[arg(
+        id = "streamer_grpc_listen",
+        long = "streamer-grpc-listen",
+        env = "BOOTFLEET_STREAMER_GRPC_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub grpc_listen: Option<String>,
+    /// Base URL clients and peers reach this replica at (default: from the listen address).
+    #[arg(
+        id = "streamer_public_url",
+        long = "streamer-public-url",
+        env = "BOOTFLEET_STREAMER_PUBLIC_URL",
+        value_name = "URL"
+    )]
+    pub public_url: Option<String>,
+    /// Directory holding this replica's image files.
+    #[arg(
+        id = "streamer_data_dir",
+        long = "streamer-data-dir",
+        env = "BOOTFLEET_STREAMER_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the admin bearer token uploads require.
+    #[arg(
+        id = "streamer_admin_token_file",
+        long = "streamer-admin-token-file",
+        env = "BOOTFLEET_STREAMER_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamerSection {
+    listen: Option<String>,
+    grpc_listen: Option<String>,
+    public_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    admin_token: Option<String>,
+    loaders_dir: Option<PathBuf>,
+    cache_mib: Option<u64>,
+    cache_file_limit_mib: Option<u64>,
+    scrub_interval: Option<String>,
+    record_decisions: Option<bool>,
+    templates: Option<BTreeMap<String, PathBuf>>,
+}
+
+/// Validated streamer settings.
+#[derive(Clone)]
+pub struct StreamerConfig {
+    /// HTTP address.
+    pub listen: SocketAddr,
+    /// gRPC address.
+    pub grpc_listen: SocketAddr,
+    /// Base URL of this replica, without a trailing slash.
+    pub public_url: String,
+    /// Image files live here.
+    pub data_dir: PathBuf,
+    /// Served under `/loaders/` (UEFI HTTP boot fetches iPXE from here).
+    pub loaders_dir: Option<PathBuf>,
+    /// Bearer token for uploads and catalog writes; `None` refuses them.
+    pub admin_token: Option<String>,
+    /// Bytes of verified files kept in memory.
+    pub cache_bytes: u64,
+    /// Largest file kept in memory.
+    pub cache_file_limit: u64,
+    /// How often every file is hashed again.
+    pub scrub_interval: Duration,
+    /// Record each boot-script decision on the host record.
+    pub record_decisions: bool,
+    /// Boot-script templates.
+    pub templates: Templates,
+}
+
+impl std::fmt::Debug for StreamerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamerConfig")
+            .field("listen", &self.listen)
+            .field("grpc_listen", &self.grpc_listen)
+            .field("public_url", &self.public_url)
+            .field("data_dir", &self.data_dir)
+            .field("loaders_dir", &self.loaders_dir)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("cache_bytes", &self.cache_bytes)
+            .field("cache_file_limit", &self.cache_file_limit)
+            .field("scrub_interval", &self.scrub_interval)
+            .field("record_decisions", &self.record_decisions)
+            .finish_non_exhaustive()
+    }
+}
+
+fn address(
+    flag: Option<&String>,
+    file: Option<&String>,
+    keys: (&str, &str),
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let (text, key) = match (flag, file) {
+        (Some(v), _) => (v.clone(), keys.0.to_owned()),
+        (None, Some(v)) => (v.clone(), keys.1.to_owned()),
+        (None, None) => (default.to_owned(), format!("{} (default)", keys.1)),
+    };
+    text.parse().map_err(|_| ConfigError::new(key, format!("{text:?} is not an address like {default}")))
+}
+
+impl StreamerConfig {
+    /// Merges flags and the `[streamer]` section; errors name the key.
+    pub fn load(args: &StreamerArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
+        let section: StreamerSection = service_section(core.file.streamer.as_ref(), "streamer")?;
+        let listen = address(
+            args.listen.as_ref(),
+            section.listen.as_ref(),
+            ("--streamer-listen / BOOTFLEET_STREAMER_LISTEN", "streamer.listen"),
+            DEFAULT_LISTEN,
+        )?;
+        let grpc_listen = address(
+            args.grpc_listen.as_ref(),
+            section.grpc_listen.as_ref(),
+            ("--streamer-grpc-listen / BOOTFLEET_STREAMER_GRPC_LISTEN", "streamer.grpc_listen"),
+            DEFAULT_GRPC_LISTEN,
+        )?;
+        let public_url = match args.public_url.clone().or(section.public_url) {
+            Some(url) => {
+                check_url(&url, "streamer.public_url")?;
+                url.trim_end_matches('/').to_owned()
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(ConfigError::new(
+                    "streamer.public_url",
+                    format!(
+                        "required when listening on {listen}: the URL clients and peers use, \
+                         e.g. http://boot.example.net:{}",
+                        listen.port()
+                    ),
+                ));
+            }
+            None => format!("http://{listen}"),
+        };
+        let data_dir =
+            args.data_dir.clone().or(section.data_dir).unwrap_or_else(|| core.data_dir.join("streamer"));
+        if let Some(dir) = &section.loaders_dir {
+            if !dir.is_dir() {
+                return Err(ConfigError::new(
+                    "streamer.loaders_dir",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        let token_file = args.admin_token_file.clone().or(section.admin_token_file);
+        let admin_token = match (section.admin_token, token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(&file)
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "streamer.admin_token_file",
+                            format!("reading {}: {e}", file.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::new("streamer.admin_token", "too short: use at least 16 characters"));
+        }
+        let scrub_interval = match &section.scrub_interval {
+            Some(text) => {
+                let d = parse_duration(text).map_err(|m| ConfigError::new("streamer.scrub_interval", m))?;
+                if d < Duration::from_secs(1) {
+                    return Err(ConfigError::new("streamer.scrub_interval", "must be at least 1s"));
+                }
+                d
+            }
+            None => Duration::from_secs(3600),
+        };
+        let mut overrides = Vec::new();
+        for (kind, path) in section.templates.unwrap_or_default() {
+            let key = format!("streamer.templates.{kind}");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new(&key, format!("reading {}: {e}", path.display())))?;
+            overrides.push((kind, text));
+        }
+        let templates =
+            Templates::with_overrides(&overrides).map_err(|m| ConfigError::new("streamer.templates", m))?;
+        Ok(Self {
+            listen,
+            grpc_listen,
+            public_url,
+            data_dir,
+            loaders_dir: section.loaders_dir,
+            admin_token,
+            cache_bytes: section.cache_mib.unwrap_or(1024) * 1024 * 1024,
+            cache_file_limit: section.cache_file_limit_mib.unwrap_or(256) * 1024 * 1024,
+            scrub_interval,
+            record_decisions: section.record_decisions.unwrap_or(true),
+            templates,
+        })
+    }
+}
