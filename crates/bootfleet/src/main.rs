@@ -29,6 +29,8 @@ enum Command {
     Profiles(cli::profiles::ProfilesCommand),
     /// Host records: list, get, watch decisions.
     Hosts(cli::hosts::HostsCommand),
+    /// Image catalog: push versions, list, replication status per replica, delete.
+    Images(cli::images::ImagesCommand),
     /// Ask the rules engine how a host would boot (recorded unless --dry-run).
     Evaluate(cli::hosts::EvaluateArgs),
     /// Act as a network-boot client once on an interface and print the answer.
@@ -52,6 +54,7 @@ fn main() {
         Command::Rules(command) => cli::run(|| cli::rules::run(command)),
         Command::Profiles(command) => cli::run(|| cli::profiles::run(command)),
         Command::Hosts(command) => cli::run(|| cli::hosts::run_hosts(command)),
+        Command::Images(command) => cli::run(|| cli::images::run(command)),
         Command::Evaluate(args) => cli::run(|| cli::hosts::run_evaluate(args)),
         Command::ProbeDhcp(args) => match cli::probe::run(&args) {
             Ok(code) => code,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bootfleet_core::config::{CommonArgs, Defaults};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_dhcp_responder::server::{DhcpArgs, DhcpConfig};
+use bootfleet_image_streamer::server::{StreamerArgs, StreamerConfig};
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
 use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
 
@@ -22,6 +23,8 @@ pub(crate) struct UpArgs {
     #[command(flatten)]
     tftp: TftpArgs,
     #[command(flatten)]
+    streamer: StreamerArgs,
+    #[command(flatten)]
     dhcp: DhcpArgs,
 }
 
@@ -30,6 +33,7 @@ pub(crate) struct UpArgs {
 struct Services {
     rules: RulesConfig,
     tftp: TftpConfig,
+    streamer: StreamerConfig,
     /// Only when `[dhcp]` names interfaces: DHCP is never on by default.
     dhcp: Option<DhcpConfig>,
 }
@@ -43,9 +47,12 @@ async fn run_all(ctx: Arc<ServiceContext>, services: Services) -> anyhow::Result
         }
         result
     };
-    let (rules, tftp, dhcp) = tokio::join!(
+    let (rules, tftp, streamer, dhcp) = tokio::join!(
         async { on_failure(bootfleet_rules_engine::server::run(Arc::clone(&ctx), services.rules).await) },
         async { on_failure(bootfleet_tftp_server::server::run(Arc::clone(&ctx), services.tftp).await) },
+        async {
+            on_failure(bootfleet_image_streamer::server::run(Arc::clone(&ctx), services.streamer).await)
+        },
         async {
             match services.dhcp {
                 Some(dhcp) => on_failure(bootfleet_dhcp_responder::server::run(Arc::clone(&ctx), dhcp).await),
@@ -53,7 +60,7 @@ async fn run_all(ctx: Arc<ServiceContext>, services: Services) -> anyhow::Result
             }
         },
     );
-    rules.and(tftp).and(dhcp)
+    rules.and(tftp).and(streamer).and(dhcp)
 }
 
 /// Runs `up`; returns the process exit status.
@@ -66,6 +73,7 @@ pub(crate) fn main(args: UpArgs) -> i32 {
             Ok(Services {
                 rules: RulesConfig::load(&args.rules, core)?,
                 tftp: TftpConfig::load(&args.tftp, core)?,
+                streamer: StreamerConfig::load_with_default(&args.streamer, core, "127.0.0.1:8080")?,
                 dhcp: DhcpConfig::load(&args.dhcp, core)?,
             })
         },

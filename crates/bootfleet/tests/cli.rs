@@ -63,6 +63,7 @@ fn operator_session() {
         .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
         .args(["--tftp-listen", "127.0.0.1:0"])
+        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap());

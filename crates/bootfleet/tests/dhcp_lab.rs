@@ -62,6 +62,10 @@ admin_token = "{TOKEN}"
 [tftp]
 listen = "198.18.{octet}.1:69"
 root = "{tftp}"
+[streamer]
+listen = "198.18.{octet}.1:8080"
+grpc_listen = "127.0.0.1:0"
+data_dir = "{streamer}"
 [dhcp]
 interfaces = ["{server_if}"]
 server_ip = "198.18.{octet}.1"
@@ -69,7 +73,8 @@ http_base = "http://198.18.{octet}.1:8080"
 rules_url = "{RULES}"
 {dhcp}
 "#,
-            tftp = dir.path().join("tftp").display()
+            tftp = dir.path().join("tftp").display(),
+            streamer = dir.path().join("streamer").display()
         ),
     )
     .unwrap();
@@ -295,6 +300,10 @@ admin_token = "{TOKEN}"
 [tftp]
 listen = "198.18.50.1:69{n:02}"
 root = "{tftp}"
+[streamer]
+listen = "198.18.50.1:80{n:02}"
+grpc_listen = "127.0.0.1:0"
+data_dir = "{streamer}"
 [dhcp]
 mode = "full"
 interfaces = ["bfhA-hB"]
@@ -308,7 +317,8 @@ end = "198.18.50.120"
 lease_time = "60s"
 "#,
                 endpoint = etcd.endpoint(0),
-                tftp = dir.path().join("tftp").display()
+                tftp = dir.path().join("tftp").display(),
+                streamer = dir.path().join(format!("streamer-{id}")).display()
             ),
         )
         .unwrap();

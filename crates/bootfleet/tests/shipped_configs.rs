@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bootfleet_core::config::{CommonArgs, ConfigError, CoreConfig, Defaults, parse_file};
 use bootfleet_dhcp_responder::server::{DhcpArgs, DhcpConfig};
+use bootfleet_image_streamer::server::{StreamerArgs, StreamerConfig};
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
 use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
 
@@ -37,6 +38,9 @@ fn load(text: &str) -> Result<(), ConfigError> {
     // Roots named in shipped files need not exist on the test machine.
     let tftp = TftpArgs { root: Some(std::env::temp_dir()), ..TftpArgs::default() };
     TftpConfig::load(&tftp, &core)?;
+    let streamer =
+        StreamerArgs { admin_token: Some("0123456789abcdef0123".into()), ..StreamerArgs::default() };
+    StreamerConfig::load_with_default(&streamer, &core, "127.0.0.1:8080")?;
     DhcpConfig::load(&DhcpArgs::default(), &core).map(drop)
 }
 

@@ -33,6 +33,7 @@ fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
     let child = Command::new(BIN)
         .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
         .args(["--rules-listen", "127.0.0.1:0", "--tftp-listen", "127.0.0.1:0"])
+        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .env("BOOTFLEET_LOG", "info")
@@ -78,9 +79,11 @@ fn bad_configuration_exits_64_naming_the_key() {
     // The shipped file names a token file and a TFTP root that exist only
     // after scripts/run.sh; give both here.
     let token = ["--rules-admin-token", "0123456789abcdef0123"];
+    let streamer_token = ["--streamer-admin-token", "0123456789abcdef0123"];
     let out = Command::new(BIN)
         .args(["up", "--validate", "-c", shipped])
         .args(token)
+        .args(streamer_token)
         .arg("--tftp-root")
         .arg(dir.path())
         .output()

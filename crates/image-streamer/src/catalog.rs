@@ -14,7 +14,7 @@ use prost::Message;
 /// Prefix of image versions.
 pub const IMAGES_PREFIX: &str = "/bootfleet/v1/images/";
 /// Prefix of boot statuses.
-pub const BOOTS_PREFIX: &str = "/bootfleet/v1/boots/";
+pub use bootfleet_rules_engine::store::BOOTS_PREFIX;
 /// Service name streamers register under.
 pub const SERVICE: &str = "image-streamer";
 /// Member attribute prefix naming a held file: `blob.<sha256>` = state.

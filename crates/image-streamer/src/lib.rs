@@ -14,6 +14,7 @@
 
 pub mod blobs;
 pub mod catalog;
+pub mod client;
 pub mod conditional;
 pub mod metrics;
 pub mod query;

@@ -115,6 +115,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         .await
         .with_context(|| format!("binding the ImageService gRPC port on {}", config.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let public_url = config.public_url.clone().unwrap_or(format!("http://{}", http_listener.local_addr()?));
     let stop = ctx.shutdown.token();
     let options = StateOptions { member_id: ctx.config.member_id.clone(), history_limit: 20 };
     let rules = RulesState::start(ctx.store.clone(), options, &stop);
@@ -126,7 +127,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     let members = SnapshotCache::start(ctx.store.clone(), &service_prefix(SERVICE), stop.clone());
     let streamer = Arc::new(Streamer {
         member_id: ctx.config.member_id.clone(),
-        public_url: config.public_url.clone(),
+        public_url: public_url.clone(),
         store: ctx.store.clone(),
         blobs: Arc::new(blobs),
         rules,
@@ -142,7 +143,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         replicas: RwLock::default(),
     });
     // The member record carries the base URL first, then the gRPC address.
-    let registration = ctx.register(SERVICE, vec![config.public_url.clone(), grpc_addr.to_string()]);
+    let registration = ctx.register(SERVICE, vec![public_url.clone(), grpc_addr.to_string()]);
     ctx.shutdown.spawn(Arc::clone(&streamer).follow(stop.clone()));
     ctx.shutdown.spawn(replicate::run(
         Arc::clone(&streamer),
@@ -153,7 +154,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: uploads and catalog writes are refused");
     }
-    tracing::info!(http = %config.listen, grpc = %grpc_addr, url = %config.public_url, "image streamer listening");
+    tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_addr, url = %public_url, "image streamer listening");
     let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, stop.clone());
     let http = http::serve(http_listener, Arc::clone(&streamer), stop.clone(), ctx.config.shutdown_grace);
     let (grpc, ()) = tokio::join!(grpc, http);

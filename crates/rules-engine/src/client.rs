@@ -13,6 +13,16 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone, Debug, Default)]
 pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
 
+impl BearerToken {
+    /// The header for `token` (none when `None`).
+    pub fn new(token: Option<&str>) -> Result<Self, ConnectError> {
+        match token {
+            Some(t) => Ok(Self(Some(format!("Bearer {t}").parse().map_err(|_| ConnectError::BadToken)?))),
+            None => Ok(Self(None)),
+        }
+    }
+}
+
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
@@ -70,9 +80,5 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
         url: url.to_owned(),
         reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string),
     })?;
-    let token = match token {
-        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| ConnectError::BadToken)?),
-        None => None,
-    };
-    Ok(RulesServiceClient::with_interceptor(channel, BearerToken(token)))
+    Ok(RulesServiceClient::with_interceptor(channel, BearerToken::new(token)?))
 }

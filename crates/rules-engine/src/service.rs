@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bootfleet_proto::v1 as pb;
 use bootfleet_proto::v1::rules_service_server::RulesService;
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::decide::changed_items;
 use crate::error::RulesError;
 use crate::facts::{Facts, normalize_mac};
-use crate::store::{HOSTS_PREFIX, RulesState, decode, writes};
+use crate::store::{BOOTS_PREFIX, HOSTS_PREFIX, RulesState, decode, writes};
 
 /// The rules engine's Prometheus metrics.
 pub mod metrics {
@@ -433,9 +433,24 @@ impl RulesService for RulesApi {
         request: Request<pb::GetHostRequest>,
     ) -> Result<Response<pb::HostRecord>, Status> {
         let mac = normalize_mac(&request.into_inner().mac).map_err(|e| e.within("mac"))?;
-        let (record, _) =
-            self.state.host(&mac)?.ok_or_else(|| Status::not_found(format!("host {mac} not found")))?;
-        Ok(Response::new(record))
+        let record = self.state.host(&mac)?.map(|(record, _)| record);
+        // Boot progress lives under its own key (the streamers write it);
+        // joined here, and skipped if the store cannot answer quickly.
+        let key = format!("{BOOTS_PREFIX}{mac}");
+        let boot_status = match tokio::time::timeout(Duration::from_secs(1), self.state.store.get(&key)).await
+        {
+            Ok(Ok(Some(kv))) => decode::<pb::BootStatus>(&kv).ok(),
+            _ => None,
+        };
+        match (record, boot_status) {
+            (None, None) => Err(Status::not_found(format!("host {mac} not found"))),
+            (record, boot_status) => {
+                let mut record =
+                    record.unwrap_or_else(|| pb::HostRecord { mac: mac.clone(), ..Default::default() });
+                record.boot_status = boot_status;
+                Ok(Response::new(record))
+            }
+        }
     }
 
     type WatchDecisionsStream = EventStream;

@@ -101,6 +101,25 @@ pub(crate) async fn run_hosts(command: HostsCommand) -> anyhow::Result<()> {
             say(&format!("host {}: {}", host.mac, describe::decision(host.last_decision.as_ref())));
             let rows: Vec<Vec<String>> = host.history.iter().map(event_row).collect();
             print_table(&["AT (unix ms)", "MAC", "DECISION", "BY"], &rows);
+            if let Some(boot) = &host.boot_status {
+                if boot.not_booted_stateless {
+                    say("NOT BOOTED STATELESS: the host last came up from its cached disk");
+                }
+                let rows: Vec<Vec<String>> = boot
+                    .reports
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.at_unix_ms.to_string(),
+                            r.stage.clone(),
+                            r.source.clone(),
+                            r.replica.clone(),
+                            r.client.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["AT (unix ms)", "STAGE", "SOURCE", "REPLICA", "CLIENT"], &rows);
+            }
         }
         HostsAction::Watch { mac } => {
             let request = pb::WatchDecisionsRequest { mac: mac.unwrap_or_default() };

@@ -3,6 +3,7 @@
 pub(crate) mod apply;
 pub(crate) mod describe;
 pub(crate) mod hosts;
+pub(crate) mod images;
 pub(crate) mod probe;
 pub(crate) mod profiles;
 pub(crate) mod rules;
@@ -61,7 +62,7 @@ pub(crate) fn explain(status: tonic::Status) -> anyhow::Error {
     let hint = match status.code() {
         Code::Unauthenticated => " (pass --token-file or set BOOTFLEET_TOKEN_FILE)",
         Code::FailedPrecondition => " (someone else changed it; read it again and retry)",
-        Code::Unavailable => " (is the rules engine running, and can it reach its store?)",
+        Code::Unavailable => " (is the server running, and can it reach its store?)",
         _ => "",
     };
     anyhow::anyhow!("{}: {}{hint}", code_name(status.code()), status.message())

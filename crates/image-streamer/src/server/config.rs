@@ -59,6 +59,15 @@ pub struct StreamerArgs {
         value_name = "FILE"
     )]
     pub admin_token_file: Option<PathBuf>,
+    /// The admin bearer token itself (prefer the file).
+    #[arg(
+        id = "streamer_admin_token",
+        long = "streamer-admin-token",
+        env = "BOOTFLEET_STREAMER_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,8 +94,9 @@ pub struct StreamerConfig {
     pub listen: SocketAddr,
     /// gRPC address.
     pub grpc_listen: SocketAddr,
-    /// Base URL of this replica, without a trailing slash.
-    pub public_url: String,
+    /// Base URL of this replica, without a trailing slash; `None` means
+    /// `http://<bound address>` (the listen address is a specific IP).
+    pub public_url: Option<String>,
     /// Image files live here.
     pub data_dir: PathBuf,
     /// Served under `/loaders/` (UEFI HTTP boot fetches iPXE from here).
@@ -139,12 +149,22 @@ fn address(
 impl StreamerConfig {
     /// Merges flags and the `[streamer]` section; errors name the key.
     pub fn load(args: &StreamerArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
+        Self::load_with_default(args, core, DEFAULT_LISTEN)
+    }
+
+    /// As [`Self::load`], with another default HTTP address (`bootfleet up`
+    /// serves loopback unless told otherwise).
+    pub fn load_with_default(
+        args: &StreamerArgs,
+        core: &CoreConfig,
+        default_listen: &str,
+    ) -> Result<Self, ConfigError> {
         let section: StreamerSection = service_section(core.file.streamer.as_ref(), "streamer")?;
         let listen = address(
             args.listen.as_ref(),
             section.listen.as_ref(),
             ("--streamer-listen / BOOTFLEET_STREAMER_LISTEN", "streamer.listen"),
-            DEFAULT_LISTEN,
+            default_listen,
         )?;
         let grpc_listen = address(
             args.grpc_listen.as_ref(),
@@ -155,7 +175,7 @@ impl StreamerConfig {
         let public_url = match args.public_url.clone().or(section.public_url) {
             Some(url) => {
                 check_url(&url, "streamer.public_url")?;
-                url.trim_end_matches('/').to_owned()
+                Some(url.trim_end_matches('/').to_owned())
             }
             None if listen.ip().is_unspecified() => {
                 return Err(ConfigError::new(
@@ -167,7 +187,7 @@ impl StreamerConfig {
                     ),
                 ));
             }
-            None => format!("http://{listen}"),
+            None => None,
         };
         let data_dir =
             args.data_dir.clone().or(section.data_dir).unwrap_or_else(|| core.data_dir.join("streamer"));
@@ -180,7 +200,7 @@ impl StreamerConfig {
             }
         }
         let token_file = args.admin_token_file.clone().or(section.admin_token_file);
-        let admin_token = match (section.admin_token, token_file) {
+        let admin_token = match (args.admin_token.clone().or(section.admin_token), token_file) {
             (Some(token), _) => Some(token),
             (None, Some(file)) => Some(
                 std::fs::read_to_string(&file)

@@ -39,6 +39,8 @@ pub const HOST_PREFIX: &str = "/bootfleet/v1/profiles/host/";
 pub const LOCATION_PREFIX: &str = "/bootfleet/v1/locations/";
 /// Prefix of host records.
 pub const HOSTS_PREFIX: &str = "/bootfleet/v1/hosts/";
+/// Prefix of boot statuses (written by the image streamers).
+pub const BOOTS_PREFIX: &str = "/bootfleet/v1/boots/";
 
 /// Decodes a stored message, naming the key when it is corrupt.
 pub fn decode<M: Message + Default>(kv: &KeyValue) -> Result<M, RulesError> {
