@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run Bootfleet on this machine, on the embedded store, until SIGTERM/SIGINT.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Create or replace profiles and the working rule set from a YAML or TOML file.
     Apply(cli::apply::ApplyArgs),
     /// Rule sets: list, get, delete, activate, diff, test-compliance, repair.
@@ -45,7 +45,7 @@ enum Command {
 fn main() {
     let cli: Cli = bootfleet_core::config::parse_cli();
     let code = match cli.command {
-        Command::Up(args) => up::main(args),
+        Command::Up(args) => up::main(*args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bootfleet", &mut std::io::stdout());
             0

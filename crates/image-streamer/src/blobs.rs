@@ -257,6 +257,7 @@ impl BlobStore {
         if actual != sha || len != stamp.len {
             tracing::error!(sha256 = sha, actual = %actual, "file failed its hash check: deleted, will be fetched again");
             state.corrupt.insert(sha.to_owned());
+            crate::metrics::CORRUPT_FOUND.inc();
             drop(state);
             let _ = fs::remove_file(path);
             return Ok(Lookup::Corrupt);

@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod netns;
+pub mod process;
 pub mod proxy;
 
 use std::sync::Once;

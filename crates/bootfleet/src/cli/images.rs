@@ -88,7 +88,7 @@ pub(crate) async fn run(command: ImagesCommand) -> anyhow::Result<()> {
                 let name = file.name.clone();
                 let sent = client::upload(&mut client, file, move |done, total| {
                     if tty {
-                        let pct = if total == 0 { 100 } else { done * 100 / total };
+                        let pct = (done * 100).checked_div(total).unwrap_or(100);
                         let mut err = std::io::stderr();
                         let _ = write!(err, "\r{name}: {pct:>3}% of {}", mib(total));
                         let _ = err.flush();

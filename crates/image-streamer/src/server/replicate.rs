@@ -75,7 +75,6 @@ pub(super) async fn run(
 
 fn report_corrupt(corrupt: &[String]) {
     for sha in corrupt {
-        metrics::CORRUPT_FOUND.inc();
         tracing::error!(sha256 = %sha, "scrub found a corrupt file; it is dropped and will be fetched again");
     }
 }
