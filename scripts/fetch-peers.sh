@@ -29,4 +29,17 @@ if ! command -v perfdhcp >/dev/null || ! command -v kea-dhcp4 >/dev/null || ! co
   # The packaged services must not run on this machine's interfaces.
   systemctl disable --now kea-dhcp4-server 2>/dev/null || true
 fi
-echo "peers in $peers: $(ls "$peers/usr/sbin"), perfdhcp, kea-dhcp4, dnsmasq"
+# HTTP peer and load generator for the image-streamer benchmark; nginx's
+# packaged service is kept from starting the same way.
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  created_policy=no
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    created_policy=yes
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nginx wrk >/dev/null
+  [ "$created_policy" = yes ] && rm -f /usr/sbin/policy-rc.d
+  systemctl disable --now nginx 2>/dev/null || true
+fi
+echo "peers in $peers: $(ls "$peers/usr/sbin"), perfdhcp, kea-dhcp4, dnsmasq, nginx, wrk"

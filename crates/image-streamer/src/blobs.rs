@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -113,8 +113,10 @@ pub struct Blob {
     pub modified: SystemTime,
     /// The whole content, when small enough to keep in memory.
     pub cached: Option<Bytes>,
-    /// Path on disk, for streaming larger files.
+    /// Path on disk.
     pub path: PathBuf,
+    /// The verified file, open (so serving needs no `open`).
+    pub file: Arc<File>,
 }
 
 /// Result of looking a blob up.
@@ -128,9 +130,22 @@ pub enum Lookup {
     Corrupt,
 }
 
+/// A lookup that either has its answer or needs a hash check first.
+enum Known {
+    Answer(Lookup),
+    Unverified { path: PathBuf, modified: SystemTime },
+}
+
+/// A file whose hash was checked, as it was then.
+struct Verified {
+    stamp: Stamp,
+    cached: Option<Bytes>,
+    file: Arc<File>,
+}
+
 #[derive(Default)]
 struct State {
-    verified: HashMap<String, (Stamp, Option<Bytes>)>,
+    verified: HashMap<String, Verified>,
     cached_bytes: u64,
     corrupt: HashSet<String>,
 }
@@ -154,8 +169,7 @@ impl std::fmt::Debug for BlobStore {
 
 /// Reads a file through sha256, returning the digest, the length and,
 /// when `keep` allows, the bytes.
-fn hash_file(path: &Path, keep: bool) -> io::Result<(String, u64, Option<Bytes>)> {
-    let mut file = File::open(path)?;
+fn hash_file(mut file: &File, keep: bool) -> io::Result<(String, u64, Option<Bytes>)> {
     let mut hasher = Sha256::new();
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -215,45 +229,58 @@ impl BlobStore {
     /// Looks a blob up, verifying it first when it is new or changed on
     /// disk. Blocking (hashes files): call from a blocking context.
     pub fn lookup(&self, sha: &str) -> Result<Lookup, BlobError> {
+        match self.lookup_known(sha)? {
+            Known::Answer(found) => Ok(found),
+            Known::Unverified { path, modified, .. } => self.verify(sha, &path, modified),
+        }
+    }
+
+    /// Answers from what was verified before, costing one `stat`; `None`
+    /// when the file must be hashed first (then call [`Self::lookup`] off
+    /// the async threads).
+    pub fn lookup_verified(&self, sha: &str) -> Result<Option<Lookup>, BlobError> {
+        Ok(match self.lookup_known(sha)? {
+            Known::Answer(found) => Some(found),
+            Known::Unverified { .. } => None,
+        })
+    }
+
+    fn lookup_known(&self, sha: &str) -> Result<Known, BlobError> {
         check_digest(sha)?;
         let path = self.blob_path(sha);
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.state().verified.remove(sha);
-                return Ok(Lookup::Absent);
+                return Ok(Known::Answer(Lookup::Absent));
             }
             Err(e) => return Err(io_err(format!("reading {sha}"))(e)),
         };
         let stamp = Stamp::of(&meta);
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if let Some((seen, cached)) = self.state().verified.get(sha) {
-            if *seen == stamp {
-                return Ok(Lookup::Ready(Blob {
+        if let Some(seen) = self.state().verified.get(sha) {
+            if seen.stamp == stamp {
+                return Ok(Known::Answer(Lookup::Ready(Blob {
                     sha256: sha.to_owned(),
                     len: stamp.len,
                     modified,
-                    cached: cached.clone(),
+                    cached: seen.cached.clone(),
                     path,
-                }));
+                    file: Arc::clone(&seen.file),
+                })));
             }
         }
-        self.verify(sha, &path, stamp, modified)
+        Ok(Known::Unverified { path, modified })
     }
 
-    fn verify(
-        &self,
-        sha: &str,
-        path: &Path,
-        stamp: Stamp,
-        modified: SystemTime,
-    ) -> Result<Lookup, BlobError> {
+    fn verify(&self, sha: &str, path: &Path, modified: SystemTime) -> Result<Lookup, BlobError> {
+        let file = File::open(path).map_err(io_err(format!("opening {sha}")))?;
+        // The stamp of what is actually hashed (the path may have changed).
+        let stamp = Stamp::of(&file.metadata().map_err(io_err(format!("reading {sha}")))?);
         let keep = stamp.len <= self.cache_file_limit;
-        let (actual, len, bytes) = hash_file(path, keep).map_err(io_err(format!("hashing {sha}")))?;
+        let (actual, len, bytes) = hash_file(&file, keep).map_err(io_err(format!("hashing {sha}")))?;
         let mut state = self.state();
-        if let Some((_, Some(old))) = state.verified.remove(sha) {
-            state.cached_bytes -= old.len() as u64;
-        }
+        Self::forget(&mut state, sha);
         if actual != sha || len != stamp.len {
             tracing::error!(sha256 = sha, actual = %actual, "file failed its hash check: deleted, will be fetched again");
             state.corrupt.insert(sha.to_owned());
@@ -262,8 +289,15 @@ impl BlobStore {
             let _ = fs::remove_file(path);
             return Ok(Lookup::Corrupt);
         }
-        let cached = Self::remember(&mut state, self.cache_budget, sha, stamp, bytes);
-        Ok(Lookup::Ready(Blob { sha256: sha.to_owned(), len, modified, cached, path: path.to_owned() }))
+        let file = Arc::new(file);
+        let cached = Self::remember(&mut state, self.cache_budget, sha, stamp, bytes, Arc::clone(&file));
+        Ok(Lookup::Ready(Blob { sha256: sha.to_owned(), len, modified, cached, path: path.to_owned(), file }))
+    }
+
+    fn forget(state: &mut State, sha: &str) {
+        if let Some(Verified { cached: Some(old), .. }) = state.verified.remove(sha) {
+            state.cached_bytes -= old.len() as u64;
+        }
     }
 
     /// Records a verified file, keeping its bytes in memory within budget.
@@ -273,15 +307,14 @@ impl BlobStore {
         sha: &str,
         stamp: Stamp,
         bytes: Option<Bytes>,
+        file: Arc<File>,
     ) -> Option<Bytes> {
-        if let Some((_, Some(old))) = state.verified.remove(sha) {
-            state.cached_bytes -= old.len() as u64;
-        }
+        Self::forget(state, sha);
         let cached = bytes.filter(|b| state.cached_bytes + b.len() as u64 <= budget);
         if let Some(b) = &cached {
             state.cached_bytes += b.len() as u64;
         }
-        state.verified.insert(sha.to_owned(), (stamp, cached.clone()));
+        state.verified.insert(sha.to_owned(), Verified { stamp, cached: cached.clone(), file });
         state.corrupt.remove(sha);
         cached
     }
@@ -294,7 +327,7 @@ impl BlobStore {
             let path = self.blob_path(&sha);
             let Ok(meta) = fs::metadata(&path) else { continue };
             let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            match self.verify(&sha, &path, Stamp::of(&meta), modified) {
+            match self.verify(&sha, &path, modified) {
                 Ok(Lookup::Corrupt) => corrupt.push(sha),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "scrub could not check a file"),
@@ -351,7 +384,8 @@ impl BlobStore {
         check_digest(sha)?;
         let partial = self.partial_path(sha);
         let keep = size <= self.cache_file_limit;
-        let (actual, len, bytes) = hash_file(&partial, keep).map_err(io_err(format!("hashing {sha}")))?;
+        let file = File::open(&partial).map_err(io_err(format!("opening the partial file of {sha}")))?;
+        let (actual, len, bytes) = hash_file(&file, keep).map_err(io_err(format!("hashing {sha}")))?;
         if len != size {
             if len > size {
                 let _ = fs::remove_file(&partial);
@@ -364,9 +398,10 @@ impl BlobStore {
         }
         let target = self.blob_path(sha);
         fs::rename(&partial, &target).map_err(io_err(format!("moving {sha} into place")))?;
-        // The hash was just checked: remember that for the file now in place.
-        let meta = fs::metadata(&target).map_err(io_err(format!("reading {sha}")))?;
-        Self::remember(&mut self.state(), self.cache_budget, sha, Stamp::of(&meta), bytes);
+        // The hash was just checked: remember that for the file now in place
+        // (the open handle follows the rename).
+        let meta = file.metadata().map_err(io_err(format!("reading {sha}")))?;
+        Self::remember(&mut self.state(), self.cache_budget, sha, Stamp::of(&meta), bytes, Arc::new(file));
         Ok(())
     }
 
@@ -382,11 +417,7 @@ impl BlobStore {
         if check_digest(sha).is_err() {
             return;
         }
-        let mut state = self.state();
-        if let Some((_, Some(old))) = state.verified.remove(sha) {
-            state.cached_bytes -= old.len() as u64;
-        }
-        drop(state);
+        Self::forget(&mut self.state(), sha);
         let _ = fs::remove_file(self.blob_path(sha));
     }
 }
