@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh test
+# QEMU, OVMF, iPXE loaders, a Debian kernel and a busybox initramfs for the
+# end-to-end boots (target/boot-assets).
+scripts/boot-assets.sh
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check

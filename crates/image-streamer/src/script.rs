@@ -202,8 +202,9 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
     values.insert(
         "report_loaded",
         format!(
-            "imgfetch --name bfreport {base}/report/{mac}/loaded || echo Bootfleet: boot report not delivered\n\
-             imgfree bfreport || echo"
+            "imgfetch --name bfreport {base}/report/{}/loaded || echo Bootfleet: boot report not delivered\n\
+             imgfree bfreport || echo",
+            mac.replace(':', "-")
         ),
     );
     let kind = match profile.boot.as_ref() {
@@ -306,7 +307,7 @@ mod tests {
         }
     }
 
-    const REPORT: &str = "imgfetch --name bfreport http://198.18.0.2:8080/report/52:54:00:00:00:01/loaded \
+    const REPORT: &str = "imgfetch --name bfreport http://198.18.0.2:8080/report/52-54-00-00-00-01/loaded \
                           || echo Bootfleet: boot report not delivered\nimgfree bfreport || echo\n";
 
     #[test]

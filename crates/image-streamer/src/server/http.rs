@@ -108,6 +108,7 @@ async fn handle(streamer: &Arc<Streamer>, req: Request<Incoming>, peer: SocketAd
     } else if path == "/boot.ipxe" {
         ("boot", boot_script(streamer, &query, peer))
     } else if let Some(mac) = path.strip_prefix("/boot/").and_then(|m| m.strip_suffix(".ipxe")) {
+        // The MAC goes into the query as it came (still percent-encoded).
         let query = if query.is_empty() { format!("mac={mac}") } else { format!("mac={mac}&{query}") };
         ("boot", boot_script(streamer, &query, peer))
     } else if let Some(rest) = path.strip_prefix("/images/") {
@@ -183,6 +184,8 @@ fn report(
     }
     let parsed = match path.strip_prefix("/report/") {
         Some(rest) => {
+            // iPXE percent-encodes the colons of a MAC in a path.
+            let rest = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
             let parts: Vec<&str> = rest.split('/').collect();
             match parts.as_slice() {
                 [mac, stage] => query::report(mac, stage, ""),

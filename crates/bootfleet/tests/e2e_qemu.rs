@@ -1,0 +1,271 @@
+//! End to end: a QEMU VM with SeaBIOS and the iPXE NIC ROM boots a tiny
+//! Linux through `bootfleet up` — DHCP (full mode) → iPXE → boot script
+//! from the image streamer, chosen by a rule → kernel and initrd over HTTP →
+//! the marker from the kernel command line on the serial console. Then a
+//! rule change, predicted by test-compliance and activated, changes what
+//! the next boot gets.
+//!
+//! The lab: Bootfleet in one network namespace, the VM's tap device on a
+//! bridge in another, joined by a veth pair in 198.18.0.0/15. Boot assets
+//! come from `scripts/boot-assets.sh` (the test command runs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use bootfleet_test_support::netns::{Netns, link};
+use bootfleet_test_support::process::ChildGuard;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
+const TOKEN: &str = "qemu-lab-token-0123456789";
+const RULES: &str = "http://127.0.0.1:7070";
+const IMAGES: &str = "http://127.0.0.1:7072";
+/// TCG boots of SeaBIOS + iPXE + Linux take 10-30 s on a busy 2-core machine.
+const BOOT_WITHIN: Duration = Duration::from_secs(150);
+
+fn assets() -> PathBuf {
+    let dir = std::env::var_os("BOOTFLEET_BOOT_ASSETS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/boot-assets"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file(),
+        "boot assets missing in {}: run scripts/boot-assets.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn manifest(marker: &str) -> String {
+    format!(
+        r#"
+image_profiles:
+  - name: tiny
+    kernel:
+      kernel: tiny/1/vmlinuz
+      initrds: [tiny/1/initrd.img]
+      cmdline: "console=ttyS0 quiet bootfleet.marker=${{host.marker}}"
+host_profiles:
+  - {{ name: lab-{marker}, values: {{ marker: {marker} }} }}
+rules:
+  - {{ name: lab-vms, match: {{ mac: "52:54:00:00:61:*" }}, image_profile: tiny, host_profile: lab-{marker} }}
+"#
+    )
+}
+
+/// Bootfleet in `server`, a bridge with the VM taps in `client`.
+struct Lab {
+    _up: ChildGuard,
+    server: Netns,
+    client: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn start() -> Self {
+        let assets = assets();
+        let server = Netns::create("bfqA").unwrap();
+        let client = Netns::create("bfqB").unwrap();
+        link(&server, "198.18.61.1/24", &client, "198.18.61.2/24").unwrap();
+        // The client end joins a bridge with the VMs' taps; IPv6 stays off
+        // so iPXE does not wait for router advertisements.
+        for ns in [&server, &client] {
+            ns.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
+            ns.run("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]).unwrap();
+        }
+        client.ip(&["addr", "flush", "dev", "bfqB-qA"]).unwrap();
+        client.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+        client.ip(&["link", "set", "bfqB-qA", "master", "br0"]).unwrap();
+        client.ip(&["link", "set", "br0", "up"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tftp = dir.path().join("tftp");
+        std::fs::create_dir(&tftp).unwrap();
+        std::fs::copy(assets.join("undionly.kpxe"), tftp.join("undionly.kpxe")).unwrap();
+        std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        let config = dir.path().join("lab.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[store]
+backend = "embedded"
+data_dir = "{data}"
+[admin]
+listen = "127.0.0.1:9100"
+[rules]
+listen = "127.0.0.1:7070"
+admin_token = "{TOKEN}"
+[tftp]
+listen = "198.18.61.1:69"
+root = "{tftp}"
+[streamer]
+listen = "198.18.61.1:8080"
+grpc_listen = "127.0.0.1:7072"
+admin_token = "{TOKEN}"
+[dhcp]
+mode = "full"
+interfaces = ["bfqA-qB"]
+server_ip = "198.18.61.1"
+http_base = "http://198.18.61.1:8080"
+rules_url = "{RULES}"
+[[dhcp.pools]]
+subnet = "198.18.61.0/24"
+start = "198.18.61.100"
+end = "198.18.61.150"
+lease_time = "10m"
+"#,
+                data = dir.path().join("data").display(),
+                tftp = tftp.display()
+            ),
+        )
+        .unwrap();
+        let up =
+            ChildGuard(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "info"]).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = server.run("curl", &["-s", "127.0.0.1:9100/healthz"]).unwrap_or_default();
+            if health.starts_with("serving") && health.contains("dhcp: serving") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let lab = Self { _up: up, server, client, dir };
+        // The image: the kernel and initramfs, pushed to the streamer.
+        let image = lab.dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        std::fs::copy(assets.join("vmlinuz"), image.join("vmlinuz")).unwrap();
+        std::fs::copy(assets.join("initrd.img"), image.join("initrd.img")).unwrap();
+        let token_file = lab.dir.path().join("token");
+        let push = lab.cli(&[
+            "images",
+            "push",
+            image.to_str().unwrap(),
+            "--image",
+            "tiny",
+            "--version",
+            "1",
+            "--server",
+            IMAGES,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ]);
+        assert!(push.status.success(), "push: {}", String::from_utf8_lossy(&push.stderr));
+        lab
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.server.command(BIN).args(args).output().unwrap()
+    }
+
+    /// Applies the rules with this marker to the working set.
+    fn apply(&self, marker: &str, activate: bool) {
+        let file = self.dir.path().join(format!("rules-{marker}.yaml"));
+        std::fs::write(&file, manifest(marker)).unwrap();
+        let mut args = vec!["apply", "-f", file.to_str().unwrap(), "--server", RULES, "--token", TOKEN];
+        if activate {
+            args.push("--activate");
+        }
+        let out = self.cli(&args);
+        assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Boots a VM with `mac` from the network; returns its serial console
+    /// output once the marker line appeared (or panics with it).
+    fn boot(&self, name: &str, mac: &str) -> String {
+        let tap = format!("tap-{name}");
+        self.client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
+        self.client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
+        self.client.ip(&["link", "set", &tap, "up"]).unwrap();
+        let serial = self.dir.path().join(format!("{name}.serial"));
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let nic = format!("e1000,netdev=n0,mac={mac},bootindex=1");
+        let serial_arg = format!("file:{}", serial.display());
+        let accel = std::env::var("BOOTFLEET_LAB_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let started = Instant::now();
+        let vm = ChildGuard(
+            self.client
+                .spawn(
+                    "qemu-system-x86_64",
+                    &[
+                        "-accel",
+                        &accel,
+                        "-nodefaults",
+                        "-vga",
+                        "none",
+                        "-display",
+                        "none",
+                        "-no-reboot",
+                        "-m",
+                        "256",
+                        "-serial",
+                        &serial_arg,
+                        "-netdev",
+                        &netdev,
+                        "-device",
+                        &nic,
+                        "-boot",
+                        "n",
+                    ],
+                )
+                .unwrap(),
+        );
+        let mut vm = vm;
+        loop {
+            let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+            if text.contains("BOOTFLEET-MARKER") {
+                eprintln!("{name}: marker after {:.1} s", started.elapsed().as_secs_f64());
+                // /init powers off right after the marker.
+                let _ = vm.0.wait();
+                self.client.ip(&["link", "del", &tap]).unwrap();
+                return text;
+            }
+            if let Ok(Some(status)) = vm.0.try_wait() {
+                panic!("{name}: QEMU exited ({status}) before the marker; serial:\n{text}");
+            }
+            assert!(
+                started.elapsed() < BOOT_WITHIN,
+                "{name}: no marker within {BOOT_WITHIN:?}; serial:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
+    let lab = Lab::start();
+    lab.apply("first-boot", true);
+    let mac = "52:54:00:00:61:01";
+    let serial = lab.boot("vm1", mac);
+    assert!(serial.contains("BOOTFLEET-MARKER first-boot"), "{serial}");
+
+    // The host record shows the decision and which replica served each stage.
+    let host = lab.cli(&["hosts", "get", mac, "--server", RULES, "-o", "json"]);
+    let host: serde_json::Value = serde_json::from_slice(&host.stdout).unwrap();
+    let stages: Vec<&str> = host["boot_status"]["reports"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["stage"].as_str()).collect())
+        .unwrap_or_default();
+    let metrics = lab.server.run("curl", &["-s", "127.0.0.1:9100/metrics"]).unwrap_or_default();
+    let requests: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("bootfleet_streamer_requests_total")).collect();
+    assert!(stages.contains(&"script") && stages.contains(&"loaded"), "{host}\n{requests:#?}");
+
+    // The working set now assigns another host profile (another marker):
+    // test-compliance predicts the change for this host, activation makes
+    // the next boot get it.
+    lab.apply("second-boot", false);
+    let predicted = lab.cli(&["rules", "test-compliance", mac, "--server", RULES, "-o", "json"]);
+    let predicted: serde_json::Value = serde_json::from_slice(&predicted.stdout).unwrap();
+    let changes = predicted["non_compliant"].as_array().cloned().unwrap_or_default();
+    assert!(
+        changes.iter().any(|c| c["mac"] == mac && c["changed"].to_string().contains("host_profile")),
+        "{predicted}"
+    );
+    let activated = lab.cli(&["rules", "activate", "--server", RULES, "--token", TOKEN]);
+    assert!(activated.status.success(), "{}", String::from_utf8_lossy(&activated.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let serial = lab.boot("vm1-again", mac);
+    assert!(serial.contains("BOOTFLEET-MARKER second-boot"), "{serial}");
+}
