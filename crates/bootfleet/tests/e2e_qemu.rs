@@ -67,12 +67,10 @@ impl Lab {
         let server = Netns::create("bfqA").unwrap();
         let client = Netns::create("bfqB").unwrap();
         link(&server, "198.18.61.1/24", &client, "198.18.61.2/24").unwrap();
-        // The client end joins a bridge with the VMs' taps; IPv6 stays off
-        // so iPXE does not wait for router advertisements.
-        for ns in [&server, &client] {
-            ns.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
-            ns.run("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]).unwrap();
-        }
+        // The client end joins a bridge with the VMs' taps. The server side
+        // keeps IPv6 (a link-local address) so the DHCP responder can answer
+        // iPXE's router solicitations and spare it a ~13 s wait.
+        client.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
         client.ip(&["addr", "flush", "dev", "bfqB-qA"]).unwrap();
         client.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
         client.ip(&["link", "set", "bfqB-qA", "master", "br0"]).unwrap();
@@ -108,6 +106,7 @@ interfaces = ["bfqA-qB"]
 server_ip = "198.18.61.1"
 http_base = "http://198.18.61.1:8080"
 rules_url = "{RULES}"
+router_advertisements = true
 [[dhcp.pools]]
 subnet = "198.18.61.0/24"
 start = "198.18.61.100"

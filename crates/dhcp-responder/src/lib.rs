@@ -9,14 +9,16 @@
 //! decides and encodes proxyDHCP answers (boot file per architecture, the
 //! script URL for iPXE, a URL and the echoed class for HTTP boot, silence
 //! with a reason otherwise).
-//!
-//! Not built yet (issue 5): full-DHCP mode with leases in the store, the
-//! port-4011 boot server, the socket shell bound to configured interfaces,
-//! asking the rules engine, the HA election, and the real-client tests.
+//! [`full`] allocates addresses from pools and tracks leases (pure);
+//! [`ndp`] builds the IPv6 router advertisement that ends iPXE's wait for
+//! IPv6. The `runtime` feature adds [`server`]: sockets bound to the
+//! configured interfaces, the rules-engine lookup, leases in the store and
+//! the hot-standby election.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod full;
+pub mod ndp;
 pub mod proxy;
 #[cfg(feature = "runtime")]
 pub mod server;

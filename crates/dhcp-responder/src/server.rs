@@ -6,6 +6,7 @@
 
 mod config;
 mod full_shell;
+mod router_adverts;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -274,12 +275,22 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
         flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
         config,
     });
-    let tasks: Vec<_> = sockets
+    let mut tasks: Vec<_> = sockets
         .into_iter()
         .map(|(socket, boot_server)| {
             tokio::spawn(serve_socket(socket, Arc::clone(&responder), boot_server, ctx.shutdown.token()))
         })
         .collect();
+    if responder.config.router_advertisements {
+        for interface in responder.config.interfaces.clone() {
+            let stop = ctx.shutdown.token();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = router_adverts::serve(interface, stop).await {
+                    tracing::error!(error = format!("{e:#}"), "IPv6 router advertisements are off");
+                }
+            }));
+        }
+    }
     for task in tasks {
         let _ = task.await;
     }

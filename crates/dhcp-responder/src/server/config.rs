@@ -79,6 +79,7 @@ struct DhcpSection {
     rules_url: Option<String>,
     boot_unknown: Option<bool>,
     requests_per_mac_per_second: Option<u32>,
+    router_advertisements: Option<bool>,
     #[serde(default)]
     loaders: LoaderSection,
 }
@@ -118,6 +119,9 @@ pub struct DhcpConfig {
     pub loaders: Loaders,
     /// Flood limit per MAC.
     pub requests_per_mac_per_second: u32,
+    /// Answer IPv6 router solicitations with "nothing to configure", so
+    /// iPXE does not wait ~13 s for IPv6 on links without a router.
+    pub router_advertisements: bool,
 }
 
 fn address(text: &str, key: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -182,6 +186,7 @@ impl DhcpConfig {
             boot_unknown: section.boot_unknown.unwrap_or(false),
             loaders,
             requests_per_mac_per_second: rate,
+            router_advertisements: section.router_advertisements.unwrap_or(false),
         }))
     }
 }
