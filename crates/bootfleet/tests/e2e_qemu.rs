@@ -61,24 +61,40 @@ struct Lab {
     dir: tempfile::TempDir,
 }
 
+/// How a VM's firmware boots from the network.
+#[derive(Clone, Copy, Debug)]
+enum Firmware {
+    /// SeaBIOS with the e1000's iPXE ROM.
+    Bios,
+    /// OVMF's own PXE (virtio-net without an option ROM) → ipxe.efi over TFTP.
+    UefiPxe,
+    /// OVMF's UEFI HTTP boot (PXE switched off) → ipxe.efi over HTTP.
+    UefiHttp,
+}
+
 impl Lab {
-    fn start() -> Self {
+    /// A lab in namespaces `<prefix>A`/`<prefix>B` on 198.18.<octet>.0/24.
+    fn start(prefix: &str, octet: u8) -> Self {
         let assets = assets();
-        let server = Netns::create("bfqA").unwrap();
-        let client = Netns::create("bfqB").unwrap();
-        link(&server, "198.18.61.1/24", &client, "198.18.61.2/24").unwrap();
+        let server = Netns::create(&format!("{prefix}A")).unwrap();
+        let client = Netns::create(&format!("{prefix}B")).unwrap();
+        link(&server, &format!("198.18.{octet}.1/24"), &client, &format!("198.18.{octet}.2/24")).unwrap();
+        let server_if = format!("{prefix}A-{}B", &prefix[2..]);
+        let client_if = format!("{prefix}B-{}A", &prefix[2..]);
         // The client end joins a bridge with the VMs' taps. The server side
         // keeps IPv6 (a link-local address) so the DHCP responder can answer
         // iPXE's router solicitations and spare it a ~13 s wait.
         client.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
-        client.ip(&["addr", "flush", "dev", "bfqB-qA"]).unwrap();
+        client.ip(&["addr", "flush", "dev", &client_if]).unwrap();
         client.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-        client.ip(&["link", "set", "bfqB-qA", "master", "br0"]).unwrap();
+        client.ip(&["link", "set", &client_if, "master", "br0"]).unwrap();
         client.ip(&["link", "set", "br0", "up"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let tftp = dir.path().join("tftp");
         std::fs::create_dir(&tftp).unwrap();
-        std::fs::copy(assets.join("undionly.kpxe"), tftp.join("undionly.kpxe")).unwrap();
+        for loader in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
+            std::fs::copy(assets.join(loader), tftp.join(loader)).unwrap();
+        }
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         let config = dir.path().join("lab.toml");
         std::fs::write(
@@ -94,23 +110,24 @@ listen = "127.0.0.1:9100"
 listen = "127.0.0.1:7070"
 admin_token = "{TOKEN}"
 [tftp]
-listen = "198.18.61.1:69"
+listen = "198.18.{octet}.1:69"
 root = "{tftp}"
 [streamer]
-listen = "198.18.61.1:8080"
+listen = "198.18.{octet}.1:8080"
 grpc_listen = "127.0.0.1:7072"
 admin_token = "{TOKEN}"
+loaders_dir = "{tftp}"
 [dhcp]
 mode = "full"
-interfaces = ["bfqA-qB"]
-server_ip = "198.18.61.1"
-http_base = "http://198.18.61.1:8080"
+interfaces = ["{server_if}"]
+server_ip = "198.18.{octet}.1"
+http_base = "http://198.18.{octet}.1:8080"
 rules_url = "{RULES}"
 router_advertisements = true
 [[dhcp.pools]]
-subnet = "198.18.61.0/24"
-start = "198.18.61.100"
-end = "198.18.61.150"
+subnet = "198.18.{octet}.0/24"
+start = "198.18.{octet}.100"
+end = "198.18.{octet}.150"
 lease_time = "10m"
 "#,
                 data = dir.path().join("data").display(),
@@ -171,44 +188,47 @@ lease_time = "10m"
 
     /// Boots a VM with `mac` from the network; returns its serial console
     /// output once the marker line appeared (or panics with it).
-    fn boot(&self, name: &str, mac: &str) -> String {
+    fn boot(&self, name: &str, mac: &str, firmware: Firmware) -> String {
         let tap = format!("tap-{name}");
         self.client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
         self.client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
         self.client.ip(&["link", "set", &tap, "up"]).unwrap();
         let serial = self.dir.path().join(format!("{name}.serial"));
-        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
-        let nic = format!("e1000,netdev=n0,mac={mac},bootindex=1");
-        let serial_arg = format!("file:{}", serial.display());
         let accel = std::env::var("BOOTFLEET_LAB_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let mut args: Vec<String> = ["-accel", &accel, "-nodefaults", "-vga", "none", "-display", "none"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(["-no-reboot".into(), "-serial".into(), format!("file:{}", serial.display())]);
+        args.extend(["-netdev".into(), format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+        match firmware {
+            Firmware::Bios => {
+                args.extend(["-m", "256", "-boot", "n", "-device"].map(String::from));
+                args.push(format!("e1000,netdev=n0,mac={mac},bootindex=1"));
+            }
+            Firmware::UefiPxe | Firmware::UefiHttp => {
+                let vars = self.dir.path().join(format!("{name}.vars.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+                args.extend(["-machine", "q35", "-m", "512", "-drive"].map(String::from));
+                args.push(
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                );
+                args.push("-drive".into());
+                args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                // No option ROM: the firmware's own network stack boots.
+                args.push("-device".into());
+                args.push(format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"));
+                if matches!(firmware, Firmware::UefiHttp) {
+                    for option in ["IPv4PXESupport", "IPv6PXESupport"] {
+                        args.push("-fw_cfg".into());
+                        args.push(format!("name=opt/org.tianocore/{option},string=n"));
+                    }
+                }
+            }
+        }
         let started = Instant::now();
-        let vm = ChildGuard(
-            self.client
-                .spawn(
-                    "qemu-system-x86_64",
-                    &[
-                        "-accel",
-                        &accel,
-                        "-nodefaults",
-                        "-vga",
-                        "none",
-                        "-display",
-                        "none",
-                        "-no-reboot",
-                        "-m",
-                        "256",
-                        "-serial",
-                        &serial_arg,
-                        "-netdev",
-                        &netdev,
-                        "-device",
-                        &nic,
-                        "-boot",
-                        "n",
-                    ],
-                )
-                .unwrap(),
-        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let vm = ChildGuard(self.client.spawn("qemu-system-x86_64", &args).unwrap());
         let mut vm = vm;
         loop {
             let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
@@ -233,10 +253,10 @@ lease_time = "10m"
 
 #[test]
 fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
-    let lab = Lab::start();
+    let lab = Lab::start("bfq", 61);
     lab.apply("first-boot", true);
     let mac = "52:54:00:00:61:01";
-    let serial = lab.boot("vm1", mac);
+    let serial = lab.boot("vm1", mac, Firmware::Bios);
     assert!(serial.contains("BOOTFLEET-MARKER first-boot"), "{serial}");
 
     // The host record shows the decision and which replica served each stage.
@@ -265,6 +285,26 @@ fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
     let activated = lab.cli(&["rules", "activate", "--server", RULES, "--token", TOKEN]);
     assert!(activated.status.success(), "{}", String::from_utf8_lossy(&activated.stderr));
     std::thread::sleep(Duration::from_millis(500));
-    let serial = lab.boot("vm1-again", mac);
+    let serial = lab.boot("vm1-again", mac, Firmware::Bios);
     assert!(serial.contains("BOOTFLEET-MARKER second-boot"), "{serial}");
+}
+
+/// UEFI (OVMF): PXE → ipxe.efi over TFTP → script → kernel; and UEFI HTTP
+/// boot (vendor class HTTPClient) → ipxe.efi over HTTP → script → kernel.
+#[test]
+fn uefi_vms_boot_by_pxe_and_by_http_boot() {
+    let lab = Lab::start("bfu", 62);
+    lab.apply("uefi", true);
+    let serial = lab.boot("pxe", "52:54:00:00:61:11", Firmware::UefiPxe);
+    assert!(serial.contains("BOOTFLEET-MARKER uefi"), "{serial}");
+    let serial = lab.boot("http", "52:54:00:00:61:12", Firmware::UefiHttp);
+    assert!(serial.contains("BOOTFLEET-MARKER uefi"), "{serial}");
+    // The second VM fetched its loader over HTTP, not TFTP.
+    let metrics = lab.server.run("curl", &["-s", "127.0.0.1:9100/metrics"]).unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bootfleet_streamer_requests_total{route=\"loaders\",status=\"200\"}")),
+        "no loader was fetched over HTTP"
+    );
 }
