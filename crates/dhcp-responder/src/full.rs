@@ -47,6 +47,13 @@ impl Pool {
 
     /// Options describing the subnet (and the lease, unless INFORM).
     pub fn options(&self, with_lease: bool) -> Vec<(u8, Vec<u8>)> {
+        let secs = with_lease.then(|| u32::try_from(self.lease_time.as_secs()).unwrap_or(u32::MAX));
+        self.options_for(secs)
+    }
+
+    /// As [`Self::options`], for a lease with `lease_secs` left (`None`: no
+    /// lease-time options, for INFORM).
+    pub fn options_for(&self, lease_secs: Option<u32>) -> Vec<(u8, Vec<u8>)> {
         let mut out = vec![(1, self.mask().to_be_bytes().to_vec())];
         if let Some(router) = self.router {
             out.push((3, router.octets().to_vec()));
@@ -54,8 +61,7 @@ impl Pool {
         if !self.dns.is_empty() {
             out.push((6, self.dns.iter().flat_map(|d| d.octets()).collect()));
         }
-        if with_lease {
-            let secs = u32::try_from(self.lease_time.as_secs()).unwrap_or(u32::MAX);
+        if let Some(secs) = lease_secs {
             out.push((51, secs.to_be_bytes().to_vec()));
             out.push((58, (secs / 2).to_be_bytes().to_vec()));
             out.push((59, (secs / 8 * 7).to_be_bytes().to_vec()));
@@ -148,6 +154,14 @@ impl LeaseTable {
         self.by_ip.remove(&ip);
         self.by_mac.retain(|_, held| *held != ip);
         self.apply(ip, lease, revision);
+    }
+
+    /// The unexpired bound lease `mac` holds: its address and expiry.
+    pub fn bound_lease(&self, mac: &str, now_ms: i64) -> Option<(Ipv4Addr, i64)> {
+        let ip = *self.by_mac.get(mac)?;
+        let (lease, _) = self.by_ip.get(&ip)?;
+        (lease.mac == mac && lease.state == LeaseState::Bound && lease.expires_unix_ms > now_ms)
+            .then_some((ip, lease.expires_unix_ms))
     }
 
     /// The lease of `ip` and its store revision.
@@ -243,6 +257,18 @@ mod tests {
     }
 
     const NOW: i64 = 1_000_000;
+
+    #[test]
+    fn bound_leases_are_found_by_mac_until_they_expire() {
+        let mut table = LeaseTable::default();
+        let ip = Ipv4Addr::new(198, 18, 0, 100);
+        table.apply(ip, Some(lease("aa", LeaseState::Bound, 5_000)), 1);
+        table.apply(Ipv4Addr::new(198, 18, 0, 101), Some(lease("bb", LeaseState::Offered, 5_000)), 2);
+        assert_eq!(table.bound_lease("aa", 1_000), Some((ip, 5_000)));
+        assert_eq!(table.bound_lease("aa", 5_000), None, "expired");
+        assert_eq!(table.bound_lease("bb", 1_000), None, "only offered");
+        assert_eq!(table.bound_lease("cc", 1_000), None);
+    }
 
     #[test]
     fn offers_follow_reservation_then_holding_then_lowest_free() {

@@ -16,6 +16,7 @@
 //! the hot-standby election.
 #![warn(missing_docs)]
 
+pub mod boot_servers;
 pub mod client;
 pub mod full;
 pub mod ndp;

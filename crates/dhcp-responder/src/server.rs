@@ -14,14 +14,18 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bootfleet_core::membership::service_prefix;
 use bootfleet_core::process::ServiceContext;
+use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::client::{Client as RulesClient, connect_lazy};
 use prometheus::{IntCounterVec, register_int_counter_vec};
+use prost::Message;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 pub use self::config::{DhcpArgs, DhcpConfig, Mode};
+use crate::boot_servers::{Candidate, pick};
 use crate::client::{Loader, detect};
 use crate::proxy::{ProxyContext, Reply, ReplyType, Silence, Verdict, decide, encode};
 use crate::wire::{MessageType, Request};
@@ -119,15 +123,54 @@ struct Responder {
     flood: FloodGuard,
     /// Full mode: the store and a watched copy of the leases.
     leases: Option<full_shell::Leases>,
+    /// Live TFTP replicas, when `tftp_from_members` is on.
+    tftp_members: Option<SnapshotCache>,
+    /// Live image streamers, when `streamers_from_members` is on.
+    streamer_members: Option<SnapshotCache>,
+}
+
+/// Member records in a watched copy.
+fn live_members(members: &SnapshotCache) -> impl Iterator<Item = pb::Member> {
+    members.list(members.prefix()).into_iter().filter_map(|kv| pb::Member::decode(kv.value.as_slice()).ok())
 }
 
 impl Responder {
-    fn proxy_context(&self, verdict: Verdict) -> ProxyContext {
+    /// The TFTP server for this client: a live replica from the store when
+    /// configured and known, else the configured one.
+    fn tftp_server(&self, mac: u64) -> Ipv4Addr {
+        let Some(members) = &self.tftp_members else { return self.config.tftp_server };
+        let candidates: Vec<Candidate<Ipv4Addr>> = live_members(members)
+            .filter_map(|m| match m.addresses.first()?.parse::<SocketAddr>().ok()? {
+                // PXE firmware asks port 69 only.
+                SocketAddr::V4(v4) if v4.port() == 69 && !v4.ip().is_unspecified() => {
+                    Some(Candidate { address: *v4.ip(), load: m.load })
+                }
+                _ => None,
+            })
+            .collect();
+        pick(&candidates, mac).unwrap_or(self.config.tftp_server)
+    }
+
+    /// The image streamer for this client's boot script: a live replica's
+    /// base URL when configured and known, else `http_base`.
+    fn http_base(&self, mac: u64) -> String {
+        let Some(members) = &self.streamer_members else { return self.config.http_base.clone() };
+        let candidates: Vec<Candidate<String>> = live_members(members)
+            .filter_map(|m| {
+                let url = m.addresses.first()?.clone();
+                url.starts_with("http").then_some(Candidate { address: url, load: m.load })
+            })
+            .collect();
+        pick(&candidates, mac).unwrap_or_else(|| self.config.http_base.clone())
+    }
+
+    fn proxy_context(&self, verdict: Verdict, mac: [u8; 6]) -> ProxyContext {
+        let mac = mac.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
         ProxyContext {
             server_ip: self.config.server_ip,
-            tftp_server: self.config.tftp_server,
+            tftp_server: self.tftp_server(mac),
             loaders: self.config.loaders.clone(),
-            http_base: self.config.http_base.clone(),
+            http_base: self.http_base(mac),
             verdict,
             boot_unknown: self.config.boot_unknown,
         }
@@ -161,14 +204,14 @@ impl Responder {
         let record = request.message_type == MessageType::Discover;
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
         if let (Mode::Full { pools, reservations }, Some(leases)) = (&self.config.mode, &self.leases) {
-            let boot = self.proxy_context(verdict);
+            let boot = self.proxy_context(verdict, request.mac);
             let reply = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await?;
             count("answered");
             tracing::info!(mac = %request.mac_text(), yiaddr = %reply.yiaddr, kind = ?reply.kind, "answered");
             let to = destination(&request, &reply, from, false);
             return Some((encode(&request, &reply, self.config.server_ip), to));
         }
-        let ctx = self.proxy_context(verdict);
+        let ctx = self.proxy_context(verdict, request.mac);
         let reply = match decide(&request, &ctx) {
             Ok(reply) => reply,
             Err(silence) => {
@@ -269,7 +312,15 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
         Mode::Full { .. } => Some(full_shell::Leases::start(&ctx)),
         Mode::Proxy => None,
     };
+    let tftp_members = config.tftp_from_members.then(|| {
+        SnapshotCache::start(ctx.store.clone(), &service_prefix("tftp-server"), ctx.shutdown.token())
+    });
+    let streamer_members = config.streamers_from_members.then(|| {
+        SnapshotCache::start(ctx.store.clone(), &service_prefix("image-streamer"), ctx.shutdown.token())
+    });
     let responder = Arc::new(Responder {
+        tftp_members,
+        streamer_members,
         leases,
         verdicts: Verdicts { client: connect_lazy(&config.rules_url)?, last: Mutex::default() },
         flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },

@@ -80,6 +80,8 @@ struct DhcpSection {
     boot_unknown: Option<bool>,
     requests_per_mac_per_second: Option<u32>,
     router_advertisements: Option<bool>,
+    tftp_from_members: Option<bool>,
+    streamers_from_members: Option<bool>,
     #[serde(default)]
     loaders: LoaderSection,
 }
@@ -122,6 +124,12 @@ pub struct DhcpConfig {
     /// Answer IPv6 router solicitations with "nothing to configure", so
     /// iPXE does not wait ~13 s for IPv6 on links without a router.
     pub router_advertisements: bool,
+    /// Send PXE clients to the least-loaded live TFTP replica registered in
+    /// the store (on port 69), falling back to `tftp_server`.
+    pub tftp_from_members: bool,
+    /// Hand iPXE the boot-script URL of the least-loaded live image
+    /// streamer registered in the store, falling back to `http_base`.
+    pub streamers_from_members: bool,
 }
 
 fn address(text: &str, key: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -187,6 +195,8 @@ impl DhcpConfig {
             loaders,
             requests_per_mac_per_second: rate,
             router_advertisements: section.router_advertisements.unwrap_or(false),
+            tftp_from_members: section.tftp_from_members.unwrap_or(false),
+            streamers_from_members: section.streamers_from_members.unwrap_or(false),
         }))
     }
 }

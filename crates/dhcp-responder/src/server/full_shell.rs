@@ -5,7 +5,9 @@
 //! the leases, and takes over when the leader's lease lapses. A deposed
 //! leader's writes fail, so two replicas that both believe they lead still
 //! cannot hand out one address twice. While the store is unreachable
-//! nothing new is allocated or acknowledged (the client retries).
+//! nothing new is allocated: a host whose bound lease is in the watched
+//! copy gets that same address again, for no longer than the lease has
+//! left (offline mode: a known host still boots), and nothing is written.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -14,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bootfleet_core::election::{Election, Leadership};
 use bootfleet_core::process::ServiceContext;
-use bootfleet_core::snapshot::SnapshotCache;
+use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
 use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, StoreResult, TxnOp, TxnRequest};
 use bootfleet_proto::v1 as pb;
 use prost::Message;
@@ -66,6 +68,8 @@ pub(super) struct Leases {
     writes: mpsc::Sender<WriteJob>,
     /// Every lease, indexed; kept current from the watched copy.
     index: Arc<std::sync::Mutex<LeaseTable>>,
+    /// The watched copy (its status tells whether the store is reachable).
+    cache: SnapshotCache,
 }
 
 /// Keeps the lease index in step with the snapshot's change events,
@@ -230,7 +234,14 @@ impl Leases {
         tokio::spawn(write_batches(ctx.store.clone(), leader.clone(), queue));
         let index = Arc::new(std::sync::Mutex::new(LeaseTable::default()));
         tokio::spawn(maintain_index(cache.clone(), Arc::clone(&index)));
-        Self { store: ctx.store.clone(), member_id: ctx.config.member_id.clone(), leader, writes, index }
+        Self {
+            store: ctx.store.clone(),
+            member_id: ctx.config.member_id.clone(),
+            leader,
+            writes,
+            index,
+            cache,
+        }
     }
 
     /// The fencing compare, while this replica is the acting leader.
@@ -295,9 +306,9 @@ fn complete(
     client: &Client,
     ctx: &ProxyContext,
     pool: &Pool,
-    with_lease: bool,
+    lease_secs: Option<u32>,
 ) -> Reply {
-    r.options.extend(pool.options(with_lease));
+    r.options.extend(pool.options_for(lease_secs));
     if client.loader != Loader::None {
         if let Ok(boot) = boot_parts(request, client, ctx) {
             r.file = boot.file;
@@ -310,6 +321,49 @@ fn complete(
         }
     }
     r
+}
+
+fn lease_secs(pool: &Pool) -> Option<u32> {
+    Some(u32::try_from(pool.lease_time.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// Offline mode: the store is unreachable, so no replica can act as leader
+/// or write. A host with an unexpired bound lease in the watched copy gets
+/// that address again for the time the lease has left; every replica gives
+/// the same answer, and nothing new is allocated.
+fn answer_offline(
+    request: &Request,
+    client: &Client,
+    ctx: &ProxyContext,
+    pool: &Pool,
+    leases: &Leases,
+) -> Option<Reply> {
+    if leases.cache.status() != CacheStatus::Degraded {
+        return None; // the store is fine: a standby stays silent
+    }
+    let mac = request.mac_text();
+    let now = now_ms();
+    let (ip, expires) =
+        leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).bound_lease(&mac, now)?;
+    let left = u32::try_from((expires - now) / 1000).unwrap_or(0);
+    if left < 10 {
+        return None; // too little left to be worth handing out
+    }
+    let kind = match request.message_type {
+        MessageType::Discover => ReplyType::Offer,
+        MessageType::Request => {
+            let asked =
+                request.requested_ip().or((!request.ciaddr.is_unspecified()).then_some(request.ciaddr));
+            if asked != Some(ip) || request.server_id().is_some_and(|id| id != ctx.server_ip) {
+                return None;
+            }
+            ReplyType::Ack
+        }
+        _ => return None,
+    };
+    tracing::info!(%mac, %ip, seconds_left = left, "store unreachable: answering from the watched lease (offline)");
+    let r = reply(kind, ip, request, ctx);
+    Some(complete(r, request, client, ctx, pool, Some(left)))
 }
 
 /// Answers one full-DHCP request (`None`: stay silent).
@@ -327,9 +381,12 @@ pub(super) async fn answer(
         // Bootfleet never answers machines it was not told about.
         Verdict::Unknown | Verdict::Ignore => return None,
     }
-    // A standby stays silent: the leader answers.
-    leases.acting_guard()?;
     let pool = pick_pool(pools, request.giaddr, ctx.server_ip)?;
+    // A standby stays silent: the leader answers (offline, the watched
+    // leases answer for known hosts).
+    if leases.acting_guard().is_none() {
+        return answer_offline(request, client, ctx, pool, leases);
+    }
     let mac = request.mac_text();
     let hostname = request.text(12).unwrap_or_default();
     let now = now_ms();
@@ -362,7 +419,7 @@ pub(super) async fn answer(
                         || leases.write(ip, Some((mac.clone(), LeaseState::Offered, expires, hostname.clone())), revision).await?;
                     if held {
                         let r = reply(ReplyType::Offer, ip, request, ctx);
-                        return Ok(Some(complete(r, request, client, ctx, pool, true)));
+                        return Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))));
                     }
                     tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading that lease again");
                     let kv = leases.store.get(&key(ip)).await?;
@@ -394,7 +451,7 @@ pub(super) async fn answer(
                 let bound = LeaseEntry { mac: mac.clone(), state: LeaseState::Bound, expires_unix_ms: expires };
                 leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(bound), revision);
                 let r = reply(ReplyType::Ack, ip, request, ctx);
-                Ok(Some(complete(r, request, client, ctx, pool, true)))
+                Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))))
             }
             MessageType::Release => {
                 let ip = request.ciaddr;
@@ -418,7 +475,7 @@ pub(super) async fn answer(
             }
             MessageType::Inform => {
                 let r = reply(ReplyType::Ack, Ipv4Addr::UNSPECIFIED, request, ctx);
-                Ok(Some(complete(r, request, client, ctx, pool, false)))
+                Ok(Some(complete(r, request, client, ctx, pool, None)))
             }
         }
     }
