@@ -9,12 +9,14 @@
 //! bridge in another, joined by a veth pair in 198.18.0.0/15. Boot assets
 //! come from `scripts/boot-assets.sh` (the test command runs it).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use bootfleet_test_support::netns::{Netns, link};
 use bootfleet_test_support::process::ChildGuard;
+use common::{Firmware, Vm, assets, bridge};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
 const TOKEN: &str = "qemu-lab-token-0123456789";
@@ -22,19 +24,6 @@ const RULES: &str = "http://127.0.0.1:7070";
 const IMAGES: &str = "http://127.0.0.1:7072";
 /// TCG boots of SeaBIOS + iPXE + Linux take 10-30 s on a busy 2-core machine.
 const BOOT_WITHIN: Duration = Duration::from_secs(150);
-
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("BOOTFLEET_BOOT_ASSETS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/boot-assets"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file(),
-        "boot assets missing in {}: run scripts/boot-assets.sh",
-        dir.display()
-    );
-    dir
-}
 
 fn manifest(marker: &str) -> String {
     format!(
@@ -61,17 +50,6 @@ struct Lab {
     dir: tempfile::TempDir,
 }
 
-/// How a VM's firmware boots from the network.
-#[derive(Clone, Copy, Debug)]
-enum Firmware {
-    /// SeaBIOS with the e1000's iPXE ROM.
-    Bios,
-    /// OVMF's own PXE (virtio-net without an option ROM) → ipxe.efi over TFTP.
-    UefiPxe,
-    /// OVMF's UEFI HTTP boot (PXE switched off) → ipxe.efi over HTTP.
-    UefiHttp,
-}
-
 impl Lab {
     /// A lab in namespaces `<prefix>A`/`<prefix>B` on 198.18.<octet>.0/24.
     fn start(prefix: &str, octet: u8) -> Self {
@@ -84,11 +62,7 @@ impl Lab {
         // The client end joins a bridge with the VMs' taps. The server side
         // keeps IPv6 (a link-local address) so the DHCP responder can answer
         // iPXE's router solicitations and spare it a ~13 s wait.
-        client.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
-        client.ip(&["addr", "flush", "dev", &client_if]).unwrap();
-        client.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-        client.ip(&["link", "set", &client_if, "master", "br0"]).unwrap();
-        client.ip(&["link", "set", "br0", "up"]).unwrap();
+        bridge(&client, &client_if);
         let dir = tempfile::tempdir().unwrap();
         let tftp = dir.path().join("tftp");
         std::fs::create_dir(&tftp).unwrap();
@@ -189,65 +163,7 @@ lease_time = "10m"
     /// Boots a VM with `mac` from the network; returns its serial console
     /// output once the marker line appeared (or panics with it).
     fn boot(&self, name: &str, mac: &str, firmware: Firmware) -> String {
-        let tap = format!("tap-{name}");
-        self.client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
-        self.client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
-        self.client.ip(&["link", "set", &tap, "up"]).unwrap();
-        let serial = self.dir.path().join(format!("{name}.serial"));
-        let accel = std::env::var("BOOTFLEET_LAB_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let mut args: Vec<String> = ["-accel", &accel, "-nodefaults", "-vga", "none", "-display", "none"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        args.extend(["-no-reboot".into(), "-serial".into(), format!("file:{}", serial.display())]);
-        args.extend(["-netdev".into(), format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
-        match firmware {
-            Firmware::Bios => {
-                args.extend(["-m", "256", "-boot", "n", "-device"].map(String::from));
-                args.push(format!("e1000,netdev=n0,mac={mac},bootindex=1"));
-            }
-            Firmware::UefiPxe | Firmware::UefiHttp => {
-                let vars = self.dir.path().join(format!("{name}.vars.fd"));
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-                args.extend(["-machine", "q35", "-m", "512", "-drive"].map(String::from));
-                args.push(
-                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
-                );
-                args.push("-drive".into());
-                args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-                // No option ROM: the firmware's own network stack boots.
-                args.push("-device".into());
-                args.push(format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"));
-                if matches!(firmware, Firmware::UefiHttp) {
-                    for option in ["IPv4PXESupport", "IPv6PXESupport"] {
-                        args.push("-fw_cfg".into());
-                        args.push(format!("name=opt/org.tianocore/{option},string=n"));
-                    }
-                }
-            }
-        }
-        let started = Instant::now();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let vm = ChildGuard(self.client.spawn("qemu-system-x86_64", &args).unwrap());
-        let mut vm = vm;
-        loop {
-            let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
-            if text.contains("BOOTFLEET-MARKER") {
-                eprintln!("{name}: marker after {:.1} s", started.elapsed().as_secs_f64());
-                // /init powers off right after the marker.
-                let _ = vm.0.wait();
-                self.client.ip(&["link", "del", &tap]).unwrap();
-                return text;
-            }
-            if let Ok(Some(status)) = vm.0.try_wait() {
-                panic!("{name}: QEMU exited ({status}) before the marker; serial:\n{text}");
-            }
-            assert!(
-                started.elapsed() < BOOT_WITHIN,
-                "{name}: no marker within {BOOT_WITHIN:?}; serial:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        Vm::start(&self.client, self.dir.path(), name, mac, firmware).wait_marker(&self.client, BOOT_WITHIN)
     }
 }
 

@@ -1,0 +1,156 @@
+//! Shared by the end-to-end tests: boot assets, the client side of the lab
+//! (a bridge with one tap per VM) and QEMU VMs that boot from the network
+//! and print a marker on their serial console.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bootfleet_test_support::netns::Netns;
+use bootfleet_test_support::process::ChildGuard;
+
+/// The boot assets from `scripts/boot-assets.sh`.
+pub(crate) fn assets() -> PathBuf {
+    let dir = std::env::var_os("BOOTFLEET_BOOT_ASSETS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/boot-assets"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file(),
+        "boot assets missing in {}: run scripts/boot-assets.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Puts `client_if` on a new bridge `br0` in `client` (VM taps join it).
+pub(crate) fn bridge(client: &Netns, client_if: &str) {
+    client.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
+    client.ip(&["addr", "flush", "dev", client_if]).unwrap();
+    client.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    client.ip(&["link", "set", client_if, "master", "br0"]).unwrap();
+    client.ip(&["link", "set", "br0", "up"]).unwrap();
+}
+
+/// How a VM's firmware boots from the network.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Firmware {
+    /// SeaBIOS with the e1000's iPXE ROM; SeaBIOS retries a failed boot
+    /// after a second, as real machines loop on PXE.
+    Bios,
+    /// OVMF's own PXE (virtio-net without an option ROM) → ipxe.efi over TFTP.
+    UefiPxe,
+    /// OVMF's UEFI HTTP boot (PXE switched off) → ipxe.efi over HTTP.
+    UefiHttp,
+}
+
+/// A running VM.
+pub(crate) struct Vm {
+    pub(crate) name: String,
+    process: ChildGuard,
+    serial: PathBuf,
+    tap: String,
+    started: Instant,
+}
+
+impl Vm {
+    /// Starts a VM with `mac` on a new tap in `client`'s bridge.
+    pub(crate) fn start(client: &Netns, dir: &Path, name: &str, mac: &str, firmware: Firmware) -> Self {
+        let tap = format!("tap-{name}");
+        client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
+        client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
+        client.ip(&["link", "set", &tap, "up"]).unwrap();
+        let serial = dir.join(format!("{name}.serial"));
+        let accel = std::env::var("BOOTFLEET_LAB_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let mut args: Vec<String> = ["-accel", &accel, "-nodefaults", "-vga", "none", "-display", "none"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(["-serial".into(), format!("file:{}", serial.display())]);
+        args.extend(["-netdev".into(), format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+        match firmware {
+            Firmware::Bios => {
+                args.extend(
+                    ["-m", "256", "-boot", "order=n,reboot-timeout=1000", "-device"].map(String::from),
+                );
+                args.push(format!("e1000,netdev=n0,mac={mac},bootindex=1"));
+            }
+            Firmware::UefiPxe | Firmware::UefiHttp => {
+                let vars = dir.join(format!("{name}.vars.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+                args.extend(["-no-reboot", "-machine", "q35", "-m", "512", "-drive"].map(String::from));
+                args.push(
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                );
+                args.push("-drive".into());
+                args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                // No option ROM: the firmware's own network stack boots.
+                args.push("-device".into());
+                args.push(format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"));
+                if matches!(firmware, Firmware::UefiHttp) {
+                    for option in ["IPv4PXESupport", "IPv6PXESupport"] {
+                        args.push("-fw_cfg".into());
+                        args.push(format!("name=opt/org.tianocore/{option},string=n"));
+                    }
+                }
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = ChildGuard(client.spawn("qemu-system-x86_64", &args).unwrap());
+        Self { name: name.to_owned(), process, serial, tap, started: Instant::now() }
+    }
+
+    /// The serial console so far.
+    pub(crate) fn serial(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// The console once the marker line appeared, `None` while not yet;
+    /// panics if QEMU exited without it.
+    pub(crate) fn marker(&mut self) -> Option<String> {
+        let text = self.serial();
+        if text.contains("BOOTFLEET-MARKER") {
+            return Some(text);
+        }
+        if let Ok(Some(status)) = self.process.0.try_wait() {
+            panic!("{}: QEMU exited ({status}) before the marker; serial:\n{text}", self.name);
+        }
+        None
+    }
+
+    /// Waits for the marker; returns the console (the VM powers off).
+    pub(crate) fn wait_marker(mut self, client: &Netns, within: Duration) -> String {
+        loop {
+            if let Some(text) = self.marker() {
+                eprintln!("{}: marker after {:.1} s", self.name, self.started.elapsed().as_secs_f64());
+                self.finish(client);
+                return text;
+            }
+            assert!(
+                self.started.elapsed() < within,
+                "{}: no marker within {within:?}; serial:\n{}",
+                self.name,
+                self.serial()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for QEMU to exit (the VM powers off after the marker) and
+    /// removes its tap.
+    pub(crate) fn finish(mut self, client: &Netns) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.process.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = client.ip(&["link", "del", &self.tap]);
+    }
+
+    /// Seconds since it started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
