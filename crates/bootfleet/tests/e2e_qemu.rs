@@ -45,14 +45,25 @@ rules:
 /// Bootfleet in `server`, a bridge with the VM taps in `client`.
 struct Lab {
     _up: ChildGuard,
+    _plain_dhcp: Option<ChildGuard>,
     server: Netns,
     client: Netns,
     dir: tempfile::TempDir,
 }
 
 impl Lab {
-    /// A lab in namespaces `<prefix>A`/`<prefix>B` on 198.18.<octet>.0/24.
+    /// A lab in namespaces `<prefix>A`/`<prefix>B` on 198.18.<octet>.0/24,
+    /// with full DHCP.
     fn start(prefix: &str, octet: u8) -> Self {
+        let full = format!(
+            "mode = \"full\"\n[[dhcp.pools]]\nsubnet = \"198.18.{octet}.0/24\"\nstart = \"198.18.{octet}.100\"\n\
+             end = \"198.18.{octet}.150\"\nlease_time = \"10m\"\n"
+        );
+        Self::start_with(prefix, octet, &full)
+    }
+
+    /// As [`Self::start`] with this DHCP mode and its settings.
+    fn start_with(prefix: &str, octet: u8, dhcp: &str) -> Self {
         let assets = assets();
         let server = Netns::create(&format!("{prefix}A")).unwrap();
         let client = Netns::create(&format!("{prefix}B")).unwrap();
@@ -92,23 +103,33 @@ grpc_listen = "127.0.0.1:7072"
 admin_token = "{TOKEN}"
 loaders_dir = "{tftp}"
 [dhcp]
-mode = "full"
 interfaces = ["{server_if}"]
 server_ip = "198.18.{octet}.1"
 http_base = "http://198.18.{octet}.1:8080"
 rules_url = "{RULES}"
 router_advertisements = true
-[[dhcp.pools]]
-subnet = "198.18.{octet}.0/24"
-start = "198.18.{octet}.100"
-end = "198.18.{octet}.150"
-lease_time = "10m"
+{dhcp}
 "#,
                 data = dir.path().join("data").display(),
                 tftp = tftp.display()
             ),
         )
         .unwrap();
+        // In proxy mode a plain DHCP server hands out the addresses.
+        let plain_dhcp = dhcp.contains("\"proxy\"").then(|| {
+            let range = format!("--dhcp-range=198.18.{octet}.100,198.18.{octet}.150,10m");
+            let interface = format!("--interface={server_if}");
+            let mut args = vec![
+                "--no-daemon",
+                "--port=0",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--leasefile-ro",
+            ];
+            args.extend([range.as_str(), interface.as_str(), "--log-dhcp"]);
+            ChildGuard(server.spawn("dnsmasq", &args).unwrap())
+        });
         let up =
             ChildGuard(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "info"]).unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -120,7 +141,7 @@ lease_time = "10m"
             assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let lab = Self { _up: up, server, client, dir };
+        let lab = Self { _up: up, _plain_dhcp: plain_dhcp, server, client, dir };
         // The image: the kernel and initramfs, pushed to the streamer.
         let image = lab.dir.path().join("image");
         std::fs::create_dir(&image).unwrap();
@@ -223,4 +244,15 @@ fn uefi_vms_boot_by_pxe_and_by_http_boot() {
             .any(|l| l.starts_with("bootfleet_streamer_requests_total{route=\"loaders\",status=\"200\"}")),
         "no loader was fetched over HTTP"
     );
+}
+
+/// Proxy mode beside a plain DHCP server (dnsmasq handing out addresses,
+/// nothing about booting): the address comes from dnsmasq, the boot
+/// instructions from Bootfleet's proxyDHCP, and the VM boots.
+#[test]
+fn proxy_mode_boots_a_vm_beside_a_plain_dhcp_server() {
+    let lab = Lab::start_with("bfp", 63, "mode = \"proxy\"");
+    lab.apply("proxied", true);
+    let serial = lab.boot("vm", "52:54:00:00:61:21", Firmware::Bios);
+    assert!(serial.contains("BOOTFLEET-MARKER proxied"), "{serial}");
 }

@@ -183,8 +183,10 @@ pub fn decide(request: &Request, ctx: &ProxyContext) -> Result<Reply, Silence> {
 fn boot_file(request: &Request, client: &Client, ctx: &ProxyContext) -> Result<(String, Ipv4Addr), Silence> {
     let base = ctx.http_base.trim_end_matches('/');
     match client.loader {
-        // iPXE is running: hand it its script, not the loader again.
-        Loader::Ipxe => Ok((format!("{base}/boot.ipxe?mac={}", request.mac_text()), Ipv4Addr::UNSPECIFIED)),
+        // iPXE is running: hand it its script, not the loader again. The
+        // URL is absolute, but siaddr must be set: iPXE ignores a
+        // ProxyDHCPACK without "PXE options" (next-server plus boot file).
+        Loader::Ipxe => Ok((format!("{base}/boot.ipxe?mac={}", request.mac_text()), ctx.server_ip)),
         Loader::Http => {
             let file = client.arch.and_then(|a| ctx.loaders.for_arch(a)).ok_or(Silence::NoLoader)?;
             Ok((format!("{base}/loaders/{file}"), Ipv4Addr::UNSPECIFIED))
