@@ -30,6 +30,10 @@ bootfleet=$root/target/release/bootfleet
 work=$(mktemp -d)
 cleanup() {
   for ns in $server $client; do
+    for pid in $(ip netns pids $ns 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  done
+  sleep 1
+  for ns in $server $client; do
     for pid in $(ip netns pids $ns 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del $ns 2>/dev/null || true
   done
@@ -87,6 +91,7 @@ end = "198.18.99.150"
 lease_time = "10m"
 EOF
 ip netns exec $server "$bootfleet" up -c "$work/bootfleet.toml" --log warn &
+disown
 for _ in $(seq 100); do
   ip netns exec $server curl -sf 127.0.0.1:9100/healthz >/dev/null 2>&1 && break
   sleep 0.2
@@ -131,6 +136,7 @@ else
 fi
 start=$(date +%s%N)
 ip netns exec $client "${qemu[@]}" &
+disown
 for _ in $(seq 600); do
   grep -aq BOOTFLEET-MARKER "$work/serial.log" 2>/dev/null && break
   sleep 0.2

@@ -247,11 +247,31 @@ impl BlobStore {
 
     fn lookup_known(&self, sha: &str) -> Result<Known, BlobError> {
         check_digest(sha)?;
+        // The verified file, checked through its open handle (one fstat):
+        // any write to it changes its length or mtime. What goes out is the
+        // inode that was hashed, even if the path was replaced meanwhile.
+        let known = self.state().verified.get(sha).map(|v| (v.stamp, v.cached.clone(), Arc::clone(&v.file)));
+        if let Some((stamp, cached, file)) = known {
+            if let Ok(meta) = file.metadata() {
+                if Stamp::of(&meta) == stamp {
+                    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    let (sha256, path) = (sha.to_owned(), self.blob_path(sha));
+                    return Ok(Known::Answer(Lookup::Ready(Blob {
+                        sha256,
+                        len: stamp.len,
+                        modified,
+                        cached,
+                        path,
+                        file,
+                    })));
+                }
+            }
+        }
         let path = self.blob_path(sha);
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.state().verified.remove(sha);
+                Self::forget(&mut self.state(), sha);
                 return Ok(Known::Answer(Lookup::Absent));
             }
             Err(e) => return Err(io_err(format!("reading {sha}"))(e)),

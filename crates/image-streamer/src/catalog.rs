@@ -115,10 +115,10 @@ pub fn replicas_of(members: &[KeyValue]) -> Vec<Replica> {
     out
 }
 
-/// The catalog, indexed.
+/// The catalog, indexed by image, then version.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
-    versions: BTreeMap<(String, String), Arc<ImageVersion>>,
+    versions: BTreeMap<String, BTreeMap<String, Arc<ImageVersion>>>,
 }
 
 impl Catalog {
@@ -128,7 +128,8 @@ impl Catalog {
         for kv in kvs {
             match ImageVersion::decode(kv.value.as_slice()) {
                 Ok(v) => {
-                    versions.insert((v.image.clone(), v.version.clone()), Arc::new(v));
+                    let image: &mut BTreeMap<_, _> = versions.entry(v.image.clone()).or_default();
+                    image.insert(v.version.clone(), Arc::new(v));
                 }
                 Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping undecodable image version"),
             }
@@ -138,12 +139,12 @@ impl Catalog {
 
     /// One version.
     pub fn version(&self, image: &str, version: &str) -> Option<&Arc<ImageVersion>> {
-        self.versions.get(&(image.to_owned(), version.to_owned()))
+        self.versions.get(image)?.get(version)
     }
 
     /// Every version, sorted by image then version.
     pub fn versions(&self) -> impl Iterator<Item = &Arc<ImageVersion>> {
-        self.versions.values()
+        self.versions.values().flat_map(BTreeMap::values)
     }
 
     /// The catalog entry of a file.
