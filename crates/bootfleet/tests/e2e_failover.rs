@@ -2,7 +2,7 @@
 //! engines, two TFTP servers, two image streamers, two DHCP responders in
 //! hot standby) over a 3-member etcd. VMs boot in a staggered storm while
 //! the DHCP leader, one TFTP replica and one streamer replica are SIGKILLed:
-//! every VM reaches its marker. Then etcd goes away entirely and a known
+//! every VM (BIOS, UEFI PXE, UEFI HTTP boot) reaches its marker. Then etcd goes away entirely and a known
 //! host still boots (offline mode).
 //!
 //! The service binaries are the workspace's own (built next to `bootfleet`
@@ -242,7 +242,7 @@ fn vms_boot_while_replicas_die_and_offline_when_etcd_is_gone() {
 
     // A staggered storm; the DHCP leader, a TFTP and a streamer replica die
     // in the middle of it.
-    let firmwares = [Firmware::Bios, Firmware::UefiPxe, Firmware::Bios, Firmware::Bios];
+    let firmwares = [Firmware::Bios, Firmware::UefiPxe, Firmware::Bios, Firmware::UefiHttp, Firmware::Bios];
     let mut vms = Vec::new();
     for (i, firmware) in firmwares.into_iter().enumerate() {
         let mac = format!("52:54:00:00:64:{:02x}", i + 1);

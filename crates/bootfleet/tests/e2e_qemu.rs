@@ -25,7 +25,7 @@ const IMAGES: &str = "http://127.0.0.1:7072";
 /// TCG boots of SeaBIOS + iPXE + Linux take 10-30 s on a busy 2-core machine.
 const BOOT_WITHIN: Duration = Duration::from_secs(150);
 
-fn manifest(marker: &str) -> String {
+fn manifest(marker: &str, extra_cmdline: &str) -> String {
     format!(
         r#"
 image_profiles:
@@ -33,7 +33,7 @@ image_profiles:
     kernel:
       kernel: tiny/1/vmlinuz
       initrds: [tiny/1/initrd.img]
-      cmdline: "console=ttyS0 quiet bootfleet.marker=${{host.marker}}"
+      cmdline: "console=ttyS0 quiet bootfleet.marker=${{host.marker}} {extra_cmdline}"
 host_profiles:
   - {{ name: lab-{marker}, values: {{ marker: {marker} }} }}
 rules:
@@ -44,7 +44,8 @@ rules:
 
 /// Bootfleet in `server`, a bridge with the VM taps in `client`.
 struct Lab {
-    _up: ChildGuard,
+    up: Option<ChildGuard>,
+    config: std::path::PathBuf,
     _plain_dhcp: Option<ChildGuard>,
     server: Netns,
     client: Netns,
@@ -130,18 +131,8 @@ router_advertisements = true
             args.extend([range.as_str(), interface.as_str(), "--log-dhcp"]);
             ChildGuard(server.spawn("dnsmasq", &args).unwrap())
         });
-        let up =
-            ChildGuard(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "info"]).unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = server.run("curl", &["-s", "127.0.0.1:9100/healthz"]).unwrap_or_default();
-            if health.starts_with("serving") && health.contains("dhcp: serving") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let lab = Self { _up: up, _plain_dhcp: plain_dhcp, server, client, dir };
+        let mut lab = Self { up: None, _plain_dhcp: plain_dhcp, server, client, dir, config };
+        lab.start_up();
         // The image: the kernel and initramfs, pushed to the streamer.
         let image = lab.dir.path().join("image");
         std::fs::create_dir(&image).unwrap();
@@ -165,14 +156,42 @@ router_advertisements = true
         lab
     }
 
+    /// Starts `bootfleet up` (again: same configuration and data) and waits
+    /// until it serves, DHCP included.
+    fn start_up(&mut self) {
+        let config = self.config.to_str().unwrap().to_owned();
+        self.up = Some(ChildGuard(self.server.spawn(BIN, &["up", "-c", &config, "--log", "info"]).unwrap()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = self.server.run("curl", &["-s", "127.0.0.1:9100/healthz"]).unwrap_or_default();
+            if health.starts_with("serving") && health.contains("dhcp: serving") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops every Bootfleet service (SIGTERM) and waits for the exit.
+    fn stop_up(&mut self) {
+        let up = self.up.take().expect("bootfleet up is running");
+        let status = up.terminate(Duration::from_secs(15));
+        assert!(status.is_some_and(|s| s.success()), "bootfleet up did not stop cleanly: {status:?}");
+    }
+
     fn cli(&self, args: &[&str]) -> Output {
         self.server.command(BIN).args(args).output().unwrap()
     }
 
     /// Applies the rules with this marker to the working set.
     fn apply(&self, marker: &str, activate: bool) {
+        self.apply_with(marker, activate, "");
+    }
+
+    /// As [`Self::apply`], with more on the kernel command line.
+    fn apply_with(&self, marker: &str, activate: bool, extra_cmdline: &str) {
         let file = self.dir.path().join(format!("rules-{marker}.yaml"));
-        std::fs::write(&file, manifest(marker)).unwrap();
+        std::fs::write(&file, manifest(marker, extra_cmdline)).unwrap();
         let mut args = vec!["apply", "-f", file.to_str().unwrap(), "--server", RULES, "--token", TOKEN];
         if activate {
             args.push("--activate");
@@ -255,4 +274,48 @@ fn proxy_mode_boots_a_vm_beside_a_plain_dhcp_server() {
     lab.apply("proxied", true);
     let serial = lab.boot("vm", "52:54:00:00:61:21", Firmware::Bios);
     assert!(serial.contains("BOOTFLEET-MARKER proxied"), "{serial}");
+}
+
+/// Stateless fallback: with every Bootfleet service stopped, a VM whose
+/// boot order is network then disk boots its disk; once the services are
+/// back its host record says it came up from its cached disk ("not booted
+/// stateless"), and its next network boot clears that.
+#[test]
+fn without_services_a_vm_boots_its_disk_and_is_flagged_until_it_boots_from_the_network() {
+    // 198.18.65.1 is where the disk image's OS reports (boot-assets.sh).
+    let mut lab = Lab::start("bfs", 65);
+    lab.apply_with(
+        "stateless",
+        true,
+        "bootfleet.report=http://198.18.65.1:8080/report bootfleet.source=network",
+    );
+    let mac = "52:54:00:00:61:31";
+    let flag = |lab: &Lab| -> Option<bool> {
+        let out = lab.cli(&["hosts", "get", mac, "--server", RULES, "-o", "json"]);
+        let host: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        host["boot_status"]["not_booted_stateless"].as_bool()
+    };
+    lab.stop_up();
+    let mut vm = Vm::start(&lab.client, lab.dir.path(), "vm", mac, Firmware::BiosNetThenDisk);
+    vm.wait_for("BOOTFLEET-MARKER from-disk", BOOT_WITHIN);
+    // The disk's OS keeps trying to report until the services are back.
+    lab.start_up();
+    vm.wait_for("BOOTFLEET-REPORTED disk", BOOT_WITHIN);
+    vm.finish(&lab.client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flag(&lab) != Some(true) {
+        assert!(Instant::now() < deadline, "the host record never said 'not booted stateless'");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Services up: the network comes first again, and a good network boot
+    // clears the flag.
+    let mut vm = Vm::start(&lab.client, lab.dir.path(), "vm-again", mac, Firmware::BiosNetThenDisk);
+    let serial = vm.wait_for("BOOTFLEET-REPORTED network", BOOT_WITHIN);
+    assert!(serial.contains("BOOTFLEET-MARKER stateless"), "{serial}");
+    vm.finish(&lab.client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flag(&lab) != Some(false) {
+        assert!(Instant::now() < deadline, "the network boot did not clear the flag");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -42,6 +42,9 @@ pub(crate) enum Firmware {
     UefiPxe,
     /// OVMF's UEFI HTTP boot (PXE switched off) → ipxe.efi over HTTP.
     UefiHttp,
+    /// SeaBIOS trying the network first, then the local disk
+    /// (`disk.img` from the boot assets, its writes discarded).
+    BiosNetThenDisk,
 }
 
 /// A running VM.
@@ -74,6 +77,14 @@ impl Vm {
                     ["-m", "256", "-boot", "order=n,reboot-timeout=1000", "-device"].map(String::from),
                 );
                 args.push(format!("e1000,netdev=n0,mac={mac},bootindex=1"));
+            }
+            Firmware::BiosNetThenDisk => {
+                let disk = assets().join("disk.img");
+                args.extend(["-m", "256", "-device"].map(String::from));
+                args.push(format!("e1000,netdev=n0,mac={mac},bootindex=1"));
+                args.push("-drive".into());
+                args.push(format!("file={},format=raw,if=none,id=d0,snapshot=on", disk.display()));
+                args.extend(["-device", "ide-hd,drive=d0,bootindex=2"].map(String::from));
             }
             Firmware::UefiPxe | Firmware::UefiHttp => {
                 let vars = dir.join(format!("{name}.vars.fd"));
@@ -116,6 +127,26 @@ impl Vm {
             panic!("{}: QEMU exited ({status}) before the marker; serial:\n{text}", self.name);
         }
         None
+    }
+
+    /// Waits until the console shows `text`; returns the console so far.
+    pub(crate) fn wait_for(&mut self, text: &str, within: Duration) -> String {
+        loop {
+            let console = self.serial();
+            if console.contains(text) {
+                eprintln!("{}: {text:?} after {:.1} s", self.name, self.started.elapsed().as_secs_f64());
+                return console;
+            }
+            if let Ok(Some(status)) = self.process.0.try_wait() {
+                panic!("{}: QEMU exited ({status}) before {text:?}; serial:\n{console}", self.name);
+            }
+            assert!(
+                self.started.elapsed() < within,
+                "{}: no {text:?} within {within:?}; serial:\n{console}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits for the marker; returns the console (the VM powers off).
