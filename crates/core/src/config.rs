@@ -50,6 +50,10 @@ pub struct CommonArgs {
     /// (status 0 when valid, 64 otherwise). Binds nothing.
     #[arg(long)]
     pub validate: bool,
+    /// Ask the running service's admin endpoint whether it serves, and exit
+    /// 0 if it does, 1 if not (for container health checks).
+    #[arg(long)]
+    pub probe: bool,
     /// Log filter, e.g. "info" or "info,bootfleet_core=debug".
     #[arg(long = "log", env = env::LOG, value_name = "FILTER")]
     pub log: Option<String>,

@@ -80,6 +80,9 @@ where
         eprintln!("configuration is valid:\n{config:#?}\n{settings:#?}");
         return 0;
     }
+    if args.probe {
+        return probe(config.admin_listen);
+    }
     crate::telemetry::init(&config.log_filter, config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -134,4 +137,32 @@ where
     shutdown.drain(grace).await;
     tracing::info!(service, "stopped");
     result
+}
+
+/// `--probe`: GET /readyz on the admin endpoint of the service running with
+/// this configuration; 0 when it answers 200 within 3 s, else 1.
+fn probe(admin: SocketAddr) -> i32 {
+    use std::io::{Read, Write};
+    let target =
+        if admin.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], admin.port())) } else { admin };
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => 0,
+        Ok(response) => {
+            eprintln!("not ready: {}", response.lines().last().unwrap_or_default());
+            1
+        }
+        Err(e) => {
+            eprintln!("no answer from the admin endpoint at {target}: {e}");
+            1
+        }
+    }
 }
