@@ -6,7 +6,7 @@ set -euo pipefail
 
 need=(protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = test ]; then
-  need+=(etcd-server etcd-client iproute2 iputils-ping tftp-hpa atftp curl udhcpc dnsmasq-base podman runc)
+  need+=(etcd-server etcd-client iproute2 iputils-ping tftp-hpa atftp curl udhcpc dnsmasq-base podman runc python3-venv)
 fi
 
 missing=()

@@ -8,6 +8,11 @@ scripts/install-deps.sh test
 # QEMU, OVMF, iPXE loaders, a Debian kernel and a busybox initramfs for the
 # end-to-end boots (target/boot-assets).
 scripts/boot-assets.sh
+# The Kubernetes schema validator the manifest test uses (PyPI).
+if [ ! -x target/venv/bin/kubernetes-validate ]; then
+  python3 -m venv target/venv
+  target/venv/bin/pip install -q kubernetes-validate==1.37.0
+fi
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
