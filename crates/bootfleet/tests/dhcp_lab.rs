@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bootfleet_test_support::netns::{Netns, link};
+use common::{dhcp_leader, wait_serving_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
 const TOKEN: &str = "dhcp-lab-token-0123456789";
@@ -79,15 +82,7 @@ rules_url = "{RULES}"
     )
     .unwrap();
     let up = Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let health = server.run("curl", &["-s", "127.0.0.1:9100/healthz"]).unwrap_or_default();
-        if health.starts_with("serving") && health.contains("dhcp: serving") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_serving_in(&server, 9100, "dhcp: serving", Duration::from_secs(20));
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, manifest).unwrap();
     let applied = run_in(
@@ -325,17 +320,8 @@ lease_time = "60s"
         Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap())
     };
     let mut replicas = vec![("ra", replica("ra", 1)), ("rb", replica("rb", 2))];
-    let deadline = Instant::now() + Duration::from_secs(30);
     for port in [9201, 9202] {
-        loop {
-            let health =
-                server.run("curl", &["-s", &format!("127.0.0.1:{port}/healthz")]).unwrap_or_default();
-            if health.starts_with("serving") && health.contains("dhcp: serving") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "replica on {port} never became healthy: {health}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_serving_in(&server, port, "dhcp: serving", Duration::from_secs(30));
     }
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, FULL_RULES.replace("52:54:00:00:40:*", "52:54:00:00:50:*")).unwrap();
@@ -367,24 +353,7 @@ lease_time = "60s"
         }
     }
     let client_if = "bfhB-hA";
-    let leader = || -> String {
-        let out = server
-            .run(
-                "etcdctl",
-                &[
-                    "--endpoints",
-                    &etcd.endpoint(0),
-                    "get",
-                    "--prefix",
-                    "/bootfleet/v1/election/dhcp-responder/",
-                    "--sort-by=CREATE",
-                    "--order=ASCEND",
-                    "--print-value-only",
-                ],
-            )
-            .unwrap();
-        out.lines().next().unwrap_or_default().to_owned()
-    };
+    let leader = || dhcp_leader(&server, &etcd.endpoint(0));
     let mut addresses = std::collections::BTreeMap::new();
     let mut takeover = None;
     for i in 1..=6u8 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bootfleet_test_support::etcd::EtcdCluster;
 use bootfleet_test_support::netns::{Netns, link};
 use bootfleet_test_support::process::ChildGuard;
-use common::{Firmware, Vm, assets, bridge};
+use common::{Firmware, Vm, assets, bridge, dhcp_leader, wait_serving_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
 const TOKEN: &str = "failover-lab-token-0123456789";
@@ -120,17 +120,8 @@ impl Lab {
                 ),
             );
         }
-        for (name, _, port) in &lab.services {
-            let deadline = Instant::now() + Duration::from_secs(40);
-            loop {
-                let health =
-                    lab.server.run("curl", &["-s", &format!("127.0.0.1:{port}/healthz")]).unwrap_or_default();
-                if health.starts_with("serving") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{name} never became healthy: {health}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        for (_, _, port) in &lab.services {
+            wait_serving_in(&lab.server, *port, "", Duration::from_secs(40));
         }
         lab
     }
@@ -165,25 +156,8 @@ impl Lab {
         self.server.command(BIN).args(args).output().unwrap()
     }
 
-    /// Member id of the acting DHCP leader (first candidate by creation).
     fn dhcp_leader(&self) -> String {
-        let out = self
-            .server
-            .run(
-                "etcdctl",
-                &[
-                    "--endpoints",
-                    &self.etcd.endpoint(0),
-                    "get",
-                    "--prefix",
-                    "/bootfleet/v1/election/dhcp-responder/",
-                    "--sort-by=CREATE",
-                    "--order=ASCEND",
-                    "--print-value-only",
-                ],
-            )
-            .unwrap();
-        out.lines().next().unwrap_or_default().to_owned()
+        dhcp_leader(&self.server, &self.etcd.endpoint(0))
     }
 }
 

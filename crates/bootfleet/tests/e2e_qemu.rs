@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bootfleet_test_support::netns::{Netns, link};
 use bootfleet_test_support::process::ChildGuard;
-use common::{Firmware, Vm, assets, bridge};
+use common::{Firmware, Vm, assets, bridge, wait_serving_in};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
 const TOKEN: &str = "qemu-lab-token-0123456789";
@@ -161,15 +161,7 @@ router_advertisements = true
     fn start_up(&mut self) {
         let config = self.config.to_str().unwrap().to_owned();
         self.up = Some(ChildGuard(self.server.spawn(BIN, &["up", "-c", &config, "--log", "info"]).unwrap()));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = self.server.run("curl", &["-s", "127.0.0.1:9100/healthz"]).unwrap_or_default();
-            if health.starts_with("serving") && health.contains("dhcp: serving") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "bootfleet up never became healthy: {health}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_serving_in(&self.server, 9100, "dhcp: serving", Duration::from_secs(30));
     }
 
     /// Stops every Bootfleet service (SIGTERM) and waits for the exit.

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod election;
+pub mod grpc;
 pub mod membership;
 pub mod metrics;
 pub mod process;

@@ -19,8 +19,6 @@ use bootfleet_proto::v1::image_service_server::ImageServiceServer;
 use bootfleet_rules_engine::store::{RulesState, StateOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use self::config::{StreamerArgs, StreamerConfig};
@@ -167,16 +165,8 @@ async fn serve_grpc(
     ctx: &ServiceContext,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let incoming = TcpListenerStream::new(listener).map(|connection| {
-        if let Ok(stream) = &connection {
-            let _ = stream.set_nodelay(true);
-        }
-        connection
-    });
+    let reflection = bootfleet_core::grpc::reflection().context("building gRPC reflection")?;
+    let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     tonic::transport::Server::builder()
         .add_service(ctx.health.grpc_service())
         .add_service(reflection)

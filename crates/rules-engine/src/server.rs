@@ -12,8 +12,6 @@ use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::RulesApi;
@@ -153,19 +151,8 @@ pub async fn serve(
     admin_token: Option<String>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    // serve_with_incoming ignores the builder's TCP_NODELAY; without it Nagle
-    // holds small responses back and Evaluate latency suffers.
-    let incoming = TcpListenerStream::new(listener).map(|connection| {
-        if let Ok(stream) = &connection {
-            let _ = stream.set_nodelay(true);
-        }
-        connection
-    });
+    let reflection = bootfleet_core::grpc::reflection().context("building gRPC reflection")?;
+    let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     tonic::transport::Server::builder()
         .add_service(health.grpc_service())
         .add_service(reflection)

@@ -60,3 +60,16 @@ pub fn monotonic_ns() -> i128 {
         .expect("CLOCK_MONOTONIC is always available on Linux");
     i128::from(ts.tv_sec()) * 1_000_000_000 + i128::from(ts.tv_nsec())
 }
+
+/// Deterministic test bytes (xorshift), different per seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

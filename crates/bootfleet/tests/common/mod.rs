@@ -23,6 +23,41 @@ pub(crate) fn assets() -> PathBuf {
     dir
 }
 
+/// Waits until `/healthz` on 127.0.0.1:`port` inside `ns` says serving
+/// and mentions `needle` (e.g. "dhcp: serving"); panics after `within`.
+pub(crate) fn wait_serving_in(ns: &Netns, port: u16, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let health = ns.run("curl", &["-s", &format!("127.0.0.1:{port}/healthz")]).unwrap_or_default();
+        if health.starts_with("serving") && health.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the service on admin port {port} never served: {health}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Member id of the acting DHCP leader (the first campaigner by creation
+/// revision), read with etcdctl from inside `ns`.
+pub(crate) fn dhcp_leader(ns: &Netns, etcd_endpoint: &str) -> String {
+    let out = ns
+        .run(
+            "etcdctl",
+            &[
+                "--endpoints",
+                etcd_endpoint,
+                "get",
+                "--prefix",
+                "/bootfleet/v1/election/dhcp-responder/",
+                "--sort-by=CREATE",
+                "--order=ASCEND",
+                "--print-value-only",
+            ],
+        )
+        .unwrap();
+    out.lines().next().unwrap_or_default().to_owned()
+}
+
 /// Puts `client_if` on a new bridge `br0` in `client` (VM taps join it).
 pub(crate) fn bridge(client: &Netns, client_if: &str) {
     client.run("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();

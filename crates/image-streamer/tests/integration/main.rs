@@ -12,6 +12,7 @@ use std::time::Duration;
 use bootfleet_image_streamer::client::{self, ImageClient, LocalFile};
 use bootfleet_test_support::free_port;
 use bootfleet_test_support::process::{ChildGuard, wait_serving};
+pub(crate) use bootfleet_test_support::pseudo_random;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_bootfleet-image-streamer");
 pub(crate) const TOKEN: &str = "streamer-test-token-0123456789";
@@ -63,19 +64,6 @@ pub(crate) fn start_replica(store: &[&str], dir: &Path, id: &str, settings: &str
     let guard = ChildGuard(child);
     wait_serving(admin, Duration::from_secs(20));
     Replica { guard, http, grpc, admin, data }
-}
-
-/// Deterministic bytes.
-pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Writes files into `dir/name/` and pushes them as `image/version`.

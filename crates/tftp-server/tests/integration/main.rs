@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bootfleet_test_support::pseudo_random;
 use bootfleet_tftp_server::server::{self, TftpConfig, TftpServer};
 use bootfleet_tftp_server::wire::{Mode, Packet, Request};
 use tokio::net::UdpSocket;
@@ -30,18 +31,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 pub(crate) fn write_files(root: &Path) {
