@@ -8,10 +8,11 @@ scripts/install-deps.sh test
 # QEMU, OVMF, iPXE loaders, a Debian kernel and a busybox initramfs for the
 # end-to-end boots (target/boot-assets).
 scripts/boot-assets.sh
-# The Kubernetes schema validator the manifest test uses (PyPI).
-if [ ! -x target/venv/bin/kubernetes-validate ]; then
+# From PyPI: the Kubernetes schema validator the manifest test uses, and a
+# podman-compose that honours network_mode (Debian's 1.0.3 does not).
+if [ ! -x target/venv/bin/kubernetes-validate ] || [ ! -x target/venv/bin/podman-compose ]; then
   python3 -m venv target/venv
-  target/venv/bin/pip install -q kubernetes-validate==1.37.0
+  target/venv/bin/pip install -q kubernetes-validate==1.37.0 podman-compose==1.0.6
 fi
 
 export CARGO_TERM_COLOR=never

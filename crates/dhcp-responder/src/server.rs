@@ -6,6 +6,7 @@
 
 mod config;
 mod full_shell;
+mod liveness;
 mod router_adverts;
 
 use std::collections::HashMap;
@@ -127,6 +128,8 @@ struct Responder {
     tftp_members: Option<SnapshotCache>,
     /// Live image streamers, when `streamers_from_members` is on.
     streamer_members: Option<SnapshotCache>,
+    /// Which of those replicas answer their admin endpoint.
+    liveness: liveness::Liveness,
 }
 
 /// Member records in a watched copy.
@@ -140,6 +143,7 @@ impl Responder {
     fn tftp_server(&self, mac: u64) -> Ipv4Addr {
         let Some(members) = &self.tftp_members else { return self.config.tftp_server };
         let candidates: Vec<Candidate<Ipv4Addr>> = live_members(members)
+            .filter(|m| self.liveness.is_up(&m.admin_address))
             .filter_map(|m| match m.addresses.first()?.parse::<SocketAddr>().ok()? {
                 // PXE firmware asks port 69 only.
                 SocketAddr::V4(v4) if v4.port() == 69 && !v4.ip().is_unspecified() => {
@@ -156,6 +160,7 @@ impl Responder {
     fn http_base(&self, mac: u64) -> String {
         let Some(members) = &self.streamer_members else { return self.config.http_base.clone() };
         let candidates: Vec<Candidate<String>> = live_members(members)
+            .filter(|m| self.liveness.is_up(&m.admin_address))
             .filter_map(|m| {
                 let url = m.addresses.first()?.clone();
                 url.starts_with("http").then_some(Candidate { address: url, load: m.load })
@@ -318,9 +323,15 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
     let streamer_members = config.streamers_from_members.then(|| {
         SnapshotCache::start(ctx.store.clone(), &service_prefix("image-streamer"), ctx.shutdown.token())
     });
+    let liveness = liveness::Liveness::default();
+    let probed: Vec<SnapshotCache> = tftp_members.iter().chain(streamer_members.iter()).cloned().collect();
+    if !probed.is_empty() {
+        liveness.start(probed, ctx.shutdown.token());
+    }
     let responder = Arc::new(Responder {
         tftp_members,
         streamer_members,
+        liveness,
         leases,
         verdicts: Verdicts { client: connect_lazy(&config.rules_url)?, last: Mutex::default() },
         flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
