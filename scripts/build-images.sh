@@ -37,6 +37,8 @@ mkdir -p "$context/bin" "$context/var"
 echo "Bootfleet state and images" > "$context/var/README"
 for b in "${services[@]}" bootfleet; do
   cp "$bin/$b" "$context/bin/$b"
+  # Line tables help backtraces on the build machine, not in the image.
+  if command -v strip >/dev/null; then strip --strip-debug "$context/bin/$b"; fi
 done
 extra=()
 if [ "$peers" = yes ]; then
