@@ -69,8 +69,13 @@ impl Verdicts {
                     Some(pb::image_profile::Boot::Ignore(_)) => Verdict::Ignore,
                     Some(_) => Verdict::Boot,
                 };
-                if last.len() > 100_000 {
-                    last.clear();
+                // Bounded: a flood of made-up MACs may push out some real
+                // hosts' fallback answers, never all of them at once.
+                if last.len() >= 100_000 && !last.contains_key(&mac) {
+                    let evict: Vec<String> = last.keys().take(1_000).cloned().collect();
+                    for key in evict {
+                        last.remove(&key);
+                    }
                 }
                 last.insert(mac, verdict);
                 verdict
@@ -87,16 +92,32 @@ impl Verdicts {
 /// Per-MAC request counter over one-second windows.
 struct FloodGuard {
     limit: u32,
-    seen: Mutex<HashMap<[u8; 6], (Instant, u32)>>,
+    seen: Mutex<FloodState>,
+}
+
+/// The counters, and when they were last swept of stale windows.
+struct FloodState {
+    counts: HashMap<[u8; 6], (Instant, u32)>,
+    swept: Instant,
+}
+
+impl Default for FloodState {
+    fn default() -> Self {
+        Self { counts: HashMap::new(), swept: Instant::now() }
+    }
 }
 
 impl FloodGuard {
     fn allow(&self, mac: [u8; 6]) -> bool {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.len() > 65_536 {
-            seen.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
+        let mut state = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // Sweep at most once a second, so a flood of made-up MACs costs one
+        // pass per second rather than one per packet.
+        if state.counts.len() > 65_536 && now.duration_since(state.swept) >= Duration::from_secs(1) {
+            state.counts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
+            state.swept = now;
         }
+        let seen = &mut state.counts;
         let entry = seen.entry(mac).or_insert((now, 0));
         if now.duration_since(entry.0) >= Duration::from_secs(1) {
             *entry = (now, 0);

@@ -51,6 +51,12 @@ pub enum BlobError {
         /// Bytes already held.
         held: u64,
     },
+    /// Another upload or pull of the same file is writing it.
+    #[error("another upload or pull of {0} is in progress; try again shortly")]
+    InProgress(String),
+    /// The file changed while its hash was being checked.
+    #[error("{0} changed while its hash was being checked; discarded")]
+    ChangedWhileVerifying(String),
     /// Local disk trouble.
     #[error("blob store I/O on {what}: {source}")]
     Io {
@@ -148,6 +154,21 @@ struct State {
     verified: HashMap<String, Verified>,
     cached_bytes: u64,
     corrupt: HashSet<String>,
+    /// Files an upload or a pull is writing (one writer per file).
+    writing: HashSet<String>,
+}
+
+/// The right to write one file's partial copy; released on drop.
+#[derive(Debug)]
+pub struct WriteClaim {
+    store: Arc<BlobStore>,
+    sha: String,
+}
+
+impl Drop for WriteClaim {
+    fn drop(&mut self) {
+        self.store.state().writing.remove(&self.sha);
+    }
 }
 
 /// The content-addressed file store of one replica.
@@ -356,6 +377,16 @@ impl BlobStore {
         corrupt
     }
 
+    /// Claims the partial file of `sha` for one writer (an upload or a
+    /// pull); a second claim fails with [`BlobError::InProgress`].
+    pub fn claim(store: &Arc<Self>, sha: &str) -> Result<WriteClaim, BlobError> {
+        check_digest(sha)?;
+        if !store.state().writing.insert(sha.to_owned()) {
+            return Err(BlobError::InProgress(sha.to_owned()));
+        }
+        Ok(WriteClaim { store: Arc::clone(store), sha: sha.to_owned() })
+    }
+
     /// Bytes of `sha` already assembled (0 when none); the size when the
     /// whole file is held.
     pub fn held_bytes(&self, sha: &str) -> Result<u64, BlobError> {
@@ -405,7 +436,14 @@ impl BlobStore {
         let partial = self.partial_path(sha);
         let keep = size <= self.cache_file_limit;
         let file = File::open(&partial).map_err(io_err(format!("opening the partial file of {sha}")))?;
+        let stamp = |f: &File| f.metadata().map(|m| Stamp::of(&m)).map_err(io_err(format!("reading {sha}")));
+        let before = stamp(&file)?;
         let (actual, len, bytes) = hash_file(&file, keep).map_err(io_err(format!("hashing {sha}")))?;
+        // What is remembered as verified must be exactly what was hashed.
+        if stamp(&file)? != before {
+            let _ = fs::remove_file(&partial);
+            return Err(BlobError::ChangedWhileVerifying(sha.to_owned()));
+        }
         if len != size {
             if len > size {
                 let _ = fs::remove_file(&partial);
@@ -419,9 +457,8 @@ impl BlobStore {
         let target = self.blob_path(sha);
         fs::rename(&partial, &target).map_err(io_err(format!("moving {sha} into place")))?;
         // The hash was just checked: remember that for the file now in place
-        // (the open handle follows the rename).
-        let meta = file.metadata().map_err(io_err(format!("reading {sha}")))?;
-        Self::remember(&mut self.state(), self.cache_budget, sha, Stamp::of(&meta), bytes, Arc::new(file));
+        // (the open handle follows the rename; a rename keeps the stamp).
+        Self::remember(&mut self.state(), self.cache_budget, sha, before, bytes, Arc::new(file));
         Ok(())
     }
 
@@ -508,6 +545,17 @@ mod tests {
         assert_eq!(store.scrub(), vec![digest.clone()]);
         assert!(matches!(store.lookup(&digest).unwrap(), Lookup::Absent));
         assert_eq!(store.corrupt(), vec![digest]);
+    }
+
+    #[test]
+    fn one_writer_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path(), 0, 0).unwrap());
+        let digest = sha(b"x");
+        let claim = BlobStore::claim(&store, &digest).unwrap();
+        assert!(matches!(BlobStore::claim(&store, &digest), Err(BlobError::InProgress(_))));
+        drop(claim);
+        assert!(BlobStore::claim(&store, &digest).is_ok());
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(crate) struct Streamer {
     pub(crate) replication_wake: Notify,
     catalog: RwLock<Arc<Catalog>>,
     replicas: RwLock<Arc<Vec<Replica>>>,
+    peer_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Streamer {
@@ -58,9 +59,17 @@ impl Streamer {
         Arc::clone(&self.replicas.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Another replica that serves `sha`.
+    /// Another replica that serves `sha`; successive calls go round the
+    /// holders, so a failing peer is not asked again and again.
     pub(crate) fn peer_with(&self, sha: &str) -> Option<String> {
-        self.replicas().iter().find(|r| r.id != self.member_id && r.has(sha)).map(|r| r.url.clone())
+        let replicas = self.replicas();
+        let holders: Vec<&Replica> =
+            replicas.iter().filter(|r| r.id != self.member_id && r.has(sha)).collect();
+        if holders.is_empty() {
+            return None;
+        }
+        let turn = self.peer_turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(holders[turn % holders.len()].url.clone())
     }
 
     /// Keeps the catalog and replica indexes current.
@@ -139,6 +148,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         replication_wake: Notify::new(),
         catalog: RwLock::default(),
         replicas: RwLock::default(),
+        peer_turn: std::sync::atomic::AtomicUsize::new(0),
     });
     // The member record carries the base URL first, then the gRPC address.
     let registration = ctx.register(SERVICE, vec![public_url.clone(), grpc_addr.to_string()]);

@@ -70,6 +70,9 @@ pub(super) struct Leases {
     index: Arc<std::sync::Mutex<LeaseTable>>,
     /// The watched copy (its status tells whether the store is reachable).
     cache: SnapshotCache,
+    /// Whether this replica was the last one seen acting as leader: only it
+    /// answers offline, from a copy that holds every lease it wrote.
+    last_acting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Keeps the lease index in step with the snapshot's change events,
@@ -204,11 +207,14 @@ impl Leases {
         let election = Election::new(ctx.store.clone(), "dhcp-responder");
         let (ttl, stop, id) =
             (ctx.config.store.election_ttl, ctx.shutdown.token(), ctx.config.member_id.clone());
+        let last_acting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let became_leader = Arc::clone(&last_acting);
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 match Leadership::acquire(&election, id.clone().into_bytes(), ttl, &stop).await {
                     Ok(Some(mut leadership)) => {
                         tracing::info!("acting DHCP leader");
+                        became_leader.store(true, std::sync::atomic::Ordering::Relaxed);
                         let token =
                             LeaderToken { guard: leadership.guard(), acting: leadership.acting_updates() };
                         tx.send_replace(Some(Arc::new(token)));
@@ -241,6 +247,7 @@ impl Leases {
             writes,
             index,
             cache,
+            last_acting,
         }
     }
 
@@ -323,6 +330,9 @@ fn complete(
     r
 }
 
+/// Longest lease handed out offline.
+const OFFLINE_LEASE_SECS: u32 = 300;
+
 fn lease_secs(pool: &Pool) -> Option<u32> {
     Some(u32::try_from(pool.lease_time.as_secs()).unwrap_or(u32::MAX))
 }
@@ -339,13 +349,27 @@ fn answer_offline(
     leases: &Leases,
 ) -> Option<Reply> {
     if leases.cache.status() != CacheStatus::Degraded {
-        return None; // the store is fine: a standby stays silent
+        // The store is fine: a standby stays silent (and no longer counts
+        // as the last leader).
+        leases.last_acting.store(false, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
+    // Only the replica that was acting when the store went away answers: its
+    // copy holds every lease it wrote, so a stale standby (or one cut off
+    // from a healthy store) never hands out an address it no longer owns.
+    if !leases.last_acting.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
     }
     let mac = request.mac_text();
     let now = now_ms();
     let (ip, expires) =
         leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).bound_lease(&mac, now)?;
-    let left = u32::try_from((expires - now) / 1000).unwrap_or(0);
+    if !pool.on_subnet(ip) {
+        return None; // the host moved: its old address is no good here
+    }
+    // Short offline leases: the client comes back soon, when the store may
+    // be there again.
+    let left = u32::try_from((expires - now) / 1000).unwrap_or(0).min(OFFLINE_LEASE_SECS);
     if left < 10 {
         return None; // too little left to be worth handing out
     }
@@ -387,6 +411,7 @@ pub(super) async fn answer(
     if leases.acting_guard().is_none() {
         return answer_offline(request, client, ctx, pool, leases);
     }
+    leases.last_acting.store(true, std::sync::atomic::Ordering::Relaxed);
     let mac = request.mac_text();
     let hostname = request.text(12).unwrap_or_default();
     let now = now_ms();

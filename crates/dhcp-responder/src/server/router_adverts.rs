@@ -45,6 +45,8 @@ pub(super) async fn serve(interface: String, stop: CancellationToken) -> anyhow:
     tracing::info!(interface = %interface, "answering IPv6 router solicitations (nothing to configure)");
     let advertisement = empty_router_advertisement();
     let mut buf = [0u8; 1500];
+    // RFC 4861 6.2.6: multicast answers at most every 3 s (no amplification).
+    let mut last_multicast: Option<std::time::Instant> = None;
     loop {
         let (len, from) = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -64,7 +66,13 @@ pub(super) async fn serve(interface: String, stop: CancellationToken) -> anyhow:
         // address yet (RFC 4861 6.2.6).
         let to = match from {
             SocketAddr::V6(v6) if !v6.ip().is_unspecified() => SocketAddrV6::new(*v6.ip(), 0, 0, index),
-            _ => SocketAddrV6::new(ALL_NODES, 0, 0, index),
+            _ => {
+                if last_multicast.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3)) {
+                    continue;
+                }
+                last_multicast = Some(std::time::Instant::now());
+                SocketAddrV6::new(ALL_NODES, 0, 0, index)
+            }
         };
         if let Err(e) = socket.send_to(&advertisement, to).await {
             tracing::warn!(interface = %interface, error = %e, "sending a router advertisement failed (is IPv6 on?)");

@@ -38,6 +38,7 @@ fn blob_status(e: BlobError) -> Status {
         BlobError::BadDigest(_) | BlobError::SizeMismatch { .. } => Status::invalid_argument(e.to_string()),
         BlobError::HashMismatch { .. } => Status::data_loss(e.to_string()),
         BlobError::OffsetMismatch { .. } => Status::failed_precondition(e.to_string()),
+        BlobError::InProgress(_) | BlobError::ChangedWhileVerifying(_) => Status::aborted(e.to_string()),
         BlobError::Io { .. } => {
             tracing::error!(error = %e, "image store I/O failed");
             Status::internal("the replica could not write the file; see its log")
@@ -61,6 +62,8 @@ impl ImageService for ImageApi {
         &self,
         request: Request<pb::UploadOffsetRequest>,
     ) -> Result<Response<pb::UploadOffsetResponse>, Status> {
+        // Writers only: it may discard a partial file, and it tells what is held.
+        self.authorize(&request)?;
         let r = request.into_inner();
         check_digest(&r.sha256).map_err(blob_status)?;
         let held = self.streamer.blobs.held_bytes(&r.sha256).map_err(blob_status)?;
@@ -89,6 +92,8 @@ impl ImageService for ImageApi {
         if blobs.is_complete(&sha) {
             return Ok(Response::new(pb::UploadResponse { sha256: sha, size: header.size }));
         }
+        // One writer per file: a second upload (or a pull) of it waits its turn.
+        let _claim = BlobStore::claim(&blobs, &sha).map_err(blob_status)?;
         let (b, s, offset) = (Arc::clone(&blobs), sha.clone(), header.offset);
         let mut file = tokio::task::spawn_blocking(move || b.append_at(&s, offset))
             .await

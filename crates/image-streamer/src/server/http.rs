@@ -143,10 +143,15 @@ fn boot_script(streamer: &Arc<Streamer>, query: &str, peer: SocketAddr) -> Respo
         Err(reason) => return text(StatusCode::BAD_REQUEST, format!("bad boot-script request: {reason}")),
     };
     let now = now_ms();
-    let decision = streamer.rules.evaluate(&facts, now, !streamer.record_decisions);
+    // Only hosts Bootfleet boots leave a record: a query for any MAC must
+    // not grow the store.
+    let decision = streamer.rules.evaluate(&facts, now, true);
     let request = script::Request { decision: &decision, facts: &facts, self_url: &streamer.public_url };
     match script::render(&streamer.templates, &request, streamer.as_ref()) {
         script::Answer::Script(body) => {
+            if streamer.record_decisions {
+                streamer.rules.record(&facts, &decision, now);
+            }
             streamer.reporter.report(
                 facts.mac.clone(),
                 BootReport {
@@ -199,6 +204,11 @@ fn report(
         Ok(report) => report,
         Err(reason) => return text(StatusCode::BAD_REQUEST, format!("bad report: {reason}")),
     };
+    // Reports are kept for hosts Bootfleet knows (they have a host record),
+    // so reports for made-up MACs cannot grow the store.
+    if !matches!(streamer.rules.host(&report.mac), Ok(Some(_))) {
+        return text(StatusCode::NOT_FOUND, format!("unknown host {}: not recorded", report.mac));
+    }
     let accepted = streamer.reporter.report(
         report.mac.clone(),
         BootReport {
@@ -449,13 +459,14 @@ fn body_of(blob: &Blob, segments: Vec<Segment>) -> Body {
             Err(e) => StreamBody::new(futures_util::stream::iter(vec![Err(e)])).boxed(),
         };
     }
-    // On disk: a blocking reader feeds a small channel, so memory per
-    // stream stays at a few chunks however large the file.
+    // On disk: chunks are read one at a time on the blocking pool and fed
+    // through a small channel, so memory per stream stays at a few chunks
+    // however large the file, and a slow reader holds no thread.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     let file = Arc::clone(&blob.file);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         metrics::ACTIVE_STREAMS.inc();
-        stream_segments(&file, segments, &tx);
+        stream_segments(file, segments, tx).await;
         metrics::ACTIVE_STREAMS.dec();
     });
     StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
@@ -484,16 +495,15 @@ fn to_usize(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
-fn stream_segments(
-    file: &std::fs::File,
+async fn stream_segments(
+    file: Arc<std::fs::File>,
     segments: Vec<Segment>,
-    tx: &tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
 ) {
-    use std::os::unix::fs::FileExt;
     for segment in segments {
         match segment {
             Segment::Literal(b) => {
-                if tx.blocking_send(Ok(Frame::data(b))).is_err() {
+                if tx.send(Ok(Frame::data(b))).await.is_err() {
                     return;
                 }
             }
@@ -501,11 +511,16 @@ fn stream_segments(
                 let mut at = range.start;
                 while at < range.end {
                     let n = to_usize((range.end - at).min(CHUNK as u64));
-                    let mut data = vec![0u8; n];
-                    let read = file.read_exact_at(&mut data, at);
+                    let reader = Arc::clone(&file);
+                    let read = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut data = vec![0u8; n];
+                        reader.read_exact_at(&mut data, at).map(|()| Bytes::from(data))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                     let failed = read.is_err();
-                    let frame = read.map(|()| Frame::data(Bytes::from(data)));
-                    if tx.blocking_send(frame).is_err() || failed {
+                    if tx.send(read.map(Frame::data)).await.is_err() || failed {
                         return;
                     }
                     at += n as u64;

@@ -26,6 +26,10 @@ use crate::metrics;
 const MAX_PULLS: usize = 2;
 /// Longest a round waits for a wake-up.
 const ROUND: Duration = Duration::from_secs(2);
+/// Longest wait for a peer's response headers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next piece of a peer's response body.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -37,7 +41,9 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     let pulling: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
     // Verify what an earlier run left on disk before announcing it.
     let blobs = Arc::clone(&streamer.blobs);
     let corrupt = tokio::task::spawn_blocking(move || blobs.scrub()).await.unwrap_or_default();
@@ -180,8 +186,13 @@ async fn pull(
     sha: &str,
     size: u64,
 ) -> Result<(), String> {
-    let held = blobs.held_bytes(sha).map_err(|e| e.to_string())?;
-    let held = if held > size { 0 } else { held };
+    let _claim = BlobStore::claim(blobs, sha).map_err(|e| e.to_string())?;
+    let mut held = blobs.held_bytes(sha).map_err(|e| e.to_string())?;
+    if held > size {
+        // Longer than the catalog says: not this file. Start over.
+        blobs.discard_partial(sha);
+        held = 0;
+    }
     if held > 0 && held == size {
         return finish(blobs, sha, size).await;
     }
@@ -191,7 +202,10 @@ async fn pull(
         request = request.header(header::RANGE, format!("bytes={held}-"));
     }
     let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| format!("GET {uri}: {e}"))?;
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| format!("GET {uri}: no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|e| format!("GET {uri}: {e}"))?;
     let offset = match response.status() {
         StatusCode::PARTIAL_CONTENT => held,
         StatusCode::OK => 0,
@@ -210,7 +224,12 @@ async fn pull(
     };
     let mut body = response.into_body();
     let mut written = offset;
-    while let Some(frame) = body.frame().await {
+    // A peer that stalls mid-body is given up on, so the file is tried
+    // again (perhaps from another peer) instead of staying "pulling".
+    while let Some(frame) = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
+        .await
+        .map_err(|_| format!("reading {uri}: nothing for {IDLE_TIMEOUT:?}"))?
+    {
         let frame = frame.map_err(|e| format!("reading {uri}: {e}"))?;
         let Ok(data) = frame.into_data() else { continue };
         written += data.len() as u64;

@@ -170,15 +170,20 @@ impl RulesState {
         let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
         crate::service::metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
         if !dry_run {
-            let event = HostEvent {
-                at_unix_ms: now_unix_ms,
-                facts: Some(facts.to_proto()),
-                decision: Some(decision.clone()),
-                decided_by: self.options.member_id.clone(),
-            };
-            self.recorder.record(facts.mac.clone(), event);
+            self.record(facts, &decision, now_unix_ms);
         }
         decision
+    }
+
+    /// Queues a decision for the host's record (never waits).
+    pub fn record(&self, facts: &Facts, decision: &Decision, now_unix_ms: i64) {
+        let event = HostEvent {
+            at_unix_ms: now_unix_ms,
+            facts: Some(facts.to_proto()),
+            decision: Some(decision.clone()),
+            decided_by: self.options.member_id.clone(),
+        };
+        self.recorder.record(facts.mac.clone(), event);
     }
 
     /// The snapshots, for health reporting.
