@@ -308,7 +308,23 @@ where
     }
 }
 
-/// Checks that a setting is an http(s) URL.
+/// A listen address from its flag, else its file key, else `default`;
+/// errors name whichever the value came from (`keys`: flag and file key).
+pub fn listen_address(
+    flag: Option<&String>,
+    file: Option<&String>,
+    keys: (&str, &str),
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let (text, key) = match (flag, file) {
+        (Some(v), _) => (v.clone(), keys.0.to_owned()),
+        (None, Some(v)) => (v.clone(), keys.1.to_owned()),
+        (None, None) => (default.to_owned(), format!("{} (default)", keys.1)),
+    };
+    text.parse().map_err(|_| ConfigError::new(key, format!("{text:?} is not an address like {default}")))
+}
+
+/// Checks that `value` is an http(s) URL; the error names `key`.
 pub fn check_url(value: &str, key: &str) -> Result<(), ConfigError> {
     if value.starts_with("http://") || value.starts_with("https://") {
         Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bootfleet_core::admin::Health;
-use bootfleet_core::config::{ConfigError, CoreConfig, service_section};
+use bootfleet_core::config::{ConfigError, CoreConfig, listen_address, service_section};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
 use serde::Deserialize;
@@ -81,14 +81,12 @@ impl RulesConfig {
     /// Merges flags and the `[rules]` file section; errors name the key.
     pub fn load(args: &RulesArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
         let section: RulesSection = service_section(core.file.rules.as_ref(), "rules")?;
-        let (listen_text, key) = match (&args.listen, &section.listen) {
-            (Some(v), _) => (v.clone(), "--rules-listen / BOOTFLEET_RULES_LISTEN"),
-            (None, Some(v)) => (v.clone(), "rules.listen"),
-            (None, None) => (DEFAULT_LISTEN.to_owned(), "rules.listen (default)"),
-        };
-        let listen = listen_text.parse().map_err(|_| {
-            ConfigError::new(key, format!("{listen_text:?} is not an address like 127.0.0.1:7070"))
-        })?;
+        let listen = listen_address(
+            args.listen.as_ref(),
+            section.listen.as_ref(),
+            ("--rules-listen / BOOTFLEET_RULES_LISTEN", "rules.listen"),
+            DEFAULT_LISTEN,
+        )?;
         let token_file = args
             .admin_token_file
             .clone()

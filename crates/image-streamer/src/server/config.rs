@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bootfleet_core::config::{ConfigError, CoreConfig, check_url, parse_duration, service_section};
+use bootfleet_core::config::{
+    ConfigError, CoreConfig, check_url, listen_address, parse_duration, service_section,
+};
 use serde::Deserialize;
 
 use crate::script::Templates;
@@ -132,20 +134,6 @@ impl std::fmt::Debug for StreamerConfig {
     }
 }
 
-fn address(
-    flag: Option<&String>,
-    file: Option<&String>,
-    keys: (&str, &str),
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
-    let (text, key) = match (flag, file) {
-        (Some(v), _) => (v.clone(), keys.0.to_owned()),
-        (None, Some(v)) => (v.clone(), keys.1.to_owned()),
-        (None, None) => (default.to_owned(), format!("{} (default)", keys.1)),
-    };
-    text.parse().map_err(|_| ConfigError::new(key, format!("{text:?} is not an address like {default}")))
-}
-
 impl StreamerConfig {
     /// Merges flags and the `[streamer]` section; errors name the key.
     pub fn load(args: &StreamerArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
@@ -160,13 +148,13 @@ impl StreamerConfig {
         default_listen: &str,
     ) -> Result<Self, ConfigError> {
         let section: StreamerSection = service_section(core.file.streamer.as_ref(), "streamer")?;
-        let listen = address(
+        let listen = listen_address(
             args.listen.as_ref(),
             section.listen.as_ref(),
             ("--streamer-listen / BOOTFLEET_STREAMER_LISTEN", "streamer.listen"),
             default_listen,
         )?;
-        let grpc_listen = address(
+        let grpc_listen = listen_address(
             args.grpc_listen.as_ref(),
             section.grpc_listen.as_ref(),
             ("--streamer-grpc-listen / BOOTFLEET_STREAMER_GRPC_LISTEN", "streamer.grpc_listen"),

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bootfleet_core::config::{ConfigError, CoreConfig, check_url, parse_duration, service_section};
+use bootfleet_core::config::{
+    ConfigError, CoreConfig, check_url, listen_address, parse_duration, service_section,
+};
 use serde::Deserialize;
 
 /// TFTP flags.
@@ -109,14 +111,12 @@ impl TftpConfig {
     /// Merges flags and the `[tftp]` section; errors name the key.
     pub fn load(args: &TftpArgs, core: &CoreConfig) -> Result<Self, ConfigError> {
         let section: TftpSection = service_section(core.file.tftp.as_ref(), "tftp")?;
-        let (text, key) = match (&args.listen, &section.listen) {
-            (Some(v), _) => (v.clone(), "--tftp-listen / BOOTFLEET_TFTP_LISTEN"),
-            (None, Some(v)) => (v.clone(), "tftp.listen"),
-            (None, None) => ("0.0.0.0:69".to_owned(), "tftp.listen (default)"),
-        };
-        let listen: SocketAddr = text
-            .parse()
-            .map_err(|_| ConfigError::new(key, format!("{text:?} is not an address like 0.0.0.0:69")))?;
+        let listen = listen_address(
+            args.listen.as_ref(),
+            section.listen.as_ref(),
+            ("--tftp-listen / BOOTFLEET_TFTP_LISTEN", "tftp.listen"),
+            "0.0.0.0:69",
+        )?;
         let (root, key) = match (&args.root, &section.root) {
             (Some(v), _) => (v.clone(), Some("--tftp-root / BOOTFLEET_TFTP_ROOT")),
             (None, Some(v)) => (v.clone(), Some("tftp.root")),
