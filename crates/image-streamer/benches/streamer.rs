@@ -24,7 +24,6 @@ use bootfleet_core::admin::Health;
 use bootfleet_core::store::SharedStore;
 use bootfleet_core::store::etcd::{EtcdOptions, EtcdStore};
 use bootfleet_image_streamer::client;
-use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::manifest::{Format, parse};
 use bootfleet_rules_engine::store::{RulesState, StateOptions};
 use bootfleet_test_support::etcd::EtcdCluster;
@@ -205,24 +204,7 @@ fn main() {
         client::commit(&mut images, "bench", "1", "", &files).await.unwrap();
         let mut rules = bootfleet_rules_engine::client::connect(&rules_url, Some(TOKEN)).await.unwrap();
         let manifest = parse(RULES, Format::Yaml).unwrap();
-        for object in manifest
-            .image_profiles
-            .into_iter()
-            .map(pb::profile_object::Object::Image)
-            .chain(manifest.host_profiles.into_iter().map(pb::profile_object::Object::Host))
-        {
-            let profile = pb::ProfileObject { object: Some(object), revision: 0 };
-            rules
-                .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
-                .await
-                .unwrap();
-        }
-        let set = manifest.rules.unwrap();
-        rules
-            .replace_working_set(pb::ReplaceWorkingSetRequest { rules: set, expected_revision: 0 })
-            .await
-            .unwrap();
-        rules.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap();
+        bootfleet_rules_engine::client::apply_manifest(&mut rules, manifest, true, |_| {}).await.unwrap();
     });
     // Let the streamer's snapshot see the rules.
     std::thread::sleep(Duration::from_secs(2));

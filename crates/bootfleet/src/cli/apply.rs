@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bootfleet_proto::v1 as pb;
+use bootfleet_rules_engine::client::{Applied, apply_manifest};
 use bootfleet_rules_engine::manifest::{self, Format};
-use pb::profile_object::Object;
 
 use super::{ClientArgs, explain, say};
 
@@ -28,39 +27,16 @@ pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let manifest = manifest::parse(&text, Format::from_path(&args.file))
         .with_context(|| format!("in {}", args.file.display()))?;
     let mut client = args.client.connect().await?;
-    let objects = manifest
-        .image_profiles
-        .into_iter()
-        .map(Object::Image)
-        .chain(manifest.host_profiles.into_iter().map(Object::Host))
-        .chain(manifest.locations.into_iter().map(Object::Location));
-    for object in objects {
-        let (kind, name) = match &object {
-            Object::Image(p) => ("image profile", p.name.clone()),
-            Object::Host(p) => ("host profile", p.name.clone()),
-            Object::Location(l) => ("location", l.name.clone()),
-        };
-        let request = pb::PutProfileRequest {
-            profile: Some(pb::ProfileObject { object: Some(object), revision: 0 }),
-            expected_revision: 0,
-        };
-        client.put_profile(request).await.map_err(explain).with_context(|| format!("{kind} {name:?}"))?;
-        say(&format!("{kind} {name} applied"));
-    }
-    if let Some(rules) = manifest.rules {
-        let count = rules.len();
-        let request = pb::ReplaceWorkingSetRequest { rules, expected_revision: 0 };
-        let response =
-            client.replace_working_set(request).await.map_err(explain).context("rules")?.into_inner();
-        say(&format!("working rule set applied: {count} rules (revision {})", response.revision));
-    }
-    if args.activate {
-        let response = client
-            .activate(pb::ActivateRequest { expected_revision: 0 })
-            .await
-            .map_err(explain)?
-            .into_inner();
-        say(&format!("activated version {}", response.version));
-    }
+    let printed = apply_manifest(&mut client, manifest, args.activate, |step| {
+        say(&match step {
+            Applied::Object { kind, name } => format!("{kind} {name} applied"),
+            Applied::Rules { count, revision } => {
+                format!("working rule set applied: {count} rules (revision {revision})")
+            }
+            Applied::Activated { version, .. } => format!("activated version {version}"),
+        });
+    })
+    .await;
+    printed.map_err(|e| explain(e.status).context(e.what))?;
     Ok(())
 }

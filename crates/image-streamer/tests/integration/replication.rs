@@ -42,21 +42,7 @@ async fn rules_engine(store: SharedStore, stop: &CancellationToken) -> String {
 async fn apply(url: &str) {
     let mut admin = bootfleet_rules_engine::client::connect(url, Some(TOKEN)).await.unwrap();
     let manifest = parse(RULES, Format::Yaml).unwrap();
-    let objects = manifest
-        .image_profiles
-        .into_iter()
-        .map(pb::profile_object::Object::Image)
-        .chain(manifest.host_profiles.into_iter().map(pb::profile_object::Object::Host));
-    for object in objects {
-        let profile = pb::ProfileObject { object: Some(object), revision: 0 };
-        admin
-            .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
-            .await
-            .unwrap();
-    }
-    let rules = manifest.rules.unwrap();
-    admin.replace_working_set(pb::ReplaceWorkingSetRequest { rules, expected_revision: 0 }).await.unwrap();
-    admin.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap();
+    bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, true, |_| {}).await.unwrap();
 }
 
 fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {

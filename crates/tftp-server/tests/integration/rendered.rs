@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bootfleet_core::admin::Health;
 use bootfleet_core::store::embedded::EmbeddedStore;
-use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::store::{RulesState, StateOptions};
 use bootfleet_tftp_server::server::RenderConfig;
 use tokio_util::sync::CancellationToken;
@@ -48,24 +47,15 @@ rules:
         bootfleet_rules_engine::manifest::Format::Yaml,
     )
     .unwrap();
-    for p in manifest.image_profiles {
-        let profile = pb::ProfileObject { object: Some(pb::profile_object::Object::Image(p)), revision: 0 };
-        admin
-            .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
-            .await
-            .unwrap();
-    }
-    for p in manifest.host_profiles {
-        let profile = pb::ProfileObject { object: Some(pb::profile_object::Object::Host(p)), revision: 0 };
-        admin
-            .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
-            .await
-            .unwrap();
-    }
-    let rules = manifest.rules.unwrap();
-    admin.replace_working_set(pb::ReplaceWorkingSetRequest { rules, expected_revision: 0 }).await.unwrap();
-    let v = admin.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
-    state.caught_up(v.revision).await;
+    let mut activated = 0;
+    bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, true, |step| {
+        if let bootfleet_rules_engine::client::Applied::Activated { revision, .. } = step {
+            activated = *revision;
+        }
+    })
+    .await
+    .unwrap();
+    state.caught_up(activated).await;
     url
 }
 
