@@ -400,6 +400,11 @@ impl BlobStore {
         }
     }
 
+    /// Whether the file's hash was checked and it is held (memory only, no I/O).
+    pub fn is_verified(&self, sha: &str) -> bool {
+        self.state().verified.contains_key(sha)
+    }
+
     /// Whether the complete file is on disk (verified or not).
     pub fn is_complete(&self, sha: &str) -> bool {
         check_digest(sha).is_ok() && self.blob_path(sha).exists()
