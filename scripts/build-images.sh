@@ -63,4 +63,7 @@ if [ "$peers" = yes ]; then
       --build-arg TOOL=$tool -t "localhost/bootfleet/$tool:$tag" "$context" >/dev/null
   done
 fi
+# A rebuild leaves the replaced images untagged; remove ours (only ours), or
+# repeated builds fill the disk.
+podman image prune --force --filter label=org.bootfleet.image=true >/dev/null
 podman images --format "{{.Repository}}:{{.Tag}} {{.Size}}" | grep "^localhost/bootfleet/.*:$tag " | sort

@@ -32,5 +32,5 @@ root:x:0:
 nonroot:x:65532:
 GROUP
 echo "hosts: files dns" > "$root/etc/nsswitch.conf"
-tar -C "$root" -cf - . | podman import --quiet - "$tag" >/dev/null
+tar -C "$root" -cf - . | podman import --quiet --change "LABEL org.bootfleet.image=true" - "$tag" >/dev/null
 echo "$tag"

@@ -16,10 +16,17 @@ if [ ! -x target/venv/bin/kubernetes-validate ] || [ ! -x target/venv/bin/podman
 fi
 
 export CARGO_TERM_COLOR=never
+# A clean run gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL=0
+# Disk use in the log: a clean build plus the images is several GB.
+trap 'du -sh target 2>/dev/null; df -h . | tail -1' EXIT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The protocol cores build without their I/O shells (sans-IO, enforced).
 for crate in bootfleet-rules-engine bootfleet-tftp-server bootfleet-dhcp-responder; do
   cargo check --locked -p "$crate" --no-default-features
 done
+# The end-to-end and container tests run every service's binary; cargo builds
+# a package's binaries only for that package's own tests, so build them all.
+cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --profile ci
