@@ -6,8 +6,10 @@
 
 mod config;
 mod full_shell;
+mod lease_writer;
 mod liveness;
 mod router_adverts;
+mod verdicts;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,8 +21,8 @@ use bootfleet_core::membership::service_prefix;
 use bootfleet_core::process::ServiceContext;
 use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_proto::v1 as pb;
-use bootfleet_rules_engine::client::{Client as RulesClient, connect_lazy};
-use prometheus::{IntCounterVec, register_int_counter_vec};
+use bootfleet_rules_engine::client::connect_lazy;
+use prometheus::{HistogramVec, IntCounterVec, register_histogram_vec, register_int_counter_vec};
 use prost::Message;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -36,57 +38,24 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Time spent per answered request, by phase: asking the rules engine,
+/// the lease work (full mode, including the store commit), and in all.
+static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "bootfleet_dhcp_request_seconds",
+        "Time to answer a DHCP request, by phase (rules, leases, total)",
+        &["phase"],
+        vec![0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .expect("metric registers once")
+});
+
+fn observe(phase: &str, since: Instant) {
+    REQUEST_SECONDS.with_label_values(&[phase]).observe(since.elapsed().as_secs_f64());
+}
+
 fn count(outcome: &str) {
     REQUESTS.with_label_values(&[outcome]).inc();
-}
-
-/// Asks the rules engine whether to boot a host, remembering the last
-/// answer per MAC so an outage of the rules engine stops no known host.
-struct Verdicts {
-    client: RulesClient,
-    last: Mutex<HashMap<String, Verdict>>,
-}
-
-impl Verdicts {
-    async fn ask(&self, request: &Request, arch: Option<String>, record: bool) -> Verdict {
-        let mac = request.mac_text();
-        let facts = pb::HostFacts {
-            mac: mac.clone(),
-            uuid: request.uuid().unwrap_or_default(),
-            arch: arch.unwrap_or_default(),
-            relay: if request.giaddr.is_unspecified() { String::new() } else { request.giaddr.to_string() },
-            ..Default::default()
-        };
-        let mut client = self.client.clone();
-        let asked = client.evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: !record });
-        let answer = tokio::time::timeout(Duration::from_secs(1), asked).await;
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        match answer {
-            Ok(Ok(response)) => {
-                let decision = response.into_inner().decision.unwrap_or_default();
-                let verdict = match decision.image_profile.as_ref().and_then(|p| p.boot.as_ref()) {
-                    None => Verdict::Unknown,
-                    Some(pb::image_profile::Boot::Ignore(_)) => Verdict::Ignore,
-                    Some(_) => Verdict::Boot,
-                };
-                // Bounded: a flood of made-up MACs may push out some real
-                // hosts' fallback answers, never all of them at once.
-                if last.len() >= 100_000 && !last.contains_key(&mac) {
-                    let evict: Vec<String> = last.keys().take(1_000).cloned().collect();
-                    for key in evict {
-                        last.remove(&key);
-                    }
-                }
-                last.insert(mac, verdict);
-                verdict
-            }
-            Ok(Err(_)) | Err(_) => {
-                let verdict = last.get(&mac).copied().unwrap_or(Verdict::Unknown);
-                tracing::warn!(%mac, ?verdict, "rules engine unavailable; using the last answer");
-                verdict
-            }
-        }
-    }
 }
 
 /// Per-MAC request counter over one-second windows.
@@ -141,7 +110,7 @@ fn bind(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
 
 struct Responder {
     config: DhcpConfig,
-    verdicts: Verdicts,
+    verdicts: verdicts::Verdicts,
     flood: FloodGuard,
     /// Full mode: the store and a watched copy of the leases.
     leases: Option<full_shell::Leases>,
@@ -228,10 +197,15 @@ impl Responder {
             return None;
         }
         let record = request.message_type == MessageType::Discover;
+        let started = Instant::now();
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
+        observe("rules", started);
         if let (Mode::Full { pools, reservations }, Some(leases)) = (&self.config.mode, &self.leases) {
             let boot = self.proxy_context(verdict, request.mac);
+            let leasing = Instant::now();
             let reply = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await?;
+            observe("leases", leasing);
+            observe("total", started);
             count("answered");
             tracing::info!(mac = %request.mac_text(), yiaddr = %reply.yiaddr, kind = ?reply.kind, "answered");
             let to = destination(&request, &reply, from, false);
@@ -252,6 +226,7 @@ impl Responder {
                 return None;
             }
         };
+        observe("total", started);
         count("answered");
         tracing::info!(mac = %request.mac_text(), file = %reply.file, kind = ?reply.kind, "answered");
         let to = destination(&request, &reply, from, boot_server_port);
@@ -276,7 +251,7 @@ fn destination(request: &Request, reply: &Reply, from: SocketAddr, boot_server_p
 
 /// Requests handled at once per socket: each may wait on the rules engine
 /// and the store, so they overlap (and their lease writes share commits).
-const IN_FLIGHT: usize = 256;
+const IN_FLIGHT: usize = 2048;
 
 async fn serve_socket(
     socket: UdpSocket,
@@ -354,7 +329,12 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
         streamer_members,
         liveness,
         leases,
-        verdicts: Verdicts { client: connect_lazy(&config.rules_url)?, last: Mutex::default() },
+        verdicts: verdicts::Verdicts::new(
+            connect_lazy(&config.rules_url)?,
+            config.rules_cache,
+            ctx.store.clone(),
+            ctx.shutdown.token(),
+        ),
         flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
         config,
     });

@@ -82,6 +82,7 @@ struct DhcpSection {
     router_advertisements: Option<bool>,
     tftp_from_members: Option<bool>,
     streamers_from_members: Option<bool>,
+    rules_cache: Option<String>,
     #[serde(default)]
     loaders: LoaderSection,
 }
@@ -130,6 +131,10 @@ pub struct DhcpConfig {
     /// Hand iPXE the boot-script URL of the least-loaded live image
     /// streamer registered in the store, falling back to `http_base`.
     pub streamers_from_members: bool,
+    /// How long a host's answer from the rules engine is reused at most
+    /// (zero: ask on every request). Any rule or image-profile change seen
+    /// in the store ends it sooner.
+    pub rules_cache: Duration,
 }
 
 fn address(text: &str, key: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -184,6 +189,16 @@ impl DhcpConfig {
         if rate == 0 {
             return Err(ConfigError::new("dhcp.requests_per_mac_per_second", "must be at least 1"));
         }
+        let rules_cache = match &section.rules_cache {
+            Some(t) => parse_duration(t).map_err(|m| ConfigError::new("dhcp.rules_cache", m))?,
+            None => Duration::from_secs(30),
+        };
+        if rules_cache > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "dhcp.rules_cache",
+                "at most 1h: a rule change must reach every host",
+            ));
+        }
         Ok(Some(Self {
             mode,
             interfaces,
@@ -197,6 +212,7 @@ impl DhcpConfig {
             router_advertisements: section.router_advertisements.unwrap_or(false),
             tftp_from_members: section.tftp_from_members.unwrap_or(false),
             streamers_from_members: section.streamers_from_members.unwrap_or(false),
+            rules_cache,
         }))
     }
 }

@@ -17,17 +17,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bootfleet_core::election::{Election, Leadership};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
-use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, StoreResult, TxnOp, TxnRequest};
+use bootfleet_core::store::{Compare, KeyValue, SharedStore, StoreResult, TxnOp};
 use bootfleet_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::lease_writer::{WriteJob, write_batches};
 use crate::client::{Client, Loader};
 use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, may_hold, pick_pool};
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
 use crate::wire::{MessageType, Request};
 
-const PREFIX: &str = "/bootfleet/v1/leases/";
+pub(super) const PREFIX: &str = "/bootfleet/v1/leases/";
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -35,7 +36,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn key(ip: Ipv4Addr) -> String {
+pub(super) fn key(ip: Ipv4Addr) -> String {
     format!("{PREFIX}{ip}")
 }
 
@@ -54,9 +55,9 @@ fn entry(kv: &KeyValue) -> Option<(Ipv4Addr, LeaseEntry)> {
 
 /// Proof of leadership while it lasts: the compare that fences writes and
 /// the flag that turns false when the lease could no longer be renewed.
-struct LeaderToken {
-    guard: Compare,
-    acting: watch::Receiver<bool>,
+pub(super) struct LeaderToken {
+    pub(super) guard: Compare,
+    pub(super) acting: watch::Receiver<bool>,
 }
 
 /// The leases, as the store and a watched copy hold them, and the
@@ -110,92 +111,6 @@ async fn maintain_index(cache: SnapshotCache, index: Arc<std::sync::Mutex<LeaseT
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => rebuild(&index),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// One lease write waiting for the batch writer.
-struct WriteJob {
-    ip: Ipv4Addr,
-    op: TxnOp,
-    revision: i64,
-    done: oneshot::Sender<StoreResult<bool>>,
-}
-
-/// Lease writes committed by one transaction (etcd allows 128 operations;
-/// each write is a compare and a put, plus one shared leader compare).
-const BATCH: usize = 32;
-
-/// Commits queued lease writes in batches: one transaction for everything
-/// that arrived together, all guarded by the leader's election key. If the
-/// batch fails (one of its compares no longer holds), each write is retried
-/// alone so that one stale read costs only its own write.
-async fn write_batches(
-    store: SharedStore,
-    leader: watch::Receiver<Option<Arc<LeaderToken>>>,
-    mut queue: mpsc::Receiver<WriteJob>,
-) {
-    let acting_guard = || {
-        let token = leader.borrow().clone()?;
-        let acting = *token.acting.borrow();
-        acting.then(|| token.guard.clone())
-    };
-    let mut deferred: Vec<WriteJob> = Vec::new();
-    loop {
-        let mut batch: Vec<WriteJob> = std::mem::take(&mut deferred);
-        if batch.is_empty() {
-            match queue.recv().await {
-                Some(job) => batch.push(job),
-                None => return,
-            }
-        }
-        while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        // One write per key per transaction; later ones wait their turn.
-        let mut seen = std::collections::HashSet::new();
-        let (now, later): (Vec<WriteJob>, Vec<WriteJob>) =
-            batch.into_iter().partition(|job| seen.insert(job.ip));
-        deferred = later;
-        let Some(guard) = acting_guard() else {
-            for job in now {
-                let _ = job.done.send(Ok(false));
-            }
-            continue;
-        };
-        let mut txn = TxnRequest::new().when([guard.clone()]);
-        for job in &now {
-            txn = txn
-                .when([Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
-                .and_then([job.op.clone()]);
-        }
-        match store.txn(txn).await {
-            Ok(result) if result.succeeded => {
-                for job in now {
-                    let _ = job.done.send(Ok(true));
-                }
-            }
-            Ok(_) => {
-                for job in now {
-                    let single = TxnRequest::new()
-                        .when([
-                            guard.clone(),
-                            Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision),
-                        ])
-                        .and_then([job.op.clone()]);
-                    let _ = job.done.send(store.txn(single).await.map(|r| r.succeeded));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for job in now {
-                    let _ =
-                        job.done.send(Err(bootfleet_core::store::StoreError::Unavailable(message.clone())));
-                }
-            }
         }
     }
 }
@@ -511,55 +426,5 @@ pub(super) async fn answer(
             tracing::warn!(%mac, error = %e, "lease store unavailable; not answering");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use bootfleet_core::store::embedded::EmbeddedStore;
-
-    use super::*;
-
-    fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<bool>>) {
-        let (done, result) = oneshot::channel();
-        (WriteJob { ip, op: TxnOp::put(key(ip), b"lease".to_vec()), revision, done }, result)
-    }
-
-    #[tokio::test]
-    async fn batches_commit_together_and_conflicts_fail_alone() {
-        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
-        let (_acting_tx, acting) = watch::channel(true);
-        let token = LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting };
-        let (_leader_tx, leader) = watch::channel(Some(Arc::new(token)));
-        let (tx, queue) = mpsc::channel(1024);
-        tokio::spawn(write_batches(store.clone(), leader, queue));
-        let mut results = Vec::new();
-        for i in 0..40u8 {
-            let (j, r) = job(Ipv4Addr::new(198, 18, 0, i), 0);
-            tx.send(j).await.unwrap();
-            results.push(r);
-        }
-        // Same address twice: the second saw a revision that is gone by then.
-        let (j, twice) = job(Ipv4Addr::new(198, 18, 0, 1), 0);
-        tx.send(j).await.unwrap();
-        for r in results {
-            assert!(r.await.unwrap().unwrap());
-        }
-        assert!(!twice.await.unwrap().unwrap(), "a stale write must not commit");
-        assert_eq!(store.range(PREFIX).await.unwrap().kvs.len(), 40);
-    }
-
-    #[tokio::test]
-    async fn nothing_is_written_without_leadership() {
-        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
-        let (_acting_tx, acting) = watch::channel(false);
-        let token = LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting };
-        let (_leader_tx, leader) = watch::channel(Some(Arc::new(token)));
-        let (tx, queue) = mpsc::channel(16);
-        tokio::spawn(write_batches(store.clone(), leader, queue));
-        let (j, r) = job(Ipv4Addr::new(198, 18, 0, 9), 0);
-        tx.send(j).await.unwrap();
-        assert!(!r.await.unwrap().unwrap());
-        assert!(store.range(PREFIX).await.unwrap().kvs.is_empty());
     }
 }

@@ -1,0 +1,241 @@
+//! The lease writer: queued lease writes committed in batches, several
+//! batches in flight at once. One transaction per batch, guarded by the
+//! leader's election key and by each lease's revision, so nothing commits
+//! for a deposed leader or over a lease someone else changed.
+//!
+//! Why pipelined: a commit waits for the disk (embedded store: fdatasync)
+//! or for raft (etcd). With one batch at a time, throughput was capped at
+//! one batch per commit latency — about 10,000 lease writes/s here, half
+//! of what the rest of the responder could answer. Several batches in
+//! flight let the embedded store group them into one commit and let etcd
+//! pipeline them. A lease is never in two batches in flight at once, so
+//! writes to one address still commit in the order they were queued.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bootfleet_core::store::{Compare, CompareOp, SharedStore, StoreError, StoreResult, TxnOp, TxnRequest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::full_shell::{LeaderToken, key};
+
+/// One lease write waiting for the batch writer.
+pub(super) struct WriteJob {
+    pub(super) ip: Ipv4Addr,
+    pub(super) op: TxnOp,
+    pub(super) revision: i64,
+    pub(super) done: oneshot::Sender<StoreResult<bool>>,
+}
+
+/// Lease writes per transaction. etcd refuses more than 128 compares or 128
+/// operations per transaction by default (`--max-txn-ops`); each write is
+/// one compare and one operation, plus one shared leader compare.
+const BATCH: usize = 100;
+
+/// Transactions in flight at once.
+const PIPELINE: usize = 8;
+
+/// Commits queued lease writes until the queue closes.
+pub(super) async fn write_batches(
+    store: SharedStore,
+    leader: watch::Receiver<Option<Arc<LeaderToken>>>,
+    mut queue: mpsc::Receiver<WriteJob>,
+) {
+    let acting_guard = || {
+        let token = leader.borrow().clone()?;
+        let acting = *token.acting.borrow();
+        acting.then(|| token.guard.clone())
+    };
+    let mut pending: VecDeque<WriteJob> = VecDeque::new();
+    // Addresses with a write in a transaction in flight.
+    let mut busy: HashSet<Ipv4Addr> = HashSet::new();
+    let mut running: JoinSet<Vec<Ipv4Addr>> = JoinSet::new();
+    let mut open = true;
+    while open || !pending.is_empty() || !running.is_empty() {
+        tokio::select! {
+            Some(finished) = running.join_next(), if !running.is_empty() => {
+                // A panicked commit task cannot happen short of a bug; its
+                // addresses stay busy and their writers see a dropped reply.
+                if let Ok(ips) = finished {
+                    for ip in ips {
+                        busy.remove(&ip);
+                    }
+                }
+            }
+            job = queue.recv(), if open && running.len() < PIPELINE => match job {
+                Some(job) => pending.push_back(job),
+                None => open = false,
+            },
+            // Unreachable (nothing queued is left without a batch in flight);
+            // a write dropped here is answered "not committed".
+            else => break,
+        }
+        while pending.len() < BATCH * PIPELINE {
+            match queue.try_recv() {
+                Ok(job) => pending.push_back(job),
+                Err(_) => break,
+            }
+        }
+        while running.len() < PIPELINE {
+            let batch = take_batch(&mut pending, &busy);
+            if batch.is_empty() {
+                break;
+            }
+            let Some(guard) = acting_guard() else {
+                for job in batch {
+                    let _ = job.done.send(Ok(false));
+                }
+                continue;
+            };
+            busy.extend(batch.iter().map(|job| job.ip));
+            running.spawn(commit(store.clone(), guard, batch));
+        }
+    }
+}
+
+/// Up to [`BATCH`] queued writes, in queue order, at most one per address
+/// and none for an address with a write in flight; the rest stay queued.
+fn take_batch(pending: &mut VecDeque<WriteJob>, busy: &HashSet<Ipv4Addr>) -> Vec<WriteJob> {
+    let mut batch = Vec::new();
+    let mut seen = HashSet::new();
+    let mut rest = VecDeque::with_capacity(pending.len());
+    while let Some(job) = pending.pop_front() {
+        if batch.len() < BATCH && !busy.contains(&job.ip) && seen.insert(job.ip) {
+            batch.push(job);
+        } else {
+            // Later writes to a blocked address stay behind it, in order.
+            rest.push_back(job);
+        }
+    }
+    *pending = rest;
+    batch
+}
+
+/// One transaction for the batch. If it fails (one of its compares no
+/// longer holds), each write is retried alone so that one stale read costs
+/// only its own write. Returns the batch's addresses.
+async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) -> Vec<Ipv4Addr> {
+    let ips = batch.iter().map(|job| job.ip).collect();
+    let mut txn = TxnRequest::new().when([guard.clone()]);
+    for job in &batch {
+        txn = txn
+            .when([Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
+            .and_then([job.op.clone()]);
+    }
+    match store.txn(txn).await {
+        Ok(result) if result.succeeded => {
+            for job in batch {
+                let _ = job.done.send(Ok(true));
+            }
+        }
+        Ok(_) => {
+            for job in batch {
+                let single = TxnRequest::new()
+                    .when([guard.clone(), Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
+                    .and_then([job.op.clone()]);
+                let _ = job.done.send(store.txn(single).await.map(|r| r.succeeded));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for job in batch {
+                let _ = job.done.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+    }
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use bootfleet_core::store::embedded::EmbeddedStore;
+
+    use super::super::full_shell::PREFIX;
+    use super::*;
+
+    fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<bool>>) {
+        let (done, result) = oneshot::channel();
+        (WriteJob { ip, op: TxnOp::put(key(ip), b"lease".to_vec()), revision, done }, result)
+    }
+
+    fn acting_leader(acting: bool) -> watch::Receiver<Option<Arc<LeaderToken>>> {
+        // A receiver keeps the last value after its sender is gone.
+        let (_, acting) = watch::channel(acting);
+        let token = LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting };
+        watch::channel(Some(Arc::new(token))).1
+    }
+
+    #[tokio::test]
+    async fn batches_commit_together_and_conflicts_fail_alone() {
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let (tx, queue) = mpsc::channel(1024);
+        tokio::spawn(write_batches(store.clone(), acting_leader(true), queue));
+        let mut results = Vec::new();
+        for i in 0..250u8 {
+            let (j, r) = job(Ipv4Addr::new(198, 18, 0, i), 0);
+            tx.send(j).await.unwrap();
+            results.push(r);
+        }
+        // Same address twice: the second saw a revision that is gone by then.
+        let (j, twice) = job(Ipv4Addr::new(198, 18, 0, 1), 0);
+        tx.send(j).await.unwrap();
+        for r in results {
+            assert!(r.await.unwrap().unwrap());
+        }
+        assert!(!twice.await.unwrap().unwrap(), "a stale write must not commit");
+        assert_eq!(store.range(PREFIX).await.unwrap().kvs.len(), 250);
+    }
+
+    #[tokio::test]
+    async fn one_revision_admits_one_write_however_many_race() {
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let (tx, queue) = mpsc::channel(1024);
+        tokio::spawn(write_batches(store.clone(), acting_leader(true), queue));
+        let ip = Ipv4Addr::new(198, 18, 0, 7);
+        let (first, first_done) = job(ip, 0);
+        tx.send(first).await.unwrap();
+        assert!(first_done.await.unwrap().unwrap());
+        let revision = store.range(&key(ip)).await.unwrap().kvs[0].mod_revision;
+        // Many writers at once, each expecting the revision the previous
+        // one leaves: only one chain can win per revision, never two.
+        let mut results = Vec::new();
+        for _ in 0..20 {
+            let (j, r) = job(ip, revision);
+            tx.send(j).await.unwrap();
+            results.push(r);
+        }
+        let mut committed = 0;
+        for r in results {
+            committed += usize::from(r.await.unwrap().unwrap());
+        }
+        assert_eq!(committed, 1, "exactly one write over the same revision commits");
+    }
+
+    #[test]
+    fn a_batch_skips_busy_and_repeated_addresses_and_keeps_their_order() {
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        let b = Ipv4Addr::new(198, 18, 0, 2);
+        let c = Ipv4Addr::new(198, 18, 0, 3);
+        let mut pending: VecDeque<WriteJob> =
+            [(a, 1), (b, 1), (a, 2), (c, 1), (b, 2)].into_iter().map(|(ip, r)| job(ip, r).0).collect();
+        let busy: HashSet<Ipv4Addr> = [b].into_iter().collect();
+        let batch = take_batch(&mut pending, &busy);
+        let taken: Vec<(Ipv4Addr, i64)> = batch.iter().map(|j| (j.ip, j.revision)).collect();
+        assert_eq!(taken, vec![(a, 1), (c, 1)]);
+        let left: Vec<(Ipv4Addr, i64)> = pending.iter().map(|j| (j.ip, j.revision)).collect();
+        assert_eq!(left, vec![(b, 1), (a, 2), (b, 2)]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_without_leadership() {
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let (tx, queue) = mpsc::channel(16);
+        tokio::spawn(write_batches(store.clone(), acting_leader(false), queue));
+        let (j, r) = job(Ipv4Addr::new(198, 18, 0, 9), 0);
+        tx.send(j).await.unwrap();
+        assert!(!r.await.unwrap().unwrap());
+        assert!(store.range(PREFIX).await.unwrap().kvs.is_empty());
+    }
+}
