@@ -19,6 +19,7 @@
 pub mod boot_servers;
 pub mod client;
 pub mod full;
+pub mod fuzz_logic;
 pub mod ndp;
 pub mod proxy;
 #[cfg(feature = "runtime")]

@@ -251,7 +251,7 @@ fn destination(request: &Request, reply: &Reply, from: SocketAddr, boot_server_p
 
 /// Requests handled at once per socket: each may wait on the rules engine
 /// and the store, so they overlap (and their lease writes share commits).
-const IN_FLIGHT: usize = 2048;
+const IN_FLIGHT: usize = 256;
 
 async fn serve_socket(
     socket: UdpSocket,
