@@ -209,7 +209,14 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
         packet: Vec::with_capacity(usize::from(negotiated.blksize) + 4),
         sent: 0,
     };
+    // The retransmission timer is re-armed on every block; moving a tokio
+    // timer that often costs a timer-wheel update per block (a tenth of
+    // the server's time in a storm). So only `deadline` moves; the sleep
+    // fires at the old time at most once per timeout, and is pushed on to
+    // `deadline` if that has moved since.
     let mut deadline = Instant::now() + negotiated.timeout;
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     let mut pending = machine.start();
     let mut buf = vec![0u8; wire::MAX_DATAGRAM];
     let outcome = 'run: loop {
@@ -220,8 +227,22 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
                 Step::Finished(outcome) => break 'run outcome,
             }
         }
+        if timer.is_elapsed() {
+            // Fired: wait again until the (possibly moved) deadline, never
+            // for less than no time at all.
+            if deadline <= Instant::now() {
+                deadline = Instant::now() + negotiated.timeout;
+            }
+            timer.as_mut().reset(deadline);
+        } else if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
-            () = tokio::time::sleep_until(deadline) => pending = machine.on_timeout(),
+            () = &mut timer => {
+                if Instant::now() >= deadline {
+                    pending = machine.on_timeout();
+                }
+            }
             received = socket.recv(&mut buf) => {
                 pending = match received.map(|len| Packet::parse(&buf[..len])) {
                     Ok(Ok(Packet::Ack { block })) => machine.on_ack(block),

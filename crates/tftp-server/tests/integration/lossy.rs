@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use bootfleet_tftp_server::wire::Packet;
 use tokio::net::UdpSocket;
 
 use crate::start;
@@ -80,5 +82,39 @@ async fn lossy_link_still_completes() {
         assert!(status.status.success(), "{tag}: {}", String::from_utf8_lossy(&status.stderr));
         assert_eq!(std::fs::read(out.path().join(&local)).unwrap(), data, "{tag}");
         assert!(dropped.load(Ordering::SeqCst) >= 5, "{tag}: the link must actually lose datagrams");
+    }
+}
+
+/// The shell's retransmission timer: a client that stops acknowledging gets
+/// the same block again once per timeout (never sooner), then an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_gets_resends_at_the_timeout_then_an_error() {
+    let f = crate::start_with(|c| {
+        c.timeout = Duration::from_millis(300);
+        c.max_retries = 2;
+    })
+    .await;
+    let client = crate::RawClient::new(f.addr).await;
+    client.request("small.bin", &[]).await;
+    let started = std::time::Instant::now();
+    let mut arrivals = Vec::new();
+    loop {
+        let (packet, _) = client.recv_within(Duration::from_secs(5)).await.expect("the server keeps talking");
+        match packet {
+            Packet::Data { block, .. } => {
+                assert_eq!(block, 1, "only the unacknowledged block is resent");
+                arrivals.push(started.elapsed());
+            }
+            Packet::Error { message, .. } => {
+                assert!(message.contains("timed out"), "{message}");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(arrivals.len(), 3, "the first send and two resends: {arrivals:?}");
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(250), "resent before the timeout: {arrivals:?}");
     }
 }
