@@ -3,7 +3,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, register_int_counter_vec, register_int_gauge_vec};
+use prometheus::{
+    Histogram, IntCounterVec, IntGaugeVec, Opts, register_histogram, register_int_counter_vec,
+    register_int_gauge_vec,
+};
 
 fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register_int_gauge_vec!(Opts::new(name, help), labels).expect("metric registers once")
@@ -44,4 +47,24 @@ pub static SNAPSHOT_RESYNCS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// 1 while the member registration is live in the store.
 pub static MEMBER_REGISTERED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge("bootfleet_member_registered", "1 while this replica's member record is live", &["service"])
+});
+
+/// Writes per durable commit of the embedded store (group commit).
+pub static EMBEDDED_COMMIT_WRITES: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "bootfleet_embedded_commit_writes",
+        "Write requests folded into one durable commit of the embedded store",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+    )
+    .expect("metric registers once")
+});
+
+/// Time of one durable commit of the embedded store.
+pub static EMBEDDED_COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "bootfleet_embedded_commit_seconds",
+        "Time to write and sync one commit of the embedded store",
+        vec![0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+    )
+    .expect("metric registers once")
 });

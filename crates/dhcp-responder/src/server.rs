@@ -203,7 +203,13 @@ impl Responder {
         if let (Mode::Full { pools, reservations }, Some(leases)) = (&self.config.mode, &self.leases) {
             let boot = self.proxy_context(verdict, request.mac);
             let leasing = Instant::now();
-            let reply = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await?;
+            let Some(reply) = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await
+            else {
+                // Not ours to answer, a standby, a lost race or no store:
+                // the reason is in the log at debug/info/warn.
+                count("unanswered");
+                return None;
+            };
             observe("leases", leasing);
             observe("total", started);
             count("answered");

@@ -174,17 +174,18 @@ impl Leases {
     }
 
     /// Writes (or with `None` deletes) the lease of `ip` if its revision is
-    /// still `revision` (0: absent). Returns whether it committed.
+    /// still `revision` (0: absent). Returns the lease's new revision if it
+    /// committed.
     async fn write(
         &self,
         ip: Ipv4Addr,
         lease: Option<(String, LeaseState, i64, String)>,
         revision: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<i64>> {
         // Only the acting leader queues writes; the batch writer checks the
         // guard again, atomically, inside the transaction.
         if self.acting_guard().is_none() {
-            return Ok(false);
+            return Ok(None);
         }
         let op = match lease {
             Some((mac, state, expires, hostname)) => {
@@ -207,9 +208,9 @@ impl Leases {
         };
         let (done, result) = oneshot::channel();
         if self.writes.send(WriteJob { ip, op, revision, done }).await.is_err() {
-            return Ok(false);
+            return Ok(None);
         }
-        result.await.unwrap_or(Ok(false))
+        result.await.unwrap_or(Ok(None))
     }
 }
 
@@ -355,8 +356,20 @@ pub(super) async fn answer(
                         tracing::warn!(%mac, "pool exhausted");
                         return Ok(None);
                     };
-                    let held = bound
-                        || leases.write(ip, Some((mac.clone(), LeaseState::Offered, expires, hostname.clone())), revision).await?;
+                    let held = bound || {
+                        let offered = Some((mac.clone(), LeaseState::Offered, expires, hostname.clone()));
+                        match leases.write(ip, offered, revision).await? {
+                            Some(written) => {
+                                // The index learns the new revision now, not
+                                // when the watch delivers it: the REQUEST
+                                // that follows at once compares against it.
+                                let entry = LeaseEntry { mac: mac.clone(), state: LeaseState::Offered, expires_unix_ms: expires };
+                                leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(entry), written);
+                                true
+                            }
+                            None => false,
+                        }
+                    };
                     if held {
                         let r = reply(ReplyType::Offer, ip, request, ctx);
                         return Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))));
@@ -376,20 +389,33 @@ pub(super) async fn answer(
                 let Some(ip) = request.requested_ip().or((!request.ciaddr.is_unspecified()).then_some(request.ciaddr)) else {
                     return Ok(None);
                 };
-                let kv = leases.store.get(&key(ip)).await?;
-                let current = kv.as_ref().and_then(entry).map(|(_, e)| e);
-                let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                if !may_hold(pool, &mac, ip, current.as_ref(), reservations, now) {
-                    tracing::info!(%mac, %ip, "request refused (NAK)");
-                    return Ok(Some(reply(ReplyType::Nak, Ipv4Addr::UNSPECIFIED, request, ctx)));
-                }
                 let expires = now + i64::try_from(pool.lease_time.as_millis()).unwrap_or(i64::MAX / 2);
-                // Stored before it is acknowledged.
-                if !leases.write(ip, Some((mac.clone(), LeaseState::Bound, expires, hostname.clone())), revision).await? {
-                    return Ok(None);
+                // First from the index (no store read); the write compares
+                // the revision, so a stale index costs one failed write and
+                // then a read of the store, never a wrong ACK.
+                let indexed = leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(ip).cloned();
+                let (mut current, mut revision) = indexed.map_or((None, 0), |(e, r)| (Some(e), r));
+                let mut written = None;
+                for attempt in 0..2 {
+                    if attempt > 0 {
+                        let kv = leases.store.get(&key(ip)).await?;
+                        current = kv.as_ref().and_then(entry).map(|(_, e)| e);
+                        revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    }
+                    if !may_hold(pool, &mac, ip, current.as_ref(), reservations, now) {
+                        tracing::info!(%mac, %ip, "request refused (NAK)");
+                        return Ok(Some(reply(ReplyType::Nak, Ipv4Addr::UNSPECIFIED, request, ctx)));
+                    }
+                    // Stored before it is acknowledged.
+                    let bound = Some((mac.clone(), LeaseState::Bound, expires, hostname.clone()));
+                    written = leases.write(ip, bound, revision).await?;
+                    if written.is_some() {
+                        break;
+                    }
                 }
+                let Some(written) = written else { return Ok(None) };
                 let bound = LeaseEntry { mac: mac.clone(), state: LeaseState::Bound, expires_unix_ms: expires };
-                leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(bound), revision);
+                leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(bound), written);
                 let r = reply(ReplyType::Ack, ip, request, ctx);
                 Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))))
             }

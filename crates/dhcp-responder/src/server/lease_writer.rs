@@ -26,7 +26,8 @@ pub(super) struct WriteJob {
     pub(super) ip: Ipv4Addr,
     pub(super) op: TxnOp,
     pub(super) revision: i64,
-    pub(super) done: oneshot::Sender<StoreResult<bool>>,
+    /// The lease's new revision once committed; `None`: not committed.
+    pub(super) done: oneshot::Sender<StoreResult<Option<i64>>>,
 }
 
 /// Lease writes per transaction. etcd refuses more than 128 compares or 128
@@ -85,7 +86,7 @@ pub(super) async fn write_batches(
             }
             let Some(guard) = acting_guard() else {
                 for job in batch {
-                    let _ = job.done.send(Ok(false));
+                    let _ = job.done.send(Ok(None));
                 }
                 continue;
             };
@@ -127,7 +128,7 @@ async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) -> Vec
     match store.txn(txn).await {
         Ok(result) if result.succeeded => {
             for job in batch {
-                let _ = job.done.send(Ok(true));
+                let _ = job.done.send(Ok(Some(result.revision)));
             }
         }
         Ok(_) => {
@@ -135,7 +136,7 @@ async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) -> Vec
                 let single = TxnRequest::new()
                     .when([guard.clone(), Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
                     .and_then([job.op.clone()]);
-                let _ = job.done.send(store.txn(single).await.map(|r| r.succeeded));
+                let _ = job.done.send(store.txn(single).await.map(|r| r.succeeded.then_some(r.revision)));
             }
         }
         Err(e) => {
@@ -155,7 +156,7 @@ mod tests {
     use super::super::full_shell::PREFIX;
     use super::*;
 
-    fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<bool>>) {
+    fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<Option<i64>>>) {
         let (done, result) = oneshot::channel();
         (WriteJob { ip, op: TxnOp::put(key(ip), b"lease".to_vec()), revision, done }, result)
     }
@@ -182,9 +183,9 @@ mod tests {
         let (j, twice) = job(Ipv4Addr::new(198, 18, 0, 1), 0);
         tx.send(j).await.unwrap();
         for r in results {
-            assert!(r.await.unwrap().unwrap());
+            assert!(r.await.unwrap().unwrap().is_some());
         }
-        assert!(!twice.await.unwrap().unwrap(), "a stale write must not commit");
+        assert!(twice.await.unwrap().unwrap().is_none(), "a stale write must not commit");
         assert_eq!(store.range(PREFIX).await.unwrap().kvs.len(), 250);
     }
 
@@ -196,8 +197,8 @@ mod tests {
         let ip = Ipv4Addr::new(198, 18, 0, 7);
         let (first, first_done) = job(ip, 0);
         tx.send(first).await.unwrap();
-        assert!(first_done.await.unwrap().unwrap());
-        let revision = store.range(&key(ip)).await.unwrap().kvs[0].mod_revision;
+        let revision = first_done.await.unwrap().unwrap().expect("committed");
+        assert_eq!(revision, store.range(&key(ip)).await.unwrap().kvs[0].mod_revision, "the lease's revision");
         // Many writers at once, each expecting the revision the previous
         // one leaves: only one chain can win per revision, never two.
         let mut results = Vec::new();
@@ -208,7 +209,7 @@ mod tests {
         }
         let mut committed = 0;
         for r in results {
-            committed += usize::from(r.await.unwrap().unwrap());
+            committed += usize::from(r.await.unwrap().unwrap().is_some());
         }
         assert_eq!(committed, 1, "exactly one write over the same revision commits");
     }
@@ -235,7 +236,7 @@ mod tests {
         tokio::spawn(write_batches(store.clone(), acting_leader(false), queue));
         let (j, r) = job(Ipv4Addr::new(198, 18, 0, 9), 0);
         tx.send(j).await.unwrap();
-        assert!(!r.await.unwrap().unwrap());
+        assert!(r.await.unwrap().unwrap().is_none());
         assert!(store.range(PREFIX).await.unwrap().kvs.is_empty());
     }
 }

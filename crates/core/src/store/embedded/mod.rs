@@ -37,6 +37,12 @@ use super::{
 const EXPIRY_TICK: Duration = Duration::from_millis(50);
 /// Most writes committed by one database transaction.
 const MAX_GROUP: usize = 512;
+/// Under load (the last commit held more than one write), how long the
+/// writer waits for more writes before committing. A commit costs about
+/// 0.6 ms here whatever it holds (page writes and the sync), so waiting a
+/// little lets one commit carry many writes; alone, a write is committed
+/// at once.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// The in-process [`StateStore`] backend.
 pub struct EmbeddedStore {
@@ -159,6 +165,7 @@ fn apply(state: &mut State, op: &WriteOp, dirty: &mut Dirty) -> StoreResult<Writ
 /// Between groups (at least every [`EXPIRY_TICK`]) it revokes expired leases.
 fn write_groups(db: &Database, shared: &Shared, queue: &std_mpsc::Receiver<WriteRequest>) {
     let mut next_expiry_check = Instant::now() + EXPIRY_TICK;
+    let mut busy = false;
     loop {
         let wait = next_expiry_check.saturating_duration_since(Instant::now());
         let mut group = Vec::new();
@@ -167,12 +174,23 @@ fn write_groups(db: &Database, shared: &Shared, queue: &std_mpsc::Receiver<Write
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        let linger_until = Instant::now() + if busy { LINGER } else { Duration::ZERO };
         while !group.is_empty() && group.len() < MAX_GROUP {
             match queue.try_recv() {
                 Ok(next) => group.push(next),
-                Err(_) => break,
+                Err(_) => {
+                    let left = linger_until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match queue.recv_timeout(left) {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
             }
         }
+        busy = group.len() > 1;
         let mut state = shared.lock();
         let mut dirty = Dirty::default();
         let mut results: Vec<StoreResult<WriteReply>> =
@@ -182,7 +200,11 @@ fn write_groups(db: &Database, shared: &Shared, queue: &std_mpsc::Receiver<Write
             next_expiry_check = Instant::now() + EXPIRY_TICK;
         }
         if !dirty.is_empty() {
-            if let Err(e) = disk::persist(db, &state, &dirty) {
+            let started = Instant::now();
+            let persisted = disk::persist(db, &state, &dirty);
+            crate::metrics::EMBEDDED_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+            crate::metrics::EMBEDDED_COMMIT_WRITES.observe(group.len() as f64);
+            if let Err(e) = persisted {
                 tracing::error!(error = %e, writes = group.len(), "store commit failed; reloading from disk");
                 reload(db, &mut state);
                 results = group.iter().map(|_| Err(StoreError::Backend(e.to_string()))).collect();
