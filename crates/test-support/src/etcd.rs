@@ -124,6 +124,11 @@ impl EtcdCluster {
         self.members[i].client_port
     }
 
+    /// Process id of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
     /// Number of members.
     pub fn size(&self) -> usize {
         self.members.len()

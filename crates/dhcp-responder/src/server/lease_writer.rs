@@ -198,7 +198,11 @@ mod tests {
         let (first, first_done) = job(ip, 0);
         tx.send(first).await.unwrap();
         let revision = first_done.await.unwrap().unwrap().expect("committed");
-        assert_eq!(revision, store.range(&key(ip)).await.unwrap().kvs[0].mod_revision, "the lease's revision");
+        assert_eq!(
+            revision,
+            store.range(&key(ip)).await.unwrap().kvs[0].mod_revision,
+            "the lease's revision"
+        );
         // Many writers at once, each expecting the revision the previous
         // one leaves: only one chain can win per revision, never two.
         let mut results = Vec::new();

@@ -4,18 +4,20 @@
 //! is usually two exchanges (firmware, then iPXE), all within seconds and
 //! all asking the same question. A gRPC round trip per request cost more
 //! than the rest of the answer (6 ms of 10 ms under a storm), so answers
-//! are kept per host and reused while they cannot have changed: same facts,
-//! no change to the rule sets or image profiles seen in the store since,
-//! and at most `dhcp.rules_cache` old (30 s by default: the bound that
-//! matters when this replica cannot watch the store; zero turns the cache
-//! off). The last answer is also the fallback while
-//! the rules engine is unreachable, however old.
+//! are kept per host and reused while they cannot have changed: same facts
+//! and no change to the rule sets or image profiles seen in the store
+//! since. For `dhcp.rules_cache` (30 s by default; zero turns the cache
+//! off) an answer is used as it is; for as long again it is still used,
+//! while one background request asks the rules engine again, so a host's
+//! answers age out without its requests ever waiting for gRPC. Older
+//! answers are asked for afresh. The last answer is also the fallback
+//! while the rules engine is unreachable, however old.
 //!
 //! The host record: a DISCOVER asks with `record` so the rules engine logs
-//! the boot attempt. A DISCOVER uses a cached answer only if the host's
-//! last attempt was recorded within [`RECORD_EVERY`]: a repeated DISCOVER
-//! (retries, iPXE after the firmware) with an unchanged answer adds nothing
-//! to the history.
+//! the boot attempt. A DISCOVER from a host recorded within [`RECORD_EVERY`]
+//! (retries, iPXE after the firmware) adds nothing to the history; past
+//! it, the cached answer is used and the attempt is recorded by the
+//! background request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,16 +65,63 @@ struct Known {
     generation: u64,
     asked: Instant,
     recorded: Option<Instant>,
+    /// A background refresh is running.
+    refreshing: bool,
+}
+
+type Hosts = Arc<Mutex<HashMap<String, Known>>>;
+
+/// What the cache holds for a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Valid: use it.
+    Fresh(Verdict),
+    /// Aged out (or a DISCOVER due to be recorded) but not by much, and no
+    /// rule changed: use it, and ask again in the background if `refresh`.
+    Stale { verdict: Verdict, refresh: bool },
+    /// Nothing usable: ask now.
+    Miss,
 }
 
 /// Per-host answers from the rules engine.
 pub(super) struct Verdicts {
     client: RulesClient,
-    hosts: Mutex<HashMap<String, Known>>,
+    hosts: Hosts,
     /// How long an answer is reused at most.
     fresh_for: Duration,
     /// Changes whenever the rule sets or image profiles change in the store.
     generation: Arc<AtomicU64>,
+}
+
+fn verdict_of(response: pb::EvaluateResponse) -> Verdict {
+    let decision = response.decision.unwrap_or_default();
+    match decision.image_profile.as_ref().and_then(|p| p.boot.as_ref()) {
+        None => Verdict::Unknown,
+        Some(pb::image_profile::Boot::Ignore(_)) => Verdict::Ignore,
+        Some(_) => Verdict::Boot,
+    }
+}
+
+/// Stores a fresh answer for `mac`.
+fn remember(
+    hosts: &Hosts,
+    mac: String,
+    facts: FactsKey,
+    verdict: Verdict,
+    generation: u64,
+    now: Instant,
+    discover: bool,
+) {
+    let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+    if hosts.len() >= MAX_HOSTS && !hosts.contains_key(&mac) {
+        let evict: Vec<String> = hosts.keys().take(1_000).cloned().collect();
+        for key in evict {
+            hosts.remove(&key);
+        }
+    }
+    let before = hosts.get(&mac).and_then(|k| k.recorded);
+    let recorded = if discover { Some(now) } else { before };
+    hosts.insert(mac, Known { facts, verdict, generation, asked: now, recorded, refreshing: false });
 }
 
 impl Verdicts {
@@ -88,7 +137,7 @@ impl Verdicts {
         if !fresh_for.is_zero() {
             tokio::spawn(follow_rule_changes(store, Arc::clone(&generation), stop));
         }
-        Self { client, hosts: Mutex::default(), fresh_for, generation }
+        Self { client, hosts: Hosts::default(), fresh_for, generation }
     }
 
     /// Whether to boot the host that sent `request`; `discover` asks the
@@ -102,37 +151,33 @@ impl Verdicts {
         };
         let generation = self.generation.load(Ordering::Acquire);
         let now = Instant::now();
-        if let Some(verdict) = self.cached(&mac, &key, generation, now, discover) {
-            ASKED.with_label_values(&["cached"]).inc();
-            return verdict;
+        match self.cached(&mac, &key, generation, now, discover) {
+            Lookup::Fresh(verdict) => {
+                ASKED.with_label_values(&["cached"]).inc();
+                return verdict;
+            }
+            Lookup::Stale { verdict, refresh } => {
+                ASKED.with_label_values(&["cached"]).inc();
+                if refresh {
+                    self.refresh_in_background(mac, key, generation, discover);
+                }
+                return verdict;
+            }
+            Lookup::Miss => {}
         }
         let mut client = self.client.clone();
         let asked =
             client.evaluate(pb::EvaluateRequest { facts: Some(facts(&mac, &key)), dry_run: !discover });
-        let answer = tokio::time::timeout(Duration::from_secs(1), asked).await;
-        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        match answer {
+        match tokio::time::timeout(Duration::from_secs(1), asked).await {
             Ok(Ok(response)) => {
                 ASKED.with_label_values(&["asked"]).inc();
-                let decision = response.into_inner().decision.unwrap_or_default();
-                let verdict = match decision.image_profile.as_ref().and_then(|p| p.boot.as_ref()) {
-                    None => Verdict::Unknown,
-                    Some(pb::image_profile::Boot::Ignore(_)) => Verdict::Ignore,
-                    Some(_) => Verdict::Boot,
-                };
-                if hosts.len() >= MAX_HOSTS && !hosts.contains_key(&mac) {
-                    let evict: Vec<String> = hosts.keys().take(1_000).cloned().collect();
-                    for key in evict {
-                        hosts.remove(&key);
-                    }
-                }
-                let before = hosts.get(&mac).and_then(|k| k.recorded);
-                let recorded = if discover { Some(now) } else { before };
-                hosts.insert(mac, Known { facts: key, verdict, generation, asked: now, recorded });
+                let verdict = verdict_of(response.into_inner());
+                remember(&self.hosts, mac, key, verdict, generation, now, discover);
                 verdict
             }
             Ok(Err(_)) | Err(_) => {
                 ASKED.with_label_values(&["fallback"]).inc();
+                let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
                 let verdict = hosts.get(&mac).map_or(Verdict::Unknown, |k| k.verdict);
                 tracing::warn!(%mac, ?verdict, "rules engine unavailable; using the last answer");
                 verdict
@@ -140,25 +185,51 @@ impl Verdicts {
         }
     }
 
-    /// A cached answer still valid for this request: same facts, no rule
-    /// change since, young enough, and for a DISCOVER a recent record.
-    fn cached(
-        &self,
-        mac: &str,
-        key: &FactsKey,
-        generation: u64,
-        now: Instant,
-        discover: bool,
-    ) -> Option<Verdict> {
-        let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = hosts.get(mac)?;
+    /// Asks again for a host whose cached answer is being used stale; a
+    /// failure leaves the old answer to age out into a miss.
+    fn refresh_in_background(&self, mac: String, key: FactsKey, generation: u64, discover: bool) {
+        let (mut client, hosts) = (self.client.clone(), Arc::clone(&self.hosts));
+        tokio::spawn(async move {
+            let asked =
+                client.evaluate(pb::EvaluateRequest { facts: Some(facts(&mac, &key)), dry_run: !discover });
+            match tokio::time::timeout(Duration::from_secs(3), asked).await {
+                Ok(Ok(response)) => {
+                    ASKED.with_label_values(&["refreshed"]).inc();
+                    let verdict = verdict_of(response.into_inner());
+                    remember(&hosts, mac, key, verdict, generation, Instant::now(), discover);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(known) = hosts.get_mut(&mac) {
+                        known.refreshing = false;
+                    }
+                }
+            }
+        });
+    }
+
+    /// What the cache holds for this request. Fresh: same facts, no rule
+    /// change since, younger than the cache time, and for a DISCOVER a
+    /// recent record. Stale: only the age or the record is off, by less
+    /// than another cache time; the first caller to see it refreshes it.
+    fn cached(&self, mac: &str, key: &FactsKey, generation: u64, now: Instant, discover: bool) -> Lookup {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(known) = hosts.get_mut(mac) else { return Lookup::Miss };
+        if known.facts != *key || known.generation != generation {
+            return Lookup::Miss;
+        }
+        let age = now.saturating_duration_since(known.asked);
         let recorded_lately =
             known.recorded.is_some_and(|at| now.saturating_duration_since(at) < RECORD_EVERY);
-        let valid = known.facts == *key
-            && known.generation == generation
-            && now.saturating_duration_since(known.asked) < self.fresh_for
-            && (recorded_lately || !discover);
-        valid.then_some(known.verdict)
+        if age < self.fresh_for && (recorded_lately || !discover) {
+            return Lookup::Fresh(known.verdict);
+        }
+        if age < self.fresh_for * 2 {
+            let refresh = !known.refreshing;
+            known.refreshing = true;
+            return Lookup::Stale { verdict: known.verdict, refresh };
+        }
+        Lookup::Miss
     }
 }
 
@@ -204,50 +275,69 @@ async fn follow_rule_changes(store: SharedStore, generation: Arc<AtomicU64>, sto
 mod tests {
     use super::*;
 
+    const FRESH_FOR: Duration = Duration::from_secs(30);
+
     fn verdicts_with(known: Known) -> Verdicts {
         let client = bootfleet_rules_engine::client::connect_lazy("http://127.0.0.1:9").unwrap();
-        let hosts = Mutex::new(HashMap::from([("aa".to_owned(), known)]));
+        let hosts = Arc::new(Mutex::new(HashMap::from([("aa".to_owned(), known)])));
         Verdicts { client, hosts, fresh_for: FRESH_FOR, generation: Arc::new(AtomicU64::new(1)) }
     }
-
-    const FRESH_FOR: Duration = Duration::from_secs(30);
 
     fn key() -> FactsKey {
         FactsKey { uuid: "u".into(), arch: "bios".into(), relay: String::new() }
     }
 
-    #[tokio::test]
-    async fn a_cached_answer_holds_only_for_the_same_facts_generation_and_age() {
-        let now = Instant::now();
-        let known =
-            Known { facts: key(), verdict: Verdict::Boot, generation: 1, asked: now, recorded: Some(now) };
-        let v = verdicts_with(known);
-        assert_eq!(v.cached("aa", &key(), 1, now, false), Some(Verdict::Boot));
-        assert_eq!(v.cached("aa", &key(), 1, now, true), Some(Verdict::Boot), "recorded just now");
-        assert_eq!(v.cached("bb", &key(), 1, now, false), None, "another host");
-        let other = FactsKey { arch: "efi-x64".into(), ..key() };
-        assert_eq!(v.cached("aa", &other, 1, now, false), None, "other facts");
-        assert_eq!(v.cached("aa", &key(), 2, now, false), None, "rules changed");
-        assert_eq!(v.cached("aa", &key(), 1, now + FRESH_FOR, false), None, "too old");
+    fn known(asked: Instant, recorded: Option<Instant>) -> Known {
+        Known { facts: key(), verdict: Verdict::Boot, generation: 1, asked, recorded, refreshing: false }
     }
 
     #[tokio::test]
-    async fn a_discover_is_recorded_unless_one_was_lately() {
+    async fn a_cached_answer_holds_only_for_the_same_facts_and_rules() {
         let now = Instant::now();
-        let asked_by_request =
-            Known { facts: key(), verdict: Verdict::Boot, generation: 1, asked: now, recorded: None };
-        let v = verdicts_with(asked_by_request);
-        assert_eq!(v.cached("aa", &key(), 1, now, false), Some(Verdict::Boot), "a REQUEST may reuse it");
-        assert_eq!(v.cached("aa", &key(), 1, now, true), None, "a DISCOVER must be recorded");
-        let earlier = now.checked_sub(RECORD_EVERY).unwrap();
-        let recorded_long_ago = Known {
-            facts: key(),
-            verdict: Verdict::Boot,
-            generation: 1,
-            asked: now,
-            recorded: Some(earlier),
-        };
-        let v = verdicts_with(recorded_long_ago);
-        assert_eq!(v.cached("aa", &key(), 1, now, true), None);
+        let v = verdicts_with(known(now, Some(now)));
+        assert_eq!(v.cached("aa", &key(), 1, now, false), Lookup::Fresh(Verdict::Boot));
+        assert_eq!(v.cached("aa", &key(), 1, now, true), Lookup::Fresh(Verdict::Boot), "recorded just now");
+        assert_eq!(v.cached("bb", &key(), 1, now, false), Lookup::Miss, "another host");
+        let other = FactsKey { arch: "efi-x64".into(), ..key() };
+        assert_eq!(v.cached("aa", &other, 1, now, false), Lookup::Miss, "other facts");
+        assert_eq!(v.cached("aa", &key(), 2, now, false), Lookup::Miss, "rules changed");
+    }
+
+    #[tokio::test]
+    async fn an_aged_answer_is_used_while_one_caller_refreshes_it_then_expires() {
+        let now = Instant::now();
+        let v = verdicts_with(known(now, Some(now)));
+        let later = now + FRESH_FOR;
+        assert_eq!(
+            v.cached("aa", &key(), 1, later, false),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: true }
+        );
+        assert_eq!(
+            v.cached("aa", &key(), 1, later, false),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: false },
+            "one refresh at a time"
+        );
+        assert_eq!(v.cached("aa", &key(), 1, now + FRESH_FOR * 2, false), Lookup::Miss, "too old");
+        assert_eq!(
+            v.cached("aa", &key(), 2, later, false),
+            Lookup::Miss,
+            "a rule change is never answered stale"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_discover_not_recorded_lately_is_answered_and_recorded_in_the_background() {
+        let now = Instant::now();
+        let v = verdicts_with(known(now, None));
+        assert_eq!(
+            v.cached("aa", &key(), 1, now, false),
+            Lookup::Fresh(Verdict::Boot),
+            "a REQUEST may reuse it"
+        );
+        assert_eq!(
+            v.cached("aa", &key(), 1, now, true),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: true },
+            "a DISCOVER must be recorded"
+        );
     }
 }
