@@ -223,8 +223,14 @@ impl RulesService for RulesApi {
         let request = request.into_inner();
         let facts = request.facts.ok_or_else(|| Status::invalid_argument("facts: missing"))?;
         let facts = Facts::from_proto(&facts)?;
+        // Read before deciding: the engine that decides is this one or newer.
+        let built_at_revision = self.state.engine().built_at;
         let decision = self.state.evaluate(&facts, now_ms(), request.dry_run);
-        Ok(Response::new(pb::EvaluateResponse { decision: Some(decision), degraded: self.state.degraded() }))
+        Ok(Response::new(pb::EvaluateResponse {
+            decision: Some(decision),
+            degraded: self.state.degraded(),
+            built_at_revision,
+        }))
     }
 
     async fn get_rule_set(

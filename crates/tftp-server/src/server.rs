@@ -228,11 +228,16 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
             }
         }
         if timer.is_elapsed() {
-            // Fired: wait again until the (possibly moved) deadline, never
-            // for less than no time at all.
             if deadline <= Instant::now() {
-                deadline = Instant::now() + negotiated.timeout;
+                // Fired, and nothing moved the deadline since (a packet the
+                // machine ignored won the race in select): a timeout.
+                pending = machine.on_timeout();
+                if pending.is_empty() {
+                    deadline = Instant::now() + negotiated.timeout;
+                }
+                continue;
             }
+            // Fired early for a deadline that has moved on: wait until it.
             timer.as_mut().reset(deadline);
         } else if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);

@@ -403,6 +403,11 @@ pub(super) async fn answer(
                         revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
                     }
                     if !may_hold(pool, &mac, ip, current.as_ref(), reservations, now) {
+                        if attempt == 0 {
+                            // The index may hold an offer that never
+                            // committed: refuse only on what the store says.
+                            continue;
+                        }
                         tracing::info!(%mac, %ip, "request refused (NAK)");
                         return Ok(Some(reply(ReplyType::Nak, Ipv4Addr::UNSPECIFIED, request, ctx)));
                     }

@@ -10,8 +10,9 @@
 //! flight let the embedded store group them into one commit and let etcd
 //! pipeline them. A lease is never in two batches in flight at once, so
 //! writes to one address still commit in the order they were queued.
+//! A failed batch is split in halves until the stale writes are isolated.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -52,17 +53,20 @@ pub(super) async fn write_batches(
     let mut pending: VecDeque<WriteJob> = VecDeque::new();
     // Addresses with a write in a transaction in flight.
     let mut busy: HashSet<Ipv4Addr> = HashSet::new();
-    let mut running: JoinSet<Vec<Ipv4Addr>> = JoinSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Each transaction's addresses, freed when it ends however it ends (a
+    // panic included: its writers see a dropped reply, "not committed").
+    let mut in_flight: HashMap<tokio::task::Id, Vec<Ipv4Addr>> = HashMap::new();
     let mut open = true;
     while open || !pending.is_empty() || !running.is_empty() {
         tokio::select! {
-            Some(finished) = running.join_next(), if !running.is_empty() => {
-                // A panicked commit task cannot happen short of a bug; its
-                // addresses stay busy and their writers see a dropped reply.
-                if let Ok(ips) = finished {
-                    for ip in ips {
-                        busy.remove(&ip);
-                    }
+            Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match finished {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                for ip in in_flight.remove(&id).unwrap_or_default() {
+                    busy.remove(&ip);
                 }
             }
             job = queue.recv(), if open && running.len() < PIPELINE => match job {
@@ -90,8 +94,10 @@ pub(super) async fn write_batches(
                 }
                 continue;
             };
-            busy.extend(batch.iter().map(|job| job.ip));
-            running.spawn(commit(store.clone(), guard, batch));
+            let ips: Vec<Ipv4Addr> = batch.iter().map(|job| job.ip).collect();
+            busy.extend(ips.iter().copied());
+            let task = running.spawn(commit(store.clone(), guard, batch));
+            in_flight.insert(task.id(), ips);
         }
     }
 }
@@ -115,38 +121,42 @@ fn take_batch(pending: &mut VecDeque<WriteJob>, busy: &HashSet<Ipv4Addr>) -> Vec
 }
 
 /// One transaction for the batch. If it fails (one of its compares no
-/// longer holds), each write is retried alone so that one stale read costs
-/// only its own write. Returns the batch's addresses.
-async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) -> Vec<Ipv4Addr> {
-    let ips = batch.iter().map(|job| job.ip).collect();
-    let mut txn = TxnRequest::new().when([guard.clone()]);
-    for job in &batch {
-        txn = txn
-            .when([Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
-            .and_then([job.op.clone()]);
+/// longer holds), the batch is split in halves and each retried, down to
+/// single writes: one stale write among a hundred costs about a dozen
+/// transactions, not a hundred.
+async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) {
+    let mut groups = vec![batch];
+    while let Some(mut group) = groups.pop() {
+        let mut txn = TxnRequest::new().when([guard.clone()]);
+        for job in &group {
+            txn = txn
+                .when([Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
+                .and_then([job.op.clone()]);
+        }
+        match store.txn(txn).await {
+            Ok(result) if result.succeeded => {
+                for job in group {
+                    let _ = job.done.send(Ok(Some(result.revision)));
+                }
+            }
+            Ok(_) if group.len() == 1 => {
+                for job in group {
+                    let _ = job.done.send(Ok(None));
+                }
+            }
+            Ok(_) => {
+                let second = group.split_off(group.len() / 2);
+                groups.push(second);
+                groups.push(group);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in group {
+                    let _ = job.done.send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
     }
-    match store.txn(txn).await {
-        Ok(result) if result.succeeded => {
-            for job in batch {
-                let _ = job.done.send(Ok(Some(result.revision)));
-            }
-        }
-        Ok(_) => {
-            for job in batch {
-                let single = TxnRequest::new()
-                    .when([guard.clone(), Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
-                    .and_then([job.op.clone()]);
-                let _ = job.done.send(store.txn(single).await.map(|r| r.succeeded.then_some(r.revision)));
-            }
-        }
-        Err(e) => {
-            let message = e.to_string();
-            for job in batch {
-                let _ = job.done.send(Err(StoreError::Unavailable(message.clone())));
-            }
-        }
-    }
-    ips
 }
 
 #[cfg(test)]

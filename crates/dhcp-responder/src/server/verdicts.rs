@@ -10,8 +10,10 @@
 //! off) an answer is used as it is; for as long again it is still used,
 //! while one background request asks the rules engine again, so a host's
 //! answers age out without its requests ever waiting for gRPC. Older
-//! answers are asked for afresh. The last answer is also the fallback
-//! while the rules engine is unreachable, however old.
+//! answers are asked for afresh. An answer from a rules engine that has
+//! not yet caught up with the newest change this responder saw (its
+//! `built_at_revision` is older) is used but not cached. The last answer is
+//! also the fallback while the rules engine is unreachable, however old.
 //!
 //! The host record: a DISCOVER asks with `record` so the rules engine logs
 //! the boot attempt. A DISCOVER from a host recorded within [`RECORD_EVERY`]
@@ -20,7 +22,7 @@
 //! background request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -91,6 +93,9 @@ pub(super) struct Verdicts {
     fresh_for: Duration,
     /// Changes whenever the rule sets or image profiles change in the store.
     generation: Arc<AtomicU64>,
+    /// The store revision of the newest such change seen: an answer from a
+    /// rules engine that has not caught up with it is used, never cached.
+    changed_at: Arc<AtomicI64>,
 }
 
 fn verdict_of(response: pb::EvaluateResponse) -> Verdict {
@@ -134,10 +139,11 @@ impl Verdicts {
         stop: CancellationToken,
     ) -> Self {
         let generation = Arc::new(AtomicU64::new(0));
+        let changed_at = Arc::new(AtomicI64::new(0));
         if !fresh_for.is_zero() {
-            tokio::spawn(follow_rule_changes(store, Arc::clone(&generation), stop));
+            tokio::spawn(follow_rule_changes(store, Arc::clone(&generation), Arc::clone(&changed_at), stop));
         }
-        Self { client, hosts: Hosts::default(), fresh_for, generation }
+        Self { client, hosts: Hosts::default(), fresh_for, generation, changed_at }
     }
 
     /// Whether to boot the host that sent `request`; `discover` asks the
@@ -171,7 +177,9 @@ impl Verdicts {
         match tokio::time::timeout(Duration::from_secs(1), asked).await {
             Ok(Ok(response)) => {
                 ASKED.with_label_values(&["asked"]).inc();
-                let verdict = verdict_of(response.into_inner());
+                let response = response.into_inner();
+                let generation = self.cacheable(generation, &response);
+                let verdict = verdict_of(response);
                 remember(&self.hosts, mac, key, verdict, generation, now, discover);
                 verdict
             }
@@ -189,13 +197,16 @@ impl Verdicts {
     /// failure leaves the old answer to age out into a miss.
     fn refresh_in_background(&self, mac: String, key: FactsKey, generation: u64, discover: bool) {
         let (mut client, hosts) = (self.client.clone(), Arc::clone(&self.hosts));
+        let changed_at = self.changed_at.load(Ordering::Acquire);
         tokio::spawn(async move {
             let asked =
                 client.evaluate(pb::EvaluateRequest { facts: Some(facts(&mac, &key)), dry_run: !discover });
             match tokio::time::timeout(Duration::from_secs(3), asked).await {
                 Ok(Ok(response)) => {
                     ASKED.with_label_values(&["refreshed"]).inc();
-                    let verdict = verdict_of(response.into_inner());
+                    let response = response.into_inner();
+                    let generation = cacheable_under(generation, changed_at, &response);
+                    let verdict = verdict_of(response);
                     remember(&hosts, mac, key, verdict, generation, Instant::now(), discover);
                 }
                 Ok(Err(_)) | Err(_) => {
@@ -206,6 +217,13 @@ impl Verdicts {
                 }
             }
         });
+    }
+
+    /// The generation to store an answer under: the current one if the
+    /// engine that answered had seen the newest change, else one that never
+    /// matches (kept only as the outage fallback).
+    fn cacheable(&self, generation: u64, response: &pb::EvaluateResponse) -> u64 {
+        cacheable_under(generation, self.changed_at.load(Ordering::Acquire), response)
     }
 
     /// What the cache holds for this request. Fresh: same facts, no rule
@@ -233,6 +251,10 @@ impl Verdicts {
     }
 }
 
+fn cacheable_under(generation: u64, changed_at: i64, response: &pb::EvaluateResponse) -> u64 {
+    if response.built_at_revision >= changed_at { generation } else { generation.wrapping_sub(1) }
+}
+
 fn facts(mac: &str, key: &FactsKey) -> pb::HostFacts {
     pb::HostFacts {
         mac: mac.to_owned(),
@@ -245,8 +267,15 @@ fn facts(mac: &str, key: &FactsKey) -> pb::HostFacts {
 
 /// Bumps `generation` whenever the rule sets or image profiles change: a
 /// fingerprint of both watched copies (newest revision and key count, so
-/// deletions count too) compared after every applied change.
-async fn follow_rule_changes(store: SharedStore, generation: Arc<AtomicU64>, stop: CancellationToken) {
+/// deletions count too) compared after every applied change. `changed_at`
+/// gets the newest revision first, so a reader that sees the new
+/// generation also sees the revision answers must have caught up with.
+async fn follow_rule_changes(
+    store: SharedStore,
+    generation: Arc<AtomicU64>,
+    changed_at: Arc<AtomicI64>,
+    stop: CancellationToken,
+) {
     let rules = SnapshotCache::start(store.clone(), RULES_PREFIX, stop.clone());
     let profiles = SnapshotCache::start(store, IMAGE_PREFIX, stop.clone());
     let (mut rules_changed, mut profiles_changed) = (rules.changes(), profiles.changes());
@@ -257,6 +286,7 @@ async fn follow_rule_changes(store: SharedStore, generation: Arc<AtomicU64>, sto
         })
     };
     let mut last = fingerprint();
+    changed_at.store(last.iter().map(|(revision, _)| *revision).max().unwrap_or(0), Ordering::Release);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -266,6 +296,8 @@ async fn follow_rule_changes(store: SharedStore, generation: Arc<AtomicU64>, sto
         let now = fingerprint();
         if now != last {
             last = now;
+            changed_at
+                .fetch_max(now.iter().map(|(revision, _)| *revision).max().unwrap_or(0), Ordering::AcqRel);
             generation.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -280,7 +312,13 @@ mod tests {
     fn verdicts_with(known: Known) -> Verdicts {
         let client = bootfleet_rules_engine::client::connect_lazy("http://127.0.0.1:9").unwrap();
         let hosts = Arc::new(Mutex::new(HashMap::from([("aa".to_owned(), known)])));
-        Verdicts { client, hosts, fresh_for: FRESH_FOR, generation: Arc::new(AtomicU64::new(1)) }
+        Verdicts {
+            client,
+            hosts,
+            fresh_for: FRESH_FOR,
+            generation: Arc::new(AtomicU64::new(1)),
+            changed_at: Arc::new(AtomicI64::new(50)),
+        }
     }
 
     fn key() -> FactsKey {
@@ -339,5 +377,15 @@ mod tests {
             Lookup::Stale { verdict: Verdict::Boot, refresh: true },
             "a DISCOVER must be recorded"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_an_engine_behind_the_newest_change_is_never_cached() {
+        let now = Instant::now();
+        let v = verdicts_with(known(now, Some(now)));
+        let behind = pb::EvaluateResponse { built_at_revision: 49, ..Default::default() };
+        let caught_up = pb::EvaluateResponse { built_at_revision: 50, ..Default::default() };
+        assert_ne!(v.cacheable(1, &behind), 1, "behind the change the rules responder saw");
+        assert_eq!(v.cacheable(1, &caught_up), 1);
     }
 }

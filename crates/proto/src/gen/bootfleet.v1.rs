@@ -1388,6 +1388,10 @@ pub struct EvaluateResponse {
     /// True when the replica answered from a snapshot it cannot refresh.
     #[prost(bool, tag = "2")]
     pub degraded: bool,
+    /// Store revision the rules and profiles that decided reflect (at least):
+    /// callers that cache answers keep only those as new as a change they saw.
+    #[prost(int64, tag = "3")]
+    pub built_at_revision: i64,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
