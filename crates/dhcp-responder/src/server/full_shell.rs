@@ -173,6 +173,12 @@ impl Leases {
         acting.then(|| token.guard.clone())
     }
 
+    /// The lease of `ip` as the store holds it, and its revision (0: none).
+    async fn read(&self, ip: Ipv4Addr) -> StoreResult<(Option<LeaseEntry>, i64)> {
+        let kv = self.store.get(&key(ip)).await?;
+        Ok((kv.as_ref().and_then(entry).map(|(_, e)| e), kv.as_ref().map_or(0, |kv| kv.mod_revision)))
+    }
+
     /// Writes (or with `None` deletes) the lease of `ip` if its revision is
     /// still `revision` (0: absent). Returns the lease's new revision if it
     /// committed.
@@ -375,9 +381,7 @@ pub(super) async fn answer(
                         return Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))));
                     }
                     tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading that lease again");
-                    let kv = leases.store.get(&key(ip)).await?;
-                    let fresh = kv.as_ref().and_then(entry).map(|(_, e)| e);
-                    let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    let (fresh, revision) = leases.read(ip).await?;
                     leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(ip, fresh, revision);
                 }
                 Ok(None)
@@ -398,9 +402,7 @@ pub(super) async fn answer(
                 let mut written = None;
                 for attempt in 0..2 {
                     if attempt > 0 {
-                        let kv = leases.store.get(&key(ip)).await?;
-                        current = kv.as_ref().and_then(entry).map(|(_, e)| e);
-                        revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                        (current, revision) = leases.read(ip).await?;
                     }
                     if !may_hold(pool, &mac, ip, current.as_ref(), reservations, now) {
                         if attempt == 0 {

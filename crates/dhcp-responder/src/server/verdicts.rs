@@ -171,19 +171,15 @@ impl Verdicts {
             }
             Lookup::Miss => {}
         }
-        let mut client = self.client.clone();
-        let asked =
-            client.evaluate(pb::EvaluateRequest { facts: Some(facts(&mac, &key)), dry_run: !discover });
-        match tokio::time::timeout(Duration::from_secs(1), asked).await {
-            Ok(Ok(response)) => {
+        match evaluate(self.client.clone(), &mac, &key, discover, Duration::from_secs(1)).await {
+            Some(response) => {
                 ASKED.with_label_values(&["asked"]).inc();
-                let response = response.into_inner();
                 let generation = self.cacheable(generation, &response);
                 let verdict = verdict_of(response);
                 remember(&self.hosts, mac, key, verdict, generation, now, discover);
                 verdict
             }
-            Ok(Err(_)) | Err(_) => {
+            None => {
                 ASKED.with_label_values(&["fallback"]).inc();
                 let hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
                 let verdict = hosts.get(&mac).map_or(Verdict::Unknown, |k| k.verdict);
@@ -196,20 +192,17 @@ impl Verdicts {
     /// Asks again for a host whose cached answer is being used stale; a
     /// failure leaves the old answer to age out into a miss.
     fn refresh_in_background(&self, mac: String, key: FactsKey, generation: u64, discover: bool) {
-        let (mut client, hosts) = (self.client.clone(), Arc::clone(&self.hosts));
+        let (client, hosts) = (self.client.clone(), Arc::clone(&self.hosts));
         let changed_at = self.changed_at.load(Ordering::Acquire);
         tokio::spawn(async move {
-            let asked =
-                client.evaluate(pb::EvaluateRequest { facts: Some(facts(&mac, &key)), dry_run: !discover });
-            match tokio::time::timeout(Duration::from_secs(3), asked).await {
-                Ok(Ok(response)) => {
+            match evaluate(client, &mac, &key, discover, Duration::from_secs(3)).await {
+                Some(response) => {
                     ASKED.with_label_values(&["refreshed"]).inc();
-                    let response = response.into_inner();
                     let generation = cacheable_under(generation, changed_at, &response);
                     let verdict = verdict_of(response);
                     remember(&hosts, mac, key, verdict, generation, Instant::now(), discover);
                 }
-                Ok(Err(_)) | Err(_) => {
+                None => {
                     let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some(known) = hosts.get_mut(&mac) {
                         known.refreshing = false;
@@ -248,6 +241,22 @@ impl Verdicts {
             return Lookup::Stale { verdict: known.verdict, refresh };
         }
         Lookup::Miss
+    }
+}
+
+/// One Evaluate for this host (recording the attempt for a DISCOVER);
+/// `None` when the rules engine did not answer within `limit`.
+async fn evaluate(
+    mut client: RulesClient,
+    mac: &str,
+    key: &FactsKey,
+    discover: bool,
+    limit: Duration,
+) -> Option<pb::EvaluateResponse> {
+    let asked = client.evaluate(pb::EvaluateRequest { facts: Some(facts(mac, key)), dry_run: !discover });
+    match tokio::time::timeout(limit, asked).await {
+        Ok(Ok(response)) => Some(response.into_inner()),
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 
