@@ -210,10 +210,9 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
         sent: 0,
     };
     // The retransmission timer is re-armed on every block; moving a tokio
-    // timer that often costs a timer-wheel update per block (a tenth of
-    // the server's time in a storm). So only `deadline` moves; the sleep
-    // fires at the old time at most once per timeout, and is pushed on to
-    // `deadline` if that has moved since.
+    // timer that often costs a timer-wheel update per block. So only
+    // `deadline` moves; the sleep fires at the old time at most once per
+    // timeout, and is pushed on to `deadline` if that has moved since.
     let mut deadline = Instant::now() + negotiated.timeout;
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
@@ -229,8 +228,7 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
         }
         if timer.is_elapsed() {
             if deadline <= Instant::now() {
-                // Fired, and nothing moved the deadline since (a packet the
-                // machine ignored won the race in select): a timeout.
+                // Fired, and nothing moved the deadline since: a timeout.
                 pending = machine.on_timeout();
                 if pending.is_empty() {
                     deadline = Instant::now() + negotiated.timeout;
@@ -243,11 +241,8 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
             timer.as_mut().reset(deadline);
         }
         tokio::select! {
-            () = &mut timer => {
-                if Instant::now() >= deadline {
-                    pending = machine.on_timeout();
-                }
-            }
+            // Handled at the top of the loop: a timeout, or re-armed.
+            () = &mut timer => {}
             received = socket.recv(&mut buf) => {
                 pending = match received.map(|len| Packet::parse(&buf[..len])) {
                     Ok(Ok(Packet::Ack { block })) => machine.on_ack(block),
