@@ -111,6 +111,11 @@ impl SnapshotCache {
         self.read().kvs.get(key).cloned()
     }
 
+    /// The revision of the last write to `key`, without copying its value.
+    pub fn mod_revision(&self, key: &str) -> Option<Revision> {
+        self.read().kvs.get(key).map(|kv| kv.mod_revision)
+    }
+
     /// Every key under `prefix` (within the followed prefix), sorted.
     pub fn list(&self, prefix: &str) -> Vec<KeyValue> {
         self.read()

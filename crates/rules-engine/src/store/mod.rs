@@ -6,6 +6,7 @@
 //! ([`recorder`]). The active rule set is compiled into an [`Engine`] again
 //! whenever rules or profiles change.
 
+pub mod host_wire;
 pub mod recorder;
 pub mod writes;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
 use bootfleet_core::store::{KeyValue, SharedStore};
-use bootfleet_proto::v1::{Decision, HostEvent, HostProfile, HostRecord, ImageProfile, Location, RuleSet};
+use bootfleet_proto::v1::{Decision, HostProfile, HostRecord, ImageProfile, Location, RuleSet};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::decide::{Catalog, Engine};
 use crate::error::RulesError;
 use crate::facts::Facts;
 use crate::ruleset::CompiledRuleSet;
+use host_wire::EncodedEvent;
 
 /// Key of the working rule set.
 pub const WORKING_KEY: &str = "/bootfleet/v1/rules/working";
@@ -177,12 +179,12 @@ impl RulesState {
 
     /// Queues a decision for the host's record (never waits).
     pub fn record(&self, facts: &Facts, decision: &Decision, now_unix_ms: i64) {
-        let event = HostEvent {
-            at_unix_ms: now_unix_ms,
-            facts: Some(facts.to_proto()),
-            decision: Some(decision.clone()),
-            decided_by: self.options.member_id.clone(),
-        };
+        let event = EncodedEvent::from_parts(
+            now_unix_ms,
+            Some(&facts.to_proto()),
+            Some(decision),
+            &self.options.member_id,
+        );
         self.recorder.record(facts.mac.clone(), event);
     }
 

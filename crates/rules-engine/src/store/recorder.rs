@@ -1,33 +1,36 @@
 //! Records decisions on host records without slowing Evaluate down.
 //!
-//! Evaluate hands `(mac, event)` to a bounded queue and returns. A single
-//! task drains the queue, merges what arrived for the same host, and writes
-//! up to [`CHUNK`] hosts per transaction, each guarded by a compare on the
-//! host record's revision so that two replicas recording the same host never
+//! Evaluate encodes its event, hands `(mac, event)` to a bounded queue and
+//! returns. A single task drains the queue, merges what arrived for the same
+//! host, and writes up to [`CHUNK`] hosts ([`CHUNK_BYTES`]) per transaction,
+//! each guarded by a compare on the host record's revision so that two replicas recording the same host never
 //! overwrite each other (a lost race is retried one host at a time). While
 //! the store is unreachable the pending events wait (bounded) and are
 //! written when it returns.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bootfleet_core::backoff::Backoff;
 use bootfleet_core::snapshot::SnapshotCache;
-use bootfleet_core::store::{Compare, CompareOp, SharedStore, TxnOp, TxnRequest};
+use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, TxnOp, TxnRequest};
 use bootfleet_proto::v1::{HostEvent, HostRecord};
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::host_wire::{EncodedEvent, EncodedRecord};
 use super::writes::store_err;
 use super::{HOSTS_PREFIX, decode};
 use crate::error::RulesError;
 use crate::service::metrics;
 
-/// Hosts written per transaction (etcd allows 128 operations; each host
-/// takes a compare and a put). Kept small so one chunk's encoding never
-/// holds a worker thread long enough to delay Evaluate answers.
-const CHUNK: usize = 16;
+/// Hosts written per transaction at most (etcd allows 128 compares and 128
+/// operations; each host takes one of each). Building a chunk only joins
+/// encoded pieces, so even a full one holds a worker thread briefly.
+const CHUNK: usize = 64;
+/// Bytes per transaction at most, well under etcd's 1.5 MiB request limit.
+const CHUNK_BYTES: usize = 512 * 1024;
 /// Queue length between Evaluate and the writer.
 const QUEUE: usize = 65_536;
 /// Hosts with unwritten events kept while the store is down.
@@ -36,7 +39,7 @@ const MAX_PENDING_HOSTS: usize = 100_000;
 /// Sends decisions to the background writer.
 #[derive(Clone)]
 pub struct HostRecorder {
-    tx: mpsc::Sender<(String, HostEvent)>,
+    tx: mpsc::Sender<(String, Arc<EncodedEvent>)>,
     store: SharedStore,
     hosts: SnapshotCache,
     history_limit: usize,
@@ -64,8 +67,8 @@ impl HostRecorder {
 
     /// Queues an event; never waits. Returns false (and counts it) if the
     /// queue is full.
-    pub fn record(&self, mac: String, event: HostEvent) -> bool {
-        match self.tx.try_send((mac, event)) {
+    pub fn record(&self, mac: String, event: EncodedEvent) -> bool {
+        match self.tx.try_send((mac, Arc::new(event))) {
             Ok(()) => true,
             Err(_) => {
                 metrics::HOST_EVENTS_DROPPED.inc();
@@ -76,18 +79,18 @@ impl HostRecorder {
 
     /// Writes events now (Repair), returning when they are stored.
     pub async fn write_now(&self, events: Vec<(String, HostEvent)>) -> Result<(), RulesError> {
-        let mut pending: BTreeMap<String, Vec<HostEvent>> = BTreeMap::new();
+        let mut pending: BTreeMap<String, Vec<Arc<EncodedEvent>>> = BTreeMap::new();
         for (mac, event) in events {
-            pending.entry(mac).or_default().push(event);
+            pending.entry(mac).or_default().push(Arc::new(EncodedEvent::new(&event)));
         }
         let mut written = HashMap::new();
         self.write(&mut pending, &mut written).await
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<(String, HostEvent)>, stop: CancellationToken) {
-        let mut pending: BTreeMap<String, Vec<HostEvent>> = BTreeMap::new();
+    async fn run(self, mut rx: mpsc::Receiver<(String, Arc<EncodedEvent>)>, stop: CancellationToken) {
+        let mut pending: BTreeMap<String, Vec<Arc<EncodedEvent>>> = BTreeMap::new();
         // Records this writer stored, newer than the snapshot may be yet.
-        let mut written: HashMap<String, (i64, HostRecord)> = HashMap::new();
+        let mut written: HashMap<String, (i64, EncodedRecord)> = HashMap::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             if pending.is_empty() {
@@ -126,51 +129,58 @@ impl HostRecorder {
     fn current(
         &self,
         mac: &str,
-        written: &HashMap<String, (i64, HostRecord)>,
-    ) -> Result<(i64, Option<HostRecord>), RulesError> {
-        let snapshot = self.hosts.get(&format!("{HOSTS_PREFIX}{mac}"));
-        let snapshot_rev = snapshot.as_ref().map_or(0, |kv| kv.mod_revision);
+        written: &HashMap<String, (i64, EncodedRecord)>,
+    ) -> Result<(i64, EncodedRecord), RulesError> {
+        let key = format!("{HOSTS_PREFIX}{mac}");
+        let snapshot_rev = self.hosts.mod_revision(&key).unwrap_or(0);
         match written.get(mac) {
-            Some((rev, record)) if *rev >= snapshot_rev => Ok((*rev, Some(record.clone()))),
-            _ => match snapshot {
-                Some(kv) => Ok((kv.mod_revision, Some(decode(&kv)?))),
-                None => Ok((0, None)),
-            },
+            Some((rev, record)) if *rev >= snapshot_rev => Ok((*rev, record.clone())),
+            _ => Ok(Self::stored(mac, self.hosts.get(&key).as_ref())?),
         }
     }
 
-    fn merged(&self, mac: &str, record: Option<HostRecord>, events: &[HostEvent]) -> HostRecord {
-        let mut record =
-            record.unwrap_or_else(|| HostRecord { mac: mac.to_owned(), ..HostRecord::default() });
-        for event in events {
-            record.facts = event.facts.clone();
-            record.last_decision = event.decision.clone();
-            record.history.push(event.clone());
+    /// A stored record (or none yet) and its revision.
+    fn stored(mac: &str, kv: Option<&KeyValue>) -> Result<(i64, EncodedRecord), RulesError> {
+        match kv {
+            Some(kv) => Ok((kv.mod_revision, EncodedRecord::from_record(&decode::<HostRecord>(kv)?))),
+            None => Ok((0, EncodedRecord::empty(mac))),
         }
-        let excess = record.history.len().saturating_sub(self.history_limit);
-        record.history.drain(..excess);
+    }
+
+    fn merged(&self, mut record: EncodedRecord, events: &[Arc<EncodedEvent>]) -> EncodedRecord {
+        for event in events {
+            record.push(Arc::clone(event), self.history_limit);
+        }
         record
     }
 
     /// Writes every pending host; removes from `pending` what was stored.
     async fn write(
         &self,
-        pending: &mut BTreeMap<String, Vec<HostEvent>>,
-        written: &mut HashMap<String, (i64, HostRecord)>,
+        pending: &mut BTreeMap<String, Vec<Arc<EncodedEvent>>>,
+        written: &mut HashMap<String, (i64, EncodedRecord)>,
     ) -> Result<(), RulesError> {
         let macs: Vec<String> = pending.keys().cloned().collect();
-        for chunk in macs.chunks(CHUNK) {
+        let mut next = 0;
+        while next < macs.len() {
             let mut txn = TxnRequest::new();
-            let mut records = Vec::with_capacity(chunk.len());
-            for mac in chunk {
+            let mut records = Vec::new();
+            let mut bytes = 0;
+            let first = next;
+            while next < macs.len() && records.len() < CHUNK && bytes < CHUNK_BYTES {
+                let mac = &macs[next];
+                next += 1;
                 let (revision, current) = self.current(mac, written)?;
-                let record = self.merged(mac, current, &pending[mac]);
+                let record = self.merged(current, &pending[mac]);
                 let key = format!("{HOSTS_PREFIX}{mac}");
+                let value = record.encode();
+                bytes += key.len() + value.len();
                 txn = txn
                     .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
-                    .and_then([TxnOp::put(key, record.encode_to_vec())]);
+                    .and_then([TxnOp::put(key, value)]);
                 records.push((mac.clone(), record));
             }
+            let chunk = &macs[first..next];
             let result = self.store.txn(txn).await.map_err(store_err)?;
             if result.succeeded {
                 for (mac, record) in records {
@@ -193,20 +203,17 @@ impl HostRecorder {
     async fn write_one(
         &self,
         mac: &str,
-        pending: &mut BTreeMap<String, Vec<HostEvent>>,
-        written: &mut HashMap<String, (i64, HostRecord)>,
+        pending: &mut BTreeMap<String, Vec<Arc<EncodedEvent>>>,
+        written: &mut HashMap<String, (i64, EncodedRecord)>,
     ) -> Result<(), RulesError> {
         let key = format!("{HOSTS_PREFIX}{mac}");
         for _ in 0..8 {
             let kv = self.store.get(&key).await.map_err(store_err)?;
-            let (revision, current) = match &kv {
-                Some(kv) => (kv.mod_revision, Some(decode::<HostRecord>(kv)?)),
-                None => (0, None),
-            };
-            let record = self.merged(mac, current, &pending[mac]);
+            let (revision, current) = Self::stored(mac, kv.as_ref())?;
+            let record = self.merged(current, &pending[mac]);
             let txn = TxnRequest::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
-                .and_then([TxnOp::put(key.clone(), record.encode_to_vec())]);
+                .and_then([TxnOp::put(key.clone(), record.encode())]);
             let result = self.store.txn(txn).await.map_err(store_err)?;
             if result.succeeded {
                 pending.remove(mac);

@@ -126,6 +126,37 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_history_keeps_the_newest_entries_up_to_its_limit() {
+    // The test servers keep 5 entries; record 8 evaluations that differ by
+    // serial, each waited for so none are merged in one write.
+    let server = embedded().await;
+    let mut c = admin(&server.url).await;
+    put_profiles(&mut c).await;
+    replace(&mut c, vec![rule("all", json!({"always": true}), "img-a")]).await.unwrap();
+    let activated = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
+    within("engine rebuilt", server.state.caught_up(activated.revision)).await;
+    let serial = |e: &pb::HostEvent| e.facts.as_ref().map(|f| f.serial.clone()).unwrap_or_default();
+    for i in 0..8 {
+        let facts = pb::HostFacts { serial: format!("s{i}"), ..crate::facts(HOST1) };
+        c.evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: false }).await.unwrap();
+        within("evaluation recorded", async {
+            loop {
+                let host = c.get_host(pb::GetHostRequest { mac: HOST1.into() }).await.map(|h| h.into_inner());
+                if host.is_ok_and(|h| h.history.last().map(serial) == Some(format!("s{i}"))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+    let record = c.get_host(pb::GetHostRequest { mac: HOST1.into() }).await.unwrap().into_inner();
+    assert_eq!(record.history.iter().map(serial).collect::<Vec<_>>(), ["s3", "s4", "s5", "s6", "s7"]);
+    assert_eq!(record.facts.map(|f| f.serial).as_deref(), Some("s7"));
+    assert_eq!(record.last_decision.as_ref().and_then(image_name), Some("img-a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_validated_and_need_the_token() {
     let server = embedded().await;
     let mut c = admin(&server.url).await;
