@@ -8,12 +8,13 @@ scripts/install-deps.sh test
 # QEMU, OVMF, iPXE loaders, a Debian kernel and a busybox initramfs for the
 # end-to-end boots (target/boot-assets).
 scripts/boot-assets.sh
-# From PyPI: the Kubernetes schema validator the manifest test uses, and a
-# podman-compose that honours network_mode (Debian's 1.0.3 does not).
-if [ ! -x target/venv/bin/kubernetes-validate ] || [ ! -x target/venv/bin/podman-compose ]; then
-  python3 -m venv target/venv
-  target/venv/bin/pip install -q kubernetes-validate==1.37.0 podman-compose==1.0.6
-fi
+# From PyPI: the Kubernetes schema validator the manifest test uses, a
+# podman-compose that honours network_mode (Debian's 1.0.3 does not), and
+# grpcio-reflection for the CLI test's generic gRPC client (Debian has
+# grpcio but not its reflection client).
+[ -x target/venv/bin/pip ] || python3 -m venv target/venv
+target/venv/bin/pip install -q kubernetes-validate==1.37.0 podman-compose==1.0.6 \
+  grpcio==1.85.1 grpcio-reflection==1.85.1
 
 export CARGO_TERM_COLOR=never
 # A clean run gains nothing from incremental state; it only costs disk.

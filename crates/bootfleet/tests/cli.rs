@@ -1,8 +1,12 @@
 //! An operator's session with the `bootfleet` CLI against `bootfleet up`:
-//! apply a rules file, activate, evaluate hosts, change the rules, and see
-//! test-compliance list the hosts whose boot would change.
+//! apply a rules file, activate, evaluate hosts, change the rules (TOML this
+//! time), see test-compliance list the hosts whose boot would change, watch
+//! decisions, activate and repair; and a generic gRPC client that learns the
+//! API by reflection alone.
 
 use bootfleet_test_support::healthz;
+use std::io::BufReader;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,11 +50,31 @@ rules:
   - { name: rest, match: { always: true }, image_profile: img-b }
 "#;
 
-const V2: &str = r#"
-rules:
-  - { name: host1, match: { mac: "52:54:00:aa:00:01" }, image_profile: img-b, host_profile: lab }
-  - { name: rest, match: { always: true }, image_profile: img-b }
+const V2_TOML: &str = r#"
+[[rules]]
+name = "host1"
+match = { mac = "52:54:00:aa:00:01" }
+image_profile = "img-b"
+host_profile = "lab"
+
+[[rules]]
+name = "rest"
+match = { always = true }
+image_profile = "img-b"
 "#;
+
+/// The generic client (crates/bootfleet/tests/generic_grpc_client.py) run
+/// with the Python that the test command installs grpcio-reflection into.
+fn generic_client(rules_port: u16, mac: &str) -> serde_json::Value {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(repo.join("target/venv/bin/python"))
+        .arg(repo.join("crates/bootfleet/tests/generic_grpc_client.py"))
+        .args([format!("127.0.0.1:{rules_port}"), mac.to_owned()])
+        .output()
+        .expect("target/venv/bin/python (scripts/test.sh installs it)");
+    assert!(out.status.success(), "generic client failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
 
 #[test]
 fn operator_session() {
@@ -88,6 +112,19 @@ fn operator_session() {
         assert!(Instant::now() < deadline, "rules never active: {out}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A client with no Bootfleet code learns the API by reflection and calls it.
+    let generic = generic_client(rules_port, HOST1);
+    assert_eq!(generic["services"], serde_json::json!(["bootfleet.v1.RulesService", "grpc.health.v1.Health"]));
+    assert!(generic["methods"].as_array().unwrap().iter().any(|m| m == "TestCompliance"), "{generic}");
+    assert_eq!(generic["evaluate"]["decision"]["imageProfile"]["name"], "img-a", "{generic}");
+
+    // Decisions stream to a watcher as they are made.
+    let mut watch = Up(Command::new(BIN)
+        .args(["hosts", "watch", HOST2, "-o", "json", "--server", &server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut watched = BufReader::new(watch.0.stdout.take().unwrap());
     assert!(ok(&server, &["evaluate", "--mac", HOST1]).contains("matched rules: host1"));
     assert!(ok(&server, &["evaluate", "--mac", HOST2, "--arch", "efi-x64"]).contains("image=img-b"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,12 +137,17 @@ fn operator_session() {
         assert!(Instant::now() < deadline, "hosts never recorded: {hosts}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let event = serde_json::Deserializer::from_reader(&mut watched).into_iter::<serde_json::Value>().next();
+    let event = event.expect("a watched decision").unwrap();
+    assert_eq!(event["facts"]["mac"], HOST2, "filtered to HOST2: {event}");
+    assert_eq!(event["decision"]["image_profile"]["name"], "img-b", "{event}");
+    drop(watch);
     let listed = ok(&server, &["rules", "list", "--active"]);
     assert!(listed.contains("mac=52:54:00:aa:00:01") && listed.contains("image=img-a host=lab"), "{listed}");
 
     // Change the working set: host1 would now boot img-b.
-    let v2 = dir.path().join("v2.yaml");
-    std::fs::write(&v2, V2).unwrap();
+    let v2 = dir.path().join("v2.toml");
+    std::fs::write(&v2, V2_TOML).unwrap();
     ok(&server, &["apply", "-f", v2.to_str().unwrap()]);
     let diff = ok(&server, &["rules", "diff"]);
     assert!(diff.contains("changed") && diff.contains("host1"), "{diff}");
@@ -126,6 +168,25 @@ fn operator_session() {
     let table = ok(&server, &["rules", "test-compliance"]);
     assert!(table.contains(HOST1) && table.contains("(1 of 2 hosts would change)"), "{table}");
 
+    // Activate it: host1's recorded decision no longer matches the active set
+    // until it is repaired.
+    assert!(ok(&server, &["rules", "activate"]).contains("version 2"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ok(&server, &["rules", "test-compliance", "--active"]);
+        if out.contains("(1 of 2 hosts would change)") {
+            assert!(out.contains(HOST1), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the active set never reached compliance checks: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let repaired = ok(&server, &["rules", "repair"]);
+    assert!(repaired.contains(HOST1) && repaired.contains("(1 hosts repaired)"), "{repaired}");
+    let host: serde_json::Value = serde_json::from_str(&ok(&server, &["hosts", "get", HOST1, "-o", "json"])).unwrap();
+    assert_eq!(host["last_decision"]["image_profile"]["name"], "img-b", "{host}");
+    assert!(ok(&server, &["rules", "test-compliance", "--active"]).contains("(0 of 2 hosts would change)"));
+
     // Without the token, changes are refused with a hint.
     let out = Command::new(BIN).args(["rules", "activate", "--server", &server]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -137,9 +198,13 @@ fn operator_session() {
         String::from_utf8_lossy(&out.stderr).contains("cannot reach the rules engine at http://127.0.0.1:1"),
         "{out:?}"
     );
-    // Profiles in use cannot go.
-    let out = cli(&server, &["profiles", "delete", "image", "img-a"]);
+    // Profiles in use cannot go; img-a is no longer used by either set.
+    assert!(ok(&server, &["profiles", "delete", "image", "img-a"]).contains("img-a deleted"));
+    let out = cli(&server, &["profiles", "delete", "image", "img-b"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"), "{out:?}");
-    // Completions.
-    assert!(ok(&server, &["completions", "bash"]).contains("bootfleet"));
+    // Completions know the subcommands, for each shell.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&server, &["completions", shell]);
+        assert!(script.contains("test-compliance") && script.contains("activate"), "{shell}: {script}");
+    }
 }

@@ -17,14 +17,33 @@ pub fn incoming_nodelay(listener: TcpListener) -> impl Stream<Item = std::io::Re
     })
 }
 
-/// The reflection service (v1) over Bootfleet's schema and grpc.health.v1,
-/// so generic clients (grpcurl, grpcio-reflection) can call any service.
-pub fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+/// The reflection services over Bootfleet's schema and grpc.health.v1, so
+/// generic clients can call any service: `v1`, and `v1alpha`, which many
+/// clients still speak (grpcio-reflection's descriptor database only does).
+/// They advertise `services` and grpc.health.v1 (which every Bootfleet server
+/// serves), not every service the schema defines. Add both to a server.
+pub fn reflection(
+    services: &[&str],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
     tonic_reflection::server::Error,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(bootfleet_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(tonic_health::pb::health_server::SERVICE_NAME);
+        for service in services {
+            builder = builder.with_service_name(*service);
+        }
+        builder
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

@@ -176,11 +176,14 @@ async fn serve_grpc(
     ctx: &ServiceContext,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reflection = bootfleet_core::grpc::reflection().context("building gRPC reflection")?;
+    let (reflection_v1, reflection_v1alpha) =
+        bootfleet_core::grpc::reflection(&[bootfleet_proto::v1::image_service_server::SERVICE_NAME])
+            .context("building gRPC reflection")?;
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     tonic::transport::Server::builder()
         .add_service(ctx.health.grpc_service())
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ImageServiceServer::new(api::ImageApi::new(streamer)).max_decoding_message_size(8 << 20))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await

@@ -149,11 +149,14 @@ pub async fn serve(
     admin_token: Option<String>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reflection = bootfleet_core::grpc::reflection().context("building gRPC reflection")?;
+    let (reflection_v1, reflection_v1alpha) =
+        bootfleet_core::grpc::reflection(&[bootfleet_proto::v1::rules_service_server::SERVICE_NAME])
+            .context("building gRPC reflection")?;
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     tonic::transport::Server::builder()
         .add_service(health.grpc_service())
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token)))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
