@@ -1,6 +1,7 @@
 //! `bootfleet up` as a process: config errors exit 64 naming the key; it
 //! starts, reports healthy, stops cleanly on SIGTERM, and starts again on
-//! the same data directory.
+//! the same data directory with everything it had acknowledged — after a
+//! SIGTERM and after a SIGKILL.
 
 use bootfleet_test_support::healthz;
 use std::process::{Child, Command, Stdio};
@@ -29,10 +30,18 @@ fn wait_serving(port: u16) -> String {
     }
 }
 
+const TOKEN: &str = "up-test-token-0123456789";
+const HOST: &str = "52:54:00:bb:00:01";
+
 fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
+    start_with_rules(data, port, 0)
+}
+
+fn start_with_rules(data: &std::path::Path, port: u16, rules_port: u16) -> KillOnDrop {
     let child = Command::new(BIN)
         .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
-        .args(["--rules-listen", "127.0.0.1:0", "--tftp-listen", "127.0.0.1:0"])
+        .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
+        .args(["--tftp-listen", "127.0.0.1:0"])
         .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
@@ -53,6 +62,31 @@ fn sigterm_and_wait(mut child: KillOnDrop) -> std::process::ExitStatus {
         }
         assert!(Instant::now() < deadline, "bootfleet up did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the CLI against the rules engine on `rules_port`; its stdout.
+fn cli(rules_port: u16, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("BOOTFLEET_SERVER", format!("http://127.0.0.1:{rules_port}"))
+        .env("BOOTFLEET_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bootfleet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls the CLI until its output contains `want`.
+fn eventually(rules_port: u16, args: &[&str], want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cli(rules_port, args);
+        if out.contains(want) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "bootfleet {args:?} never showed {want:?}: {out}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -94,15 +128,41 @@ fn bad_configuration_exits_64_naming_the_key() {
 #[test]
 fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     let dir = tempfile::tempdir().unwrap();
-    let port = bootfleet_test_support::free_port();
-    let up = start(dir.path(), port);
+    let (port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
+    let up = start_with_rules(dir.path(), port, rules_port);
     let body = wait_serving(port);
     assert!(body.contains("rules.rules: serving"), "{body}");
+    let manifest = dir.path().join("rules.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "image_profiles:\n  - {{ name: img, kernel: {{ kernel: tiny/1/vmlinuz }} }}\n\
+             rules:\n  - {{ name: persisted-rule, match: {{ mac: \"{HOST}\" }}, image_profile: img }}\n"
+        ),
+    )
+    .unwrap();
+    cli(rules_port, &["apply", "-f", manifest.to_str().unwrap(), "--activate"]);
+    eventually(rules_port, &["evaluate", "--mac", HOST], "image=img");
+    eventually(rules_port, &["hosts", "list"], HOST);
     let status = sigterm_and_wait(up);
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(dir.path().join("state.redb").exists());
-    // The store file is reopened fine by the next run.
-    let up = start(dir.path(), port);
+
+    // The next run has the rules, the profile and the host record.
+    let up = start_with_rules(dir.path(), port, rules_port);
     wait_serving(port);
+    assert!(cli(rules_port, &["rules", "list", "--active"]).contains("persisted-rule"));
+    assert!(cli(rules_port, &["hosts", "get", HOST]).contains("img"));
+
+    // What was acknowledged survives a SIGKILL too: the store syncs before
+    // it answers.
+    cli(rules_port, &["rules", "delete", "persisted-rule"]);
+    let mut up = up;
+    up.0.kill().unwrap();
+    up.0.wait().unwrap();
+    let up = start_with_rules(dir.path(), port, rules_port);
+    wait_serving(port);
+    assert!(!cli(rules_port, &["rules", "list"]).contains("persisted-rule"), "the deletion was lost");
+    assert!(cli(rules_port, &["rules", "list", "--active"]).contains("persisted-rule"));
     assert!(sigterm_and_wait(up).success());
 }
