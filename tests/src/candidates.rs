@@ -202,6 +202,21 @@ impl Candidates {
         done
     }
 
+    /// The longest stretch within `[from_ns, to_ns]` during which no
+    /// candidate was acting.
+    pub fn longest_leaderless(&self, from_ns: i128, to_ns: i128) -> i128 {
+        let mut covered_until = from_ns;
+        let mut longest = 0;
+        for (_, start, end) in self.intervals(to_ns) {
+            if end <= covered_until {
+                continue;
+            }
+            longest = longest.max(start.min(to_ns) - covered_until);
+            covered_until = covered_until.max(end);
+        }
+        longest.max(to_ns - covered_until)
+    }
+
     /// Fails if two candidates ever acted at the same time.
     pub fn assert_no_overlap(&self) {
         let intervals = self.intervals(bootfleet_test_support::monotonic_ns());

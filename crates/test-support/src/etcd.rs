@@ -119,6 +119,24 @@ impl EtcdCluster {
         format!("http://127.0.0.1:{}", self.members[i].client_port)
     }
 
+    /// Which running member is etcd's raft leader (asked with `etcdctl
+    /// endpoint status`; its fifth column says whether that member leads).
+    pub fn raft_leader(&self) -> Option<usize> {
+        (0..self.members.len()).filter(|&i| self.members[i].child.is_some()).find(|&i| {
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.endpoint(i), "--command-timeout=2s", "endpoint", "status"])
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .and_then(|out| {
+                    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    text.split(',').nth(4).map(|column| column.trim() == "true")
+                })
+                .unwrap_or(false)
+        })
+    }
+
     /// Client port of member `i` (for proxies).
     pub fn client_port(&self, i: usize) -> u16 {
         self.members[i].client_port

@@ -158,6 +158,11 @@ async fn measure(store: SharedStore, args: &Args, tag: &str) -> anyhow::Result<V
 
 fn failovers(args: &Args) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let bin = std::env::current_exe()?.with_file_name("election-candidate");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release -p bootfleet-tests)",
+        bin.display()
+    );
     let bin = bin.to_str().context("candidate path")?.to_owned();
     let cluster = EtcdCluster::start(3)?;
     let endpoints = cluster.endpoints();
