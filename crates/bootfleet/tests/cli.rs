@@ -114,7 +114,10 @@ fn operator_session() {
     }
     // A client with no Bootfleet code learns the API by reflection and calls it.
     let generic = generic_client(rules_port, HOST1);
-    assert_eq!(generic["services"], serde_json::json!(["bootfleet.v1.RulesService", "grpc.health.v1.Health"]));
+    assert_eq!(
+        generic["services"],
+        serde_json::json!(["bootfleet.v1.RulesService", "grpc.health.v1.Health"])
+    );
     assert!(generic["methods"].as_array().unwrap().iter().any(|m| m == "TestCompliance"), "{generic}");
     assert_eq!(generic["evaluate"]["decision"]["imageProfile"]["name"], "img-a", "{generic}");
 
@@ -183,7 +186,8 @@ fn operator_session() {
     }
     let repaired = ok(&server, &["rules", "repair"]);
     assert!(repaired.contains(HOST1) && repaired.contains("(1 hosts repaired)"), "{repaired}");
-    let host: serde_json::Value = serde_json::from_str(&ok(&server, &["hosts", "get", HOST1, "-o", "json"])).unwrap();
+    let host: serde_json::Value =
+        serde_json::from_str(&ok(&server, &["hosts", "get", HOST1, "-o", "json"])).unwrap();
     assert_eq!(host["last_decision"]["image_profile"]["name"], "img-b", "{host}");
     assert!(ok(&server, &["rules", "test-compliance", "--active"]).contains("(0 of 2 hosts would change)"));
 

@@ -414,3 +414,85 @@ async fn activation_is_atomic_for_evaluations() {
     let evaluations = checker.await.unwrap();
     assert!(evaluations >= 40, "the checker evaluated only {evaluations} times while activations flipped");
 }
+
+/// Two replicas on one store (so no in-process lock orders them): one keeps
+/// replacing the working set while the other keeps activating. Every active
+/// set anyone sees is one whole working set, versions count up by one per
+/// activation with none given twice, also when two activations race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_races_edits_and_other_activations() {
+    let store: bootfleet_core::store::SharedStore =
+        std::sync::Arc::new(bootfleet_core::store::embedded::EmbeddedStore::in_memory().unwrap());
+    let (editor_server, activator_server) = (crate::start(store.clone()).await, crate::start(store).await);
+    let mut editor = admin(&editor_server.url).await;
+    let mut activator = admin(&activator_server.url).await;
+    put_profiles(&mut editor).await;
+    // Generation `n`: two rules that both say `gen-n`.
+    let generation = |n: u32| {
+        let mut first = rule("first", json!({"always": true}), "img-a");
+        first.description = format!("gen-{n}");
+        let mut second = rule("second", json!({"mac": HOST2}), "img-b");
+        second.description = format!("gen-{n}");
+        vec![first, second]
+    };
+    let generation_of = |set: &pb::RuleSet| {
+        let tags: Vec<&str> = set.rules.iter().map(|r| r.description.as_str()).collect();
+        assert!(tags.len() == 2 && tags[0] == tags[1], "torn active set: {tags:?}");
+        tags[0].to_owned()
+    };
+    replace(&mut editor, generation(0)).await.unwrap();
+
+    let edits = tokio::spawn(async move {
+        for n in 1..=30 {
+            replace(&mut editor, generation(n)).await.unwrap();
+        }
+    });
+    let mut versions = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        let v = activator.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
+        versions.push(v.version);
+        let active = activator.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Active.into() });
+        let active = active.await.unwrap().into_inner().rule_set.unwrap();
+        seen.push((active.version, generation_of(&active)));
+    }
+    edits.await.unwrap();
+    assert_eq!(versions, (1..=30).collect::<Vec<u64>>(), "each activation its own next version");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "versions went backwards: {seen:?}");
+
+    // Two activations expecting the same working revision: one wins.
+    let mut c = admin(&editor_server.url).await;
+    let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
+    let revision = working.await.unwrap().into_inner().revision;
+    let (mut a, mut b) = (admin(&editor_server.url).await, admin(&activator_server.url).await);
+    replace(&mut c, generation(99)).await.unwrap();
+    let both = tokio::join!(
+        a.activate(pb::ActivateRequest { expected_revision: revision }),
+        b.activate(pb::ActivateRequest { expected_revision: revision }),
+    );
+    for result in [both.0, both.1] {
+        let status = result.expect_err("the working set changed after `revision`");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+    let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
+    let revision = working.await.unwrap().into_inner().revision;
+    let both = tokio::join!(
+        a.activate(pb::ActivateRequest { expected_revision: revision }),
+        b.activate(pb::ActivateRequest { expected_revision: revision }),
+    );
+    let wins = [both.0, both.1]
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(v) => Some(v.into_inner().version),
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                None
+            }
+        })
+        .collect::<Vec<_>>();
+    // Either one wins and the other sees the active set changed under it,
+    // or they ran one after the other; never the same version twice.
+    let mut wins = wins;
+    wins.sort_unstable();
+    assert!(wins == [31] || wins == [31, 32], "racing activations gave versions {wins:?}");
+}
