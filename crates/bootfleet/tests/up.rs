@@ -166,3 +166,43 @@ fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     assert!(cli(rules_port, &["rules", "list", "--active"]).contains("persisted-rule"));
     assert!(sigterm_and_wait(up).success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = bootfleet_test_support::free_port();
+    let child = Command::new(BIN)
+        .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
+        .args(["--rules-listen", "127.0.0.1:0", "--tftp-listen", "127.0.0.1:0"])
+        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("BOOTFLEET_LOG", "info")
+        .env("BOOTFLEET_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = KillOnDrop(child);
+    let (stdout, stderr) = (up.0.stdout.take().unwrap(), up.0.stderr.take().unwrap());
+    let read = |mut stream: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+    let (stdout, stderr) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    wait_serving(port);
+    assert!(sigterm_and_wait(up).success());
+    let logs = stdout.join().unwrap() + &stderr.join().unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines: {logs}");
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{line}");
+    }
+    assert!(logs.contains("rules engine listening"), "{logs}");
+}
