@@ -21,3 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts an etcd service on install; tests run their own members on
 # free loopback ports, so the packaged one is left alone.
+# The test runner: part of this project's build machines, built from
+# crates.io on one that lacks it.
+if [ "${1:-build}" = test ] && ! command -v cargo-nextest >/dev/null; then
+  cargo install --locked cargo-nextest
+fi
