@@ -33,11 +33,7 @@ fn wait_serving(port: u16) -> String {
 const TOKEN: &str = "up-test-token-0123456789";
 const HOST: &str = "52:54:00:bb:00:01";
 
-fn start(data: &std::path::Path, port: u16) -> KillOnDrop {
-    start_with_rules(data, port, 0)
-}
-
-fn start_with_rules(data: &std::path::Path, port: u16, rules_port: u16) -> KillOnDrop {
+fn start(data: &std::path::Path, port: u16, rules_port: u16) -> KillOnDrop {
     let child = Command::new(BIN)
         .args(["up", "--store", "embedded", "--admin-listen", &format!("127.0.0.1:{port}")])
         .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
@@ -129,7 +125,7 @@ fn bad_configuration_exits_64_naming_the_key() {
 fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     let dir = tempfile::tempdir().unwrap();
     let (port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
-    let up = start_with_rules(dir.path(), port, rules_port);
+    let up = start(dir.path(), port, rules_port);
     let body = wait_serving(port);
     assert!(body.contains("rules.rules: serving"), "{body}");
     let manifest = dir.path().join("rules.yaml");
@@ -149,7 +145,7 @@ fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     assert!(dir.path().join("state.redb").exists());
 
     // The next run has the rules, the profile and the host record.
-    let up = start_with_rules(dir.path(), port, rules_port);
+    let up = start(dir.path(), port, rules_port);
     wait_serving(port);
     assert!(cli(rules_port, &["rules", "list", "--active"]).contains("persisted-rule"));
     assert!(cli(rules_port, &["hosts", "get", HOST]).contains("img"));
@@ -160,7 +156,7 @@ fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     let mut up = up;
     up.0.kill().unwrap();
     up.0.wait().unwrap();
-    let up = start_with_rules(dir.path(), port, rules_port);
+    let up = start(dir.path(), port, rules_port);
     wait_serving(port);
     assert!(!cli(rules_port, &["rules", "list"]).contains("persisted-rule"), "the deletion was lost");
     assert!(cli(rules_port, &["rules", "list", "--active"]).contains("persisted-rule"));
