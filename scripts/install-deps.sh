@@ -24,5 +24,5 @@ fi
 # The test runner: part of this project's build machines, built from
 # crates.io on one that lacks it.
 if [ "${1:-build}" = test ] && ! command -v cargo-nextest >/dev/null; then
-  cargo install --locked cargo-nextest
+  cargo install --locked cargo-nextest@0.9.143
 fi

@@ -14,7 +14,7 @@ scripts/boot-assets.sh
 # grpcio but not its reflection client).
 [ -x target/venv/bin/pip ] || python3 -m venv target/venv
 target/venv/bin/pip install -q kubernetes-validate==1.37.0 podman-compose==1.0.6 \
-  grpcio==1.85.1 grpcio-reflection==1.85.1
+  grpcio==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
 
 export CARGO_TERM_COLOR=never
 # A clean run gains nothing from incremental state; it only costs disk.

@@ -143,11 +143,7 @@ impl EtcdStore {
         }
         let connect = ConnectOptions::new()
             .with_keep_alive(HTTP2_KEEPALIVE, HTTP2_KEEPALIVE_TIMEOUT)
-            // Ping only while streams are open (watches, lease keep-alives):
-            // etcd's gRPC server counts pings on a connection without streams
-            // as abuse and closes it; an idle connection is checked by the
-            // next request's own timeout instead.
-            .with_keep_alive_while_idle(false)
+            .with_keep_alive_while_idle(true)
             .with_connect_timeout(options.connect_timeout)
             .with_require_leader(true);
         let client = Client::connect(&options.endpoints, Some(connect)).await.map_err(map_err)?;
