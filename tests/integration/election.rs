@@ -73,11 +73,20 @@ fn losing_one_etcd_member_keeps_the_election_working() {
     // renewals fail until etcd elects another (election timeout 500 ms) and
     // the leader may stop at its deadline; etcd then grants leases their full
     // TTL again, so someone leads again within about the TTL.
+    // Worst case: etcd's re-election (0.5–1 s), then the lease (extended by
+    // etcd's new leader) runs out its TTL, then the next candidate acquires.
     std::thread::sleep(Duration::from_secs(6));
-    let leader = candidates.current_leader().expect("a leader after losing one etcd member");
+    let deadline = std::time::Instant::now() + WAIT;
+    let leader = loop {
+        if let Some(leader) = candidates.current_leader() {
+            break leader;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader after losing one etcd member");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let gap = candidates.longest_leaderless(member_killed, monotonic_ns());
     eprintln!("longest time without a leader after losing a member: {} ms", ms(gap));
-    assert!(gap < TTL_NS + SECOND_NS, "no leader for {} ms (TTL 2 s + 1 s allowed)", ms(gap));
+    assert!(gap < TTL_NS + 2 * SECOND_NS, "no leader for {} ms (TTL 2 s + 2 s allowed)", ms(gap));
     eprintln!("leader before: {}, after member loss: {leader}", first.id);
     // And failover still works on the two remaining members.
     let killed_at = candidates.kill(&leader).unwrap();

@@ -121,13 +121,32 @@ fn operator_session() {
     assert!(generic["methods"].as_array().unwrap().iter().any(|m| m == "TestCompliance"), "{generic}");
     assert_eq!(generic["evaluate"]["decision"]["imageProfile"]["name"], "img-a", "{generic}");
 
-    // Decisions stream to a watcher as they are made.
+    // Decisions stream to a watcher as they are made. The watcher only sees
+    // decisions made after it subscribed (and recorded: dry runs are not
+    // published), so HOST2 is evaluated until the first event arrives.
     let mut watch = Up(Command::new(BIN)
         .args(["hosts", "watch", HOST2, "-o", "json", "--server", &server])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap());
-    let mut watched = BufReader::new(watch.0.stdout.take().unwrap());
+    let watched = BufReader::new(watch.0.stdout.take().unwrap());
+    let (event_tx, event_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let event = serde_json::Deserializer::from_reader(watched).into_iter::<serde_json::Value>().next();
+        let _ = event_tx.send(event);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        ok(&server, &["evaluate", "--mac", HOST1]);
+        ok(&server, &["evaluate", "--mac", HOST2, "--arch", "efi-x64"]);
+        if let Ok(event) = event_rx.recv_timeout(Duration::from_millis(200)) {
+            break event.expect("a watched decision").unwrap();
+        }
+        assert!(Instant::now() < deadline, "hosts watch showed no decision");
+    };
+    assert_eq!(event["facts"]["mac"], HOST2, "filtered to HOST2: {event}");
+    assert_eq!(event["decision"]["image_profile"]["name"], "img-b", "{event}");
+    drop(watch);
     assert!(ok(&server, &["evaluate", "--mac", HOST1]).contains("matched rules: host1"));
     assert!(ok(&server, &["evaluate", "--mac", HOST2, "--arch", "efi-x64"]).contains("image=img-b"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -140,11 +159,6 @@ fn operator_session() {
         assert!(Instant::now() < deadline, "hosts never recorded: {hosts}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let event = serde_json::Deserializer::from_reader(&mut watched).into_iter::<serde_json::Value>().next();
-    let event = event.expect("a watched decision").unwrap();
-    assert_eq!(event["facts"]["mac"], HOST2, "filtered to HOST2: {event}");
-    assert_eq!(event["decision"]["image_profile"]["name"], "img-b", "{event}");
-    drop(watch);
     let listed = ok(&server, &["rules", "list", "--active"]);
     assert!(listed.contains("mac=52:54:00:aa:00:01") && listed.contains("image=img-a host=lab"), "{listed}");
 
@@ -186,9 +200,17 @@ fn operator_session() {
     }
     let repaired = ok(&server, &["rules", "repair"]);
     assert!(repaired.contains(HOST1) && repaired.contains("(1 hosts repaired)"), "{repaired}");
-    let host: serde_json::Value =
-        serde_json::from_str(&ok(&server, &["hosts", "get", HOST1, "-o", "json"])).unwrap();
-    assert_eq!(host["last_decision"]["image_profile"]["name"], "img-b", "{host}");
+    // Reads come from the replica's snapshot, which follows the write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let host: serde_json::Value =
+            serde_json::from_str(&ok(&server, &["hosts", "get", HOST1, "-o", "json"])).unwrap();
+        if host["last_decision"]["image_profile"]["name"] == "img-b" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the repair never showed: {host}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(ok(&server, &["rules", "test-compliance", "--active"]).contains("(0 of 2 hosts would change)"));
 
     // Without the token, changes are refused with a hint.

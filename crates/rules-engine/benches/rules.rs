@@ -279,9 +279,13 @@ async fn grpc_table(url: String, state: Arc<RulesState>) {
         }
     };
     let mut runs: [Vec<(f64, Duration, Duration)>; 3] = Default::default();
+    let mut drains = Vec::new();
     for _round in 0..3 {
         runs[0].push(open_loop(target, count, evaluate(false)).await);
+        let draining = Instant::now();
         recorder_idle().await;
+        // recorder_idle waits for 300 ms without a write: that much is not backlog.
+        drains.push(draining.elapsed().saturating_sub(Duration::from_millis(300)));
         runs[1].push(open_loop(target, count, evaluate(true)).await);
         runs[2].push(open_loop(target, count, check.clone()).await);
     }
@@ -319,6 +323,12 @@ async fn grpc_table(url: String, state: Arc<RulesState>) {
             ms(median(p99s.clone()))
         );
     }
+    let drains: Vec<String> = drains.iter().map(|d| format!("{:.0} ms", ms(*d))).collect();
+    println!(
+        "recording backlog left after each recorded run: {} to write; decisions dropped: {}",
+        drains.join(", "),
+        bootfleet_rules_engine::service::metrics::HOST_EVENTS_DROPPED.get()
+    );
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

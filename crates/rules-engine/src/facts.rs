@@ -139,10 +139,21 @@ fn parse_address(field: &str, text: &str) -> Result<Option<u32>, RulesError> {
         .map_err(|_| RulesError::invalid(field, format!("{text:?} is not an IPv4 address")))
 }
 
+/// Largest facts accepted: they are kept in every history entry of the
+/// host's record, so they must stay small.
+pub const MAX_FACTS_BYTES: usize = 16 * 1024;
+
 impl Facts {
     /// Validates and normalizes facts from the wire. The MAC is required:
     /// it keys the host record.
     pub fn from_proto(facts: &HostFacts) -> Result<Self, RulesError> {
+        let size = prost::Message::encoded_len(facts);
+        if size > MAX_FACTS_BYTES {
+            return Err(RulesError::invalid(
+                "facts",
+                format!("{size} bytes; at most {MAX_FACTS_BYTES} (labels included)"),
+            ));
+        }
         let mac_value = parse_mac(&facts.mac).ok_or_else(|| {
             RulesError::invalid(
                 "facts.mac",
@@ -218,6 +229,16 @@ impl Facts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_facts_are_refused_naming_the_field() {
+        let mut facts = HostFacts { mac: "52:54:00:00:00:01".into(), ..HostFacts::default() };
+        facts.labels.insert("note".into(), "x".repeat(MAX_FACTS_BYTES));
+        let err = Facts::from_proto(&facts).unwrap_err().to_string();
+        assert!(err.contains("facts") && err.contains("at most 16384"), "{err}");
+        facts.labels.insert("note".into(), "x".repeat(100));
+        assert!(Facts::from_proto(&facts).is_ok());
+    }
 
     #[test]
     fn macs_normalize_from_any_spelling() {

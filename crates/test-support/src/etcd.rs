@@ -119,21 +119,31 @@ impl EtcdCluster {
         format!("http://127.0.0.1:{}", self.members[i].client_port)
     }
 
-    /// Which running member is etcd's raft leader (asked with `etcdctl
-    /// endpoint status`; its fifth column says whether that member leads).
+    /// Which running member is etcd's raft leader: the one whose `etcdctl
+    /// endpoint status -w json` names itself (`member_id`) as `leader`.
     pub fn raft_leader(&self) -> Option<usize> {
+        let number_after = |text: &str, field: &str| -> Option<u64> {
+            let start = text.find(&format!("\"{field}\":"))? + field.len() + 3;
+            let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
         (0..self.members.len()).filter(|&i| self.members[i].child.is_some()).find(|&i| {
-            Command::new("etcdctl")
+            let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.endpoint(i), "--command-timeout=2s", "endpoint", "status"])
-                .output()
-                .ok()
-                .filter(|out| out.status.success())
-                .and_then(|out| {
-                    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                    text.split(',').nth(4).map(|column| column.trim() == "true")
-                })
-                .unwrap_or(false)
+                .args([
+                    "--endpoints",
+                    &self.endpoint(i),
+                    "--command-timeout=2s",
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ])
+                .output();
+            let Ok(out) = out else { return false };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let member = number_after(&text, "member_id");
+            out.status.success() && member.is_some() && member == number_after(&text, "leader")
         })
     }
 

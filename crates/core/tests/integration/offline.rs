@@ -55,11 +55,12 @@ async fn watch_resumes_after_connection_drop_without_losing_updates() {
     let keys: Vec<String> = cache.list(&prefix).into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, [format!("{prefix}during-1"), format!("{prefix}during-2")]);
     assert_eq!(degraded_metric(&prefix), 0);
-    // It resumed the watch from its revision rather than listing again.
+    // It resumed the watch from its revision rather than listing again (the
+    // resume counter counts attempts; no re-list is what shows the resume).
     let resyncs =
         |how: &str| bootfleet_core::metrics::SNAPSHOT_RESYNCS.with_label_values(&[&prefix, how]).get();
     assert!(resyncs("resume") >= 1, "the watch must resume");
-    assert_eq!(resyncs("relist"), 0, "nothing was compacted: no re-list needed");
+    assert_eq!(resyncs("relist"), 0, "nothing was compacted: no re-list may have happened");
     stop.cancel();
 }
 

@@ -6,15 +6,21 @@
 //! each history entry already encoded and builds a record by concatenation,
 //! instead of decoding, cloning and re-encoding the whole bounded history
 //! for every Evaluate (which was a third of the server's CPU under load).
-//! `HostRecord::decode` of the result equals the record built field by
-//! field (tested below).
+//! A stored record is taken apart at the wire level, field by field: its
+//! history entries stay as they were stored, and fields this version does
+//! not know (written by a newer replica) are kept as found. `HostRecord::
+//! decode` of the result equals the record built field by field (tested
+//! below).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::ops::Range;
 
-use bootfleet_proto::v1::{Decision, HostEvent, HostFacts, HostRecord};
+use bootfleet_proto::v1::{Decision, HostFacts};
+use bytes::{Buf, Bytes};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, int64};
+use prost::encoding::{
+    WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, int64,
+};
 
 // Field numbers of `HostRecord` and `HostEvent` (proto/bootfleet/v1/rules.proto).
 const RECORD_MAC: u32 = 1;
@@ -26,6 +32,11 @@ const EVENT_FACTS: u32 = 2;
 const EVENT_DECISION: u32 = 3;
 const EVENT_DECIDED_BY: u32 = 4;
 
+/// A stored host record that is not valid protobuf.
+#[derive(Debug, thiserror::Error)]
+#[error("host record is not valid protobuf: {0}")]
+pub struct Malformed(&'static str);
+
 /// Appends a length-delimited field (a string, bytes or a nested message).
 fn put_field(tag: u32, value: &[u8], wire: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, wire);
@@ -33,21 +44,28 @@ fn put_field(tag: u32, value: &[u8], wire: &mut Vec<u8>) {
     wire.extend_from_slice(value);
 }
 
-/// One history entry, encoded once: the whole `HostEvent`, plus its facts
-/// and decision alone (a record repeats the newest ones at the top).
-#[derive(Debug, PartialEq)]
+/// Appends a nested message field; returns where its body lies in `wire`.
+fn put_message(tag: u32, message: &impl Message, wire: &mut Vec<u8>) -> Range<usize> {
+    encode_key(tag, WireType::LengthDelimited, wire);
+    let len = message.encoded_len();
+    encode_varint(len as u64, wire);
+    let start = wire.len();
+    wire.reserve(len);
+    // A Vec grows as needed, so encoding into it cannot run out of room.
+    let _ = message.encode(wire);
+    start..wire.len()
+}
+
+/// One history entry, encoded once: the whole `HostEvent`, and views of its
+/// facts and decision (a record repeats the newest ones at the top).
+#[derive(Clone, Debug, PartialEq)]
 pub struct EncodedEvent {
-    facts: Option<Vec<u8>>,
-    decision: Option<Vec<u8>>,
-    event: Vec<u8>,
+    event: Bytes,
+    facts: Option<Bytes>,
+    decision: Option<Bytes>,
 }
 
 impl EncodedEvent {
-    /// Encodes `event`.
-    pub fn new(event: &HostEvent) -> Self {
-        Self::from_parts(event.at_unix_ms, event.facts.as_ref(), event.decision.as_ref(), &event.decided_by)
-    }
-
     /// Encodes the event these fields make, without building it.
     pub fn from_parts(
         at_unix_ms: i64,
@@ -55,104 +73,137 @@ impl EncodedEvent {
         decision: Option<&Decision>,
         decided_by: &str,
     ) -> Self {
-        let facts = facts.map(Message::encode_to_vec);
-        let decision = decision.map(Message::encode_to_vec);
         let mut wire = Vec::with_capacity(
             24 + decided_by.len()
-                + facts.as_ref().map_or(0, |f| f.len() + 4)
-                + decision.as_ref().map_or(0, |d| d.len() + 4),
+                + facts.map_or(0, |f| f.encoded_len() + 4)
+                + decision.map_or(0, |d| d.encoded_len() + 4),
         );
         if at_unix_ms != 0 {
             int64::encode(EVENT_AT, &at_unix_ms, &mut wire);
         }
-        if let Some(facts) = &facts {
-            put_field(EVENT_FACTS, facts, &mut wire);
-        }
-        if let Some(decision) = &decision {
-            put_field(EVENT_DECISION, decision, &mut wire);
-        }
+        let facts_at = facts.map(|f| put_message(EVENT_FACTS, f, &mut wire));
+        let decision_at = decision.map(|d| put_message(EVENT_DECISION, d, &mut wire));
         if !decided_by.is_empty() {
             put_field(EVENT_DECIDED_BY, decided_by.as_bytes(), &mut wire);
         }
-        Self { facts, decision, event: wire }
+        let event = Bytes::from(wire);
+        Self { facts: facts_at.map(|r| event.slice(r)), decision: decision_at.map(|r| event.slice(r)), event }
+    }
+
+    /// Encodes `event`.
+    pub fn new(event: &bootfleet_proto::v1::HostEvent) -> Self {
+        Self::from_parts(event.at_unix_ms, event.facts.as_ref(), event.decision.as_ref(), &event.decided_by)
     }
 }
 
 /// A host record as encoded pieces.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EncodedRecord {
     mac: String,
-    facts: Option<Arc<EncodedEvent>>,
-    last_decision: Option<Arc<EncodedEvent>>,
-    history: VecDeque<Arc<EncodedEvent>>,
-    /// Fields the recorder does not touch (`boot_status`), as found.
+    facts: Option<Bytes>,
+    last_decision: Option<Bytes>,
+    history: VecDeque<Bytes>,
+    /// Fields the recorder does not touch (`boot_status`, and any this
+    /// version does not know), as found.
     rest: Vec<u8>,
 }
 
 impl EncodedRecord {
     /// A record with no history yet.
     pub fn empty(mac: &str) -> Self {
-        Self {
-            mac: mac.to_owned(),
-            facts: None,
-            last_decision: None,
-            history: VecDeque::new(),
-            rest: Vec::new(),
-        }
+        Self { mac: mac.to_owned(), ..Self::default() }
     }
 
-    /// Takes a stored record apart (when this recorder has not written it).
-    pub fn from_record(record: &HostRecord) -> Self {
-        let history: VecDeque<_> = record.history.iter().map(|e| Arc::new(EncodedEvent::new(e))).collect();
-        // The top-level facts and decision as they are, even if they are not
-        // the newest entry's; they are replaced by the next event anyway.
-        let top = Arc::new(EncodedEvent::new(&HostEvent {
-            facts: record.facts.clone(),
-            decision: record.last_decision.clone(),
-            ..HostEvent::default()
-        }));
-        let rest =
-            HostRecord { boot_status: record.boot_status.clone(), ..HostRecord::default() }.encode_to_vec();
-        Self {
-            mac: record.mac.clone(),
-            facts: top.facts.is_some().then(|| Arc::clone(&top)),
-            last_decision: top.decision.is_some().then_some(top),
-            history,
-            rest,
+    /// Takes a stored record apart, field by field.
+    pub fn from_stored(stored: &[u8]) -> Result<Self, Malformed> {
+        let whole = Bytes::copy_from_slice(stored);
+        let mut buf = whole.clone();
+        let mut record = Self::default();
+        while buf.has_remaining() {
+            let field_start = whole.len() - buf.remaining();
+            let (tag, wire_type) = decode_key(&mut buf).map_err(|_| Malformed("bad field key"))?;
+            let value = match wire_type {
+                WireType::Varint => {
+                    decode_varint(&mut buf).map_err(|_| Malformed("bad varint"))?;
+                    None
+                }
+                WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                    let width = if wire_type == WireType::SixtyFourBit { 8 } else { 4 };
+                    if buf.remaining() < width {
+                        return Err(Malformed("truncated fixed-width field"));
+                    }
+                    buf.advance(width);
+                    None
+                }
+                WireType::LengthDelimited => {
+                    let len = decode_varint(&mut buf).map_err(|_| Malformed("bad length"))?;
+                    let len = usize::try_from(len).map_err(|_| Malformed("bad length"))?;
+                    if buf.remaining() < len {
+                        return Err(Malformed("truncated field"));
+                    }
+                    Some(buf.split_to(len))
+                }
+                WireType::StartGroup | WireType::EndGroup => return Err(Malformed("groups are not used")),
+            };
+            match (tag, value) {
+                (RECORD_MAC, Some(mac)) => {
+                    record.mac =
+                        String::from_utf8(mac.to_vec()).map_err(|_| Malformed("mac is not UTF-8"))?;
+                }
+                (RECORD_FACTS, Some(facts)) => record.facts = Some(facts),
+                (RECORD_LAST_DECISION, Some(decision)) => record.last_decision = Some(decision),
+                (RECORD_HISTORY, Some(entry)) => record.history.push_back(entry),
+                _ => record.rest.extend_from_slice(&whole[field_start..whole.len() - buf.remaining()]),
+            }
         }
+        Ok(record)
     }
 
     /// Appends `event` as the newest entry, keeping at most `limit`; the
     /// record's facts and decision become the event's.
-    pub fn push(&mut self, event: Arc<EncodedEvent>, limit: usize) {
-        self.facts = Some(Arc::clone(&event));
-        self.last_decision = Some(Arc::clone(&event));
-        self.history.push_back(event);
+    pub fn push(&mut self, event: &EncodedEvent, limit: usize) {
+        self.facts.clone_from(&event.facts);
+        self.last_decision.clone_from(&event.decision);
+        self.history.push_back(event.event.clone());
         while self.history.len() > limit.max(1) {
             self.history.pop_front();
         }
     }
 
+    /// Drops the oldest history entries (keeping the newest) until the
+    /// record encodes to at most `max` bytes; false if even that is too big.
+    pub fn fit(&mut self, max: usize) -> bool {
+        while self.encoded_len() > max && self.history.len() > 1 {
+            self.history.pop_front();
+        }
+        self.encoded_len() <= max
+    }
+
+    /// The record's encoded size.
+    pub fn encoded_len(&self) -> usize {
+        let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+        let optional = |b: &Option<Bytes>| b.as_ref().map_or(0, |b| field(b.len()));
+        (if self.mac.is_empty() { 0 } else { field(self.mac.len()) })
+            + optional(&self.facts)
+            + optional(&self.last_decision)
+            + self.history.iter().map(|e| field(e.len())).sum::<usize>()
+            + self.rest.len()
+    }
+
     /// The record's wire form.
     pub fn encode(&self) -> Vec<u8> {
-        let len = self.mac.len()
-            + self.rest.len()
-            + self.history.iter().map(|e| e.event.len() + 4).sum::<usize>()
-            + self.facts.as_ref().and_then(|e| e.facts.as_ref()).map_or(0, |f| f.len() + 4)
-            + self.last_decision.as_ref().and_then(|e| e.decision.as_ref()).map_or(0, |d| d.len() + 4)
-            + 8;
-        let mut wire = Vec::with_capacity(len);
+        let mut wire = Vec::with_capacity(self.encoded_len());
         if !self.mac.is_empty() {
             put_field(RECORD_MAC, self.mac.as_bytes(), &mut wire);
         }
-        if let Some(facts) = self.facts.as_ref().and_then(|e| e.facts.as_ref()) {
+        if let Some(facts) = &self.facts {
             put_field(RECORD_FACTS, facts, &mut wire);
         }
-        if let Some(decision) = self.last_decision.as_ref().and_then(|e| e.decision.as_ref()) {
+        if let Some(decision) = &self.last_decision {
             put_field(RECORD_LAST_DECISION, decision, &mut wire);
         }
         for entry in &self.history {
-            put_field(RECORD_HISTORY, &entry.event, &mut wire);
+            put_field(RECORD_HISTORY, entry, &mut wire);
         }
         wire.extend_from_slice(&self.rest);
         wire
@@ -161,7 +212,7 @@ impl EncodedRecord {
 
 #[cfg(test)]
 mod tests {
-    use bootfleet_proto::v1::{BootStatus, ImageProfile};
+    use bootfleet_proto::v1::{BootStatus, HostEvent, HostRecord, ImageProfile};
 
     use super::*;
 
@@ -197,6 +248,12 @@ mod tests {
         record
     }
 
+    fn decoded(record: &EncodedRecord) -> HostRecord {
+        let wire = record.encode();
+        assert_eq!(wire.len(), record.encoded_len());
+        HostRecord::decode(wire.as_slice()).unwrap()
+    }
+
     #[test]
     fn appending_encoded_events_equals_rebuilding_the_record() {
         let events: Vec<HostEvent> = (0..9).map(|i| event(i, i % 4 != 1)).collect();
@@ -204,19 +261,15 @@ mod tests {
             let mut encoded = EncodedRecord::empty("52:54:00:00:00:01");
             let mut expected = HostRecord { mac: "52:54:00:00:00:01".into(), ..HostRecord::default() };
             for e in &events {
-                encoded.push(Arc::new(EncodedEvent::new(e)), limit);
+                encoded.push(&EncodedEvent::new(e), limit);
                 expected = merged(expected, std::slice::from_ref(e), limit);
-                assert_eq!(
-                    HostRecord::decode(encoded.encode().as_slice()).unwrap(),
-                    expected,
-                    "limit {limit}"
-                );
+                assert_eq!(decoded(&encoded), expected, "limit {limit}");
             }
         }
     }
 
     #[test]
-    fn a_stored_record_keeps_its_history_and_boot_status() {
+    fn a_stored_record_keeps_its_history_boot_status_and_unknown_fields() {
         let stored = HostRecord {
             mac: "52:54:00:00:00:02".into(),
             facts: event(1, true).facts,
@@ -224,21 +277,49 @@ mod tests {
             history: (0..4).map(|i| event(i, true)).collect(),
             boot_status: Some(BootStatus { not_booted_stateless: true, ..BootStatus::default() }),
         };
-        let unchanged = EncodedRecord::from_record(&stored);
-        assert_eq!(HostRecord::decode(unchanged.encode().as_slice()).unwrap(), stored);
+        let mut wire = stored.encode_to_vec();
+        // A field a newer version might add (number 99, a string).
+        put_field(99, b"from a newer replica", &mut wire);
+        let unchanged = EncodedRecord::from_stored(&wire).unwrap();
+        assert_eq!(unchanged.encode(), wire, "taken apart and put together: the same bytes");
 
         let mut grown = unchanged.clone();
         let next = event(7, false);
-        grown.push(Arc::new(EncodedEvent::new(&next)), 4);
-        let expected = merged(stored, &[next], 4);
-        assert_eq!(HostRecord::decode(grown.encode().as_slice()).unwrap(), expected);
+        grown.push(&EncodedEvent::new(&next), 4);
+        assert_eq!(decoded(&grown), merged(stored, &[next], 4));
+        assert!(grown.encode().ends_with(b"from a newer replica"), "the unknown field survives");
+    }
+
+    #[test]
+    fn malformed_records_are_refused_not_misread() {
+        let good = HostRecord { mac: "52:54:00:00:00:03".into(), ..HostRecord::default() }.encode_to_vec();
+        for bad in [&good[..good.len() - 1], &[0x0a, 0xff][..], &[0x0b][..], &[0xff][..]] {
+            assert!(EncodedRecord::from_stored(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fit_drops_the_oldest_entries_first() {
+        let mut record = EncodedRecord::empty("52:54:00:00:00:04");
+        for i in 0..10 {
+            record.push(&EncodedEvent::new(&event(i, true)), 20);
+        }
+        let full = record.encoded_len();
+        assert!(record.fit(full / 2));
+        let kept = decoded(&record);
+        assert!(kept.history.len() < 10 && !kept.history.is_empty());
+        assert_eq!(kept.history.last().unwrap().at_unix_ms, event(9, true).at_unix_ms, "the newest stays");
+        assert!(!record.fit(10), "one entry alone is larger than 10 bytes");
     }
 
     #[test]
     fn an_event_encodes_as_prost_does() {
         for i in 0..6 {
             let e = event(i, i % 2 == 0);
-            assert_eq!(EncodedEvent::new(&e).event, e.encode_to_vec());
+            let encoded = EncodedEvent::new(&e);
+            assert_eq!(encoded.event, e.encode_to_vec());
+            assert_eq!(encoded.facts.as_deref(), e.facts.map(|f| f.encode_to_vec()).as_deref());
+            assert_eq!(encoded.decision.as_deref(), e.decision.map(|d| d.encode_to_vec()).as_deref());
         }
     }
 }

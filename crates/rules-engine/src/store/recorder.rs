@@ -9,19 +9,18 @@
 //! written when it returns.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bootfleet_core::backoff::Backoff;
 use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_core::store::{Compare, CompareOp, KeyValue, SharedStore, TxnOp, TxnRequest};
-use bootfleet_proto::v1::{HostEvent, HostRecord};
+use bootfleet_proto::v1::HostEvent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::HOSTS_PREFIX;
 use super::host_wire::{EncodedEvent, EncodedRecord};
 use super::writes::store_err;
-use super::{HOSTS_PREFIX, decode};
 use crate::error::RulesError;
 use crate::service::metrics;
 
@@ -29,8 +28,14 @@ use crate::service::metrics;
 /// operations; each host takes one of each). Building a chunk only joins
 /// encoded pieces, so even a full one holds a worker thread briefly.
 const CHUNK: usize = 64;
-/// Bytes per transaction at most, well under etcd's 1.5 MiB request limit.
+/// Bytes per transaction at most (a chunk is closed once it reaches this,
+/// so it stays under CHUNK_BYTES + MAX_RECORD_BYTES), well under etcd's
+/// 1.5 MiB request limit.
 const CHUNK_BYTES: usize = 512 * 1024;
+/// Largest host record written: older history entries are dropped to fit.
+/// (Facts are at most 16 KiB, so only a record with very large profiles in
+/// its decisions comes near.)
+const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// Queue length between Evaluate and the writer.
 const QUEUE: usize = 65_536;
 /// Hosts with unwritten events kept while the store is down.
@@ -39,7 +44,7 @@ const MAX_PENDING_HOSTS: usize = 100_000;
 /// Sends decisions to the background writer.
 #[derive(Clone)]
 pub struct HostRecorder {
-    tx: mpsc::Sender<(String, Arc<EncodedEvent>)>,
+    tx: mpsc::Sender<(String, EncodedEvent)>,
     store: SharedStore,
     hosts: SnapshotCache,
     history_limit: usize,
@@ -68,7 +73,7 @@ impl HostRecorder {
     /// Queues an event; never waits. Returns false (and counts it) if the
     /// queue is full.
     pub fn record(&self, mac: String, event: EncodedEvent) -> bool {
-        match self.tx.try_send((mac, Arc::new(event))) {
+        match self.tx.try_send((mac, event)) {
             Ok(()) => true,
             Err(_) => {
                 metrics::HOST_EVENTS_DROPPED.inc();
@@ -79,16 +84,16 @@ impl HostRecorder {
 
     /// Writes events now (Repair), returning when they are stored.
     pub async fn write_now(&self, events: Vec<(String, HostEvent)>) -> Result<(), RulesError> {
-        let mut pending: BTreeMap<String, Vec<Arc<EncodedEvent>>> = BTreeMap::new();
+        let mut pending: BTreeMap<String, Vec<EncodedEvent>> = BTreeMap::new();
         for (mac, event) in events {
-            pending.entry(mac).or_default().push(Arc::new(EncodedEvent::new(&event)));
+            pending.entry(mac).or_default().push(EncodedEvent::new(&event));
         }
         let mut written = HashMap::new();
         self.write(&mut pending, &mut written).await
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<(String, Arc<EncodedEvent>)>, stop: CancellationToken) {
-        let mut pending: BTreeMap<String, Vec<Arc<EncodedEvent>>> = BTreeMap::new();
+    async fn run(self, mut rx: mpsc::Receiver<(String, EncodedEvent)>, stop: CancellationToken) {
+        let mut pending: BTreeMap<String, Vec<EncodedEvent>> = BTreeMap::new();
         // Records this writer stored, newer than the snapshot may be yet.
         let mut written: HashMap<String, (i64, EncodedRecord)> = HashMap::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -142,22 +147,40 @@ impl HostRecorder {
     /// A stored record (or none yet) and its revision.
     fn stored(mac: &str, kv: Option<&KeyValue>) -> Result<(i64, EncodedRecord), RulesError> {
         match kv {
-            Some(kv) => Ok((kv.mod_revision, EncodedRecord::from_record(&decode::<HostRecord>(kv)?))),
+            Some(kv) => {
+                let record = EncodedRecord::from_stored(&kv.value)
+                    .map_err(|e| RulesError::Internal(format!("{}: {e}", kv.key)))?;
+                Ok((kv.mod_revision, record))
+            }
             None => Ok((0, EncodedRecord::empty(mac))),
         }
     }
 
-    fn merged(&self, mut record: EncodedRecord, events: &[Arc<EncodedEvent>]) -> EncodedRecord {
+    /// The record with `events` added, trimmed to fit [`MAX_RECORD_BYTES`];
+    /// `None` if even its newest entry alone is too big.
+    fn merged(&self, mut record: EncodedRecord, events: &[EncodedEvent]) -> Option<EncodedRecord> {
         for event in events {
-            record.push(Arc::clone(event), self.history_limit);
+            record.push(event, self.history_limit);
         }
-        record
+        record.fit(MAX_RECORD_BYTES).then_some(record)
+    }
+
+    /// Gives up on a host whose newest event cannot be stored.
+    fn drop_oversized(mac: &str, pending: &mut BTreeMap<String, Vec<EncodedEvent>>) {
+        let events = pending.remove(mac).map_or(0, |e| e.len());
+        metrics::HOST_EVENTS_DROPPED.inc_by(events as u64);
+        tracing::warn!(
+            mac,
+            events,
+            max = MAX_RECORD_BYTES,
+            "host record too large to store; decisions not recorded"
+        );
     }
 
     /// Writes every pending host; removes from `pending` what was stored.
     async fn write(
         &self,
-        pending: &mut BTreeMap<String, Vec<Arc<EncodedEvent>>>,
+        pending: &mut BTreeMap<String, Vec<EncodedEvent>>,
         written: &mut HashMap<String, (i64, EncodedRecord)>,
     ) -> Result<(), RulesError> {
         let macs: Vec<String> = pending.keys().cloned().collect();
@@ -171,7 +194,10 @@ impl HostRecorder {
                 let mac = &macs[next];
                 next += 1;
                 let (revision, current) = self.current(mac, written)?;
-                let record = self.merged(current, &pending[mac]);
+                let Some(record) = self.merged(current, &pending[mac]) else {
+                    Self::drop_oversized(mac, pending);
+                    continue;
+                };
                 let key = format!("{HOSTS_PREFIX}{mac}");
                 let value = record.encode();
                 bytes += key.len() + value.len();
@@ -203,14 +229,17 @@ impl HostRecorder {
     async fn write_one(
         &self,
         mac: &str,
-        pending: &mut BTreeMap<String, Vec<Arc<EncodedEvent>>>,
+        pending: &mut BTreeMap<String, Vec<EncodedEvent>>,
         written: &mut HashMap<String, (i64, EncodedRecord)>,
     ) -> Result<(), RulesError> {
         let key = format!("{HOSTS_PREFIX}{mac}");
         for _ in 0..8 {
             let kv = self.store.get(&key).await.map_err(store_err)?;
             let (revision, current) = Self::stored(mac, kv.as_ref())?;
-            let record = self.merged(current, &pending[mac]);
+            let Some(record) = self.merged(current, &pending[mac]) else {
+                Self::drop_oversized(mac, pending);
+                return Ok(());
+            };
             let txn = TxnRequest::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
                 .and_then([TxnOp::put(key.clone(), record.encode())]);

@@ -425,7 +425,6 @@ async fn activation_races_edits_and_other_activations() {
         std::sync::Arc::new(bootfleet_core::store::embedded::EmbeddedStore::in_memory().unwrap());
     let (editor_server, activator_server) = (crate::start(store.clone()).await, crate::start(store).await);
     let mut editor = admin(&editor_server.url).await;
-    let mut activator = admin(&activator_server.url).await;
     put_profiles(&mut editor).await;
     // Generation `n`: two rules that both say `gen-n`.
     let generation = |n: u32| {
@@ -447,52 +446,75 @@ async fn activation_races_edits_and_other_activations() {
             replace(&mut editor, generation(n)).await.unwrap();
         }
     });
+    // Three activators at once, through both replicas, while edits go on.
+    let activators: Vec<_> = (0..3)
+        .map(|a| {
+            let url = if a == 0 { editor_server.url.clone() } else { activator_server.url.clone() };
+            tokio::spawn(async move {
+                let mut client = admin(&url).await;
+                let mut out = Vec::new();
+                for _ in 0..10 {
+                    let v = client.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap();
+                    let active =
+                        client.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Active.into() });
+                    let active = active.await.unwrap().into_inner().rule_set.unwrap();
+                    out.push((v.into_inner().version, active));
+                }
+                out
+            })
+        })
+        .collect();
     let mut versions = Vec::new();
-    let mut seen = Vec::new();
-    for _ in 0..30 {
-        let v = activator.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
-        versions.push(v.version);
-        let active = activator.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Active.into() });
-        let active = active.await.unwrap().into_inner().rule_set.unwrap();
-        seen.push((active.version, generation_of(&active)));
+    for activator in activators {
+        for (version, active) in activator.await.unwrap() {
+            versions.push(version);
+            generation_of(&active);
+        }
     }
     edits.await.unwrap();
+    versions.sort_unstable();
     assert_eq!(versions, (1..=30).collect::<Vec<u64>>(), "each activation its own next version");
-    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "versions went backwards: {seen:?}");
 
-    // Two activations expecting the same working revision: one wins.
+    // Pairs of activations expecting the same working revision, raced
+    // through the two replicas, twenty times.
     let mut c = admin(&editor_server.url).await;
-    let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
-    let revision = working.await.unwrap().into_inner().revision;
     let (mut a, mut b) = (admin(&editor_server.url).await, admin(&activator_server.url).await);
+    let stale = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
+    let stale = stale.await.unwrap().into_inner().revision;
     replace(&mut c, generation(99)).await.unwrap();
     let both = tokio::join!(
-        a.activate(pb::ActivateRequest { expected_revision: revision }),
-        b.activate(pb::ActivateRequest { expected_revision: revision }),
+        a.activate(pb::ActivateRequest { expected_revision: stale }),
+        b.activate(pb::ActivateRequest { expected_revision: stale }),
     );
     for result in [both.0, both.1] {
-        let status = result.expect_err("the working set changed after `revision`");
+        let status = result.expect_err("the working set changed after `stale`");
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     }
-    let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
-    let revision = working.await.unwrap().into_inner().revision;
-    let both = tokio::join!(
-        a.activate(pb::ActivateRequest { expected_revision: revision }),
-        b.activate(pb::ActivateRequest { expected_revision: revision }),
-    );
-    let wins = [both.0, both.1]
-        .into_iter()
-        .filter_map(|r| match r {
-            Ok(v) => Some(v.into_inner().version),
-            Err(status) => {
-                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                None
-            }
-        })
-        .collect::<Vec<_>>();
-    // Either one wins and the other sees the active set changed under it,
-    // or they ran one after the other; never the same version twice.
-    let mut wins = wins;
-    wins.sort_unstable();
-    assert!(wins == [31] || wins == [31, 32], "racing activations gave versions {wins:?}");
+    let mut last = 30;
+    for _ in 0..20 {
+        let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
+        let revision = working.await.unwrap().into_inner().revision;
+        let both = tokio::join!(
+            a.activate(pb::ActivateRequest { expected_revision: revision }),
+            b.activate(pb::ActivateRequest { expected_revision: revision }),
+        );
+        let mut wins = [both.0, both.1]
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(v) => Some(v.into_inner().version),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    None
+                }
+            })
+            .collect::<Vec<_>>();
+        // Either one wins and the other sees the active set changed under it,
+        // or they ran one after the other; never the same version twice.
+        wins.sort_unstable();
+        assert!(
+            wins == [last + 1] || wins == [last + 1, last + 2],
+            "racing activations after version {last} gave {wins:?}"
+        );
+        last = *wins.last().unwrap();
+    }
 }
