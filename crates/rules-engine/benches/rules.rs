@@ -187,7 +187,7 @@ async fn recorder_idle() {
     }
 }
 
-async fn grpc_table(url: String, state: Arc<RulesState>) {
+async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
     let mut admin = bootfleet_rules_engine::client::connect(&url, Some(TOKEN)).await.unwrap();
     for object in [
         pb::profile_object::Object::Image(pb::ImageProfile {
@@ -260,6 +260,7 @@ async fn grpc_table(url: String, state: Arc<RulesState>) {
     // kinds taking turns, so that noise from the machine falls on all alike.
     let target = 10_000u32;
     let count = 30_000usize;
+    let connections = clients.len();
     let evaluate = move |dry_run: bool| {
         let (clients, facts) = (clients.clone(), Arc::clone(&facts));
         move |i: usize| {
@@ -270,10 +271,14 @@ async fn grpc_table(url: String, state: Arc<RulesState>) {
             }
         }
     };
-    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let check = move |_: usize| {
-        let mut health = health.clone();
+    // As many connections as the Evaluate rows use.
+    let mut health_clients = Vec::new();
+    for _ in 0..connections {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+        health_clients.push(tonic_health::pb::health_client::HealthClient::new(channel));
+    }
+    let check = move |i: usize| {
+        let mut health = health_clients[i % health_clients.len()].clone();
         async move {
             health.check(tonic_health::pb::HealthCheckRequest::default()).await.unwrap();
         }
@@ -293,9 +298,12 @@ async fn grpc_table(url: String, state: Arc<RulesState>) {
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!();
-    println!(
-        "gRPC on loopback (1,000 rules, embedded store; server pinned to one core, load client to the other)"
-    );
+    let placement = if pinned {
+        "server pinned to one core, load client to another"
+    } else {
+        "one CPU: server and load client share it"
+    };
+    println!("gRPC on loopback (1,000 rules, embedded store; {placement})");
     println!(
         "| {:<40} | {:>8} | {:>7} | {:>7} | {:>15} |",
         "load", "QPS", "p50 ms", "p99 ms", "p99 range ms"
@@ -386,13 +394,20 @@ where
 
 /// Keeps the calling thread (and the threads it starts) on one CPU, so the
 /// server and the load client do not preempt each other: the server gets a
-/// core of its own, as it would on its own machine.
-fn pin_to_cpu(cpu: usize) {
+/// core of its own, as it would on its own machine. False if refused.
+fn pin_to_cpu(cpu: usize) -> bool {
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            eprintln!("cannot pin to CPU {cpu}: {e}");
-        }
+    set.set(cpu).is_ok() && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok()
+}
+
+/// The first and the last CPU this process may run on, if it may use two.
+fn two_cpus() -> Option<(usize, usize)> {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    let cpus: Vec<usize> =
+        (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    match (cpus.first(), cpus.last()) {
+        (Some(&first), Some(&last)) if first != last => Some((first, last)),
+        _ => None,
     }
 }
 
@@ -404,24 +419,31 @@ fn main() {
     if only == "evaluate" {
         return;
     }
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let (server_cpu, client_cpu) = (0, cpus.saturating_sub(1));
+    let cpus = two_cpus();
+    let pin = move |side: fn((usize, usize)) -> usize| {
+        if let Some(pair) = cpus {
+            let cpu = side(pair);
+            if !pin_to_cpu(cpu) {
+                eprintln!("cannot pin to CPU {cpu}; server and client share the machine");
+            }
+        }
+    };
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("server")
-        .on_thread_start(move || pin_to_cpu(server_cpu))
+        .on_thread_start(move || pin(|(server, _)| server))
         .enable_all()
         .build()
         .unwrap();
     // The server's threads (the store's writer too) start from here.
-    pin_to_cpu(server_cpu);
+    pin(|(server, _)| server);
     let (url, state) = server_runtime.block_on(start_server());
-    pin_to_cpu(client_cpu);
+    pin(|(_, client)| client);
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .on_thread_start(move || pin_to_cpu(client_cpu))
+        .on_thread_start(move || pin(|(_, client)| client))
         .enable_all()
         .build()
         .unwrap();
-    client_runtime.block_on(grpc_table(url, state));
+    client_runtime.block_on(grpc_table(url, state, cpus.is_some()));
 }
