@@ -63,6 +63,19 @@ match = { always = true }
 image_profile = "img-b"
 "#;
 
+/// Polls `attempt` every 50 ms until it gives `Ok`, for at most 10 s; the
+/// failure names `what` and shows the last output seen.
+fn until<T>(what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(last) => assert!(Instant::now() < deadline, "{what}: {last}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The generic client (crates/bootfleet/tests/generic_grpc_client.py) run
 /// with the Python that the test command installs grpcio-reflection into.
 fn generic_client(rules_port: u16, mac: &str) -> serde_json::Value {
@@ -103,15 +116,10 @@ fn operator_session() {
     assert!(out.contains("image profile img-a applied") && out.contains("activated version 1"), "{out}");
 
     // The engine picks the new set up asynchronously; wait for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    until("rules never active", || {
         let out = ok(&server, &["evaluate", "--mac", HOST1, "--dry-run"]);
-        if out.contains("image=img-a") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "rules never active: {out}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if out.contains("image=img-a") { Ok(()) } else { Err(out) }
+    });
     // A client with no Bootfleet code learns the API by reflection and calls it.
     let generic = generic_client(rules_port, HOST1);
     assert_eq!(
@@ -149,16 +157,11 @@ fn operator_session() {
     drop(watch);
     assert!(ok(&server, &["evaluate", "--mac", HOST1]).contains("matched rules: host1"));
     assert!(ok(&server, &["evaluate", "--mac", HOST2, "--arch", "efi-x64"]).contains("image=img-b"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let hosts = until("hosts never recorded", || {
         let hosts = ok(&server, &["hosts", "list"]);
-        if hosts.contains(HOST1) && hosts.contains(HOST2) {
-            assert!(hosts.contains("efi-x64"), "{hosts}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "hosts never recorded: {hosts}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if hosts.contains(HOST1) && hosts.contains(HOST2) { Ok(hosts) } else { Err(hosts) }
+    });
+    assert!(hosts.contains("efi-x64"), "{hosts}");
     let listed = ok(&server, &["rules", "list", "--active"]);
     assert!(listed.contains("mac=52:54:00:aa:00:01") && listed.contains("image=img-a host=lab"), "{listed}");
 
@@ -168,16 +171,11 @@ fn operator_session() {
     ok(&server, &["apply", "-f", v2.to_str().unwrap()]);
     let diff = ok(&server, &["rules", "diff"]);
     assert!(diff.contains("changed") && diff.contains("host1"), "{diff}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let compliance = loop {
+    let compliance = until("test-compliance never saw the change", || {
         let out = ok(&server, &["rules", "test-compliance", "-o", "json"]);
         let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        if json["non_compliant"].as_array().is_some_and(|a| !a.is_empty()) {
-            break json;
-        }
-        assert!(Instant::now() < deadline, "test-compliance never saw the change: {out}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        if json["non_compliant"].as_array().is_some_and(|a| !a.is_empty()) { Ok(json) } else { Err(out) }
+    });
     let changed = compliance["non_compliant"].as_array().unwrap();
     assert_eq!(changed.len(), 1, "{compliance}");
     assert_eq!(changed[0]["mac"], HOST1);
@@ -188,29 +186,19 @@ fn operator_session() {
     // Activate it: host1's recorded decision no longer matches the active set
     // until it is repaired.
     assert!(ok(&server, &["rules", "activate"]).contains("version 2"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let out = until("the active set never reached compliance checks", || {
         let out = ok(&server, &["rules", "test-compliance", "--active"]);
-        if out.contains("(1 of 2 hosts would change)") {
-            assert!(out.contains(HOST1), "{out}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the active set never reached compliance checks: {out}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if out.contains("(1 of 2 hosts would change)") { Ok(out) } else { Err(out) }
+    });
+    assert!(out.contains(HOST1), "{out}");
     let repaired = ok(&server, &["rules", "repair"]);
     assert!(repaired.contains(HOST1) && repaired.contains("(1 hosts repaired)"), "{repaired}");
     // Reads come from the replica's snapshot, which follows the write.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let host: serde_json::Value =
-            serde_json::from_str(&ok(&server, &["hosts", "get", HOST1, "-o", "json"])).unwrap();
-        if host["last_decision"]["image_profile"]["name"] == "img-b" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the repair never showed: {host}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until("the repair never showed", || {
+        let out = ok(&server, &["hosts", "get", HOST1, "-o", "json"]);
+        let host: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if host["last_decision"]["image_profile"]["name"] == "img-b" { Ok(()) } else { Err(out) }
+    });
     assert!(ok(&server, &["rules", "test-compliance", "--active"]).contains("(0 of 2 hosts would change)"));
 
     // Without the token, changes are refused with a hint.

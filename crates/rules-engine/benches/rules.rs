@@ -320,15 +320,16 @@ async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
     let labels = ["Evaluate, recorded", "Evaluate, dry run", "health Check (floor)"];
     for (label, runs) in labels.iter().zip(&runs) {
         let qps = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
-        let p50 = median(runs.iter().map(|r| r.1).collect());
+        let mut p50s: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+        p50s.sort();
         let mut p99s: Vec<Duration> = runs.iter().map(|r| r.2).collect();
         p99s.sort();
         let range = format!("{:.3}–{:.3}", ms(p99s[0]), ms(p99s[p99s.len() - 1]));
         println!(
             "| {:<40} | {qps:>8.0} | {:>7.3} | {:>7.3} | {range:>15} |",
             format!("open loop {target}/s, {label}"),
-            ms(p50),
-            ms(median(p99s.clone()))
+            ms(percentile(&p50s, 0.5)),
+            ms(percentile(&p99s, 0.5))
         );
     }
     let drains: Vec<String> = drains.iter().map(|d| format!("{:.0} ms", ms(*d))).collect();
@@ -337,11 +338,6 @@ async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
         drains.join(", "),
         bootfleet_rules_engine::service::metrics::HOST_EVENTS_DROPPED.get()
     );
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 /// Sends `count` requests at `rate` per second, evenly paced by a thread of

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use bootfleet_proto::v1::{Decision, HostFacts};
+use bootfleet_proto::v1::{Decision, HostEvent, HostFacts};
 use bytes::{Buf, Bytes};
 use prost::Message;
 use prost::encoding::{
@@ -44,13 +44,12 @@ fn put_field(tag: u32, value: &[u8], wire: &mut Vec<u8>) {
     wire.extend_from_slice(value);
 }
 
-/// Appends a nested message field; returns where its body lies in `wire`.
-fn put_message(tag: u32, message: &impl Message, wire: &mut Vec<u8>) -> Range<usize> {
+/// Appends a nested message field whose encoded length is `len`; returns
+/// where its body lies in `wire`.
+fn put_message(tag: u32, message: &impl Message, len: usize, wire: &mut Vec<u8>) -> Range<usize> {
     encode_key(tag, WireType::LengthDelimited, wire);
-    let len = message.encoded_len();
     encode_varint(len as u64, wire);
     let start = wire.len();
-    wire.reserve(len);
     // A Vec grows as needed, so encoding into it cannot run out of room.
     let _ = message.encode(wire);
     start..wire.len()
@@ -73,16 +72,16 @@ impl EncodedEvent {
         decision: Option<&Decision>,
         decided_by: &str,
     ) -> Self {
-        let mut wire = Vec::with_capacity(
-            24 + decided_by.len()
-                + facts.map_or(0, |f| f.encoded_len() + 4)
-                + decision.map_or(0, |d| d.encoded_len() + 4),
-        );
+        // Each encoded_len walks the whole message: once per part.
+        let facts = facts.map(|f| (f, f.encoded_len()));
+        let decision = decision.map(|d| (d, d.encoded_len()));
+        let parts_len = facts.map_or(0, |(_, len)| len + 6) + decision.map_or(0, |(_, len)| len + 6);
+        let mut wire = Vec::with_capacity(24 + decided_by.len() + parts_len);
         if at_unix_ms != 0 {
             int64::encode(EVENT_AT, &at_unix_ms, &mut wire);
         }
-        let facts_at = facts.map(|f| put_message(EVENT_FACTS, f, &mut wire));
-        let decision_at = decision.map(|d| put_message(EVENT_DECISION, d, &mut wire));
+        let facts_at = facts.map(|(f, len)| put_message(EVENT_FACTS, f, len, &mut wire));
+        let decision_at = decision.map(|(d, len)| put_message(EVENT_DECISION, d, len, &mut wire));
         if !decided_by.is_empty() {
             put_field(EVENT_DECIDED_BY, decided_by.as_bytes(), &mut wire);
         }
@@ -91,7 +90,7 @@ impl EncodedEvent {
     }
 
     /// Encodes `event`.
-    pub fn new(event: &bootfleet_proto::v1::HostEvent) -> Self {
+    pub fn new(event: &HostEvent) -> Self {
         Self::from_parts(event.at_unix_ms, event.facts.as_ref(), event.decision.as_ref(), &event.decided_by)
     }
 }
@@ -212,7 +211,7 @@ impl EncodedRecord {
 
 #[cfg(test)]
 mod tests {
-    use bootfleet_proto::v1::{BootStatus, HostEvent, HostRecord, ImageProfile};
+    use bootfleet_proto::v1::{BootStatus, HostRecord, ImageProfile};
 
     use super::*;
 

@@ -3,8 +3,9 @@
 //! Evaluate encodes its event, hands `(mac, event)` to a bounded queue and
 //! returns. A single task drains the queue, merges what arrived for the same
 //! host, and writes up to [`CHUNK`] hosts ([`CHUNK_BYTES`]) per transaction,
-//! each guarded by a compare on the host record's revision so that two replicas recording the same host never
-//! overwrite each other (a lost race is retried one host at a time). While
+//! each guarded by a compare on the host record's revision so that two
+//! replicas recording the same host never overwrite each other (a lost race
+//! is retried one host at a time). While
 //! the store is unreachable the pending events wait (bounded) and are
 //! written when it returns.
 
@@ -189,7 +190,6 @@ impl HostRecorder {
             let mut txn = TxnRequest::new();
             let mut records = Vec::new();
             let mut bytes = 0;
-            let first = next;
             while next < macs.len() && records.len() < CHUNK && bytes < CHUNK_BYTES {
                 let mac = &macs[next];
                 next += 1;
@@ -206,7 +206,9 @@ impl HostRecorder {
                     .and_then([TxnOp::put(key, value)]);
                 records.push((mac.clone(), record));
             }
-            let chunk = &macs[first..next];
+            if records.is_empty() {
+                continue;
+            }
             let result = self.store.txn(txn).await.map_err(store_err)?;
             if result.succeeded {
                 for (mac, record) in records {
@@ -219,8 +221,8 @@ impl HostRecorder {
                 continue;
             }
             // Someone else wrote one of them: one host at a time, fresh reads.
-            for mac in chunk {
-                self.write_one(mac, pending, written).await?;
+            for (mac, _) in records {
+                self.write_one(&mac, pending, written).await?;
             }
         }
         Ok(())
