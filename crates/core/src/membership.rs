@@ -99,6 +99,10 @@ async fn keep_registered(
 ) -> Option<LeaseId> {
     let mut lease: Option<LeaseId> = None;
     let mut dirty = true;
+    // When the lease was last granted or renewed. Writing the record does
+    // not renew it, so a record that changes more often than every ttl/3
+    // must still be renewed on time.
+    let mut renewed = tokio::time::Instant::now();
     let mut backoff = Backoff::default();
     loop {
         let member = updates.borrow_and_update().clone();
@@ -109,6 +113,7 @@ async fn keep_registered(
                 None => {
                     let id = store.lease_grant(ttl).await?;
                     lease = Some(id);
+                    renewed = tokio::time::Instant::now();
                     dirty = true;
                     id
                 }
@@ -116,8 +121,10 @@ async fn keep_registered(
             if dirty {
                 store.put(&key, member.encode_to_vec(), Some(id)).await?;
                 dirty = false;
-            } else {
+            }
+            if renewed.elapsed() >= ttl / 3 {
                 store.lease_keep_alive(id).await?;
+                renewed = tokio::time::Instant::now();
             }
             Ok(())
         }

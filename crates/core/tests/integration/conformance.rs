@@ -315,9 +315,18 @@ async fn membership_lists_live_members(b: &Backend) {
         }
     })
     .await;
-    // Registrations outlive their TTL while renewed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Registrations outlive their TTL while renewed, also while the record
+    // changes more often than the renewal period (a busy replica publishes
+    // its load every second): writing the record does not renew a lease.
+    let key = bootfleet_core::membership::member_key("test-svc", "one");
+    let lease = s.get(&key).await.unwrap().expect("registered").lease;
+    for load in 0..30 {
+        one.update(|m| m.load = load);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(ids(list_members(s, "test-svc").await.unwrap()), ["one", "two"]);
+    let now = s.get(&key).await.unwrap().expect("still registered");
+    assert_eq!(now.lease, lease, "the lease lapsed and was replaced while the record kept changing");
     one.deregister().await.unwrap();
     assert_eq!(ids(list_members(s, "test-svc").await.unwrap()), ["two"]);
     // A dropped registration stops renewing and lapses by itself.
