@@ -5,6 +5,7 @@
 mod config;
 mod content;
 mod metrics;
+mod receive;
 mod rendered;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::config::{RenderConfig, TftpArgs, TftpConfig};
 use self::content::{Content, ContentError, Files};
+pub use self::receive::receive_settling;
 use crate::options::{Limits, negotiate};
 use crate::transfer::{Action, Outcome, ReadTransfer};
 use crate::wire::{self, ErrorCode, Packet, Request};
@@ -243,7 +245,18 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
         tokio::select! {
             // Handled at the top of the loop: a timeout, or re-armed.
             () = &mut timer => {}
-            received = socket.recv(&mut buf) => {
+            ready = socket.readable() => {
+                // An ACK that confirms everything sent is the last datagram
+                // until our next window: no receive is spent learning that.
+                let settles = |datagram: &[u8]| match datagram {
+                    [0, 4, high, low] => machine.ack_settles(u16::from_be_bytes([*high, *low])),
+                    _ => false,
+                };
+                let received = match ready.and_then(|()| receive_settling(&socket, &mut buf, settles)) {
+                    Ok(Some(len)) => Ok(len),
+                    Ok(None) => continue,
+                    Err(e) => Err(e),
+                };
                 pending = match received.map(|len| Packet::parse(&buf[..len])) {
                     Ok(Ok(Packet::Ack { block })) => machine.on_ack(block),
                     Ok(Ok(Packet::Error { code, message })) => {

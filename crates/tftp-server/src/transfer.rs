@@ -145,6 +145,18 @@ impl ReadTransfer {
         (candidate <= high).then_some(candidate)
     }
 
+    /// Whether ACK `wire` confirms everything sent so far: once it is
+    /// handled, the client has nothing more to send until new data (or the
+    /// end of the transfer) reaches it. Lets the I/O shell stop listening
+    /// without first asking the socket for a datagram that cannot be there.
+    pub fn ack_settles(&self, wire: u16) -> bool {
+        match self.state {
+            State::AwaitOackAck => wire == 0,
+            State::Sending => self.acked(wire).is_some_and(|index| index + 1 == self.next),
+            State::Done => false,
+        }
+    }
+
     /// Handles an ACK from the client.
     pub fn on_ack(&mut self, wire: u16) -> Vec<Action> {
         match self.state {
@@ -278,6 +290,29 @@ mod tests {
         assert_eq!(last[0], Action::SendData { block: 3, offset: 1024, len: 0 });
         assert_eq!(t.on_ack(3), [Action::Finish(Outcome::Complete)]);
         assert!(t.is_done());
+    }
+
+    #[test]
+    fn an_ack_settles_only_when_it_confirms_everything_sent() {
+        // 10 blocks of 8 bytes (and an empty 11th), windows of 4.
+        let mut t = ReadTransfer::new(80, &negotiated(8, 4, true), 5);
+        t.start();
+        assert!(!t.ack_settles(1), "no data sent yet: only the OACK's ACK 0 counts");
+        assert!(t.ack_settles(0));
+        assert_eq!(blocks(&t.on_ack(0)), [1, 2, 3, 4]);
+        assert!(!t.ack_settles(0), "a duplicate of ACK 0");
+        assert!(!t.ack_settles(2), "blocks 3 and 4 are still in flight");
+        assert!(!t.ack_settles(5), "never sent");
+        assert!(t.ack_settles(4));
+        assert_eq!(blocks(&t.on_ack(2)), [3, 4, 5, 6], "a partial ACK resends from block 3");
+        assert!(!t.ack_settles(4));
+        assert!(t.ack_settles(6));
+        t.on_ack(6);
+        t.on_ack(10);
+        assert!(t.ack_settles(11), "the final empty block");
+        t.on_ack(11);
+        assert!(t.is_done());
+        assert!(!t.ack_settles(11), "nothing is awaited once done");
     }
 
     #[test]

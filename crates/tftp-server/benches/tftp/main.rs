@@ -1,0 +1,274 @@
+//! TFTP benchmark against tftpd-hpa, side by side in one run; prints a table.
+//!
+//! ```sh
+//! scripts/fetch-peers.sh          # unpacks tftpd-hpa's in.tftpd into target/peers
+//! cargo bench -p bootfleet-tftp-server --bench tftp
+//! ```
+//!
+//! Both servers run as separate processes on loopback, serving the same
+//! directory, driven by the same async client in this process (one task per
+//! transfer, so 200 concurrent clients cost no process start-ups).
+//! Every transfer and every loop is bounded in count and time.
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod client;
+mod cpu;
+
+use client::{CLIENT_TIMEOUTS, download};
+
+struct Server {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_bootfleet(root: &Path) -> Server {
+    let port = free_udp_port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Every benchmark client shares 127.0.0.1, so the per-client limit (a
+    // guard against one host hogging the server) is lifted; tftpd-hpa has
+    // no such limit.
+    let config = root.with_extension("toml");
+    std::fs::write(&config, "[tftp]\nmax_transfers_per_client = 4096\n").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bootfleet-tftp-server"))
+        .arg("-c")
+        .arg(&config)
+        .args(["--store", "memory", "--log", "warn", "--tftp-listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--tftp-root")
+        .arg(root)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start bootfleet-tftp-server");
+    Server { name: "bootfleet", addr: ([127, 0, 0, 1], port).into(), child }
+}
+
+fn start_tftpd_hpa(root: &Path) -> Option<Server> {
+    let bin = std::env::var("BOOTFLEET_TFTPD_HPA").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/peers/usr/sbin/in.tftpd").to_owned()
+    });
+    if !Path::new(&bin).exists() {
+        println!("(tftpd-hpa not found at {bin}: run scripts/fetch-peers.sh)");
+        return None;
+    }
+    let port = free_udp_port();
+    let child = Command::new(bin)
+        .args(["-L", "-a", &format!("127.0.0.1:{port}"), "-s"])
+        .arg(root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(Server { name: "tftpd-hpa", addr: ([127, 0, 0, 1], port).into(), child })
+}
+
+/// Downloads a file; returns its length. Windowed when `windowsize > 1` and
+/// the server agreed (ACKs the last block of each window).
+///
+/// Kept cheap so the client is not what is measured:
+/// - once the server's transfer port (TID) is known the socket is connected
+///   to it, and ACKs are written in place;
+/// - one timer per download, pushed on lazily, instead of one per datagram;
+/// - no receive that is bound to find nothing: once an ACK is due, nothing
+///   more comes until the server has it (`receive_settling`, as the server
+///   does).
+async fn storm(server: SocketAddr, clients: usize) -> (Duration, usize) {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients).map(|_| tokio::spawn(download(server, "loader.bin", 1468, 1))).collect();
+    let mut failures = 0;
+    for t in tasks {
+        if !matches!(t.await, Ok(Ok(n)) if n == 1024 * 1024) {
+            failures += 1;
+        }
+    }
+    (started.elapsed(), failures)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// How the two CPUs are shared during a storm.
+#[derive(Clone, Copy, PartialEq)]
+enum Cores {
+    /// The server on one CPU, the load client (one thread) on the other:
+    /// a server with a core of its own, as on its own machine, and a
+    /// client that cannot take the server's CPU.
+    OneEach,
+    /// Both on both CPUs; the client runs two threads.
+    Shared,
+}
+
+struct Storm {
+    took: Duration,
+    failed: usize,
+}
+
+/// One storm against `server` with the CPUs shared as `cores` says.
+fn run_storm(server: &Server, cores: Cores, runtimes: &Runtimes) -> Storm {
+    let all = &runtimes.cpus;
+    let one_each = cores == Cores::OneEach && all.len() >= 2;
+    if one_each {
+        cpu::run_process_on(server.child.id(), &all[all.len() - 1..]);
+        cpu::run_here_on(&all[..1]);
+    }
+    let pid = server.child.id().to_string();
+    let cpu_before = (cpu::cpu_seconds(&pid), cpu::cpu_seconds("self"));
+    let machine_before = cpu::machine_ticks();
+    let (took, failed) = if one_each {
+        runtimes.single.block_on(storm(server.addr, 200))
+    } else {
+        runtimes.multi.block_on(storm(server.addr, 200))
+    };
+    let cpu = (cpu::cpu_seconds(&pid) - cpu_before.0, cpu::cpu_seconds("self") - cpu_before.1);
+    let machine = cpu::machine_ticks();
+    let busy = 100.0 * (machine.0 - machine_before.0) as f64 / (machine.1 - machine_before.1).max(1) as f64;
+    if one_each {
+        cpu::run_process_on(server.child.id(), all);
+        cpu::run_here_on(all);
+    }
+    println!(
+        "  {:<9} {:<17} {:.2} s, {failed} failed; CPU s: server {:.2}, load client {:.2}; machine {busy:.0} % busy; client timeouts {}",
+        server.name,
+        if one_each { "one core each:" } else { "2 shared cores:" },
+        took.as_secs_f64(),
+        cpu.0,
+        cpu.1,
+        CLIENT_TIMEOUTS.swap(0, std::sync::atomic::Ordering::Relaxed)
+    );
+    Storm { took, failed }
+}
+
+/// The load client's runtimes: one thread (for one core each), or two.
+struct Runtimes {
+    cpus: Vec<usize>,
+    single: tokio::runtime::Runtime,
+    multi: tokio::runtime::Runtime,
+}
+
+const ROUNDS: usize = 3;
+
+#[derive(Default)]
+struct Row {
+    lockstep: Vec<Duration>,
+    windowed: Vec<Duration>,
+    storm_one_each: Vec<Duration>,
+    storm_shared: Vec<Duration>,
+    failures: usize,
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let big: Vec<u8> =
+        (0..64u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    std::fs::write(root.join("loader.bin"), &big[..1024 * 1024]).unwrap();
+    drop(big);
+    let mut servers = vec![start_bootfleet(root)];
+    servers.extend(start_tftpd_hpa(root));
+    std::thread::sleep(Duration::from_millis(500));
+    let runtimes = Runtimes {
+        cpus: cpu::allowed_cpus(),
+        single: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        multi: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+    };
+    if runtimes.cpus.len() < 2 {
+        println!("(only one CPU available: the \"one core each\" storms share it)");
+    }
+    let mut rows: Vec<Row> = servers.iter().map(|_| Row::default()).collect();
+    // TFTP_BENCH_ONLY=storm skips the 64 MiB downloads (for profiling).
+    let storm_only = std::env::var("TFTP_BENCH_ONLY").is_ok_and(|v| v == "storm");
+    // Rounds take turns between the servers, so that a slow spell of this
+    // shared machine does not land on one server only.
+    for _ in 0..ROUNDS {
+        for (server, row) in servers.iter().zip(&mut rows) {
+            if !storm_only {
+                let (lockstep, windowed) = runtimes.multi.block_on(async {
+                    let t = Instant::now();
+                    let n = download(server.addr, "big.bin", 1468, 1).await.expect("64 MiB download");
+                    assert_eq!(n, 64 * 1024 * 1024);
+                    let lockstep = t.elapsed();
+                    let t = Instant::now();
+                    let n =
+                        download(server.addr, "big.bin", 1468, 16).await.expect("64 MiB windowed download");
+                    assert_eq!(n, 64 * 1024 * 1024);
+                    (lockstep, t.elapsed())
+                });
+                row.lockstep.push(lockstep);
+                row.windowed.push(windowed);
+            }
+            for cores in [Cores::OneEach, Cores::Shared] {
+                let storm = run_storm(server, cores, &runtimes);
+                row.failures += storm.failed;
+                match cores {
+                    Cores::OneEach => row.storm_one_each.push(storm.took),
+                    Cores::Shared => row.storm_shared.push(storm.took),
+                }
+            }
+        }
+    }
+    print_table(&servers, rows);
+}
+
+fn print_table(servers: &[Server], rows: Vec<Row>) {
+    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    println!();
+    println!("TFTP on loopback, same client for both servers, median of {ROUNDS} rounds");
+    println!(
+        "| {:<10} | {:>20} | {:>23} | {:>28} | {:>29} | {:>8} |",
+        "server",
+        "64 MiB, blksize 1468",
+        "64 MiB, + windowsize 16",
+        "storm 200 × 1 MiB, 1 core each",
+        "storm 200 × 1 MiB, 2 shared cores",
+        "failures"
+    );
+    println!("|{:-<12}|{:->22}|{:->25}|{:->30}|{:->31}|{:->10}|", "", "", "", "", "", "");
+    let failures: Vec<usize> = rows.iter().map(|row| row.failures).collect();
+    let medians: Vec<[Duration; 4]> = rows
+        .into_iter()
+        .map(|row| {
+            [median(row.lockstep), median(row.windowed), median(row.storm_one_each), median(row.storm_shared)]
+        })
+        .collect();
+    for ((server, m), failures) in servers.iter().zip(&medians).zip(failures) {
+        println!(
+            "| {:<10} | {:>20} | {:>23} | {:>30} | {:>33} | {:>8} |",
+            server.name,
+            s(m[0]),
+            s(m[1]),
+            s(m[2]),
+            s(m[3]),
+            failures
+        );
+    }
+    if let [ours, theirs] = medians.as_slice() {
+        let ratio = |i: usize| theirs[i].as_secs_f64() / ours[i].as_secs_f64();
+        println!(
+            "bootfleet vs tftpd-hpa: {:.1}x (64 MiB lockstep), {:.1}x (64 MiB windowed; tftpd-hpa has no windowsize), \
+             {:.1}x (storm, one core each), {:.1}x (storm, 2 shared cores)",
+            ratio(0),
+            ratio(1),
+            ratio(2),
+            ratio(3)
+        );
+    }
+}
