@@ -231,8 +231,6 @@ fn perfdhcp(client: &Netns, rate: u32, seconds: u32) -> anyhow::Result<(f64, f64
     Ok((achieved, drops))
 }
 
-/// The highest rate with < 1 % drops: doubling until drops reach 1 %, then
-/// three halvings of the gap between the last good and the first bad rate.
 /// CPU time (user + system) used so far by these processes, in seconds.
 fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
@@ -252,6 +250,9 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
 /// Server CPU (percent of one core) while answering EFFICIENCY_RATE.
 const EFFICIENCY_RATE: u32 = 4000;
 
+/// The highest rate with < 1 % drops: doubling until drops reach 1 %, then
+/// three halvings of the gap between the last good and the first bad rate.
+/// Also returns the rate offered there and the server CPU at EFFICIENCY_RATE.
 fn measure(client: &Netns, pids: &[u32]) -> anyhow::Result<(f64, u32, f64)> {
     let mut best = (0.0, 0);
     // Warm-up, not measured: every client once, so each server starts the
