@@ -249,7 +249,7 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
                 // An ACK that confirms everything sent is the last datagram
                 // until our next window: no receive is spent learning that.
                 let settles = |datagram: &[u8]| match datagram {
-                    [0, 4, high, low] => machine.ack_settles(u16::from_be_bytes([*high, *low])),
+                    [0, 4, high, low, ..] => machine.ack_settles(u16::from_be_bytes([*high, *low])),
                     _ => false,
                 };
                 let received = match ready.and_then(|()| receive_settling(&socket, &mut buf, settles)) {
@@ -314,8 +314,15 @@ impl Runner<'_> {
                         return Step::Finished(Outcome::ProtocolError);
                     }
                 }
-                if self.socket.send(&self.packet).await.is_ok() {
-                    self.sent += len as u64;
+                match self.socket.send(&self.packet).await {
+                    Ok(_) => self.sent += len as u64,
+                    // An ICMP port unreachable from an earlier datagram: the
+                    // client is gone (it wakes no receive, only this send).
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        tracing::debug!("client port unreachable");
+                        return Step::Finished(Outcome::ClientAborted);
+                    }
+                    Err(_) => {}
                 }
                 Step::Continue
             }

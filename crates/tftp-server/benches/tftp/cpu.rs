@@ -3,27 +3,53 @@
 use nix::sched::CpuSet;
 use nix::unistd::Pid;
 
-/// CPU time (user + system) used so far by process `pid` and its reaped
-/// children (tftpd-hpa forks one per transfer), in seconds.
-pub(crate) fn cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command name (which may hold spaces): utime, stime,
-    // cutime, cstime are the 12th to 15th.
+/// CPU time (user + system) this process has used so far, in seconds.
+pub(crate) fn own_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 14th and 15th.
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = rest.split_whitespace().skip(11).take(4).filter_map(|f| f.parse::<u64>().ok()).sum();
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
     // USER_HZ is 100 on Linux.
     ticks as f64 / 100.0
 }
 
-/// (busy, total) CPU time of the whole machine so far, in ticks.
-pub(crate) fn machine_ticks() -> (u64, u64) {
+/// (busy, total) ticks of each CPU so far, by CPU number. Per CPU rather
+/// than per process because tftpd-hpa's children are reaped by the kernel
+/// (it ignores SIGCHLD), so their CPU time reaches no parent's account.
+/// Steal (time the hypervisor gave to other guests) counts as neither.
+pub(crate) fn cpu_ticks() -> Vec<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpu = stat.lines().next().unwrap_or_default();
-    let ticks: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    let total: u64 = ticks.iter().take(8).sum();
-    // idle and iowait are the 4th and 5th.
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+    let mut cpus = Vec::new();
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(number) =
+            fields.next().and_then(|name| name.strip_prefix("cpu")).and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        // user nice system idle iowait irq softirq (steal …)
+        let t: Vec<u64> = fields.take(7).filter_map(|f| f.parse().ok()).collect();
+        let [user, nice, system, idle, iowait, irq, softirq] = t[..] else { continue };
+        let busy = user + nice + system + irq + softirq;
+        if cpus.len() <= number {
+            cpus.resize(number + 1, (0, 0));
+        }
+        cpus[number] = (busy, busy + idle + iowait);
+    }
+    cpus
+}
+
+/// Percent busy of `cpus` between two `cpu_ticks` readings.
+pub(crate) fn busy_percent(before: &[(u64, u64)], after: &[(u64, u64)], cpus: &[usize]) -> f64 {
+    let (mut busy, mut total) = (0, 0);
+    for &cpu in cpus {
+        if let (Some(b), Some(a)) = (before.get(cpu), after.get(cpu)) {
+            busy += a.0.saturating_sub(b.0);
+            total += a.1.saturating_sub(b.1);
+        }
+    }
+    100.0 * busy as f64 / total.max(1) as f64
 }
 
 /// The CPUs this process may run on.
@@ -41,17 +67,24 @@ fn cpu_set(cpus: &[usize]) -> CpuSet {
 }
 
 /// Keeps the calling thread (and what it starts from now on) on `cpus`.
-pub(crate) fn run_here_on(cpus: &[usize]) -> bool {
-    nix::sched::sched_setaffinity(Pid::from_raw(0), &cpu_set(cpus)).is_ok()
+pub(crate) fn run_here_on(cpus: &[usize]) {
+    if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(0), &cpu_set(cpus)) {
+        panic!("cannot move the load client to CPUs {cpus:?}: {e}");
+    }
 }
 
 /// Keeps every thread of process `pid` (and the processes it forks from
-/// now on: tftpd-hpa forks one per transfer) on `cpus`.
-pub(crate) fn run_process_on(pid: u32, cpus: &[usize]) -> bool {
+/// now on: tftpd-hpa forks one per transfer) on `cpus`. Threads that exit
+/// meanwhile are skipped; any other refusal stops the benchmark, since the
+/// figures would not be what they say.
+pub(crate) fn run_process_on(pid: u32, cpus: &[usize]) {
     let set = cpu_set(cpus);
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-    threads.filter_map(Result::ok).all(|thread| {
-        let tid = thread.file_name().to_string_lossy().parse::<i32>().unwrap_or(-1);
-        nix::sched::sched_setaffinity(Pid::from_raw(tid), &set).is_ok()
-    })
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    for thread in threads.filter_map(Result::ok) {
+        let Ok(tid) = thread.file_name().to_string_lossy().parse::<i32>() else { continue };
+        match nix::sched::sched_setaffinity(Pid::from_raw(tid), &set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => panic!("cannot move thread {tid} of {pid} to CPUs {cpus:?}: {e}"),
+        }
+    }
 }

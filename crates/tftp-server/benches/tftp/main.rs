@@ -125,33 +125,39 @@ struct Storm {
 fn run_storm(server: &Server, cores: Cores, runtimes: &Runtimes) -> Storm {
     let all = &runtimes.cpus;
     let one_each = cores == Cores::OneEach && all.len() >= 2;
+    let (client_cpus, server_cpus) =
+        if one_each { (&all[..1], &all[all.len() - 1..]) } else { (&all[..], &all[..]) };
     if one_each {
-        cpu::run_process_on(server.child.id(), &all[all.len() - 1..]);
-        cpu::run_here_on(&all[..1]);
+        cpu::run_process_on(server.child.id(), server_cpus);
+        cpu::run_here_on(client_cpus);
     }
-    let pid = server.child.id().to_string();
-    let cpu_before = (cpu::cpu_seconds(&pid), cpu::cpu_seconds("self"));
-    let machine_before = cpu::machine_ticks();
+    CLIENT_TIMEOUTS.store(0, std::sync::atomic::Ordering::Relaxed);
+    let (client_before, ticks_before) = (cpu::own_cpu_seconds(), cpu::cpu_ticks());
     let (took, failed) = if one_each {
         runtimes.single.block_on(storm(server.addr, 200))
     } else {
         runtimes.multi.block_on(storm(server.addr, 200))
     };
-    let cpu = (cpu::cpu_seconds(&pid) - cpu_before.0, cpu::cpu_seconds("self") - cpu_before.1);
-    let machine = cpu::machine_ticks();
-    let busy = 100.0 * (machine.0 - machine_before.0) as f64 / (machine.1 - machine_before.1).max(1) as f64;
+    let (client_cpu, ticks) = (cpu::own_cpu_seconds() - client_before, cpu::cpu_ticks());
     if one_each {
         cpu::run_process_on(server.child.id(), all);
         cpu::run_here_on(all);
     }
+    let busy = if one_each {
+        format!(
+            "busy: server's core {:.0} %, client's core {:.0} %",
+            cpu::busy_percent(&ticks_before, &ticks, server_cpus),
+            cpu::busy_percent(&ticks_before, &ticks, client_cpus)
+        )
+    } else {
+        format!("busy: both cores {:.0} %", cpu::busy_percent(&ticks_before, &ticks, all))
+    };
     println!(
-        "  {:<9} {:<17} {:.2} s, {failed} failed; CPU s: server {:.2}, load client {:.2}; machine {busy:.0} % busy; client timeouts {}",
+        "  {:<9} {:<16} {:.2} s, {failed} failed; {busy}; load client CPU {client_cpu:.2} s; client timeouts {}",
         server.name,
         if one_each { "one core each:" } else { "2 shared cores:" },
         took.as_secs_f64(),
-        cpu.0,
-        cpu.1,
-        CLIENT_TIMEOUTS.swap(0, std::sync::atomic::Ordering::Relaxed)
+        CLIENT_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed)
     );
     Storm { took, failed }
 }
@@ -196,10 +202,15 @@ fn main() {
     let mut rows: Vec<Row> = servers.iter().map(|_| Row::default()).collect();
     // TFTP_BENCH_ONLY=storm skips the 64 MiB downloads (for profiling).
     let storm_only = std::env::var("TFTP_BENCH_ONLY").is_ok_and(|v| v == "storm");
-    // Rounds take turns between the servers, so that a slow spell of this
-    // shared machine does not land on one server only.
-    for _ in 0..ROUNDS {
-        for (server, row) in servers.iter().zip(&mut rows) {
+    // Rounds take turns between the servers, first one then the other
+    // going first, so that a slow spell of this shared machine does not
+    // land on one server only.
+    for round in 0..ROUNDS {
+        let mut order: Vec<(&Server, &mut Row)> = servers.iter().zip(&mut rows).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (server, row) in order {
             if !storm_only {
                 let (lockstep, windowed) = runtimes.multi.block_on(async {
                     let t = Instant::now();
@@ -229,7 +240,8 @@ fn main() {
 }
 
 fn print_table(servers: &[Server], rows: Vec<Row>) {
-    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    // Zero: not run (TFTP_BENCH_ONLY=storm).
+    let s = |d: Duration| if d.is_zero() { "-".to_owned() } else { format!("{:.2} s", d.as_secs_f64()) };
     println!();
     println!("TFTP on loopback, same client for both servers, median of {ROUNDS} rounds");
     println!(
@@ -261,10 +273,16 @@ fn print_table(servers: &[Server], rows: Vec<Row>) {
         );
     }
     if let [ours, theirs] = medians.as_slice() {
-        let ratio = |i: usize| theirs[i].as_secs_f64() / ours[i].as_secs_f64();
+        let ratio = |i: usize| {
+            if ours[i].is_zero() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}x", theirs[i].as_secs_f64() / ours[i].as_secs_f64())
+            }
+        };
         println!(
-            "bootfleet vs tftpd-hpa: {:.1}x (64 MiB lockstep), {:.1}x (64 MiB windowed; tftpd-hpa has no windowsize), \
-             {:.1}x (storm, one core each), {:.1}x (storm, 2 shared cores)",
+            "bootfleet vs tftpd-hpa: {} (64 MiB lockstep), {} (64 MiB windowed; tftpd-hpa has no windowsize), \
+             {} (storm, one core each), {} (storm, 2 shared cores)",
             ratio(0),
             ratio(1),
             ratio(2),

@@ -118,3 +118,25 @@ async fn a_silent_client_gets_resends_at_the_timeout_then_an_error() {
         assert!(gap >= Duration::from_millis(250), "resent before the timeout: {arrivals:?}");
     }
 }
+
+/// A client whose port has closed (its ROM moved on) answers with ICMP port
+/// unreachable; the transfer ends at the next send instead of resending
+/// into the void until its retries run out (20 × 300 ms here).
+#[tokio::test]
+async fn a_vanished_client_ends_the_transfer_at_the_next_send() {
+    let f = crate::start_with(|c| {
+        c.timeout = Duration::from_millis(300);
+        c.max_retries = 20;
+    })
+    .await;
+    let client = crate::RawClient::new(f.addr).await;
+    client.request("small.bin", &[]).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(f.tracker.len(), 1, "the transfer started");
+    let started = std::time::Instant::now();
+    while !f.tracker.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(3), "still resending to a closed port");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
