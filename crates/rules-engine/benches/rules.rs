@@ -388,25 +388,6 @@ where
     (rate(count, elapsed), percentile(&sorted, 0.5), percentile(&sorted, 0.99))
 }
 
-/// Keeps the calling thread (and the threads it starts) on one CPU, so the
-/// server and the load client do not preempt each other: the server gets a
-/// core of its own, as it would on its own machine. False if refused.
-fn pin_to_cpu(cpu: usize) -> bool {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).is_ok() && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok()
-}
-
-/// The first and the last CPU this process may run on, if it may use two.
-fn two_cpus() -> Option<(usize, usize)> {
-    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-    let cpus: Vec<usize> =
-        (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
-    match (cpus.first(), cpus.last()) {
-        (Some(&first), Some(&last)) if first != last => Some((first, last)),
-        _ => None,
-    }
-}
-
 fn main() {
     let only = std::env::var("RULES_BENCH_ONLY").unwrap_or_default();
     if only != "grpc" {
@@ -415,13 +396,15 @@ fn main() {
     if only == "evaluate" {
         return;
     }
-    let cpus = two_cpus();
+    // The server gets a core of its own, as it would on its own machine,
+    // and the load client the other: they do not preempt each other.
+    let cpus = bootfleet_test_support::cpu::two_cpus();
+    if cpus.is_none() {
+        eprintln!("only one CPU: server and client share it");
+    }
     let pin = move |side: fn((usize, usize)) -> usize| {
         if let Some(pair) = cpus {
-            let cpu = side(pair);
-            if !pin_to_cpu(cpu) {
-                eprintln!("cannot pin to CPU {cpu}; server and client share the machine");
-            }
+            bootfleet_test_support::cpu::run_here_on(&[side(pair)]);
         }
     };
     let server_runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,6 +6,7 @@
 //! Everything started here is killed by PID when its guard drops, also when
 //! the test fails.
 
+pub mod cpu;
 pub mod etcd;
 pub mod netns;
 pub mod process;

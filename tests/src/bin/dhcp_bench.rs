@@ -18,6 +18,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bootfleet_test_support::cpu;
 use bootfleet_test_support::etcd::EtcdCluster;
 use bootfleet_test_support::netns::{Netns, link};
 
@@ -231,29 +232,17 @@ fn perfdhcp(client: &Netns, rate: u32, seconds: u32) -> anyhow::Result<(f64, f64
     Ok((achieved, drops))
 }
 
-/// CPU time (user + system) used so far by these processes, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces).
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum();
-    // USER_HZ is 100 on Linux.
-    ticks as f64 / 100.0
-}
-
 /// Server CPU (percent of one core) while answering EFFICIENCY_RATE.
 const EFFICIENCY_RATE: u32 = 4000;
 
 /// The highest rate with < 1 % drops: doubling until drops reach 1 %, then
 /// three halvings of the gap between the last good and the first bad rate.
 /// Also returns the rate offered there and the server CPU at EFFICIENCY_RATE.
-fn measure(client: &Netns, pids: &[u32]) -> anyhow::Result<(f64, u32, f64)> {
+fn measure(
+    client: &Netns,
+    pids: &[String],
+    cores: Option<(usize, usize)>,
+) -> anyhow::Result<(f64, u32, f64)> {
     let mut best = (0.0, 0);
     // Warm-up, not measured: every client once, so each server starts the
     // ladder in its steady state (leases known; Bootfleet's rules answers
@@ -263,15 +252,40 @@ fn measure(client: &Netns, pids: &[u32]) -> anyhow::Result<(f64, u32, f64)> {
     // Efficiency, comparable where throughput is not: this 2-core machine
     // also runs perfdhcp, and the load generator and the kernel's packet
     // path saturate it near 10,000 DORA/s whatever the server.
-    let (cpu_before, started) = (cpu_seconds(pids), Instant::now());
+    let per_process =
+        || pids.iter().map(|pid| cpu::process_cpu_seconds(std::slice::from_ref(pid))).collect::<Vec<_>>();
+    let (cpu_before, started) = (per_process(), Instant::now());
     let (achieved, drops) = perfdhcp(client, EFFICIENCY_RATE, 4)?;
-    let cpu = 100.0 * (cpu_seconds(pids) - cpu_before) / started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
+    let shares: Vec<f64> = per_process()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| 100.0 * (after - before) / seconds)
+        .collect();
+    let cpu: f64 = shares.iter().sum();
+    // Where it went, when the server is several processes (replicas, etcd).
+    let split = if shares.len() > 1 {
+        let parts: Vec<String> = shares.iter().map(|share| format!("{share:.0}")).collect();
+        format!(" ({} % by process)", parts.join(" + "))
+    } else {
+        String::new()
+    };
     println!(
-        "    offered {EFFICIENCY_RATE:>6}/s: {achieved:>8.0} DORA/s, drops {drops:.2} %, server CPU {cpu:.0} % of a core"
+        "    offered {EFFICIENCY_RATE:>6}/s: {achieved:>8.0} DORA/s, drops {drops:.2} %, server CPU {cpu:.0} % of a core{split}"
     );
     let step = |rate: u32, best: &mut (f64, u32)| -> anyhow::Result<bool> {
+        let ticks = cpu::cpu_ticks();
         let (achieved, drops) = perfdhcp(client, rate, 4)?;
-        println!("    offered {rate:>6}/s: {achieved:>8.0} DORA/s, drops {drops:.2} %");
+        // Which side ran out of CPU, when each has a core of its own.
+        let busy = cores.map_or(String::new(), |(generator, server)| {
+            let after = cpu::cpu_ticks();
+            format!(
+                "; busy: server's core {:.0} %, perfdhcp's core {:.0} %",
+                cpu::busy_percent(&ticks, &after, &[server]),
+                cpu::busy_percent(&ticks, &after, &[generator])
+            )
+        });
+        println!("    offered {rate:>6}/s: {achieved:>8.0} DORA/s, drops {drops:.2} %{busy}");
         let good = drops < 1.0;
         if good && achieved > best.0 {
             *best = (achieved, rate);
@@ -325,9 +339,17 @@ fn main() -> anyhow::Result<()> {
     ];
     // DHCP_BENCH_ONLY=<substring> limits the runs (for investigation).
     let only = std::env::var("DHCP_BENCH_ONLY").unwrap_or_default();
+    // One core for the servers (each started on it, as on a one-core
+    // machine: runtimes size themselves to it) and one for perfdhcp, so
+    // that neither takes the other's CPU and the busy figures say which
+    // side ran out. DHCP_BENCH_SHARED=1 lets both use both.
+    let cores = if std::env::var_os("DHCP_BENCH_SHARED").is_some() { None } else { cpu::two_cpus() };
     for name in runs.into_iter().filter(|n| n.contains(only.as_str())) {
         let dir = tempfile::tempdir()?;
         println!("{name}:");
+        if let Some((_, server)) = cores {
+            cpu::run_here_on(&[server]);
+        }
         let mut _etcd = None;
         let processes = match name {
             "bootfleet, embedded store" => {
@@ -353,7 +375,16 @@ fn main() -> anyhow::Result<()> {
         };
         let mut pids: Vec<u32> = processes.iter().map(|p| p.0.id()).collect();
         pids.extend(_etcd.as_ref().and_then(|etcd: &EtcdCluster| etcd.pid(0)));
-        let (rate, offered, cpu) = measure(&client, &pids)?;
+        if let Some((generator, server)) = cores {
+            // Started on the server's core already (see above); perfdhcp,
+            // started from this thread, runs on the other.
+            for &pid in &pids {
+                cpu::run_process_on(pid, &[server]);
+            }
+            cpu::run_here_on(&[generator]);
+        }
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let (rate, offered, cpu) = measure(&client, &pids, cores)?;
         if name.starts_with("bootfleet") {
             // Where the requests went (answered, overloaded, …), to explain drops.
             let admin = if name.contains("etcd") { "127.0.0.1:9202" } else { "127.0.0.1:9201" };
@@ -375,7 +406,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "DHCP DORA/s at < 1 % drops: perfdhcp as a relay, 30,000 clients, 16 s warm-up, 4 s per step, one run"
+        "DHCP DORA/s at < 1 % drops: perfdhcp as a relay, 30,000 clients, 16 s warm-up, 4 s per step, one run, {}",
+        if cores.is_some() { "server and perfdhcp on a core each" } else { "both on all cores" }
     );
     println!(
         "| {:<36} | {:>14} | {:>14} | {:>22} |",

@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod client;
-mod cpu;
 
+use bootfleet_test_support::cpu;
 use client::{CLIENT_TIMEOUTS, download};
 
 struct Server {
@@ -132,13 +132,14 @@ fn run_storm(server: &Server, cores: Cores, runtimes: &Runtimes) -> Storm {
         cpu::run_here_on(client_cpus);
     }
     CLIENT_TIMEOUTS.store(0, std::sync::atomic::Ordering::Relaxed);
-    let (client_before, ticks_before) = (cpu::own_cpu_seconds(), cpu::cpu_ticks());
+    let own = ["self".to_owned()];
+    let (client_before, ticks_before) = (cpu::process_cpu_seconds(&own), cpu::cpu_ticks());
     let (took, failed) = if one_each {
         runtimes.single.block_on(storm(server.addr, 200))
     } else {
         runtimes.multi.block_on(storm(server.addr, 200))
     };
-    let (client_cpu, ticks) = (cpu::own_cpu_seconds() - client_before, cpu::cpu_ticks());
+    let (client_cpu, ticks) = (cpu::process_cpu_seconds(&own) - client_before, cpu::cpu_ticks());
     if one_each {
         cpu::run_process_on(server.child.id(), all);
         cpu::run_here_on(all);
