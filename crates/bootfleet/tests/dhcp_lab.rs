@@ -217,14 +217,31 @@ fn full_dhcp_leases_to_a_real_client_and_renews() {
     let known = "52:54:00:00:40:01";
     lab.client.ip(&["link", "set", &lab.client_if, "address", known]).unwrap();
     lab.wait_rules(known);
-    // A lease, then the same address again for the same host.
+    // A lease, then the same address again for the same host. The second
+    // comes moments after the first (as the OS's follows iPXE's): it is
+    // acknowledged for the time the stored lease has left, without a write.
+    let reused = || {
+        let metrics =
+            lab.server.command("curl").args(["-s", "http://127.0.0.1:9100/metrics"]).output().unwrap();
+        String::from_utf8_lossy(&metrics.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("bootfleet_dhcp_leases_reused_total ")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut lease_times = Vec::new();
     for round in 0..2 {
         let out = udhcpc(&lab, &["-n", "-q"]);
         let text =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "round {round}: {text}");
         assert!(text.contains("lease of 198.18.40.100 obtained"), "round {round}: {text}");
+        let seconds =
+            text.split("lease time ").nth(1).and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok());
+        lease_times.push(seconds.unwrap_or_else(|| panic!("round {round}: no lease time in {text}")));
+        assert_eq!(reused(), round, "round {round}: leases reused so far");
     }
+    assert_eq!(lease_times[0], 60, "a new lease is a whole lease");
+    assert!((50..60).contains(&lease_times[1]), "a reused lease has less left: {lease_times:?}");
     // Renewal: SIGUSR1 makes udhcpc renew now (unicast, from the leased
     // address, which its script configures); it must get the lease again.
     let script = lab.dir.path().join("udhcpc.sh");

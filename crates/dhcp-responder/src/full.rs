@@ -120,6 +120,33 @@ pub fn may_hold(
     pool.on_subnet(ip) && (pool.in_range(ip) || reserved_for_mac) && !reserved_for_other && !taken
 }
 
+/// Most a `lease_reuse` fraction may be: a client renews at half its lease
+/// (T1), and that renewal must be written, or its leases would shrink.
+pub const MAX_LEASE_REUSE: f64 = 0.49;
+
+/// Seconds left on `mac`'s bound lease `lease` when it was granted or
+/// renewed so recently — less than `reuse` × `lease_time` ago — that a
+/// REQUEST for it can be acknowledged for the time it has left, without a
+/// store write (Kea calls this its cache threshold). A network boot asks
+/// for the same lease up to three times within a minute (PXE ROM, iPXE,
+/// the OS); each would otherwise cost a write. `None`: write as usual.
+pub fn reusable_lease(
+    lease: Option<&LeaseEntry>,
+    mac: &str,
+    lease_time: Duration,
+    reuse: f64,
+    now_ms: i64,
+) -> Option<u32> {
+    let lease = lease.filter(|l| l.mac == mac && l.state == LeaseState::Bound)?;
+    let full_ms = i64::try_from(lease_time.as_millis()).ok()?;
+    let left_ms = lease.expires_unix_ms - now_ms;
+    let age_ms = full_ms - left_ms;
+    // A negative age: granted under a longer lease time than configured
+    // now; writing gives it the current one.
+    let recent = age_ms >= 0 && (age_ms as f64) < reuse.clamp(0.0, MAX_LEASE_REUSE) * full_ms as f64;
+    (recent && left_ms >= 1000).then(|| u32::try_from(left_ms / 1000).unwrap_or(u32::MAX))
+}
+
 /// The leases a responder knows, indexed by address and by MAC, with a
 /// cursor so that finding a free address does not rescan the pool.
 #[derive(Clone, Debug, Default)]
@@ -257,6 +284,42 @@ mod tests {
     }
 
     const NOW: i64 = 1_000_000;
+
+    #[test]
+    fn a_lease_renewed_moments_ago_is_reused_for_the_time_it_has_left() {
+        let hour = Duration::from_secs(3600);
+        let fresh = lease("aa", LeaseState::Bound, NOW + 3_590_000);
+        assert_eq!(reusable_lease(Some(&fresh), "aa", hour, 0.25, NOW), Some(3590));
+        // Not for another MAC, an offer, a declined address, or no lease.
+        assert_eq!(reusable_lease(Some(&fresh), "bb", hour, 0.25, NOW), None);
+        for state in [LeaseState::Offered, LeaseState::Declined] {
+            assert_eq!(
+                reusable_lease(Some(&lease("aa", state, NOW + 3_590_000)), "aa", hour, 0.25, NOW),
+                None
+            );
+        }
+        assert_eq!(reusable_lease(None, "aa", hour, 0.25, NOW), None);
+        // Renewed 15 min ago or earlier: written again.
+        let older = lease("aa", LeaseState::Bound, NOW + 2_700_000);
+        assert_eq!(reusable_lease(Some(&older), "aa", hour, 0.25, NOW), None);
+        assert_eq!(
+            reusable_lease(Some(&lease("aa", LeaseState::Bound, NOW + 2_700_001)), "aa", hour, 0.25, NOW),
+            Some(2700)
+        );
+        // Turned off, expired, or granted under a longer lease time.
+        assert_eq!(reusable_lease(Some(&fresh), "aa", hour, 0.0, NOW), None);
+        assert_eq!(
+            reusable_lease(Some(&lease("aa", LeaseState::Bound, NOW - 1)), "aa", hour, 0.25, NOW),
+            None
+        );
+        assert_eq!(
+            reusable_lease(Some(&lease("aa", LeaseState::Bound, NOW + 7_000_000)), "aa", hour, 0.25, NOW),
+            None
+        );
+        // A renewal at T1 (half the lease) is always written, whatever the setting.
+        let at_t1 = lease("aa", LeaseState::Bound, NOW + 1_800_000);
+        assert_eq!(reusable_lease(Some(&at_t1), "aa", hour, 0.9, NOW), None);
+    }
 
     #[test]
     fn bound_leases_are_found_by_mac_until_they_expire() {

@@ -200,10 +200,13 @@ impl Responder {
         let started = Instant::now();
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
         observe("rules", started);
-        if let (Mode::Full { pools, reservations }, Some(leases)) = (&self.config.mode, &self.leases) {
+        if let (Mode::Full { pools, reservations, lease_reuse }, Some(leases)) =
+            (&self.config.mode, &self.leases)
+        {
             let boot = self.proxy_context(verdict, request.mac);
             let leasing = Instant::now();
-            let Some(reply) = full_shell::answer(&request, &client, &boot, pools, reservations, leases).await
+            let Some(reply) =
+                full_shell::answer(&request, &client, &boot, pools, reservations, *lease_reuse, leases).await
             else {
                 // Not ours to answer, a standby, a lost race or no store:
                 // the reason is in the log at debug/info/warn.

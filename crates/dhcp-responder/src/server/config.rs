@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bootfleet_core::config::parse_duration;
 
-use crate::full::Pool;
+use crate::full::{MAX_LEASE_REUSE, Pool};
 use crate::proxy::Loaders;
 
 /// DHCP flags.
@@ -83,6 +83,7 @@ struct DhcpSection {
     tftp_from_members: Option<bool>,
     streamers_from_members: Option<bool>,
     rules_cache: Option<String>,
+    lease_reuse: Option<f64>,
     #[serde(default)]
     loaders: LoaderSection,
 }
@@ -98,6 +99,10 @@ pub enum Mode {
         pools: Vec<Pool>,
         /// Fixed addresses by MAC.
         reservations: HashMap<String, Ipv4Addr>,
+        /// A REQUEST for a lease its client got or renewed less than this
+        /// fraction of the lease time ago is acknowledged for the time it
+        /// has left, without a store write (0: always write).
+        lease_reuse: f64,
     },
 }
 
@@ -217,6 +222,11 @@ impl DhcpConfig {
     }
 }
 
+/// Default `dhcp.lease_reuse`: a quarter of the lease time (an hour's
+/// lease is written at most every 15 minutes per client, and always when
+/// the client renews at T1).
+const DEFAULT_LEASE_REUSE: f64 = 0.25;
+
 fn full_mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
     if section.pools.is_empty() {
         return Err(ConfigError::new("dhcp.pools", "full mode needs at least one [[dhcp.pools]]"));
@@ -268,5 +278,12 @@ fn full_mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
         })?;
         reservations.insert(mac, address(&r.ip, &format!("dhcp.reservations[{i}].ip"))?);
     }
-    Ok(Mode::Full { pools, reservations })
+    let lease_reuse = section.lease_reuse.unwrap_or(DEFAULT_LEASE_REUSE);
+    if !(0.0..=MAX_LEASE_REUSE).contains(&lease_reuse) {
+        return Err(ConfigError::new(
+            "dhcp.lease_reuse",
+            format!("{lease_reuse} is not a fraction from 0 to {MAX_LEASE_REUSE} of the lease time"),
+        ));
+    }
+    Ok(Mode::Full { pools, reservations, lease_reuse })
 }

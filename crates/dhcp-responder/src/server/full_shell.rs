@@ -24,11 +24,22 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::lease_writer::{WriteJob, write_batches};
 use crate::client::{Client, Loader};
-use crate::full::{DECLINE_HOLD, LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, may_hold, pick_pool};
+use crate::full::{
+    DECLINE_HOLD, LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, may_hold, pick_pool, reusable_lease,
+};
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
 use crate::wire::{MessageType, Request};
 
 pub(super) const PREFIX: &str = "/bootfleet/v1/leases/";
+
+/// REQUESTs acknowledged from a lease got or renewed moments ago.
+static LEASES_REUSED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "bootfleet_dhcp_leases_reused_total",
+        "REQUESTs acknowledged for the time left on a lease got or renewed moments ago, without a store write"
+    )
+    .expect("metric registers once")
+});
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -319,6 +330,7 @@ pub(super) async fn answer(
     ctx: &ProxyContext,
     pools: &[Pool],
     reservations: &HashMap<String, Ipv4Addr>,
+    lease_reuse: f64,
     leases: &Leases,
 ) -> Option<Reply> {
     match ctx.verdict {
@@ -399,6 +411,17 @@ pub(super) async fn answer(
                 // then a read of the store, never a wrong ACK.
                 let indexed = leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(ip).cloned();
                 let (mut current, mut revision) = indexed.map_or((None, 0), |(e, r)| (Some(e), r));
+                // Got or renewed moments ago (the OS asking again after
+                // iPXE did): stored already, so acknowledged as it stands.
+                // The index holds this leader's own writes at once, and
+                // others' as the watch delivers them.
+                if let Some(secs) = reusable_lease(current.as_ref(), &mac, pool.lease_time, lease_reuse, now)
+                    .filter(|_| may_hold(pool, &mac, ip, current.as_ref(), reservations, now))
+                {
+                    LEASES_REUSED.inc();
+                    let r = reply(ReplyType::Ack, ip, request, ctx);
+                    return Ok(Some(complete(r, request, client, ctx, pool, Some(secs))));
+                }
                 let mut written = None;
                 for attempt in 0..2 {
                     if attempt > 0 {
@@ -430,7 +453,11 @@ pub(super) async fn answer(
                 let ip = request.ciaddr;
                 if let Some(kv) = leases.store.get(&key(ip)).await? {
                     if entry(&kv).is_some_and(|(_, e)| e.mac == mac) {
-                        leases.write(ip, None, kv.mod_revision).await?;
+                        if let Some(written) = leases.write(ip, None, kv.mod_revision).await? {
+                            // At once, not when the watch delivers it: a
+                            // REQUEST right after must not find it bound.
+                            leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, None, written);
+                        }
                         tracing::info!(%mac, %ip, "released");
                     }
                 }
@@ -441,7 +468,11 @@ pub(super) async fn answer(
                     let kv = leases.store.get(&key(ip)).await?;
                     let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
                     let expires = now + i64::try_from(DECLINE_HOLD.as_millis()).unwrap_or(600_000);
-                    leases.write(ip, Some((mac.clone(), LeaseState::Declined, expires, String::new())), revision).await?;
+                    let declined = Some((mac.clone(), LeaseState::Declined, expires, String::new()));
+                    if let Some(written) = leases.write(ip, declined, revision).await? {
+                        let entry = LeaseEntry { mac: mac.clone(), state: LeaseState::Declined, expires_unix_ms: expires };
+                        leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(entry), written);
+                    }
                     tracing::warn!(%mac, %ip, "address declined (in use elsewhere?)");
                 }
                 Ok(None)
