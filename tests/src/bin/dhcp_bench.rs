@@ -160,7 +160,8 @@ fn start_bootfleet(
     Ok(running)
 }
 
-fn start_kea(ns: &Netns, dir: &Path) -> anyhow::Result<Vec<Reaped>> {
+/// `extra`: more global Dhcp4 settings, each followed by a comma.
+fn start_kea(ns: &Netns, dir: &Path, extra: &str) -> anyhow::Result<Vec<Reaped>> {
     // Kea insists on its run directory for its PID and lock files.
     std::fs::create_dir_all("/run/kea")?;
     // Kea's default: memfile persisting to its lease file (appended, not
@@ -174,7 +175,7 @@ fn start_kea(ns: &Netns, dir: &Path) -> anyhow::Result<Vec<Reaped>> {
             r#"{{ "Dhcp4": {{
   "interfaces-config": {{ "interfaces": ["{SERVER_IF}"], "dhcp-socket-type": "udp" }},
   "lease-database": {{ "type": "memfile", "persist": true, "name": "{leases}" }},
-  "valid-lifetime": 3600,
+  "valid-lifetime": 3600, {extra}
   "subnet4": [ {{ "id": 1, "subnet": "198.19.0.0/16", "pools": [ {{ "pool": "198.19.1.0 - 198.19.255.250" }} ] }} ],
   "loggers": [ {{ "name": "kea-dhcp4", "severity": "ERROR", "output_options": [ {{ "output": "stderr" }} ] }} ]
 }} }}"#
@@ -330,11 +331,13 @@ fn main() -> anyhow::Result<()> {
     let client = Netns::create("bfpB")?;
     link(&server, "198.19.0.1/16", &client, "198.19.0.2/16")?;
     let mut rows = Vec::new();
-    let runs: [&str; 5] = [
+    let runs: [&str; 7] = [
         "bootfleet, embedded store",
         "bootfleet, embedded, no rules cache",
         "bootfleet, etcd + standby",
+        "bootfleet, etcd + standby, lease_reuse 0",
         "kea-dhcp4, memfile",
+        "kea-dhcp4, memfile, cache-threshold .25",
         "dnsmasq",
     ];
     // DHCP_BENCH_ONLY=<substring> limits the runs (for investigation).
@@ -364,13 +367,19 @@ fn main() -> anyhow::Result<()> {
                 "backend = \"embedded\"",
                 "rules_cache = \"0s\"",
             )?,
-            "bootfleet, etcd + standby" => {
+            // Every REQUEST written (lease_reuse = 0), as Kea does by default.
+            "bootfleet, etcd + standby" | "bootfleet, etcd + standby, lease_reuse 0" => {
                 let etcd = EtcdCluster::start_in(1, Some("bfpA"))?;
                 let store = format!("backend = \"etcd\"\netcd_endpoints = [\"{}\"]", etcd.endpoint(0));
                 _etcd = Some(etcd);
-                start_bootfleet(&server, dir.path(), &[("ha1", 2), ("ha2", 3)], &store, "")?
+                let extra = if name.ends_with("lease_reuse 0") { "lease_reuse = 0.0" } else { "" };
+                start_bootfleet(&server, dir.path(), &[("ha1", 2), ("ha2", 3)], &store, extra)?
             }
-            "kea-dhcp4, memfile" => start_kea(&server, dir.path())?,
+            "kea-dhcp4, memfile" => start_kea(&server, dir.path(), "")?,
+            // Kea's counterpart of Bootfleet's lease reuse (off by default).
+            "kea-dhcp4, memfile, cache-threshold .25" => {
+                start_kea(&server, dir.path(), r#""cache-threshold": 0.25,"#)?
+            }
             _ => start_dnsmasq(&server, dir.path())?,
         };
         let mut pids: Vec<u32> = processes.iter().map(|p| p.0.id()).collect();
@@ -391,6 +400,7 @@ fn main() -> anyhow::Result<()> {
             let metrics = server.run("curl", &["-s", &format!("{admin}/metrics")]).unwrap_or_default();
             let shown = |l: &&str| {
                 l.starts_with("bootfleet_dhcp_requests_total")
+                    || l.starts_with("bootfleet_dhcp_leases_reused_total")
                     || ((l.starts_with("bootfleet_dhcp_request_seconds")
                         || l.starts_with("bootfleet_embedded_commit"))
                         && !l.contains("_bucket"))
