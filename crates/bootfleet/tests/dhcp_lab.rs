@@ -81,7 +81,14 @@ rules_url = "{RULES}"
         ),
     )
     .unwrap();
-    let up = Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap());
+    let up = Reaped(
+        server
+            .spawn(
+                BIN,
+                &["up", "-c", config.to_str().unwrap(), "--log", "warn"],
+            )
+            .unwrap(),
+    );
     wait_serving_in(&server, 9100, "dhcp: serving", Duration::from_secs(20));
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, manifest).unwrap();
@@ -222,28 +229,26 @@ fn full_dhcp_leases_to_a_real_client_and_renews() {
     // acknowledged for the time the stored lease has left, without a write.
     let reused = || {
         let metrics =
-            lab.server.command("curl").args(["-s", "http://127.0.0.1:9100/metrics"]).output().unwrap();
+            lab.server.command("curl").args(["-sf", "http://127.0.0.1:9100/metrics"]).output().unwrap();
+        assert!(metrics.status.success(), "metrics: {metrics:?}");
         String::from_utf8_lossy(&metrics.stdout)
             .lines()
             .find_map(|l| l.strip_prefix("bootfleet_dhcp_leases_reused_total ")?.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let mut lease_times = Vec::new();
-    for round in 0..2 {
+    // udhcpc once: the address and the lease time it was given.
+    let lease = |round: &str| {
         let out = udhcpc(&lab, &["-n", "-q"]);
         let text =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "round {round}: {text}");
-        assert!(text.contains("lease of 198.18.40.100 obtained"), "round {round}: {text}");
-        let seconds =
-            text.split("lease time ").nth(1).and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok());
-        lease_times.push(seconds.unwrap_or_else(|| panic!("round {round}: no lease time in {text}")));
-        assert_eq!(reused(), round, "round {round}: leases reused so far");
-    }
-    assert_eq!(lease_times[0], 60, "a new lease is a whole lease");
-    assert!((50..60).contains(&lease_times[1]), "a reused lease has less left: {lease_times:?}");
-    // Renewal: SIGUSR1 makes udhcpc renew now (unicast, from the leased
-    // address, which its script configures); it must get the lease again.
+        assert!(out.status.success(), "{round}: {text}");
+        let word_after =
+            |marker: &str| text.split(marker).nth(1)?.split_whitespace().next().map(str::to_owned);
+        let address = word_after("lease of ").unwrap_or_else(|| panic!("{round}: no lease in {text}"));
+        let seconds = word_after("lease time ").and_then(|s| s.parse::<u32>().ok());
+        (address, seconds.unwrap_or_else(|| panic!("{round}: no lease time in {text}")))
+    };
+    // Configures the leased address, so udhcpc can renew and release from it.
     let script = lab.dir.path().join("udhcpc.sh");
     std::fs::write(
         &script,
@@ -251,6 +256,15 @@ fn full_dhcp_leases_to_a_real_client_and_renews() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert_eq!(lease("first"), ("198.18.40.100".to_owned(), 60), "a new lease is a whole lease");
+    let before = reused();
+    let (address, again) = lease("again");
+    assert_eq!(address, "198.18.40.100", "the same address again");
+    assert!((50..60).contains(&again), "a reused lease has less left: {again}");
+    assert!(reused() > before, "the second lease was written again, not reused");
+    // Renewal: SIGUSR1 makes udhcpc renew now (unicast, from the leased
+    // address, which its script configures); it must get the lease again.
+    // Then SIGUSR2 releases it.
     let child = lab
         .client
         .command("udhcpc")
@@ -264,15 +278,21 @@ fn full_dhcp_leases_to_a_real_client_and_renews() {
     std::thread::sleep(Duration::from_millis(2500));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let out = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.matches("lease of 198.18.40.100 obtained").count() >= 2, "no renewal seen: {text}");
+    assert!(text.contains("entering released state"), "no release sent: {text}");
+    // Released: the next lease is written afresh, a whole lease again.
+    let (held, seconds) = lease("after release");
+    assert_eq!(seconds, 60, "a released lease must not be reused");
     // A PXE ROM gets an address and its loader in one answer.
     let pxe = lab.probe("52:54:00:00:40:07", "pxe-bios").expect("a PXE client is answered in full mode");
     assert_eq!((pxe["message_type"].as_u64(), pxe["file"].as_str()), (Some(2), Some("undionly.kpxe")));
     assert!(pxe["yiaddr"].as_str().unwrap().starts_with("198.18.40.1"), "{pxe}");
-    assert_ne!(pxe["yiaddr"], "198.18.40.100", "that address is the first client's");
+    assert_ne!(pxe["yiaddr"].as_str(), Some(held.as_str()), "that address is the first client's");
     assert_eq!(lab.probe("52:54:00:00:40:08", "http").unwrap()["vendor_class"], "HTTPClient");
     // A host no rule names gets nothing.
     lab.client.ip(&["link", "set", &lab.client_if, "address", "00:11:22:33:44:55"]).unwrap();
@@ -334,7 +354,14 @@ lease_time = "60s"
             ),
         )
         .unwrap();
-        Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap())
+        Reaped(
+            server
+                .spawn(
+                    BIN,
+                    &["up", "-c", config.to_str().unwrap(), "--log", "warn"],
+                )
+                .unwrap(),
+        )
     };
     let mut replicas = vec![("ra", replica("ra", 1)), ("rb", replica("rb", 2))];
     for port in [9201, 9202] {

@@ -95,6 +95,17 @@ fn bad_configuration_exits_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("store.backend"), "{out:?}");
 
+    // A lease reuse past 0.45 would let renewals at T1 shrink leases.
+    std::fs::write(
+        &file,
+        "[dhcp]\nmode = \"full\"\ninterfaces = [\"lo\"]\nserver_ip = \"198.18.0.1\"\nlease_reuse = 0.6\n\
+         [[dhcp.pools]]\nsubnet = \"198.18.0.0/24\"\nstart = \"198.18.0.100\"\nend = \"198.18.0.110\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["up", "--validate", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dhcp.lease_reuse"), "{out:?}");
+
     let out = Command::new(BIN).args(["up", "--admin-listen", "nowhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(

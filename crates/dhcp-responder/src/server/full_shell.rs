@@ -1,6 +1,8 @@
 //! Full-DHCP requests against the leases in the store. Every lease write is
 //! a compare-and-swap on the lease key's revision and on this replica's
-//! election key, and nothing is ACKed before its write committed. Only the
+//! election key, and nothing is ACKed before its write committed — or, for
+//! a lease got or renewed moments ago and acknowledged as it stands, before
+//! a transaction with the same two compares confirmed it. Only the
 //! acting leader answers (hot standby): a standby stays silent but watches
 //! the leases, and takes over when the leader's lease lapses. A deposed
 //! leader's writes fail, so two replicas that both believe they lead still
@@ -223,6 +225,20 @@ impl Leases {
             }
             None => TxnOp::delete(key(ip)),
         };
+        self.queue(ip, Some(op), revision).await
+    }
+
+    /// Whether the lease of `ip` is still at `revision` and this replica
+    /// still leads, confirmed by a transaction (batched with the writes;
+    /// it writes nothing, so it waits for no disk and no raft entry).
+    async fn confirm(&self, ip: Ipv4Addr, revision: i64) -> StoreResult<bool> {
+        if self.acting_guard().is_none() {
+            return Ok(false);
+        }
+        Ok(self.queue(ip, None, revision).await?.is_some())
+    }
+
+    async fn queue(&self, ip: Ipv4Addr, op: Option<TxnOp>, revision: i64) -> StoreResult<Option<i64>> {
         let (done, result) = oneshot::channel();
         if self.writes.send(WriteJob { ip, op, revision, done }).await.is_err() {
             return Ok(None);
@@ -412,15 +428,21 @@ pub(super) async fn answer(
                 let indexed = leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(ip).cloned();
                 let (mut current, mut revision) = indexed.map_or((None, 0), |(e, r)| (Some(e), r));
                 // Got or renewed moments ago (the OS asking again after
-                // iPXE did): stored already, so acknowledged as it stands.
-                // The index holds this leader's own writes at once, and
-                // others' as the watch delivers them.
-                if let Some(secs) = reusable_lease(current.as_ref(), &mac, pool.lease_time, lease_reuse, now)
-                    .filter(|_| may_hold(pool, &mac, ip, current.as_ref(), reservations, now))
-                {
-                    LEASES_REUSED.inc();
-                    let r = reply(ReplyType::Ack, ip, request, ctx);
-                    return Ok(Some(complete(r, request, client, ctx, pool, Some(secs))));
+                // iPXE did): stored already, so acknowledged as it stands —
+                // once a transaction has confirmed that the store still
+                // holds it at the indexed revision and that this replica
+                // still leads (the index may lag the store, or hold what a
+                // late watch event brought back).
+                let reusable = reusable_lease(current.as_ref(), &mac, pool.lease_time, lease_reuse, now)
+                    .filter(|_| may_hold(pool, &mac, ip, current.as_ref(), reservations, now));
+                if let Some(secs) = reusable {
+                    if leases.confirm(ip, revision).await? {
+                        LEASES_REUSED.inc();
+                        let r = reply(ReplyType::Ack, ip, request, ctx);
+                        return Ok(Some(complete(r, request, client, ctx, pool, Some(secs))));
+                    }
+                    // Not as indexed: written as usual, from a fresh read.
+                    (current, revision) = leases.read(ip).await?;
                 }
                 let mut written = None;
                 for attempt in 0..2 {
@@ -454,11 +476,10 @@ pub(super) async fn answer(
                 if let Some(kv) = leases.store.get(&key(ip)).await? {
                     if entry(&kv).is_some_and(|(_, e)| e.mac == mac) {
                         if let Some(written) = leases.write(ip, None, kv.mod_revision).await? {
-                            // At once, not when the watch delivers it: a
-                            // REQUEST right after must not find it bound.
+                            // At once, not when the watch delivers it.
                             leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, None, written);
+                            tracing::info!(%mac, %ip, "released");
                         }
-                        tracing::info!(%mac, %ip, "released");
                     }
                 }
                 Ok(None)

@@ -25,9 +25,13 @@ use super::full_shell::{LeaderToken, key};
 /// One lease write waiting for the batch writer.
 pub(super) struct WriteJob {
     pub(super) ip: Ipv4Addr,
-    pub(super) op: TxnOp,
+    /// `None`: write nothing, only confirm (in the same transaction as the
+    /// writes batched with it) that the lease is still at `revision` and
+    /// this replica still leads — for a lease acknowledged as it stands.
+    pub(super) op: Option<TxnOp>,
     pub(super) revision: i64,
-    /// The lease's new revision once committed; `None`: not committed.
+    /// The lease's revision once committed (unchanged for a confirmation);
+    /// `None`: not committed (or no longer as expected).
     pub(super) done: oneshot::Sender<StoreResult<Option<i64>>>,
 }
 
@@ -131,12 +135,13 @@ async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) {
         for job in &group {
             txn = txn
                 .when([Compare::mod_revision(key(job.ip), CompareOp::Equal, job.revision)])
-                .and_then([job.op.clone()]);
+                .and_then(job.op.clone());
         }
         match store.txn(txn).await {
             Ok(result) if result.succeeded => {
                 for job in group {
-                    let _ = job.done.send(Ok(Some(result.revision)));
+                    let revision = if job.op.is_some() { result.revision } else { job.revision };
+                    let _ = job.done.send(Ok(Some(revision)));
                 }
             }
             Ok(_) if group.len() == 1 => {
@@ -168,7 +173,7 @@ mod tests {
 
     fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<Option<i64>>>) {
         let (done, result) = oneshot::channel();
-        (WriteJob { ip, op: TxnOp::put(key(ip), b"lease".to_vec()), revision, done }, result)
+        (WriteJob { ip, op: Some(TxnOp::put(key(ip), b"lease".to_vec())), revision, done }, result)
     }
 
     fn acting_leader(acting: bool) -> watch::Receiver<Option<Arc<LeaderToken>>> {
@@ -197,6 +202,34 @@ mod tests {
         }
         assert!(twice.await.unwrap().unwrap().is_none(), "a stale write must not commit");
         assert_eq!(store.range(PREFIX).await.unwrap().kvs.len(), 250);
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_holds_only_for_the_revision_it_names_and_writes_nothing() {
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let (tx, queue) = mpsc::channel(16);
+        tokio::spawn(write_batches(store.clone(), acting_leader(true), queue));
+        let ip = Ipv4Addr::new(198, 18, 0, 9);
+        let (first, first_done) = job(ip, 0);
+        tx.send(first).await.unwrap();
+        let revision = first_done.await.unwrap().unwrap().expect("committed");
+        let confirm = |revision: i64| {
+            let (done, result) = oneshot::channel();
+            (WriteJob { ip, op: None, revision, done }, result)
+        };
+        let (held, held_done) = confirm(revision);
+        tx.send(held).await.unwrap();
+        assert_eq!(held_done.await.unwrap().unwrap(), Some(revision), "still as indexed");
+        let (stale, stale_done) = confirm(revision - 1);
+        tx.send(stale).await.unwrap();
+        assert_eq!(stale_done.await.unwrap().unwrap(), None, "the lease moved on");
+        assert_eq!(store.get(&key(ip)).await.unwrap().unwrap().mod_revision, revision, "nothing written");
+        // Not for a replica that no longer leads.
+        let (tx, queue) = mpsc::channel(16);
+        tokio::spawn(write_batches(store.clone(), acting_leader(false), queue));
+        let (deposed, deposed_done) = confirm(revision);
+        tx.send(deposed).await.unwrap();
+        assert_eq!(deposed_done.await.unwrap().unwrap(), None);
     }
 
     #[tokio::test]
