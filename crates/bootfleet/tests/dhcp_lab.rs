@@ -81,14 +81,7 @@ rules_url = "{RULES}"
         ),
     )
     .unwrap();
-    let up = Reaped(
-        server
-            .spawn(
-                BIN,
-                &["up", "-c", config.to_str().unwrap(), "--log", "warn"],
-            )
-            .unwrap(),
-    );
+    let up = Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap());
     wait_serving_in(&server, 9100, "dhcp: serving", Duration::from_secs(20));
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, manifest).unwrap();
@@ -354,14 +347,7 @@ lease_time = "60s"
             ),
         )
         .unwrap();
-        Reaped(
-            server
-                .spawn(
-                    BIN,
-                    &["up", "-c", config.to_str().unwrap(), "--log", "warn"],
-                )
-                .unwrap(),
-        )
+        Reaped(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", "warn"]).unwrap())
     };
     let mut replicas = vec![("ra", replica("ra", 1)), ("rb", replica("rb", 2))];
     for port in [9201, 9202] {
