@@ -229,8 +229,9 @@ impl Leases {
     }
 
     /// Whether the lease of `ip` is still at `revision` and this replica
-    /// still leads, confirmed by a transaction (batched with the writes;
-    /// it writes nothing, so it waits for no disk and no raft entry).
+    /// still leads, confirmed by a transaction batched with the writes. It
+    /// writes nothing: a batch of confirmations alone waits for no disk and
+    /// no raft entry (a batch with writes in it commits them first).
     async fn confirm(&self, ip: Ipv4Addr, revision: i64) -> StoreResult<bool> {
         if self.acting_guard().is_none() {
             return Ok(false);
