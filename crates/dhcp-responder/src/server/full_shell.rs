@@ -80,7 +80,8 @@ pub(super) struct Leases {
     member_id: String,
     leader: watch::Receiver<Option<Arc<LeaderToken>>>,
     writes: mpsc::Sender<WriteJob>,
-    /// Every lease, indexed; kept current from the watched copy.
+    /// Every lease, indexed; kept current from the watched copy and from
+    /// this replica's own writes.
     index: Arc<std::sync::Mutex<LeaseTable>>,
     /// The watched copy (its status tells whether the store is reachable).
     cache: SnapshotCache,
@@ -194,7 +195,9 @@ impl Leases {
 
     /// Writes (or with `None` deletes) the lease of `ip` if its revision is
     /// still `revision` (0: absent). Returns the lease's new revision if it
-    /// committed.
+    /// committed; the index then holds the write at once, not when the
+    /// watch delivers it, so a request that follows right away (a REQUEST
+    /// after its OFFER, one after a RELEASE) compares against it.
     async fn write(
         &self,
         ip: Ipv4Addr,
@@ -206,6 +209,11 @@ impl Leases {
         if self.acting_guard().is_none() {
             return Ok(None);
         }
+        let entry = lease.as_ref().map(|(mac, state, expires, _)| LeaseEntry {
+            mac: mac.clone(),
+            state: *state,
+            expires_unix_ms: *expires,
+        });
         let op = match lease {
             Some((mac, state, expires, hostname)) => {
                 let state = match state {
@@ -225,7 +233,16 @@ impl Leases {
             }
             None => TxnOp::delete(key(ip)),
         };
-        self.queue(ip, Some(op), revision).await
+        let written = self.queue(ip, Some(op), revision).await?;
+        if let Some(written) = written {
+            self.table().apply(ip, entry, written);
+        }
+        Ok(written)
+    }
+
+    /// The lease index.
+    fn table(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the lease of `ip` is still at `revision` and this replica
@@ -312,8 +329,7 @@ fn answer_offline(
     }
     let mac = request.mac_text();
     let now = now_ms();
-    let (ip, expires) =
-        leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).bound_lease(&mac, now)?;
+    let (ip, expires) = leases.table().bound_lease(&mac, now)?;
     if !pool.on_subnet(ip) {
         return None; // the host moved: its old address is no good here
     }
@@ -372,7 +388,7 @@ pub(super) async fn answer(
                 let expires = now + i64::try_from(OFFER_HOLD.as_millis()).unwrap_or(30_000);
                 for attempt in 0..3 {
                     let chosen = {
-                        let mut table = leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut table = leases.table();
                         table.offer(pool, &mac, reservations, now).map(|ip| {
                             let current = table.get(ip).cloned();
                             let bound = current.as_ref().is_some_and(|(e, _)| {
@@ -393,17 +409,7 @@ pub(super) async fn answer(
                     };
                     let held = bound || {
                         let offered = Some((mac.clone(), LeaseState::Offered, expires, hostname.clone()));
-                        match leases.write(ip, offered, revision).await? {
-                            Some(written) => {
-                                // The index learns the new revision now, not
-                                // when the watch delivers it: the REQUEST
-                                // that follows at once compares against it.
-                                let entry = LeaseEntry { mac: mac.clone(), state: LeaseState::Offered, expires_unix_ms: expires };
-                                leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(entry), written);
-                                true
-                            }
-                            None => false,
-                        }
+                        leases.write(ip, offered, revision).await?.is_some()
                     };
                     if held {
                         let r = reply(ReplyType::Offer, ip, request, ctx);
@@ -411,7 +417,7 @@ pub(super) async fn answer(
                     }
                     tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading that lease again");
                     let (fresh, revision) = leases.read(ip).await?;
-                    leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(ip, fresh, revision);
+                    leases.table().replace(ip, fresh, revision);
                 }
                 Ok(None)
             }
@@ -426,7 +432,7 @@ pub(super) async fn answer(
                 // First from the index (no store read); the write compares
                 // the revision, so a stale index costs one failed write and
                 // then a read of the store, never a wrong ACK.
-                let indexed = leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(ip).cloned();
+                let indexed = leases.table().get(ip).cloned();
                 let (mut current, mut revision) = indexed.map_or((None, 0), |(e, r)| (Some(e), r));
                 // Got or renewed moments ago (the OS asking again after
                 // iPXE did): stored already, so acknowledged as it stands —
@@ -466,21 +472,19 @@ pub(super) async fn answer(
                         break;
                     }
                 }
-                let Some(written) = written else { return Ok(None) };
-                let bound = LeaseEntry { mac: mac.clone(), state: LeaseState::Bound, expires_unix_ms: expires };
-                leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(bound), written);
+                if written.is_none() {
+                    return Ok(None);
+                }
                 let r = reply(ReplyType::Ack, ip, request, ctx);
                 Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))))
             }
             MessageType::Release => {
                 let ip = request.ciaddr;
                 if let Some(kv) = leases.store.get(&key(ip)).await? {
-                    if entry(&kv).is_some_and(|(_, e)| e.mac == mac) {
-                        if let Some(written) = leases.write(ip, None, kv.mod_revision).await? {
-                            // At once, not when the watch delivers it.
-                            leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, None, written);
-                            tracing::info!(%mac, %ip, "released");
-                        }
+                    if entry(&kv).is_some_and(|(_, e)| e.mac == mac)
+                        && leases.write(ip, None, kv.mod_revision).await?.is_some()
+                    {
+                        tracing::info!(%mac, %ip, "released");
                     }
                 }
                 Ok(None)
@@ -491,10 +495,7 @@ pub(super) async fn answer(
                     let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
                     let expires = now + i64::try_from(DECLINE_HOLD.as_millis()).unwrap_or(600_000);
                     let declined = Some((mac.clone(), LeaseState::Declined, expires, String::new()));
-                    if let Some(written) = leases.write(ip, declined, revision).await? {
-                        let entry = LeaseEntry { mac: mac.clone(), state: LeaseState::Declined, expires_unix_ms: expires };
-                        leases.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(ip, Some(entry), written);
-                    }
+                    leases.write(ip, declined, revision).await?;
                     tracing::warn!(%mac, %ip, "address declined (in use elsewhere?)");
                 }
                 Ok(None)
