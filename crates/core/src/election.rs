@@ -207,6 +207,7 @@ pub struct Leadership {
     election: Election,
     key: LeaderKey,
     acting: watch::Receiver<bool>,
+    deadline: watch::Receiver<Instant>,
     stop: CancellationToken,
 }
 
@@ -230,13 +231,14 @@ impl Leadership {
         let granted_at = Instant::now();
         let lease = store.lease_grant(ttl).await?;
         let (acting_tx, acting) = watch::channel(true);
+        let (deadline_tx, deadline) =
+            watch::channel(granted_at + ttl.saturating_sub(Timing::for_ttl(ttl).margin));
         let stop = CancellationToken::new();
         tokio::spawn(keep_lease(
             store.clone(),
             lease,
-            granted_at + ttl.saturating_sub(Timing::for_ttl(ttl).margin),
             ttl,
-            acting_tx,
+            Signals { acting: acting_tx, deadline: deadline_tx },
             stop.clone(),
         ));
         let mut lease_alive = acting.clone();
@@ -249,7 +251,7 @@ impl Leadership {
             Some(Ok(key)) if *acting.borrow() => {
                 metrics::LEADER.with_label_values(&[election.name()]).set(1);
                 tracing::info!(election = %election.name(), key = %key.key, "became leader");
-                Ok(Some(Self { election: election.clone(), key, acting, stop }))
+                Ok(Some(Self { election: election.clone(), key, acting, deadline, stop }))
             }
             other => {
                 stop.cancel();
@@ -273,6 +275,15 @@ impl Leadership {
     /// checks it without owning the [`Leadership`].
     pub fn acting_updates(&self) -> watch::Receiver<bool> {
         self.acting.clone()
+    }
+
+    /// The moment acting ends unless the lease is renewed before it; moves
+    /// later with each renewal. [`Self::is_acting`] turns false only once
+    /// the renewal task has run past it, which a busy runtime may delay:
+    /// a leader that acts on what it alone knows, with no guarded store
+    /// write to fence it, checks the clock against this instead.
+    pub fn deadline_updates(&self) -> watch::Receiver<Instant> {
+        self.deadline.clone()
     }
 
     /// Resolves once leadership is lost (lease not renewed in time, or gone).
@@ -316,19 +327,25 @@ impl Drop for Leadership {
     }
 }
 
+/// What [`keep_lease`] tells the leader: whether it may act, and until when.
+struct Signals {
+    acting: watch::Sender<bool>,
+    deadline: watch::Sender<Instant>,
+}
+
 /// Renews `lease` until `stop`, keeping `acting` true only until the deadline
 /// implied by the last successful renewal.
 async fn keep_lease(
     store: SharedStore,
     lease: LeaseId,
-    mut deadline: Instant,
     ttl: Duration,
-    acting: watch::Sender<bool>,
+    signals: Signals,
     stop: CancellationToken,
 ) {
     let mut timing = Timing::for_ttl(ttl);
+    let mut deadline = *signals.deadline.borrow();
     let lose = |reason: &str| {
-        acting.send_replace(false);
+        signals.acting.send_replace(false);
         tracing::warn!(lease = format_args!("{lease:x}"), reason, "leadership lost");
     };
     loop {
@@ -340,6 +357,7 @@ async fn keep_lease(
                 Ok(granted) => {
                     timing = Timing::for_ttl(granted);
                     deadline = deadline.max(sent + granted.saturating_sub(timing.margin));
+                    signals.deadline.send_replace(deadline);
                 }
                 Err(StoreError::LeaseNotFound(_)) => return lose("lease expired"),
                 Err(e) => tracing::debug!(lease = format_args!("{lease:x}"), error = %e, "lease renewal failed"),

@@ -152,20 +152,36 @@ pub fn reusable_lease(
 
 /// The leases a responder knows, indexed by address and by MAC, with a
 /// cursor so that finding a free address does not rescan the pool.
+///
+/// The index is a hint: it may lag the store, or hold what a late watch
+/// event brought back. An entry becomes more than a hint only when it is
+/// *verified*: the leader itself committed it, or confirmed it with a
+/// guarded transaction, during its current term (see
+/// [`LeaseTable::verify`]).
 #[derive(Clone, Debug, Default)]
 pub struct LeaseTable {
     by_ip: BTreeMap<Ipv4Addr, (LeaseEntry, i64)>,
     by_mac: HashMap<String, Ipv4Addr>,
+    /// Entries the store was seen to hold, by the term that saw them.
+    verified: HashMap<Ipv4Addr, u64>,
+    /// Writes on their way, per address: until they commit the store may
+    /// hold either version, so nothing there is verified.
+    writing: HashMap<Ipv4Addr, u32>,
     cursor: u32,
 }
 
 impl LeaseTable {
     /// Sets (or with `None` removes) the lease of `ip` as stored at
-    /// `revision`; older news than what the table holds is ignored.
+    /// `revision`; older news than what the table holds is ignored. The
+    /// entry stays verified only if this is the same lease at the same
+    /// revision (the watch echoing a write the leader made itself).
     pub fn apply(&mut self, ip: Ipv4Addr, lease: Option<LeaseEntry>, revision: i64) {
-        if self.by_ip.get(&ip).is_some_and(|(_, known)| *known > revision) {
-            return;
+        match self.by_ip.get(&ip) {
+            Some((_, known)) if *known > revision => return,
+            Some((known_lease, known)) if *known == revision && Some(known_lease) == lease.as_ref() => return,
+            _ => {}
         }
+        self.verified.remove(&ip);
         if let Some((old, _)) = self.by_ip.remove(&ip) {
             if self.by_mac.get(&old.mac) == Some(&ip) {
                 self.by_mac.remove(&old.mac);
@@ -179,11 +195,58 @@ impl LeaseTable {
         }
     }
 
+    /// Replaces every lease with `leases` (a fresh copy of the store). Only
+    /// the writes on their way are kept: they have yet to end.
+    pub fn reload(&mut self, leases: impl IntoIterator<Item = (Ipv4Addr, LeaseEntry, i64)>) {
+        let writing = std::mem::take(&mut self.writing);
+        *self = Self { writing, ..Self::default() };
+        for (ip, lease, revision) in leases {
+            self.apply(ip, Some(lease), revision);
+        }
+    }
+
     /// Sets the lease of `ip` unconditionally (after reading the store).
     pub fn replace(&mut self, ip: Ipv4Addr, lease: Option<LeaseEntry>, revision: i64) {
         self.by_ip.remove(&ip);
+        self.verified.remove(&ip);
         self.by_mac.retain(|_, held| *held != ip);
         self.apply(ip, lease, revision);
+    }
+
+    /// Records that the leader of `term` saw the store hold the lease of
+    /// `ip` at `revision` — by committing it, or by a guarded transaction
+    /// that compared it — if the table holds that revision. While that
+    /// term lasts, no one else can write the lease (every lease write is
+    /// fenced by the leader's election key), so the entry stays true until
+    /// this leader writes it again or the term ends.
+    pub fn verify(&mut self, ip: Ipv4Addr, revision: i64, term: u64) {
+        let at_revision = self.by_ip.get(&ip).is_some_and(|(_, known)| *known == revision);
+        if at_revision && !self.writing.contains_key(&ip) {
+            self.verified.insert(ip, term);
+        }
+    }
+
+    /// A write to `ip` is on its way: the entry is not verified until a
+    /// later [`Self::verify`] after every such write has ended.
+    pub fn begin_write(&mut self, ip: Ipv4Addr) {
+        self.verified.remove(&ip);
+        *self.writing.entry(ip).or_default() += 1;
+    }
+
+    /// A write begun with [`Self::begin_write`] committed or failed.
+    pub fn end_write(&mut self, ip: Ipv4Addr) {
+        if let std::collections::hash_map::Entry::Occupied(mut left) = self.writing.entry(ip) {
+            *left.get_mut() -= 1;
+            if *left.get() == 0 {
+                left.remove();
+            }
+        }
+    }
+
+    /// Whether the lease of `ip` is at `revision` and was verified in `term`.
+    pub fn is_verified(&self, ip: Ipv4Addr, revision: i64, term: u64) -> bool {
+        self.verified.get(&ip) == Some(&term)
+            && self.by_ip.get(&ip).is_some_and(|(_, known)| *known == revision)
     }
 
     /// The unexpired bound lease `mac` holds: its address and expiry.
@@ -322,6 +385,60 @@ mod tests {
         // A renewal at T1 (half the lease) is written, whatever the setting.
         let at_t1 = lease("aa", LeaseState::Bound, NOW + 1_800_000);
         assert_eq!(reusable_lease(Some(&at_t1), "aa", hour, 0.9, NOW), None);
+    }
+
+    #[test]
+    fn verification_holds_for_one_term_and_one_revision() {
+        let mut table = LeaseTable::default();
+        let ip = Ipv4Addr::new(198, 18, 0, 100);
+        let bound = lease("aa", LeaseState::Bound, 5_000);
+        table.apply(ip, Some(bound.clone()), 7);
+        assert!(!table.is_verified(ip, 7, 1), "a watched entry is only a hint");
+        table.verify(ip, 6, 1);
+        assert!(!table.is_verified(ip, 7, 1), "verified at another revision");
+        table.verify(ip, 7, 1);
+        assert!(table.is_verified(ip, 7, 1));
+        assert!(!table.is_verified(ip, 7, 2), "another term");
+        assert!(!table.is_verified(ip, 6, 1));
+        // The watch echoing the same write keeps it; older news is ignored.
+        table.apply(ip, Some(bound.clone()), 7);
+        table.apply(ip, None, 5);
+        assert!(table.is_verified(ip, 7, 1));
+        // A provisional change at the same revision, a newer revision, a
+        // write on its way, a re-read: each ends it.
+        table.apply(ip, Some(lease("bb", LeaseState::Offered, 5_000)), 7);
+        assert!(!table.is_verified(ip, 7, 1));
+        for end in 0..3 {
+            table.replace(ip, Some(bound.clone()), 7);
+            table.verify(ip, 7, 1);
+            match end {
+                0 => table.apply(ip, Some(bound.clone()), 8),
+                1 => table.begin_write(ip),
+                _ => table.replace(ip, Some(bound.clone()), 7),
+            }
+            assert!(!table.is_verified(ip, 7, 1) && !table.is_verified(ip, 8, 1), "case {end}");
+            if end == 1 {
+                table.end_write(ip);
+            }
+        }
+        // While writes are on their way (two here), a confirmation that
+        // saw the revision before them verifies nothing.
+        table.replace(ip, Some(bound.clone()), 7);
+        table.begin_write(ip);
+        table.begin_write(ip);
+        table.verify(ip, 7, 1);
+        table.end_write(ip);
+        table.verify(ip, 7, 1);
+        assert!(!table.is_verified(ip, 7, 1), "a write is still on its way");
+        table.end_write(ip);
+        table.verify(ip, 7, 1);
+        assert!(table.is_verified(ip, 7, 1));
+        // A deleted lease that a late event brings back is not verified.
+        table.replace(ip, Some(bound.clone()), 7);
+        table.verify(ip, 7, 1);
+        table.apply(ip, None, 9);
+        table.apply(ip, Some(bound), 7);
+        assert!(!table.is_verified(ip, 7, 1));
     }
 
     #[test]

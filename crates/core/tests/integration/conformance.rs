@@ -275,6 +275,10 @@ async fn leadership_guard_fences_writes(b: &Backend) {
         .unwrap()
         .expect("not cancelled");
     assert!(leader.is_acting());
+    // The deadline lies within the TTL, and renewals move it later.
+    let deadlines = leader.deadline_updates();
+    let first = *deadlines.borrow();
+    assert!(first > tokio::time::Instant::now() && first <= tokio::time::Instant::now() + ttl);
     let guarded = |value: &[u8]| {
         TxnRequest::new().when([leader.guard()]).and_then([TxnOp::put(format!("{P}fenced"), value.to_vec())])
     };
@@ -282,6 +286,12 @@ async fn leadership_guard_fences_writes(b: &Backend) {
     // Leadership outlives its TTL while renewed.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(leader.is_acting(), "renewals must keep leadership");
+    let renewed = *deadlines.borrow();
+    assert!(
+        renewed > first + Duration::from_secs(1),
+        "renewals must move the deadline: {first:?} → {renewed:?}"
+    );
+    assert!(renewed > tokio::time::Instant::now());
     // A second candidate waits; cancelling it withdraws the candidacy.
     let waiting = CancellationToken::new();
     let e2 = election.clone();

@@ -71,6 +71,20 @@ fn entry(kv: &KeyValue) -> Option<(Ipv4Addr, LeaseEntry)> {
 pub(super) struct LeaderToken {
     pub(super) guard: Compare,
     pub(super) acting: watch::Receiver<bool>,
+    /// When acting ends unless the election lease is renewed first.
+    pub(super) deadline: watch::Receiver<tokio::time::Instant>,
+    /// Counts this replica's leaderships: index entries verified in one
+    /// are not trusted in the next.
+    pub(super) term: u64,
+}
+
+impl LeaderToken {
+    /// This leadership's term, if it still acts by the clock as well as by
+    /// the flag (whose update may wait for a busy runtime).
+    fn acting_term(&self) -> Option<u64> {
+        let by_clock = tokio::time::Instant::now() < *self.deadline.borrow();
+        (*self.acting.borrow() && by_clock).then_some(self.term)
+    }
 }
 
 /// The leases, as the store and a watched copy hold them, and the
@@ -97,13 +111,12 @@ async fn maintain_index(cache: SnapshotCache, index: Arc<std::sync::Mutex<LeaseT
     let mut events = cache.subscribe();
     cache.loaded().await;
     let rebuild = |index: &std::sync::Mutex<LeaseTable>| {
-        let mut table = LeaseTable::default();
-        for kv in cache.list(PREFIX) {
-            if let Some((ip, lease)) = entry(&kv) {
-                table.apply(ip, Some(lease), kv.mod_revision);
-            }
-        }
-        *index.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        let leases: Vec<_> = cache
+            .list(PREFIX)
+            .iter()
+            .filter_map(|kv| entry(kv).map(|(ip, e)| (ip, e, kv.mod_revision)))
+            .collect();
+        index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).reload(leases);
     };
     rebuild(&index);
     loop {
@@ -139,13 +152,19 @@ impl Leases {
         let last_acting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let became_leader = Arc::clone(&last_acting);
         tokio::spawn(async move {
+            let mut term = 0;
             while !stop.is_cancelled() {
                 match Leadership::acquire(&election, id.clone().into_bytes(), ttl, &stop).await {
                     Ok(Some(mut leadership)) => {
                         tracing::info!("acting DHCP leader");
                         became_leader.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let token =
-                            LeaderToken { guard: leadership.guard(), acting: leadership.acting_updates() };
+                        term += 1;
+                        let token = LeaderToken {
+                            guard: leadership.guard(),
+                            acting: leadership.acting_updates(),
+                            deadline: leadership.deadline_updates(),
+                            term,
+                        };
                         tx.send_replace(Some(Arc::new(token)));
                         tokio::select! {
                             () = leadership.lost() => tracing::warn!("DHCP leadership lost; standing by"),
@@ -233,11 +252,33 @@ impl Leases {
             }
             None => TxnOp::delete(key(ip)),
         };
-        let written = self.queue(ip, Some(op), revision).await?;
+        let term = self.acting_term();
+        let writing = WriteInFlight::begin(self, ip);
+        let written = self.queue(ip, Some(op), revision).await;
+        drop(writing);
+        let written = written?;
         if let Some(written) = written {
-            self.table().apply(ip, entry, written);
+            let mut table = self.table();
+            table.apply(ip, entry, written);
+            if let Some(term) = term {
+                table.verify(ip, written, term);
+            }
         }
         Ok(written)
+    }
+
+    /// This replica's leadership term while it acts as leader by flag and
+    /// by clock.
+    fn acting_term(&self) -> Option<u64> {
+        self.leader.borrow().as_ref()?.acting_term()
+    }
+
+    /// Whether the index entry of `ip` at `revision` is known to be what
+    /// the store holds without asking it: this leader committed or
+    /// confirmed it in the term that is still acting, and no write to it
+    /// is on its way (see [`LeaseTable::verify`]).
+    fn verified(&self, ip: Ipv4Addr, revision: i64) -> bool {
+        self.acting_term().is_some_and(|term| self.table().is_verified(ip, revision, term))
     }
 
     /// The lease index.
@@ -250,10 +291,14 @@ impl Leases {
     /// writes nothing: a batch of confirmations alone waits for no disk and
     /// no raft entry (a batch with writes in it commits them first).
     async fn confirm(&self, ip: Ipv4Addr, revision: i64) -> StoreResult<bool> {
-        if self.acting_guard().is_none() {
+        let Some(term) = self.acting_term() else {
             return Ok(false);
+        };
+        let confirmed = self.queue(ip, None, revision).await?.is_some();
+        if confirmed {
+            self.table().verify(ip, revision, term);
         }
-        Ok(self.queue(ip, None, revision).await?.is_some())
+        Ok(confirmed)
     }
 
     async fn queue(&self, ip: Ipv4Addr, op: Option<TxnOp>, revision: i64) -> StoreResult<Option<i64>> {
@@ -262,6 +307,26 @@ impl Leases {
             return Ok(None);
         }
         result.await.unwrap_or(Ok(None))
+    }
+}
+
+/// A lease write on its way, marked in the index until it ends however it
+/// ends (committed, failed, or its request dropped).
+struct WriteInFlight<'a> {
+    leases: &'a Leases,
+    ip: Ipv4Addr,
+}
+
+impl<'a> WriteInFlight<'a> {
+    fn begin(leases: &'a Leases, ip: Ipv4Addr) -> Self {
+        leases.table().begin_write(ip);
+        Self { leases, ip }
+    }
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        self.leases.table().end_write(self.ip);
     }
 }
 
@@ -436,14 +501,16 @@ pub(super) async fn answer(
                 let (mut current, mut revision) = indexed.map_or((None, 0), |(e, r)| (Some(e), r));
                 // Got or renewed moments ago (the OS asking again after
                 // iPXE did): stored already, so acknowledged as it stands —
-                // once a transaction has confirmed that the store still
-                // holds it at the indexed revision and that this replica
-                // still leads (the index may lag the store, or hold what a
-                // late watch event brought back).
+                // once it is known that the store still holds it at the
+                // indexed revision and that this replica still leads. The
+                // index may lag the store, or hold what a late watch event
+                // brought back, so that takes a guarded transaction, unless
+                // this leader itself wrote or confirmed the lease in its
+                // current term: then no one else can have changed it.
                 let reusable = reusable_lease(current.as_ref(), &mac, pool.lease_time, lease_reuse, now)
                     .filter(|_| may_hold(pool, &mac, ip, current.as_ref(), reservations, now));
                 if let Some(secs) = reusable {
-                    if leases.confirm(ip, revision).await? {
+                    if leases.verified(ip, revision) || leases.confirm(ip, revision).await? {
                         LEASES_REUSED.inc();
                         let r = reply(ReplyType::Ack, ip, request, ctx);
                         return Ok(Some(complete(r, request, client, ctx, pool, Some(secs))));

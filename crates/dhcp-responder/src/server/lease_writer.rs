@@ -179,7 +179,10 @@ mod tests {
     fn acting_leader(acting: bool) -> watch::Receiver<Option<Arc<LeaderToken>>> {
         // A receiver keeps the last value after its sender is gone.
         let (_, acting) = watch::channel(acting);
-        let token = LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting };
+        let (_, deadline) =
+            watch::channel(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
+        let token =
+            LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting, deadline, term: 1 };
         watch::channel(Some(Arc::new(token))).1
     }
 
