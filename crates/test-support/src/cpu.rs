@@ -113,3 +113,57 @@ pub fn busy_percent(before: &[(u64, u64)], after: &[(u64, u64)], cpus: &[usize])
     }
     100.0 * busy as f64 / total.max(1) as f64
 }
+
+/// A CPU budget for a group of processes: a control group whose members
+/// together may use `percent` of one core, in slices of [`BUDGET_PERIOD_US`].
+/// Lets a benchmark find a server's limit when the load generator, on a
+/// core of its own, cannot push a server on a whole core that far: both
+/// servers compared get the same budget. Removed (its members moved back
+/// to the root group) when dropped.
+pub struct CpuBudget {
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+/// Short slices: a server out of budget waits at most this long (less its
+/// share), so its socket buffers ride out the pause.
+pub const BUDGET_PERIOD_US: u64 = 10_000;
+
+impl CpuBudget {
+    /// Puts processes `pids` (all their threads) in a new group `name`
+    /// limited to `percent` of a core. cgroup v2 (`cpu.max`) or v1 (the
+    /// `cpu` controller's CFS quota), whichever this machine mounts.
+    pub fn limit(name: &str, pids: &[u32], percent: u32) -> std::io::Result<Self> {
+        let quota = BUDGET_PERIOD_US * u64::from(percent) / 100;
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let root = std::path::PathBuf::from(if v2 { "/sys/fs/cgroup" } else { "/sys/fs/cgroup/cpu" });
+        let dir = root.join(name);
+        if dir.exists() {
+            std::fs::remove_dir(&dir)?; // left by an interrupted run; fails if still in use
+        }
+        std::fs::create_dir(&dir)?;
+        let budget = Self { dir, root };
+        if v2 {
+            // The cpu controller must be on for the root's children.
+            let _ = std::fs::write(budget.root.join("cgroup.subtree_control"), "+cpu");
+            std::fs::write(budget.dir.join("cpu.max"), format!("{quota} {BUDGET_PERIOD_US}"))?;
+        } else {
+            std::fs::write(budget.dir.join("cpu.cfs_period_us"), BUDGET_PERIOD_US.to_string())?;
+            std::fs::write(budget.dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+        }
+        for pid in pids {
+            std::fs::write(budget.dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(budget)
+    }
+}
+
+impl Drop for CpuBudget {
+    fn drop(&mut self) {
+        let members = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in members.lines() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
