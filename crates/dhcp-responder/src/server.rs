@@ -50,8 +50,24 @@ static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-fn observe(phase: &str, since: Instant) {
-    REQUEST_SECONDS.with_label_values(&[phase]).observe(since.elapsed().as_secs_f64());
+/// The phases' histograms and the answered count, looked up once: a label
+/// lookup hashes its strings, and these are counted on every answer.
+struct HotMetrics {
+    rules: prometheus::Histogram,
+    leases: prometheus::Histogram,
+    total: prometheus::Histogram,
+    answered: prometheus::IntCounter,
+}
+
+static HOT: LazyLock<HotMetrics> = LazyLock::new(|| HotMetrics {
+    rules: REQUEST_SECONDS.with_label_values(&["rules"]),
+    leases: REQUEST_SECONDS.with_label_values(&["leases"]),
+    total: REQUEST_SECONDS.with_label_values(&["total"]),
+    answered: REQUESTS.with_label_values(&["answered"]),
+});
+
+fn observe(phase: &prometheus::Histogram, since: Instant) {
+    phase.observe(since.elapsed().as_secs_f64());
 }
 
 fn count(outcome: &str) {
@@ -199,7 +215,7 @@ impl Responder {
         let record = request.message_type == MessageType::Discover;
         let started = Instant::now();
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
-        observe("rules", started);
+        observe(&HOT.rules, started);
         if let (Mode::Full { pools, reservations, lease_reuse }, Some(leases)) =
             (&self.config.mode, &self.leases)
         {
@@ -213,9 +229,9 @@ impl Responder {
                 count("unanswered");
                 return None;
             };
-            observe("leases", leasing);
-            observe("total", started);
-            count("answered");
+            observe(&HOT.leases, leasing);
+            observe(&HOT.total, started);
+            HOT.answered.inc();
             tracing::info!(mac = %request.mac_text(), yiaddr = %reply.yiaddr, kind = ?reply.kind, "answered");
             let to = destination(&request, &reply, from, false);
             return Some((encode(&request, &reply, self.config.server_ip), to));
@@ -235,8 +251,8 @@ impl Responder {
                 return None;
             }
         };
-        observe("total", started);
-        count("answered");
+        observe(&HOT.total, started);
+        HOT.answered.inc();
         tracing::info!(mac = %request.mac_text(), file = %reply.file, kind = ?reply.kind, "answered");
         let to = destination(&request, &reply, from, boot_server_port);
         Some((encode(&request, &reply, self.config.server_ip), to))
@@ -271,7 +287,15 @@ async fn serve_socket(
     let socket = Arc::new(socket);
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut buf = vec![0u8; 1500];
+    let mut answered_inline = 0u32;
     loop {
+        // Answering inline makes each turn of this loop longer than a
+        // spawn was: give the timers and the other tasks (the election's
+        // lease renewal among them) a turn often enough.
+        if answered_inline >= INLINE_BEFORE_YIELD {
+            answered_inline = 0;
+            tokio::task::yield_now().await;
+        }
         let (len, from) = tokio::select! {
             () = stop.cancelled() => return,
             received = socket.recv_from(&mut buf) => match received {
@@ -289,14 +313,55 @@ async fn serve_socket(
         };
         let datagram = buf[..len].to_vec();
         let (socket, responder) = (Arc::clone(&socket), Arc::clone(&responder));
-        tokio::spawn(async move {
-            if let Some((reply, to)) = responder.handle(&datagram, from, boot_server_port).await {
-                if let Err(e) = socket.send_to(&reply, to).await {
-                    tracing::warn!(%to, error = %e, "sending reply failed");
+        let mut answer = Box::pin(async move {
+            let reply = responder.handle(&datagram, from, boot_server_port).await;
+            (reply, slot)
+        });
+        // Most answers need nothing to wait for (a cached decision, a lease
+        // the leader knows): they are answered here, without a task of
+        // their own. The rest (a store write, a rules engine call) go on in
+        // a task; its first poll registers its own waker.
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await {
+            std::task::Poll::Ready((reply, slot)) => {
+                answered_inline += 1;
+                if let Some((reply, to)) = reply {
+                    match socket.try_send_to(&reply, to) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            tokio::spawn(send_reply(socket, reply, to, slot));
+                        }
+                        sent => report_send(sent.map(drop), to),
+                    }
                 }
             }
-            drop(slot);
-        });
+            std::task::Poll::Pending => {
+                tokio::spawn(async move {
+                    let (reply, slot) = answer.await;
+                    if let Some((reply, to)) = reply {
+                        send_reply(socket, reply, to, slot).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Requests answered inline between two yields of the receive loop.
+const INLINE_BEFORE_YIELD: u32 = 16;
+
+/// Sends a reply when the socket has room, then frees its request's slot.
+async fn send_reply(
+    socket: Arc<UdpSocket>,
+    reply: Vec<u8>,
+    to: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    report_send(socket.send_to(&reply, to).await.map(drop), to);
+    drop(slot);
+}
+
+fn report_send(sent: std::io::Result<()>, to: SocketAddr) {
+    if let Err(e) = sent {
+        tracing::warn!(%to, error = %e, "sending reply failed");
     }
 }
 

@@ -182,7 +182,17 @@ impl Request {
 
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_text(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        // Once or more per request: one allocation, no formatting machinery.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(17);
+        for (i, byte) in self.mac.iter().enumerate() {
+            if i > 0 {
+                text.push(':');
+            }
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        text
     }
 }
 
@@ -275,6 +285,8 @@ pub(crate) mod tests {
         assert_eq!(r.message_type, MessageType::Discover);
         assert_eq!((r.xid, r.broadcast), (0x1234_5678, true));
         assert_eq!(r.mac_text(), "52:54:00:12:34:56");
+        let other = Request { mac: [0xab, 0xcd, 0xef, 0x00, 0x09, 0xf0], ..r.clone() };
+        assert_eq!(other.mac_text(), "ab:cd:ef:00:09:f0");
         assert_eq!(r.architectures(), [7, 0], "every architecture, not only the first");
         assert_eq!(r.uuid().unwrap(), "01020304-0506-0708-090a-0b0c0d0e0f10");
         assert!(r.text(60).unwrap().starts_with("PXEClient"));

@@ -7,10 +7,15 @@
 //! are kept per host and reused while they cannot have changed: same facts
 //! and no change to the rule sets or image profiles seen in the store
 //! since. For `dhcp.rules_cache` (30 s by default; zero turns the cache
-//! off) an answer is used as it is; for as long again it is still used,
-//! while one background request asks the rules engine again, so a host's
-//! answers age out without its requests ever waiting for gRPC. Older
-//! answers are asked for afresh. An answer from a rules engine that has
+//! off) an answer is used as it is; after that it is still used, while one
+//! background request asks the rules engine again, so a known host's
+//! requests never wait for gRPC. An answer's age never makes a request
+//! wait: under a storm the rules engine may fall behind, and if aged
+//! answers were asked for in the request path, every request would then
+//! wait for it, and it would fall further behind (the responder stopped
+//! answering after one overload in the benchmark). Background requests
+//! are limited to [`REFRESHES_AT_ONCE`]; past that, a later request of the
+//! host tries again. An answer from a rules engine that has
 //! not yet caught up with the newest change this responder saw (its
 //! `built_at_revision` is older) is used but not cached. The last answer is
 //! also the fallback while the rules engine is unreachable, however old.
@@ -39,6 +44,9 @@ use crate::wire::Request;
 
 /// How often a host's DISCOVERs are recorded at most while its answer holds.
 const RECORD_EVERY: Duration = Duration::from_secs(30);
+
+/// Background requests to the rules engine at once, at most.
+const REFRESHES_AT_ONCE: usize = 16;
 
 /// Hosts remembered; past it, some are forgotten (a flood of made-up MACs
 /// may push out some real hosts' answers, never all of them at once).
@@ -78,8 +86,8 @@ type Hosts = Arc<Mutex<HashMap<String, Known>>>;
 enum Lookup {
     /// Valid: use it.
     Fresh(Verdict),
-    /// Aged out (or a DISCOVER due to be recorded) but not by much, and no
-    /// rule changed: use it, and ask again in the background if `refresh`.
+    /// Aged out (or a DISCOVER due to be recorded), and no rule changed:
+    /// use it, and ask again in the background if `refresh`.
     Stale { verdict: Verdict, refresh: bool },
     /// Nothing usable: ask now.
     Miss,
@@ -96,6 +104,8 @@ pub(super) struct Verdicts {
     /// The store revision of the newest such change seen: an answer from a
     /// rules engine that has not caught up with it is used, never cached.
     changed_at: Arc<AtomicI64>,
+    /// Room for background requests (see [`REFRESHES_AT_ONCE`]).
+    refreshes: Arc<tokio::sync::Semaphore>,
 }
 
 fn verdict_of(response: pb::EvaluateResponse) -> Verdict {
@@ -143,7 +153,8 @@ impl Verdicts {
         if !fresh_for.is_zero() {
             tokio::spawn(follow_rule_changes(store, Arc::clone(&generation), Arc::clone(&changed_at), stop));
         }
-        Self { client, hosts: Hosts::default(), fresh_for, generation, changed_at }
+        let refreshes = Arc::new(tokio::sync::Semaphore::new(REFRESHES_AT_ONCE));
+        Self { client, hosts: Hosts::default(), fresh_for, generation, changed_at, refreshes }
     }
 
     /// Whether to boot the host that sent `request`; `discover` asks the
@@ -193,8 +204,18 @@ impl Verdicts {
     /// failure leaves the old answer to age out into a miss.
     fn refresh_in_background(&self, mac: String, key: FactsKey, generation: u64, discover: bool) {
         let (client, hosts) = (self.client.clone(), Arc::clone(&self.hosts));
+        let Ok(room) = Arc::clone(&self.refreshes).try_acquire_owned() else {
+            // Enough asked already: a later request of this host asks.
+            ASKED.with_label_values(&["refresh_deferred"]).inc();
+            let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(known) = hosts.get_mut(&mac) {
+                known.refreshing = false;
+            }
+            return;
+        };
         let changed_at = self.changed_at.load(Ordering::Acquire);
         tokio::spawn(async move {
+            let _room = room;
             match evaluate(client, &mac, &key, discover, Duration::from_secs(3)).await {
                 Some(response) => {
                     ASKED.with_label_values(&["refreshed"]).inc();
@@ -221,9 +242,12 @@ impl Verdicts {
 
     /// What the cache holds for this request. Fresh: same facts, no rule
     /// change since, younger than the cache time, and for a DISCOVER a
-    /// recent record. Stale: only the age or the record is off, by less
-    /// than another cache time; the first caller to see it refreshes it.
+    /// recent record. Stale: only the age or the record is off; the first
+    /// caller to see it refreshes it. With the cache off, nothing.
     fn cached(&self, mac: &str, key: &FactsKey, generation: u64, now: Instant, discover: bool) -> Lookup {
+        if self.fresh_for.is_zero() {
+            return Lookup::Miss;
+        }
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(known) = hosts.get_mut(mac) else { return Lookup::Miss };
         if known.facts != *key || known.generation != generation {
@@ -235,12 +259,9 @@ impl Verdicts {
         if age < self.fresh_for && (recorded_lately || !discover) {
             return Lookup::Fresh(known.verdict);
         }
-        if age < self.fresh_for * 2 {
-            let refresh = !known.refreshing;
-            known.refreshing = true;
-            return Lookup::Stale { verdict: known.verdict, refresh };
-        }
-        Lookup::Miss
+        let refresh = !known.refreshing;
+        known.refreshing = true;
+        Lookup::Stale { verdict: known.verdict, refresh }
     }
 }
 
@@ -327,6 +348,7 @@ mod tests {
             fresh_for: FRESH_FOR,
             generation: Arc::new(AtomicU64::new(1)),
             changed_at: Arc::new(AtomicI64::new(50)),
+            refreshes: Arc::new(tokio::sync::Semaphore::new(REFRESHES_AT_ONCE)),
         }
     }
 
@@ -351,7 +373,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_aged_answer_is_used_while_one_caller_refreshes_it_then_expires() {
+    async fn an_aged_answer_is_used_while_one_caller_refreshes_it() {
         let now = Instant::now();
         let v = verdicts_with(known(now, Some(now)));
         let later = now + FRESH_FOR;
@@ -364,12 +386,38 @@ mod tests {
             Lookup::Stale { verdict: Verdict::Boot, refresh: false },
             "one refresh at a time"
         );
-        assert_eq!(v.cached("aa", &key(), 1, now + FRESH_FOR * 2, false), Lookup::Miss, "too old");
+        assert_eq!(
+            v.cached("aa", &key(), 1, now + FRESH_FOR * 100, false),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: false },
+            "however old, an answer under the same rules never makes a request wait"
+        );
         assert_eq!(
             v.cached("aa", &key(), 2, later, false),
             Lookup::Miss,
             "a rule change is never answered stale"
         );
+    }
+
+    #[tokio::test]
+    async fn with_no_room_for_another_refresh_a_later_request_asks() {
+        let now = Instant::now();
+        let v = Verdicts {
+            refreshes: Arc::new(tokio::sync::Semaphore::new(0)),
+            ..verdicts_with(known(now, Some(now)))
+        };
+        let later = now + FRESH_FOR;
+        assert_eq!(
+            v.cached("aa", &key(), 1, later, false),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: true }
+        );
+        v.refresh_in_background("aa".to_owned(), key(), 1, false);
+        assert_eq!(
+            v.cached("aa", &key(), 1, later, false),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: true },
+            "the refresh was not started, so the next request starts it"
+        );
+        let off = Verdicts { fresh_for: Duration::ZERO, ..verdicts_with(known(now, Some(now))) };
+        assert_eq!(off.cached("aa", &key(), 1, now, false), Lookup::Miss, "cache off");
     }
 
     #[tokio::test]
