@@ -231,8 +231,11 @@ impl Leadership {
         let granted_at = Instant::now();
         let lease = store.lease_grant(ttl).await?;
         let (acting_tx, acting) = watch::channel(true);
+        // Until the first renewal says what the server granted, assume whole
+        // seconds (etcd grants TTLs in seconds, rounded down).
+        let granted = Duration::from_secs(ttl.as_secs());
         let (deadline_tx, deadline) =
-            watch::channel(granted_at + ttl.saturating_sub(Timing::for_ttl(ttl).margin));
+            watch::channel(granted_at + granted.saturating_sub(Timing::for_ttl(ttl).margin));
         let stop = CancellationToken::new();
         tokio::spawn(keep_lease(
             store.clone(),

@@ -164,10 +164,17 @@ pub struct LeaseTable {
     by_mac: HashMap<String, Ipv4Addr>,
     /// Entries the store was seen to hold, by the term that saw them.
     verified: HashMap<Ipv4Addr, u64>,
-    /// Writes on their way, per address: until they commit the store may
-    /// hold either version, so nothing there is verified.
-    writing: HashMap<Ipv4Addr, u32>,
+    /// Writes per address: until they commit the store may hold either
+    /// version, so nothing there is verified.
+    writes: HashMap<Ipv4Addr, Writes>,
     cursor: u32,
+}
+
+/// The writes to one address: on their way, and ever begun.
+#[derive(Clone, Copy, Debug, Default)]
+struct Writes {
+    in_flight: u32,
+    begun: u64,
 }
 
 impl LeaseTable {
@@ -198,8 +205,8 @@ impl LeaseTable {
     /// Replaces every lease with `leases` (a fresh copy of the store). Only
     /// the writes on their way are kept: they have yet to end.
     pub fn reload(&mut self, leases: impl IntoIterator<Item = (Ipv4Addr, LeaseEntry, i64)>) {
-        let writing = std::mem::take(&mut self.writing);
-        *self = Self { writing, ..Self::default() };
+        let writes = std::mem::take(&mut self.writes);
+        *self = Self { writes, ..Self::default() };
         for (ip, lease, revision) in leases {
             self.apply(ip, Some(lease), revision);
         }
@@ -213,33 +220,46 @@ impl LeaseTable {
         self.apply(ip, lease, revision);
     }
 
-    /// Records that the leader of `term` saw the store hold the lease of
-    /// `ip` at `revision` — by committing it, or by a guarded transaction
-    /// that compared it — if the table holds that revision. While that
-    /// term lasts, no one else can write the lease (every lease write is
-    /// fenced by the leader's election key), so the entry stays true until
-    /// this leader writes it again or the term ends.
-    pub fn verify(&mut self, ip: Ipv4Addr, revision: i64, term: u64) {
-        let at_revision = self.by_ip.get(&ip).is_some_and(|(_, known)| *known == revision);
-        if at_revision && !self.writing.contains_key(&ip) {
+    /// Records that the leader of `term` saw the store hold `lease` at
+    /// `revision` for `ip` — by committing it, or by a guarded transaction
+    /// that compared it. `ticket` is [`Self::writes_begun`] from before
+    /// that transaction was queued (for a write, what [`Self::begin_write`]
+    /// returned): if another write to `ip` began since, or one is still on
+    /// its way, or the table no longer holds exactly that lease at that
+    /// revision, nothing is recorded. While the term lasts, no one else
+    /// can write the lease (every lease write is fenced by the leader's
+    /// election key), so the entry stays true until this leader writes it
+    /// again or the term ends.
+    pub fn verify(&mut self, ip: Ipv4Addr, lease: &LeaseEntry, revision: i64, term: u64, ticket: u64) {
+        let writes = self.writes.get(&ip).copied().unwrap_or_default();
+        let unchanged = writes.in_flight == 0 && writes.begun == ticket;
+        let holds = self.by_ip.get(&ip).is_some_and(|(known, at)| *at == revision && known == lease);
+        if unchanged && holds {
             self.verified.insert(ip, term);
         }
     }
 
+    /// How many writes to `ip` were ever begun: taken before a confirming
+    /// transaction is queued, and handed to [`Self::verify`] after it.
+    pub fn writes_begun(&self, ip: Ipv4Addr) -> u64 {
+        self.writes.get(&ip).map_or(0, |w| w.begun)
+    }
+
     /// A write to `ip` is on its way: the entry is not verified until a
-    /// later [`Self::verify`] after every such write has ended.
-    pub fn begin_write(&mut self, ip: Ipv4Addr) {
+    /// later [`Self::verify`] after every such write has ended. Returns
+    /// the write's ticket for that.
+    pub fn begin_write(&mut self, ip: Ipv4Addr) -> u64 {
         self.verified.remove(&ip);
-        *self.writing.entry(ip).or_default() += 1;
+        let writes = self.writes.entry(ip).or_default();
+        writes.in_flight += 1;
+        writes.begun += 1;
+        writes.begun
     }
 
     /// A write begun with [`Self::begin_write`] committed or failed.
     pub fn end_write(&mut self, ip: Ipv4Addr) {
-        if let std::collections::hash_map::Entry::Occupied(mut left) = self.writing.entry(ip) {
-            *left.get_mut() -= 1;
-            if *left.get() == 0 {
-                left.remove();
-            }
+        if let Some(writes) = self.writes.get_mut(&ip) {
+            writes.in_flight = writes.in_flight.saturating_sub(1);
         }
     }
 
@@ -394,9 +414,12 @@ mod tests {
         let bound = lease("aa", LeaseState::Bound, 5_000);
         table.apply(ip, Some(bound.clone()), 7);
         assert!(!table.is_verified(ip, 7, 1), "a watched entry is only a hint");
-        table.verify(ip, 6, 1);
+        let ticket = table.writes_begun(ip);
+        table.verify(ip, &bound, 6, 1, ticket);
         assert!(!table.is_verified(ip, 7, 1), "verified at another revision");
-        table.verify(ip, 7, 1);
+        table.verify(ip, &lease("bb", LeaseState::Bound, 5_000), 7, 1, ticket);
+        assert!(!table.is_verified(ip, 7, 1), "verified another lease");
+        table.verify(ip, &bound, 7, 1, ticket);
         assert!(table.is_verified(ip, 7, 1));
         assert!(!table.is_verified(ip, 7, 2), "another term");
         assert!(!table.is_verified(ip, 6, 1));
@@ -410,35 +433,54 @@ mod tests {
         assert!(!table.is_verified(ip, 7, 1));
         for end in 0..3 {
             table.replace(ip, Some(bound.clone()), 7);
-            table.verify(ip, 7, 1);
+            let ticket = table.writes_begun(ip);
+            table.verify(ip, &bound, 7, 1, ticket);
+            assert!(table.is_verified(ip, 7, 1), "case {end}");
             match end {
                 0 => table.apply(ip, Some(bound.clone()), 8),
-                1 => table.begin_write(ip),
+                1 => {
+                    table.begin_write(ip);
+                    table.end_write(ip);
+                }
                 _ => table.replace(ip, Some(bound.clone()), 7),
             }
             assert!(!table.is_verified(ip, 7, 1) && !table.is_verified(ip, 8, 1), "case {end}");
-            if end == 1 {
-                table.end_write(ip);
-            }
         }
-        // While writes are on their way (two here), a confirmation that
-        // saw the revision before them verifies nothing.
+        // A confirmation verifies nothing while a write is on its way, nor
+        // after one began since it was queued, even if the table shows the
+        // confirmed revision again (a write that failed to report its
+        // commit, a rebuild from a lagging copy).
         table.replace(ip, Some(bound.clone()), 7);
-        table.begin_write(ip);
-        table.begin_write(ip);
-        table.verify(ip, 7, 1);
+        let confirm = table.writes_begun(ip);
+        let write = table.begin_write(ip);
+        table.verify(ip, &bound, 7, 1, confirm);
+        assert!(!table.is_verified(ip, 7, 1), "a write is on its way");
         table.end_write(ip);
-        table.verify(ip, 7, 1);
-        assert!(!table.is_verified(ip, 7, 1), "a write is still on its way");
+        table.verify(ip, &bound, 7, 1, confirm);
+        assert!(!table.is_verified(ip, 7, 1), "a write began after the confirmation was queued");
+        // The write's own commit verifies what it wrote, if nothing else began.
+        table.apply(ip, Some(bound.clone()), 9);
+        table.verify(ip, &bound, 9, 1, write);
+        assert!(table.is_verified(ip, 9, 1));
+        let first = table.begin_write(ip);
+        let _second = table.begin_write(ip);
         table.end_write(ip);
-        table.verify(ip, 7, 1);
-        assert!(table.is_verified(ip, 7, 1));
+        table.end_write(ip);
+        table.apply(ip, Some(bound.clone()), 10);
+        table.verify(ip, &bound, 10, 1, first);
+        assert!(!table.is_verified(ip, 10, 1), "another write began after it");
+        // A rebuild keeps the count of writes and forgets what was verified.
+        let ticket = table.writes_begun(ip);
+        table.verify(ip, &bound, 10, 1, ticket);
+        assert!(table.is_verified(ip, 10, 1));
+        let begun = table.writes_begun(ip);
+        table.reload([(ip, bound.clone(), 10)]);
+        assert!(!table.is_verified(ip, 10, 1));
+        assert_eq!(table.writes_begun(ip), begun);
         // A deleted lease that a late event brings back is not verified.
-        table.replace(ip, Some(bound.clone()), 7);
-        table.verify(ip, 7, 1);
-        table.apply(ip, None, 9);
-        table.apply(ip, Some(bound), 7);
-        assert!(!table.is_verified(ip, 7, 1));
+        table.apply(ip, None, 11);
+        table.apply(ip, Some(bound), 10);
+        assert!(!table.is_verified(ip, 10, 1));
     }
 
     #[test]

@@ -321,7 +321,20 @@ async fn serve_socket(
         // the leader knows): they are answered here, without a task of
         // their own. The rest (a store write, a rules engine call) go on in
         // a task; its first poll registers its own waker.
-        match std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await {
+        // A panic answering one request must not end this loop (a task of
+        // its own would have contained it): it is caught, and the request
+        // dropped.
+        let polled = std::future::poll_fn(|cx| {
+            let poll = std::panic::AssertUnwindSafe(|| answer.as_mut().poll(cx));
+            std::task::Poll::Ready(std::panic::catch_unwind(poll))
+        })
+        .await;
+        let Ok(polled) = polled else {
+            count("panicked");
+            tracing::error!(%from, "answering a request panicked; dropped it");
+            continue;
+        };
+        match polled {
             std::task::Poll::Ready((reply, slot)) => {
                 answered_inline += 1;
                 if let Some((reply, to)) = reply {

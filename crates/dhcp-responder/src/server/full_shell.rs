@@ -255,16 +255,16 @@ impl Leases {
         let term = self.acting_term();
         let writing = WriteInFlight::begin(self, ip);
         let written = self.queue(ip, Some(op), revision).await;
-        drop(writing);
-        let written = written?;
-        if let Some(written) = written {
-            let mut table = self.table();
-            table.apply(ip, entry, written);
-            if let Some(term) = term {
-                table.verify(ip, written, term);
+        // Ended, applied and verified under one lock: nothing may see the
+        // write ended but not yet applied.
+        let (mut table, ticket) = writing.end();
+        if let Ok(Some(written)) = written {
+            table.apply(ip, entry.clone(), written);
+            if let (Some(term), Some(entry)) = (term, &entry) {
+                table.verify(ip, entry, written, term, ticket);
             }
         }
-        Ok(written)
+        written
     }
 
     /// This replica's leadership term while it acts as leader by flag and
@@ -290,13 +290,14 @@ impl Leases {
     /// still leads, confirmed by a transaction batched with the writes. It
     /// writes nothing: a batch of confirmations alone waits for no disk and
     /// no raft entry (a batch with writes in it commits them first).
-    async fn confirm(&self, ip: Ipv4Addr, revision: i64) -> StoreResult<bool> {
+    async fn confirm(&self, ip: Ipv4Addr, lease: &LeaseEntry, revision: i64) -> StoreResult<bool> {
         let Some(term) = self.acting_term() else {
             return Ok(false);
         };
+        let ticket = self.table().writes_begun(ip);
         let confirmed = self.queue(ip, None, revision).await?.is_some();
         if confirmed {
-            self.table().verify(ip, revision, term);
+            self.table().verify(ip, lease, revision, term, ticket);
         }
         Ok(confirmed)
     }
@@ -315,18 +316,31 @@ impl Leases {
 struct WriteInFlight<'a> {
     leases: &'a Leases,
     ip: Ipv4Addr,
+    ticket: u64,
+    ended: bool,
 }
 
 impl<'a> WriteInFlight<'a> {
     fn begin(leases: &'a Leases, ip: Ipv4Addr) -> Self {
-        leases.table().begin_write(ip);
-        Self { leases, ip }
+        let ticket = leases.table().begin_write(ip);
+        Self { leases, ip, ticket, ended: false }
+    }
+
+    /// Ends the write; returns the locked index, to apply its outcome
+    /// before anyone else looks, and its ticket for [`LeaseTable::verify`].
+    fn end(mut self) -> (std::sync::MutexGuard<'a, LeaseTable>, u64) {
+        let mut table = self.leases.table();
+        table.end_write(self.ip);
+        self.ended = true;
+        (table, self.ticket)
     }
 }
 
 impl Drop for WriteInFlight<'_> {
     fn drop(&mut self) {
-        self.leases.table().end_write(self.ip);
+        if !self.ended {
+            self.leases.table().end_write(self.ip);
+        }
     }
 }
 
@@ -509,8 +523,8 @@ pub(super) async fn answer(
                 // current term: then no one else can have changed it.
                 let reusable = reusable_lease(current.as_ref(), &mac, pool.lease_time, lease_reuse, now)
                     .filter(|_| may_hold(pool, &mac, ip, current.as_ref(), reservations, now));
-                if let Some(secs) = reusable {
-                    if leases.verified(ip, revision) || leases.confirm(ip, revision).await? {
+                if let (Some(secs), Some(indexed)) = (reusable, current.as_ref()) {
+                    if leases.verified(ip, revision) || leases.confirm(ip, indexed, revision).await? {
                         LEASES_REUSED.inc();
                         let r = reply(ReplyType::Ack, ip, request, ctx);
                         return Ok(Some(complete(r, request, client, ctx, pool, Some(secs))));

@@ -5,7 +5,7 @@
 //! all asking the same question. A gRPC round trip per request cost more
 //! than the rest of the answer (6 ms of 10 ms under a storm), so answers
 //! are kept per host and reused while they cannot have changed: same facts
-//! and no change to the rule sets or image profiles seen in the store
+//! and no change to the rule sets, profiles or locations seen in the store
 //! since. For `dhcp.rules_cache` (30 s by default; zero turns the cache
 //! off) an answer is used as it is; after that it is still used, while one
 //! background request asks the rules engine again, so a known host's
@@ -35,7 +35,7 @@ use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_core::store::SharedStore;
 use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::client::Client as RulesClient;
-use bootfleet_rules_engine::store::{IMAGE_PREFIX, RULES_PREFIX};
+use bootfleet_rules_engine::store::{LOCATION_PREFIX, PROFILES_PREFIX, RULES_PREFIX};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,7 @@ pub(super) struct Verdicts {
     hosts: Hosts,
     /// How long an answer is reused at most.
     fresh_for: Duration,
-    /// Changes whenever the rule sets or image profiles change in the store.
+    /// Changes whenever the rule sets, profiles or locations change in the store.
     generation: Arc<AtomicU64>,
     /// The store revision of the newest such change seen: an answer from a
     /// rules engine that has not caught up with it is used, never cached.
@@ -200,8 +200,8 @@ impl Verdicts {
         }
     }
 
-    /// Asks again for a host whose cached answer is being used stale; a
-    /// failure leaves the old answer to age out into a miss.
+    /// Asks again for a host whose cached answer is being used stale; after
+    /// a failure (or with no room for it) the host's next request asks.
     fn refresh_in_background(&self, mac: String, key: FactsKey, generation: u64, discover: bool) {
         let (client, hosts) = (self.client.clone(), Arc::clone(&self.hosts));
         let Ok(room) = Arc::clone(&self.refreshes).try_acquire_owned() else {
@@ -295,8 +295,9 @@ fn facts(mac: &str, key: &FactsKey) -> pb::HostFacts {
     }
 }
 
-/// Bumps `generation` whenever the rule sets or image profiles change: a
-/// fingerprint of both watched copies (newest revision and key count, so
+/// Bumps `generation` whenever anything a decision is made from changes:
+/// the rule sets, the profiles (image and host) or the locations. A
+/// fingerprint of the watched copies (newest revision and key count, so
 /// deletions count too) compared after every applied change. `changed_at`
 /// gets the newest revision first, so a reader that sees the new
 /// generation also sees the revision answers must have caught up with.
@@ -306,11 +307,12 @@ async fn follow_rule_changes(
     changed_at: Arc<AtomicI64>,
     stop: CancellationToken,
 ) {
-    let rules = SnapshotCache::start(store.clone(), RULES_PREFIX, stop.clone());
-    let profiles = SnapshotCache::start(store, IMAGE_PREFIX, stop.clone());
-    let (mut rules_changed, mut profiles_changed) = (rules.changes(), profiles.changes());
+    let caches = [RULES_PREFIX, PROFILES_PREFIX, LOCATION_PREFIX]
+        .map(|prefix| SnapshotCache::start(store.clone(), prefix, stop.clone()));
+    let [mut rules_changed, mut profiles_changed, mut locations_changed] =
+        caches.each_ref().map(SnapshotCache::changes);
     let fingerprint = || {
-        [&rules, &profiles].map(|cache| {
+        caches.each_ref().map(|cache| {
             let kvs = cache.list(cache.prefix());
             (kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0), kvs.len())
         })
@@ -322,6 +324,7 @@ async fn follow_rule_changes(
             () = stop.cancelled() => return,
             changed = rules_changed.changed() => if changed.is_err() { return },
             changed = profiles_changed.changed() => if changed.is_err() { return },
+            changed = locations_changed.changed() => if changed.is_err() { return },
         }
         let now = fingerprint();
         if now != last {
