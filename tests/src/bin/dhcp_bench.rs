@@ -94,6 +94,7 @@ http_base = "http://198.19.0.1:8080"
 rules_url = "http://127.0.0.1:71{n:02}"
 requests_per_mac_per_second = 100
 {dhcp_extra}
+{investigate}
 [[dhcp.pools]]
 subnet = "198.19.0.0/16"
 start = "198.19.1.0"
@@ -101,7 +102,9 @@ end = "198.19.255.250"
 lease_time = "1h"
 "#,
             data = dir.join(format!("{id}-data")).display(),
-            log = std::env::var("DHCP_BENCH_LOG").unwrap_or_else(|_| "warn".into())
+            log = std::env::var("DHCP_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            // More [dhcp] settings for every Bootfleet row (investigation).
+            investigate = std::env::var("DHCP_BENCH_DHCP_EXTRA").unwrap_or_default()
         ),
     )?;
     Ok(path)
@@ -361,7 +364,7 @@ fn main() -> anyhow::Result<()> {
     link(&server, "198.19.0.1/16", &client, "198.19.0.2/16")?;
     let mut rows = Vec::new();
     // (server, CPU budget in % of a core; None: the whole core).
-    let runs: [(&str, Option<u32>); 11] = [
+    let runs: [(&str, Option<u32>); 12] = [
         ("bootfleet, embedded store", None),
         ("bootfleet, embedded, lease_reuse 0", None),
         ("bootfleet, embedded, no rules cache", None),
@@ -374,6 +377,8 @@ fn main() -> anyhow::Result<()> {
         // does: on an equal budget below a core, the servers' own limits
         // are compared.
         ("bootfleet, embedded store", Some(BUDGET_PERCENT)),
+        // Leader, standby and etcd together in the budget.
+        ("bootfleet, etcd + standby", Some(BUDGET_PERCENT)),
         ("kea-dhcp4, memfile", Some(BUDGET_PERCENT)),
         ("kea-dhcp4, memfile, cache-threshold .25", Some(BUDGET_PERCENT)),
     ];

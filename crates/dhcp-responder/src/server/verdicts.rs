@@ -7,8 +7,10 @@
 //! are kept per host and reused while they cannot have changed: same facts
 //! and no change to the rule sets, profiles or locations seen in the store
 //! since. For `dhcp.rules_cache` (30 s by default; zero turns the cache
-//! off) an answer is used as it is; after that it is still used, while one
-//! background request asks the rules engine again, so a known host's
+//! off) an answer is used as it is (for a REQUEST, twice that: it follows
+//! the DISCOVER that refreshed it, or renews a lease); after that it is
+//! still used, while one background request asks the rules engine again,
+//! so a known host's
 //! requests never wait for gRPC. An answer's age never makes a request
 //! wait: under a storm the rules engine may fall behind, and if aged
 //! answers were asked for in the request path, every request would then
@@ -256,7 +258,12 @@ impl Verdicts {
         let age = now.saturating_duration_since(known.asked);
         let recorded_lately =
             known.recorded.is_some_and(|at| now.saturating_duration_since(at) < RECORD_EVERY);
-        if age < self.fresh_for && (recorded_lately || !discover) {
+        // A DISCOVER starts a boot (or a retry): it refreshes an aged answer
+        // and records the attempt. A REQUEST follows one, or renews a lease
+        // — asking again for it too would double the rules engine's work
+        // for every boot, so it waits for twice the cache time.
+        let fresh = if discover { age < self.fresh_for && recorded_lately } else { age < self.fresh_for * 2 };
+        if fresh {
             return Lookup::Fresh(known.verdict);
         }
         let refresh = !known.refreshing;
@@ -382,12 +389,22 @@ mod tests {
         let later = now + FRESH_FOR;
         assert_eq!(
             v.cached("aa", &key(), 1, later, false),
+            Lookup::Fresh(Verdict::Boot),
+            "a REQUEST uses it for twice the cache time"
+        );
+        assert_eq!(
+            v.cached("aa", &key(), 1, later, true),
             Lookup::Stale { verdict: Verdict::Boot, refresh: true }
         );
         assert_eq!(
-            v.cached("aa", &key(), 1, later, false),
+            v.cached("aa", &key(), 1, later, true),
             Lookup::Stale { verdict: Verdict::Boot, refresh: false },
             "one refresh at a time"
+        );
+        assert_eq!(
+            v.cached("aa", &key(), 1, now + FRESH_FOR * 2, false),
+            Lookup::Stale { verdict: Verdict::Boot, refresh: false },
+            "past twice the cache time a REQUEST refreshes too (one is running)"
         );
         assert_eq!(
             v.cached("aa", &key(), 1, now + FRESH_FOR * 100, false),
@@ -410,12 +427,12 @@ mod tests {
         };
         let later = now + FRESH_FOR;
         assert_eq!(
-            v.cached("aa", &key(), 1, later, false),
+            v.cached("aa", &key(), 1, later, true),
             Lookup::Stale { verdict: Verdict::Boot, refresh: true }
         );
-        v.refresh_in_background("aa".to_owned(), key(), 1, false);
+        v.refresh_in_background("aa".to_owned(), key(), 1, true);
         assert_eq!(
-            v.cached("aa", &key(), 1, later, false),
+            v.cached("aa", &key(), 1, later, true),
             Lookup::Stale { verdict: Verdict::Boot, refresh: true },
             "the refresh was not started, so the next request starts it"
         );
