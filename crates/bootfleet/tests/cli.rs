@@ -93,6 +93,7 @@ fn generic_client(rules_port: u16, mac: &str) -> serde_json::Value {
 fn operator_session() {
     let dir = tempfile::tempdir().unwrap();
     let (admin_port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
+    let images_port = bootfleet_test_support::free_port();
     let _up = Up(Command::new(BIN)
         .args(["up", "--store", "embedded", "--log", "warn"])
         .arg("--data-dir")
@@ -100,7 +101,13 @@ fn operator_session() {
         .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
         .args(["--tftp-listen", "127.0.0.1:0"])
-        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
+        .args(["--streamer-listen", "127.0.0.1:0"])
+        .args([
+            "--streamer-grpc-listen",
+            &format!("127.0.0.1:{images_port}"),
+            "--streamer-admin-token",
+            TOKEN,
+        ])
         .stdin(Stdio::null())
         .spawn()
         .unwrap());
@@ -110,10 +117,22 @@ fn operator_session() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let server = format!("http://127.0.0.1:{rules_port}");
+    // Profiles may name only image versions in the catalog: push tiny/1.
+    let image = dir.path().join("tiny");
+    std::fs::create_dir(&image).unwrap();
+    std::fs::write(image.join("vmlinuz"), b"not really a kernel").unwrap();
+    let images = format!("http://127.0.0.1:{images_port}");
+    let image_dir = image.to_str().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let token_file = token_file.to_str().unwrap();
+    let push = ["images", "push", image_dir, "--image", "tiny", "--version", "1", "--token-file", token_file];
+    let pushed = ok(&server, &[&push[..], &["--server", &images]].concat());
+    assert!(pushed.contains("tiny"), "{pushed}");
     let v1 = dir.path().join("v1.yaml");
     std::fs::write(&v1, V1).unwrap();
     let out = ok(&server, &["apply", "-f", v1.to_str().unwrap(), "--activate"]);
-    assert!(out.contains("image profile img-a applied") && out.contains("activated version 1"), "{out}");
+    assert!(out.contains("img-a") && out.contains("activated version 1"), "{out}");
 
     // The engine picks the new set up asynchronously; wait for it.
     until("rules never active", || {
@@ -169,8 +188,10 @@ fn operator_session() {
     let v2 = dir.path().join("v2.toml");
     std::fs::write(&v2, V2_TOML).unwrap();
     ok(&server, &["apply", "-f", v2.to_str().unwrap()]);
-    let diff = ok(&server, &["rules", "diff"]);
-    assert!(diff.contains("changed") && diff.contains("host1"), "{diff}");
+    let diff = cli(&server, &["rules", "diff"]);
+    assert_eq!(diff.status.code(), Some(2), "changes pending: {diff:?}");
+    let diff = String::from_utf8_lossy(&diff.stdout);
+    assert!(diff.contains("change") && diff.contains("host1"), "{diff}");
     let compliance = until("test-compliance never saw the change", || {
         let out = ok(&server, &["rules", "test-compliance", "-o", "json"]);
         let json: serde_json::Value = serde_json::from_str(&out).unwrap();

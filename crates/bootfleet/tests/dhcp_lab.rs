@@ -87,7 +87,18 @@ rules_url = "{RULES}"
     std::fs::write(&rules, manifest).unwrap();
     let applied = run_in(
         &server,
-        &["apply", "-f", rules.to_str().unwrap(), "--activate", "--server", RULES, "--token", TOKEN],
+        // DHCP answers name no image files: none are pushed.
+        &[
+            "apply",
+            "-f",
+            rules.to_str().unwrap(),
+            "--activate",
+            "--allow-missing-images",
+            "--server",
+            RULES,
+            "--token",
+            TOKEN,
+        ],
     );
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     Lab { _up: up, server, client, client_if, dir }
@@ -362,6 +373,7 @@ lease_time = "60s"
             "-f",
             rules.to_str().unwrap(),
             "--activate",
+            "--allow-missing-images",
             "--server",
             "http://127.0.0.1:7101",
             "--token",

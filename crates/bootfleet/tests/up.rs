@@ -143,7 +143,7 @@ fn runs_reports_healthy_stops_cleanly_and_reopens_its_store() {
     std::fs::write(
         &manifest,
         format!(
-            "image_profiles:\n  - {{ name: img, kernel: {{ kernel: tiny/1/vmlinuz }} }}\n\
+            "image_profiles:\n  - {{ name: img, local: true }}\n\
              rules:\n  - {{ name: persisted-rule, match: {{ mac: \"{HOST}\" }}, image_profile: img }}\n"
         ),
     )

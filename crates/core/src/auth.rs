@@ -17,16 +17,16 @@ pub fn authorize<T>(request: &Request<T>, token: Option<&str>, setting: &str) ->
             "writes are disabled: no admin token is configured ({setting})"
         )));
     };
-    let given = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let Some(header) = request.metadata().get("authorization") else {
+        return Err(Status::unauthenticated(
+            "no token was sent: writes need the admin token (authorization: Bearer <token>)",
+        ));
+    };
+    let given = header.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
-        Err(Status::unauthenticated("writes need the admin token: authorization: Bearer <token>"))
+        Err(Status::unauthenticated("the token sent was rejected: it is not the admin token"))
     }
 }
 
@@ -51,9 +51,11 @@ mod tests {
                 .message()
                 .contains("x.admin_token_file")
         );
-        assert!(authorize(&request, Some("0123456789abcdef"), "x").is_err());
+        let missing = authorize(&request, Some("0123456789abcdef"), "x").unwrap_err();
+        assert!(missing.message().contains("no token was sent"), "{missing:?}");
         request.metadata_mut().insert("authorization", "Bearer 0123456789abcdef".parse().unwrap());
         assert!(authorize(&request, Some("0123456789abcdef"), "x").is_ok());
-        assert!(authorize(&request, Some("0123456789abcdeX"), "x").is_err());
+        let rejected = authorize(&request, Some("0123456789abcdeX"), "x").unwrap_err();
+        assert!(rejected.message().contains("rejected"), "{rejected:?}");
     }
 }

@@ -204,7 +204,8 @@ fn main() {
         client::commit(&mut images, "bench", "1", "", &files).await.unwrap();
         let mut rules = bootfleet_rules_engine::client::connect(&rules_url, Some(TOKEN)).await.unwrap();
         let manifest = parse(RULES, Format::Yaml).unwrap();
-        bootfleet_rules_engine::client::apply_manifest(&mut rules, manifest, true, |_| {}).await.unwrap();
+        let options = bootfleet_rules_engine::client::ApplyOptions { activate: true, ..Default::default() };
+        bootfleet_rules_engine::client::apply_manifest(&mut rules, manifest, options).await.unwrap();
     });
     // Let the streamer's snapshot see the rules.
     std::thread::sleep(Duration::from_secs(2));

@@ -11,10 +11,9 @@ use bootfleet_rules_engine::ProfileRef;
 use bootfleet_rules_engine::decide::Engine;
 use prost::Message;
 
-/// Prefix of image versions.
-pub const IMAGES_PREFIX: &str = "/bootfleet/v1/images/";
-/// Prefix of boot statuses.
-pub use bootfleet_rules_engine::store::BOOTS_PREFIX;
+/// Prefix of image versions and of boot statuses (the key layout lives
+/// beside the rules', which refuse profiles naming unknown versions).
+pub use bootfleet_rules_engine::store::{BOOTS_PREFIX, IMAGES_PREFIX};
 /// Service name streamers register under.
 pub const SERVICE: &str = "image-streamer";
 /// Member attribute prefix naming a held file: `blob.<sha256>` = state.
@@ -22,7 +21,7 @@ pub const BLOB_ATTRIBUTE: &str = "blob.";
 
 /// Key of an image version.
 pub fn version_key(image: &str, version: &str) -> String {
-    format!("{IMAGES_PREFIX}{image}/{version}")
+    bootfleet_rules_engine::store::image_version_key(image, version)
 }
 
 /// Checks an image, version or file name: 1-128 of `[A-Za-z0-9._+-]`, not

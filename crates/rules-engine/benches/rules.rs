@@ -200,7 +200,11 @@ async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
     ] {
         let profile = pb::ProfileObject { object: Some(object), revision: 0 };
         admin
-            .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
+            .put_profile(pb::PutProfileRequest {
+                profile: Some(profile),
+                expected_revision: 0,
+                allow_missing_images: true,
+            })
             .await
             .unwrap();
     }

@@ -83,90 +83,41 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
     Ok(RulesServiceClient::with_interceptor(channel, BearerToken::new(token)?))
 }
 
-/// One step of applying a manifest, reported as it completes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// A profile or location was stored; `kind` is "image profile", "host profile" or "location".
-    Object {
-        /// What it is.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The working rule set was replaced.
-    Rules {
-        /// Rules in it.
-        count: usize,
-        /// Store revision of the write.
-        revision: i64,
-    },
-    /// The working set was activated.
-    Activated {
-        /// The new active version.
-        version: u64,
-        /// Store revision of the activation.
-        revision: i64,
-    },
+/// How `bootfleet apply` applies a manifest.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Activate after staging.
+    pub activate: bool,
+    /// Only compute the plan.
+    pub dry_run: bool,
+    /// Remove staged objects and rules the manifest does not name.
+    pub prune: bool,
+    /// Stage image profiles whose files the catalog lacks.
+    pub allow_missing_images: bool,
+    /// Where the manifest came from, named in errors.
+    pub source: String,
 }
 
-/// Why applying stopped: what was being applied, and the server's answer.
-#[derive(Debug)]
-pub struct ApplyError {
-    /// E.g. `image profile "tiny"` or `rules`.
-    pub what: String,
-    /// The server's answer.
-    pub status: tonic::Status,
-}
-
-/// Applies a manifest the way `bootfleet apply` does: profiles and
-/// locations, then the working rule set, then activation when asked.
-/// `each` hears every completed step; the first failure stops it.
+/// Applies a manifest in one `Apply` call: every profile, location and
+/// rule is validated, then staged in one transaction or not at all; the
+/// response carries the plan and, if asked, the activation.
 pub async fn apply_manifest(
     client: &mut Client,
     manifest: crate::manifest::Manifest,
-    activate: bool,
-    mut each: impl FnMut(&Applied),
-) -> Result<(), ApplyError> {
-    use bootfleet_proto::v1 as pb;
-    use pb::profile_object::Object;
-    let objects = manifest
-        .image_profiles
-        .into_iter()
-        .map(Object::Image)
-        .chain(manifest.host_profiles.into_iter().map(Object::Host))
-        .chain(manifest.locations.into_iter().map(Object::Location));
-    for object in objects {
-        let (kind, name) = match &object {
-            Object::Image(p) => ("image profile", p.name.clone()),
-            Object::Host(p) => ("host profile", p.name.clone()),
-            Object::Location(l) => ("location", l.name.clone()),
-        };
-        let request = pb::PutProfileRequest {
-            profile: Some(pb::ProfileObject { object: Some(object), revision: 0 }),
-            expected_revision: 0,
-        };
-        if let Err(status) = client.put_profile(request).await {
-            return Err(ApplyError { what: format!("{kind} {name:?}"), status });
-        }
-        each(&Applied::Object { kind, name });
-    }
-    if let Some(rules) = manifest.rules {
-        let count = rules.len();
-        let request = pb::ReplaceWorkingSetRequest { rules, expected_revision: 0 };
-        let response = client
-            .replace_working_set(request)
-            .await
-            .map_err(|status| ApplyError { what: "rules".into(), status })?
-            .into_inner();
-        each(&Applied::Rules { count, revision: response.revision });
-    }
-    if activate {
-        let response = client
-            .activate(pb::ActivateRequest { expected_revision: 0 })
-            .await
-            .map_err(|status| ApplyError { what: "activation".into(), status })?
-            .into_inner();
-        each(&Applied::Activated { version: response.version, revision: response.revision });
-    }
-    Ok(())
+    options: ApplyOptions,
+) -> Result<bootfleet_proto::v1::ApplyResponse, tonic::Status> {
+    let request = bootfleet_proto::v1::ApplyRequest {
+        image_profiles: manifest.image_profiles,
+        host_profiles: manifest.host_profiles,
+        locations: manifest.locations,
+        replace_rules: manifest.rules.is_some(),
+        rules: manifest.rules.unwrap_or_default(),
+        prune: options.prune,
+        dry_run: options.dry_run,
+        activate: options.activate,
+        expected_revision: 0,
+        source: options.source,
+        allow_missing_images: options.allow_missing_images,
+    };
+    Ok(client.apply(request).await?.into_inner())
 }

@@ -21,6 +21,7 @@ pub mod ruleset;
 pub mod server;
 #[cfg(feature = "runtime")]
 pub mod service;
+pub mod staging;
 #[cfg(feature = "runtime")]
 pub mod store;
 

@@ -139,6 +139,43 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
+/// Every problem of every rule, not only the first (for an apply that
+/// reports all of them at once). Empty when the rules compile.
+pub fn rule_problems(rules: &[Rule]) -> Vec<RulesError> {
+    let mut names = HashMap::new();
+    rules.iter().enumerate().filter_map(|(i, rule)| compile_rule(rule, i, &mut names).err()).collect()
+}
+
+/// Checks and compiles rule `i`; `names` holds the names seen before it.
+fn compile_rule(
+    rule: &Rule,
+    i: usize,
+    names: &mut HashMap<String, usize>,
+) -> Result<(Expr, Assigns), RulesError> {
+    let path = format!("rules[{i}]");
+    check_name(&rule.name, &format!("{path}.name"))?;
+    if let Some(first) = names.insert(rule.name.clone(), i) {
+        return Err(RulesError::invalid(
+            format!("{path}.name"),
+            format!("duplicate rule name {:?} (also rules[{first}])", rule.name),
+        ));
+    }
+    let m = rule.r#match.as_ref().ok_or_else(|| RulesError::invalid(format!("{path}.match"), "missing"))?;
+    let expr = matcher::compile(m, &format!("{path}.match"))?;
+    let assigns = Assigns {
+        image_profile: non_empty(&rule.image_profile),
+        host_profile: non_empty(&rule.host_profile),
+        location: non_empty(&rule.location),
+    };
+    if assigns == Assigns::default() {
+        return Err(RulesError::invalid(
+            path,
+            "assigns nothing: give image_profile, host_profile or location",
+        ));
+    }
+    Ok((expr, assigns))
+}
+
 impl CompiledRuleSet {
     /// Validates and compiles `set`. Errors name the rule by position and
     /// the field inside it. Profile references are not checked here (see
@@ -152,30 +189,7 @@ impl CompiledRuleSet {
         let mut compiled = Self { version, ..Self::default() };
         let mut names = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
-            let path = format!("rules[{i}]");
-            check_name(&rule.name, &format!("{path}.name"))?;
-            if let Some(first) = names.insert(rule.name.clone(), i) {
-                return Err(RulesError::invalid(
-                    format!("{path}.name"),
-                    format!("duplicate rule name {:?} (also rules[{first}])", rule.name),
-                ));
-            }
-            let m = rule
-                .r#match
-                .as_ref()
-                .ok_or_else(|| RulesError::invalid(format!("{path}.match"), "missing"))?;
-            let expr = matcher::compile(m, &format!("{path}.match"))?;
-            let assigns = Assigns {
-                image_profile: non_empty(&rule.image_profile),
-                host_profile: non_empty(&rule.host_profile),
-                location: non_empty(&rule.location),
-            };
-            if assigns == Assigns::default() {
-                return Err(RulesError::invalid(
-                    path,
-                    "assigns nothing: give image_profile, host_profile or location",
-                ));
-            }
+            let (expr, assigns) = compile_rule(rule, i, &mut names)?;
             compiled.index(i, &expr);
             compiled.rules.push(CompiledRule { name: rule.name.clone(), expr, assigns });
         }

@@ -157,7 +157,7 @@ pub async fn serve(
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token)))
+        .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token, stop.clone())))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
         .context("serving the rules engine")

@@ -11,14 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bootfleet_proto::v1 as pb;
 use bootfleet_proto::v1::rules_service_server::RulesService;
-use pb::{profile_object, rule_change};
+use pb::profile_object;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::decide::changed_items;
 use crate::error::RulesError;
 use crate::facts::{Facts, normalize_mac};
+use crate::staging::{Changes, State};
 use crate::store::{BOOTS_PREFIX, HOSTS_PREFIX, RulesState, decode, writes};
+use tokio_util::sync::CancellationToken;
 
 /// The rules engine's Prometheus metrics.
 pub mod metrics {
@@ -91,12 +93,16 @@ fn now_ms() -> i64 {
 pub struct RulesApi {
     state: Arc<RulesState>,
     admin_token: Option<Arc<str>>,
+    /// Ends open streams (WatchDecisions) at shutdown: a graceful server
+    /// waits for every stream, and a watch never ends by itself.
+    stop: CancellationToken,
 }
 
 impl RulesApi {
-    /// Serves `state`; writes need `admin_token` (none: writes refused).
-    pub fn new(state: Arc<RulesState>, admin_token: Option<String>) -> Self {
-        Self { state, admin_token: admin_token.map(Into::into) }
+    /// Serves `state`; writes need `admin_token` (none: writes refused);
+    /// streams end when `stop` is cancelled.
+    pub fn new(state: Arc<RulesState>, admin_token: Option<String>, stop: CancellationToken) -> Self {
+        Self { state, admin_token: admin_token.map(Into::into), stop }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -104,8 +110,18 @@ impl RulesApi {
     }
 
     fn rule_set_response(&self, active: bool) -> Result<pb::RuleSetResponse, RulesError> {
-        let (rule_set, revision) = self.state.rule_set(active)?;
+        let (mut rule_set, revision) = self.state.rule_set(active)?;
+        // Staged profiles are read with ListProfiles / GetProfile.
+        rule_set.staged = None;
         Ok(pb::RuleSetResponse { rule_set: Some(rule_set), revision })
+    }
+
+    /// Store revision of an active profile or location (0 when absent).
+    fn active_revision(&self, kind: pb::ProfileKind, name: &str) -> i64 {
+        let Ok(key) = writes::profile_key(kind, name) else { return 0 };
+        let cache =
+            if kind == pb::ProfileKind::Location { &self.state.locations } else { &self.state.profiles };
+        cache.get(&key).map_or(0, |kv| kv.mod_revision)
     }
 
     fn compliance(
@@ -152,6 +168,16 @@ impl RulesApi {
     }
 }
 
+/// How an operator names a kind of object.
+fn kind_name(kind: pb::ProfileKind) -> &'static str {
+    match kind {
+        pb::ProfileKind::Image => "image profile",
+        pb::ProfileKind::Host => "host profile",
+        pb::ProfileKind::Location => "location",
+        pb::ProfileKind::Unspecified => "profile",
+    }
+}
+
 fn kind_of(object: &pb::ProfileObject) -> pb::ProfileKind {
     match object.object {
         Some(profile_object::Object::Image(_)) => pb::ProfileKind::Image,
@@ -161,55 +187,43 @@ fn kind_of(object: &pb::ProfileObject) -> pb::ProfileKind {
     }
 }
 
-fn diff(working: &[pb::Rule], active: &[pb::Rule]) -> Vec<pb::RuleChange> {
-    let position = |rules: &[pb::Rule]| -> HashMap<String, usize> {
-        rules.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect()
-    };
-    let (w, a) = (position(working), position(active));
-    let as_i32 = |i: usize| i32::try_from(i).unwrap_or(i32::MAX);
-    let mut changes = Vec::new();
-    for (i, rule) in working.iter().enumerate() {
-        match a.get(&rule.name) {
-            None => changes.push(pb::RuleChange {
-                kind: rule_change::Kind::Added.into(),
-                name: rule.name.clone(),
-                working: Some(rule.clone()),
-                active: None,
-                working_position: as_i32(i),
-                active_position: -1,
-            }),
-            Some(&j) => {
-                let kind = if active[j] != *rule {
-                    rule_change::Kind::Changed
-                } else if i != j {
-                    rule_change::Kind::Moved
-                } else {
-                    continue;
-                };
-                changes.push(pb::RuleChange {
-                    kind: kind.into(),
-                    name: rule.name.clone(),
-                    working: Some(rule.clone()),
-                    active: Some(active[j].clone()),
-                    working_position: as_i32(i),
-                    active_position: as_i32(j),
-                });
-            }
-        }
+fn diff_response(changes: writes::Changes, active_version: u64) -> pb::DiffResponse {
+    pb::DiffResponse { changes: changes.0, active_version, profile_changes: changes.1 }
+}
+
+fn activate_response(activated: writes::Activated) -> pb::ActivateResponse {
+    pb::ActivateResponse {
+        version: activated.version,
+        revision: activated.revision,
+        unchanged: activated.unchanged,
+        published: Some(diff_response(activated.published, activated.version)),
     }
-    for (j, rule) in active.iter().enumerate() {
-        if !w.contains_key(&rule.name) {
-            changes.push(pb::RuleChange {
-                kind: rule_change::Kind::Removed.into(),
-                name: rule.name.clone(),
-                working: None,
-                active: Some(rule.clone()),
-                working_position: -1,
-                active_position: as_i32(j),
-            });
-        }
+}
+
+/// The objects of `state` of `kind` (all kinds when unspecified), each
+/// with `revision`.
+fn objects_of(
+    state: &State,
+    kind: pb::ProfileKind,
+    revision: impl Fn(pb::ProfileKind, &str) -> i64,
+) -> Vec<pb::ProfileObject> {
+    use profile_object::Object;
+    let wanted = |k: pb::ProfileKind| kind == pb::ProfileKind::Unspecified || kind == k;
+    let mut out = Vec::new();
+    if wanted(pb::ProfileKind::Image) {
+        out.extend(state.image.iter().map(|(n, p)| (pb::ProfileKind::Image, n, Object::Image(p.clone()))));
     }
-    changes
+    if wanted(pb::ProfileKind::Host) {
+        out.extend(state.host.iter().map(|(n, p)| (pb::ProfileKind::Host, n, Object::Host(p.clone()))));
+    }
+    if wanted(pb::ProfileKind::Location) {
+        out.extend(
+            state.location.iter().map(|(n, l)| (pb::ProfileKind::Location, n, Object::Location(l.clone()))),
+        );
+    }
+    out.into_iter()
+        .map(|(k, name, object)| pb::ProfileObject { revision: revision(k, name), object: Some(object) })
+        .collect()
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::HostEvent, Status>> + Send>>;
@@ -290,52 +304,84 @@ impl RulesService for RulesApi {
         Ok(Response::new(pb::RuleSetResponse { rule_set: Some(rule_set), revision }))
     }
 
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.authorize(&request)?;
+        let _serialized = self.state.write_lock.lock().await;
+        let r = request.into_inner();
+        let changes = Changes {
+            image: r.image_profiles,
+            host: r.host_profiles,
+            location: r.locations,
+            rules: r.replace_rules.then_some(r.rules),
+            prune: r.prune,
+        };
+        let options = writes::StageOptions {
+            expected: r.expected_revision,
+            dry_run: r.dry_run,
+            allow_missing_images: r.allow_missing_images,
+            source: &r.source,
+        };
+        let staged =
+            writes::stage(&self.state.store, options, |current| Ok(current.merged(&changes))).await?;
+        let (_, active_version) = self.state.rule_set(true).map(|(set, rev)| (rev, set.version))?;
+        if !staged.unchanged && !r.dry_run {
+            tracing::info!(
+                source = %r.source,
+                rules = staged.plan.0.len(),
+                objects = staged.plan.1.len(),
+                revision = staged.revision,
+                "working state applied"
+            );
+        }
+        let mut response = pb::ApplyResponse {
+            plan: Some(diff_response(staged.plan, active_version)),
+            revision: staged.revision,
+            unchanged: staged.unchanged,
+            activation: None,
+        };
+        if r.activate && !r.dry_run {
+            let activated = writes::activate(&self.state.store, 0).await?;
+            if !activated.unchanged {
+                tracing::info!(version = activated.version, "working state activated");
+            }
+            response.activation = Some(activate_response(activated));
+        }
+        Ok(Response::new(response))
+    }
+
     async fn activate(
         &self,
         request: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         self.authorize(&request)?;
         let _serialized = self.state.write_lock.lock().await;
-        let (version, revision) =
-            writes::activate(&self.state.store, request.into_inner().expected_revision).await?;
-        tracing::info!(version, "rule set activated");
-        Ok(Response::new(pb::ActivateResponse { version, revision }))
+        let activated = writes::activate(&self.state.store, request.into_inner().expected_revision).await?;
+        if activated.unchanged {
+            tracing::info!(version = activated.version, "activation: already active, nothing written");
+        } else {
+            tracing::info!(version = activated.version, "working state activated");
+        }
+        Ok(Response::new(activate_response(activated)))
     }
 
     async fn diff(&self, _request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
-        let (working, _) = self.state.rule_set(false)?;
-        let (active, _) = self.state.rule_set(true)?;
-        Ok(Response::new(pb::DiffResponse {
-            changes: diff(&working.rules, &active.rules),
-            active_version: active.version,
-        }))
+        let (working, _) = self.state.working_state()?;
+        let (active, version) = self.state.active_state()?;
+        Ok(Response::new(diff_response(crate::staging::diff(&active, &working), version)))
     }
 
     async fn list_profiles(
         &self,
         request: Request<pb::ListProfilesRequest>,
     ) -> Result<Response<pb::ListProfilesResponse>, Status> {
-        let kind = request.into_inner().kind();
-        let mut profiles = Vec::new();
-        let wanted = |k: pb::ProfileKind| kind == pb::ProfileKind::Unspecified || kind == k;
-        for kv in self.state.profiles.list(crate::store::PROFILES_PREFIX) {
-            let object = if kv.key.starts_with(crate::store::IMAGE_PREFIX) && wanted(pb::ProfileKind::Image) {
-                profile_object::Object::Image(decode(&kv)?)
-            } else if kv.key.starts_with(crate::store::HOST_PREFIX) && wanted(pb::ProfileKind::Host) {
-                profile_object::Object::Host(decode(&kv)?)
-            } else {
-                continue;
-            };
-            profiles.push(pb::ProfileObject { object: Some(object), revision: kv.mod_revision });
-        }
-        if wanted(pb::ProfileKind::Location) {
-            for kv in self.state.locations.list(crate::store::LOCATION_PREFIX) {
-                profiles.push(pb::ProfileObject {
-                    object: Some(profile_object::Object::Location(decode(&kv)?)),
-                    revision: kv.mod_revision,
-                });
-            }
-        }
+        let r = request.into_inner();
+        let profiles = if r.active {
+            let (state, _) = self.state.active_state()?;
+            objects_of(&state, r.kind(), |kind, name| self.active_revision(kind, name))
+        } else {
+            let (state, revision) = self.state.working_state()?;
+            objects_of(&state, r.kind(), |_, _| revision)
+        };
         Ok(Response::new(pb::ListProfilesResponse { profiles }))
     }
 
@@ -344,18 +390,27 @@ impl RulesService for RulesApi {
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::ProfileObject>, Status> {
         let r = request.into_inner();
-        let key = writes::profile_key(r.kind(), &r.name)?;
-        let cache =
-            if r.kind() == pb::ProfileKind::Location { &self.state.locations } else { &self.state.profiles };
-        let kv = cache
-            .get(&key)
-            .ok_or_else(|| Status::not_found(format!("{:?} {:?} not found", r.kind(), r.name)))?;
-        let object = match r.kind() {
-            pb::ProfileKind::Image => profile_object::Object::Image(decode(&kv)?),
-            pb::ProfileKind::Host => profile_object::Object::Host(decode(&kv)?),
-            _ => profile_object::Object::Location(decode(&kv)?),
+        writes::profile_key(r.kind(), &r.name).map_err(|e| e.within("name"))?;
+        let found = if r.active {
+            let (state, _) = self.state.active_state()?;
+            objects_of(&state, r.kind(), |kind, name| self.active_revision(kind, name))
+        } else {
+            let (state, revision) = self.state.working_state()?;
+            objects_of(&state, r.kind(), |_, _| revision)
         };
-        Ok(Response::new(pb::ProfileObject { object: Some(object), revision: kv.mod_revision }))
+        let name_of = |o: &pb::ProfileObject| match &o.object {
+            Some(profile_object::Object::Image(p)) => p.name.clone(),
+            Some(profile_object::Object::Host(p)) => p.name.clone(),
+            Some(profile_object::Object::Location(l)) => l.name.clone(),
+            None => String::new(),
+        };
+        let which = if r.active { "active" } else { "staged" };
+        let kind = kind_name(r.kind());
+        found
+            .into_iter()
+            .find(|o| name_of(o) == r.name)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("{kind} {:?} not found ({which})", r.name)))
     }
 
     async fn put_profile(
@@ -366,8 +421,10 @@ impl RulesService for RulesApi {
         let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
         let mut object = r.profile.ok_or_else(|| Status::invalid_argument("profile: missing"))?;
-        object.revision = writes::put_profile(&self.state.store, &object, r.expected_revision).await?;
-        tracing::info!(kind = ?kind_of(&object), "profile stored");
+        object.revision =
+            writes::put_profile(&self.state.store, &object, r.expected_revision, r.allow_missing_images)
+                .await?;
+        tracing::info!(kind = kind_name(kind_of(&object)), "profile staged");
         Ok(Response::new(object))
     }
 
@@ -378,8 +435,8 @@ impl RulesService for RulesApi {
         self.authorize(&request)?;
         let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
-        writes::delete_profile(&self.state.store, r.kind(), &r.name).await?;
-        Ok(Response::new(pb::DeleteProfileResponse {}))
+        let revision = writes::delete_profile(&self.state.store, r.kind(), &r.name).await?;
+        Ok(Response::new(pb::DeleteProfileResponse { revision }))
     }
 
     async fn test_compliance(
@@ -470,11 +527,19 @@ impl RulesService for RulesApi {
             if filter.is_empty() { None } else { Some(normalize_mac(&filter).map_err(|e| e.within("mac"))?) };
         let mut events = self.state.hosts.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             // Per host, the newest entry already sent.
             let mut sent: HashMap<String, i64> = HashMap::new();
             loop {
-                let batch = match events.recv().await {
+                let received = tokio::select! {
+                    () = stop.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("the server is shutting down; watch again")));
+                        return;
+                    }
+                    received = events.recv() => received,
+                };
+                let batch = match received {
                     Ok(batch) => batch,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let status =
@@ -503,32 +568,5 @@ impl RulesService for RulesApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(name: &str, image: &str) -> pb::Rule {
-        pb::Rule { name: name.into(), image_profile: image.into(), ..Default::default() }
-    }
-
-    #[test]
-    fn diff_reports_each_kind_of_change() {
-        let active = vec![rule("a", "x"), rule("b", "x"), rule("c", "x")];
-        let working = vec![rule("b", "x"), rule("a", "y"), rule("d", "x")];
-        let changes: Vec<(i32, String)> =
-            diff(&working, &active).into_iter().map(|c| (c.kind, c.name)).collect();
-        let k = |kind: rule_change::Kind| i32::from(kind);
-        assert_eq!(
-            changes,
-            [
-                (k(rule_change::Kind::Moved), "b".to_owned()),
-                (k(rule_change::Kind::Changed), "a".to_owned()),
-                (k(rule_change::Kind::Added), "d".to_owned()),
-                (k(rule_change::Kind::Removed), "c".to_owned()),
-            ]
-        );
     }
 }

@@ -56,6 +56,13 @@ impl ClientArgs {
     }
 }
 
+/// Returned by a command that found changes to make (`rules diff`, `apply
+/// --dry-run`): the process exits 2, as `terraform plan -detailed-exitcode`
+/// does, and prints nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("changes pending")]
+pub(crate) struct PendingChanges;
+
 /// Turns a gRPC status into a sentence an operator can act on.
 pub(crate) fn explain(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
@@ -96,6 +103,7 @@ where
     };
     match runtime.block_on(command()) {
         Ok(()) => 0,
+        Err(e) if e.is::<PendingChanges>() => 2,
         Err(e) => {
             eprintln!("Error: {e:#}");
             1

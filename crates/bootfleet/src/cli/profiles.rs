@@ -86,7 +86,7 @@ pub(crate) async fn run(command: ProfilesCommand) -> anyhow::Result<()> {
     let json = command.client.output == Output::Json;
     match command.action {
         ProfilesAction::List { kind } => {
-            let request = pb::ListProfilesRequest { kind: kind.map_or(0, Kind::wire) };
+            let request = pb::ListProfilesRequest { kind: kind.map_or(0, Kind::wire), active: false };
             let response = client.list_profiles(request).await.map_err(explain)?.into_inner();
             if json {
                 return print_json(&response);
@@ -95,7 +95,7 @@ pub(crate) async fn run(command: ProfilesCommand) -> anyhow::Result<()> {
             print_table(&["KIND", "NAME", "CONTENT", "REVISION"], &rows);
         }
         ProfilesAction::Get { kind, name } => {
-            let request = pb::GetProfileRequest { kind: kind.wire(), name };
+            let request = pb::GetProfileRequest { kind: kind.wire(), name, active: false };
             let response = client.get_profile(request).await.map_err(explain)?.into_inner();
             if json {
                 return print_json(&response);

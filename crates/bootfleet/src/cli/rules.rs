@@ -2,7 +2,7 @@
 
 use bootfleet_proto::v1 as pb;
 
-use super::{ClientArgs, Output, describe, explain, print_json, print_table, say};
+use super::{ClientArgs, Output, PendingChanges, describe, explain, print_json, print_table, say};
 
 /// Rule-set commands.
 #[derive(clap::Args)]
@@ -34,9 +34,9 @@ enum RulesAction {
         /// Rule name.
         name: String,
     },
-    /// Make the working set active.
+    /// Publish the working state: rules, staged profiles and locations, at once.
     Activate,
-    /// What activating would change.
+    /// What activating would change; exit 2 when something would, 0 when nothing.
     Diff,
     /// Hosts whose decision would change under the working (or active) set.
     TestCompliance {
@@ -51,6 +51,68 @@ enum RulesAction {
         /// Hosts to repair (default: every non-compliant host).
         macs: Vec<String>,
     },
+}
+
+/// Prints a diff or a plan: one row per rule, profile or location.
+pub(crate) fn print_changes(diff: &pb::DiffResponse) {
+    use pb::profile_change::Kind as ProfileChange;
+    use pb::rule_change::Kind as RuleChange;
+    let mut rows = Vec::new();
+    for c in &diff.profile_changes {
+        let kind = match c.profile_kind() {
+            pb::ProfileKind::Image => "image profile",
+            pb::ProfileKind::Host => "host profile",
+            pb::ProfileKind::Location => "location",
+            pb::ProfileKind::Unspecified => "profile",
+        };
+        let change = match c.kind() {
+            ProfileChange::Added => "add",
+            ProfileChange::Removed => "remove",
+            ProfileChange::Changed => "change",
+        };
+        let detail = |o: Option<&pb::ProfileObject>| o.map(describe_object).unwrap_or_default();
+        let text = match c.kind() {
+            ProfileChange::Added => detail(c.after.as_ref()),
+            ProfileChange::Removed => detail(c.before.as_ref()),
+            ProfileChange::Changed => format!("{} → {}", detail(c.before.as_ref()), detail(c.after.as_ref())),
+        };
+        rows.push(vec![change.to_owned(), kind.to_owned(), c.name.clone(), text]);
+    }
+    for c in &diff.changes {
+        let pos = |p: i32| if p < 0 { "-".to_owned() } else { format!("#{p}") };
+        let rule = c.working.as_ref().or(c.active.as_ref());
+        let what = rule
+            .map(|r| format!("{} → {}", describe::matcher(r.r#match.as_ref()), describe::assigns(r)))
+            .unwrap_or_default();
+        let (change, text) = match c.kind() {
+            RuleChange::Added => ("add", format!("at {}: {what}", pos(c.working_position))),
+            RuleChange::Removed => ("remove", format!("was {}: {what}", pos(c.active_position))),
+            RuleChange::Changed => {
+                ("change", format!("{} → {}: {what}", pos(c.active_position), pos(c.working_position)))
+            }
+            RuleChange::Moved => {
+                ("move", format!("{} → {}", pos(c.active_position), pos(c.working_position)))
+            }
+        };
+        rows.push(vec![change.to_owned(), "rule".to_owned(), c.name.clone(), text]);
+    }
+    print_table(&["CHANGE", "KIND", "NAME", "DETAIL"], &rows);
+}
+
+/// A profile or location in a few words.
+fn describe_object(object: &pb::ProfileObject) -> String {
+    use pb::profile_object::Object;
+    let pairs = |map: &std::collections::HashMap<String, String>| {
+        let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        pairs.join(" ")
+    };
+    match &object.object {
+        Some(Object::Image(p)) => describe::boot(p),
+        Some(Object::Host(p)) => pairs(&p.values),
+        Some(Object::Location(l)) => pairs(&l.labels),
+        None => String::new(),
+    }
 }
 
 fn kind(active: bool) -> i32 {
@@ -144,38 +206,29 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&response);
             }
-            say(&format!("activated version {} (revision {})", response.version, response.revision));
+            if response.unchanged {
+                say(&format!("unchanged: version {} is already active", response.version));
+            } else {
+                if let Some(published) = &response.published {
+                    print_changes(published);
+                }
+                say(&format!("activated version {} (revision {})", response.version, response.revision));
+            }
         }
         RulesAction::Diff => {
             let response = client.diff(pb::DiffRequest {}).await.map_err(explain)?.into_inner();
+            let count = response.changes.len() + response.profile_changes.len();
             if json {
-                return print_json(&response);
+                print_json(&response)?;
+            } else if count == 0 {
+                say(&format!("no changes: the working state is active version {}", response.active_version));
+            } else {
+                print_changes(&response);
+                say(&format!("({count} changes against active version {})", response.active_version));
             }
-            let rows: Vec<Vec<String>> = response
-                .changes
-                .iter()
-                .map(|c| {
-                    let kind = format!("{:?}", c.kind()).to_lowercase();
-                    let pos = |p: i32| if p < 0 { "-".to_owned() } else { p.to_string() };
-                    let rule = c.working.as_ref().or(c.active.as_ref());
-                    let what = rule.map(|r| {
-                        format!("{} → {}", describe::matcher(r.r#match.as_ref()), describe::assigns(r))
-                    });
-                    vec![
-                        kind,
-                        c.name.clone(),
-                        pos(c.active_position),
-                        pos(c.working_position),
-                        what.unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            print_table(&["CHANGE", "RULE", "ACTIVE#", "WORKING#", "RULE (working)"], &rows);
-            say(&format!(
-                "({} changes against active version {})",
-                response.changes.len(),
-                response.active_version
-            ));
+            if count > 0 {
+                return Err(PendingChanges.into());
+            }
         }
         RulesAction::TestCompliance { macs, active } => {
             let request = pb::TestComplianceRequest { macs, against: kind(active) };

@@ -42,7 +42,8 @@ async fn rules_engine(store: SharedStore, stop: &CancellationToken) -> String {
 async fn apply(url: &str) {
     let mut admin = bootfleet_rules_engine::client::connect(url, Some(TOKEN)).await.unwrap();
     let manifest = parse(RULES, Format::Yaml).unwrap();
-    bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, true, |_| {}).await.unwrap();
+    let options = bootfleet_rules_engine::client::ApplyOptions { activate: true, ..Default::default() };
+    bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, options).await.unwrap();
 }
 
 fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {

@@ -1302,12 +1302,32 @@ pub struct Rule {
 pub struct RuleSet {
     #[prost(message, repeated, tag = "1")]
     pub rules: ::prost::alloc::vec::Vec<Rule>,
-    /// Bumped by every activation (active set only).
+    /// Bumped by every activation that changes anything (active set only).
     #[prost(uint64, tag = "2")]
     pub version: u64,
     /// Unix ms of the last change.
     #[prost(int64, tag = "3")]
     pub updated_at_unix_ms: i64,
+    /// Working set only: the profiles and locations that activation publishes
+    /// together with the rules. Absent in a working set written before
+    /// profiles were staged; the active ones are its staged ones then.
+    #[prost(message, optional, tag = "4")]
+    pub staged: ::core::option::Option<StagedObjects>,
+}
+/// Profiles and locations as edited, not yet active. Kept inside the
+/// working rule set so that an edit of rules and profiles together is one
+/// compare-and-swap on one key, and activation publishes them all at once.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StagedObjects {
+    #[prost(message, repeated, tag = "1")]
+    pub image_profiles: ::prost::alloc::vec::Vec<ImageProfile>,
+    #[prost(message, repeated, tag = "2")]
+    pub host_profiles: ::prost::alloc::vec::Vec<HostProfile>,
+    #[prost(message, repeated, tag = "3")]
+    pub locations: ::prost::alloc::vec::Vec<Location>,
 }
 /// How a host boots, as decided by the active rules.
 #[allow(clippy::all)]
@@ -1462,12 +1482,78 @@ pub struct ActivateRequest {
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ActivateResponse {
     #[prost(uint64, tag = "1")]
     pub version: u64,
     #[prost(int64, tag = "2")]
     pub revision: i64,
+    /// True when the working state was already active: nothing was written,
+    /// version and revision are the current ones.
+    #[prost(bool, tag = "3")]
+    pub unchanged: bool,
+    /// What the activation published (empty when unchanged).
+    #[prost(message, optional, tag = "4")]
+    pub published: ::core::option::Option<DiffResponse>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApplyRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub image_profiles: ::prost::alloc::vec::Vec<ImageProfile>,
+    #[prost(message, repeated, tag = "2")]
+    pub host_profiles: ::prost::alloc::vec::Vec<HostProfile>,
+    #[prost(message, repeated, tag = "3")]
+    pub locations: ::prost::alloc::vec::Vec<Location>,
+    /// The working rules become exactly these when replace_rules is set;
+    /// otherwise the working rules stay as they are.
+    #[prost(bool, tag = "4")]
+    pub replace_rules: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub rules: ::prost::alloc::vec::Vec<Rule>,
+    /// Also remove the staged profiles and locations this request does not
+    /// name (and, with replace_rules, the rules: they are replaced anyway).
+    #[prost(bool, tag = "6")]
+    pub prune: bool,
+    /// Compute and return the plan; write nothing.
+    #[prost(bool, tag = "7")]
+    pub dry_run: bool,
+    /// Activate after staging (in a second transaction; the staged state is
+    /// kept if activation fails).
+    #[prost(bool, tag = "8")]
+    pub activate: bool,
+    /// If set, fail with FAILED_PRECONDITION unless the working state is still
+    /// at this revision.
+    #[prost(int64, tag = "9")]
+    pub expected_revision: i64,
+    /// Where the manifest came from (a file name), named in errors.
+    #[prost(string, tag = "10")]
+    pub source: ::prost::alloc::string::String,
+    /// Stage image profiles whose files are not in the image catalog yet
+    /// (by default they are refused: push the image version first).
+    #[prost(bool, tag = "11")]
+    pub allow_missing_images: bool,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApplyResponse {
+    /// What changed (or, for a dry run, would change) in the working state.
+    #[prost(message, optional, tag = "1")]
+    pub plan: ::core::option::Option<DiffResponse>,
+    /// Store revision of the working state after the call (unchanged when
+    /// nothing was written).
+    #[prost(int64, tag = "2")]
+    pub revision: i64,
+    /// True when the working state already was what the request asks for.
+    #[prost(bool, tag = "3")]
+    pub unchanged: bool,
+    /// Present when activation was asked for (and not a dry run).
+    #[prost(message, optional, tag = "4")]
+    pub activation: ::core::option::Option<ActivateResponse>,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1543,21 +1629,91 @@ pub mod rule_change {
         }
     }
 }
+/// A profile or location that differs between two states.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProfileChange {
+    #[prost(enumeration = "profile_change::Kind", tag = "1")]
+    pub kind: i32,
+    #[prost(enumeration = "ProfileKind", tag = "2")]
+    pub profile_kind: i32,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    /// Present for REMOVED and CHANGED.
+    #[prost(message, optional, tag = "4")]
+    pub before: ::core::option::Option<ProfileObject>,
+    /// Present for ADDED and CHANGED.
+    #[prost(message, optional, tag = "5")]
+    pub after: ::core::option::Option<ProfileObject>,
+}
+/// Nested message and enum types in `ProfileChange`.
+pub mod profile_change {
+    #[allow(clippy::all)]
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Kind {
+        Added = 0,
+        Removed = 1,
+        Changed = 2,
+    }
+    impl Kind {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Added => "KIND_ADDED",
+                Self::Removed => "KIND_REMOVED",
+                Self::Changed => "KIND_CHANGED",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "KIND_ADDED" => Some(Self::Added),
+                "KIND_REMOVED" => Some(Self::Removed),
+                "KIND_CHANGED" => Some(Self::Changed),
+                _ => None,
+            }
+        }
+    }
+}
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DiffResponse {
+    /// Rules, in the order of the newer state.
     #[prost(message, repeated, tag = "1")]
     pub changes: ::prost::alloc::vec::Vec<RuleChange>,
     #[prost(uint64, tag = "2")]
     pub active_version: u64,
+    /// Profiles and locations, by kind, then name.
+    #[prost(message, repeated, tag = "3")]
+    pub profile_changes: ::prost::alloc::vec::Vec<ProfileChange>,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ProfileObject {
+    /// Store revision: of the working state for a staged object, of the
+    /// object's own key for an active one.
     #[prost(int64, tag = "4")]
     pub revision: i64,
     #[prost(oneof = "profile_object::Object", tags = "1, 2, 3")]
@@ -1586,6 +1742,9 @@ pub struct ListProfilesRequest {
     /// Unspecified lists every kind.
     #[prost(enumeration = "ProfileKind", tag = "1")]
     pub kind: i32,
+    /// The active profiles instead of the staged (working) ones.
+    #[prost(bool, tag = "2")]
+    pub active: bool,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1604,7 +1763,11 @@ pub struct GetProfileRequest {
     pub kind: i32,
     #[prost(string, tag = "2")]
     pub name: ::prost::alloc::string::String,
+    /// The active profile instead of the staged (working) one.
+    #[prost(bool, tag = "3")]
+    pub active: bool,
 }
+/// Stages a profile or location in the working state (live after Activate).
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1612,11 +1775,15 @@ pub struct GetProfileRequest {
 pub struct PutProfileRequest {
     #[prost(message, optional, tag = "1")]
     pub profile: ::core::option::Option<ProfileObject>,
-    /// If set, fail unless the stored profile is at this revision (0 with
-    /// create_only: must not exist).
+    /// If set, fail unless the working state is still at this revision.
     #[prost(int64, tag = "2")]
     pub expected_revision: i64,
+    /// As in ApplyRequest.
+    #[prost(bool, tag = "3")]
+    pub allow_missing_images: bool,
 }
+/// Removes a staged profile or location (refused while a working rule
+/// names it; it stays active until the next Activate).
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1631,7 +1798,11 @@ pub struct DeleteProfileRequest {
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct DeleteProfileResponse {}
+pub struct DeleteProfileResponse {
+    /// Store revision of the working state after the deletion.
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+}
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -2005,7 +2176,31 @@ pub mod rules_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Makes the working set active, atomically, bumping the version.
+        /// Stages a whole manifest (profiles, locations, rules) in one
+        /// transaction, or nothing; optionally a plan only, or activation after.
+        pub async fn apply(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ApplyRequest>,
+        ) -> std::result::Result<tonic::Response<super::ApplyResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.RulesService/Apply",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Apply"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Makes the working set and the staged profiles and locations active,
+        /// atomically, bumping the version; nothing happens when they already are.
         pub async fn activate(
             &mut self,
             request: impl tonic::IntoRequest<super::ActivateRequest>,
@@ -2030,7 +2225,7 @@ pub mod rules_service_client {
                 .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Activate"));
             self.inner.unary(req, path, codec).await
         }
-        /// What activating would change.
+        /// What activating would change: rules, profiles and locations.
         pub async fn diff(
             &mut self,
             request: impl tonic::IntoRequest<super::DiffRequest>,
@@ -2306,7 +2501,14 @@ pub mod rules_service_server {
             &self,
             request: tonic::Request<super::ReplaceWorkingSetRequest>,
         ) -> std::result::Result<tonic::Response<super::RuleSetResponse>, tonic::Status>;
-        /// Makes the working set active, atomically, bumping the version.
+        /// Stages a whole manifest (profiles, locations, rules) in one
+        /// transaction, or nothing; optionally a plan only, or activation after.
+        async fn apply(
+            &self,
+            request: tonic::Request<super::ApplyRequest>,
+        ) -> std::result::Result<tonic::Response<super::ApplyResponse>, tonic::Status>;
+        /// Makes the working set and the staged profiles and locations active,
+        /// atomically, bumping the version; nothing happens when they already are.
         async fn activate(
             &self,
             request: tonic::Request<super::ActivateRequest>,
@@ -2314,7 +2516,7 @@ pub mod rules_service_server {
             tonic::Response<super::ActivateResponse>,
             tonic::Status,
         >;
-        /// What activating would change.
+        /// What activating would change: rules, profiles and locations.
         async fn diff(
             &self,
             request: tonic::Request<super::DiffRequest>,
@@ -2668,6 +2870,50 @@ pub mod rules_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReplaceWorkingSetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.RulesService/Apply" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApplySvc<T: RulesService>(pub Arc<T>);
+                    impl<
+                        T: RulesService,
+                    > tonic::server::UnaryService<super::ApplyRequest> for ApplySvc<T> {
+                        type Response = super::ApplyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ApplyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RulesService>::apply(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApplySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

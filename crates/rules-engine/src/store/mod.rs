@@ -23,6 +23,7 @@ use crate::decide::{Catalog, Engine};
 use crate::error::RulesError;
 use crate::facts::Facts;
 use crate::ruleset::CompiledRuleSet;
+use crate::staging::State;
 use host_wire::EncodedEvent;
 
 /// Key of the working rule set.
@@ -43,6 +44,44 @@ pub const LOCATION_PREFIX: &str = "/bootfleet/v1/locations/";
 pub const HOSTS_PREFIX: &str = "/bootfleet/v1/hosts/";
 /// Prefix of boot statuses (written by the image streamers).
 pub const BOOTS_PREFIX: &str = "/bootfleet/v1/boots/";
+/// Prefix of the image catalog (`ImageVersion` per `<image>/<version>`,
+/// written by the image streamers; read here to refuse profiles naming
+/// versions that were never pushed).
+pub const IMAGES_PREFIX: &str = "/bootfleet/v1/images/";
+
+/// Key of one image version in the catalog.
+pub fn image_version_key(image: &str, version: &str) -> String {
+    format!("{IMAGES_PREFIX}{image}/{version}")
+}
+
+/// The active state from the active set, which carries its profiles and
+/// locations; a set activated by an older release does not, and then the
+/// profile and location records are read.
+pub fn active_state(
+    set: RuleSet,
+    profiles: &[KeyValue],
+    locations: &[KeyValue],
+) -> Result<State, RulesError> {
+    State::from_working(set, || objects_of(profiles, locations))
+}
+
+fn objects_of(profiles: &[KeyValue], locations: &[KeyValue]) -> Result<State, RulesError> {
+    let mut state = State::default();
+    for kv in profiles {
+        if kv.key.starts_with(IMAGE_PREFIX) {
+            let p: ImageProfile = decode(kv)?;
+            state.image.insert(p.name.clone(), p);
+        } else if kv.key.starts_with(HOST_PREFIX) {
+            let p: HostProfile = decode(kv)?;
+            state.host.insert(p.name.clone(), p);
+        }
+    }
+    for kv in locations {
+        let l: Location = decode(kv)?;
+        state.location.insert(l.name.clone(), l);
+    }
+    Ok(state)
+}
 
 /// Decodes a stored message, naming the key when it is corrupt.
 pub fn decode<M: Message + Default>(kv: &KeyValue) -> Result<M, RulesError> {
@@ -56,25 +95,6 @@ pub fn rule_set_of(kv: Option<&KeyValue>) -> Result<(RuleSet, i64), RulesError> 
         Some(kv) => Ok((decode(kv)?, kv.mod_revision)),
         None => Ok((RuleSet::default(), 0)),
     }
-}
-
-/// Builds the catalog from stored profile and location records.
-pub fn catalog_of(profiles: &[KeyValue], locations: &[KeyValue]) -> Result<Catalog, RulesError> {
-    let mut catalog = Catalog::default();
-    for kv in profiles {
-        if kv.key.starts_with(IMAGE_PREFIX) {
-            let p: ImageProfile = decode(kv)?;
-            catalog.image.insert(p.name.clone(), Arc::new(p));
-        } else if kv.key.starts_with(HOST_PREFIX) {
-            let p: HostProfile = decode(kv)?;
-            catalog.host.insert(p.name.clone(), Arc::new(p));
-        }
-    }
-    for kv in locations {
-        let l: Location = decode(kv)?;
-        catalog.location.insert(l.name.clone(), Arc::new(l));
-    }
-    Ok(catalog)
 }
 
 /// Settings of a rules-engine replica.
@@ -203,16 +223,33 @@ impl RulesState {
         rule_set_of(self.rules.get(if active { ACTIVE_KEY } else { WORKING_KEY }).as_ref())
     }
 
-    /// The catalog from the snapshot.
+    /// The active profiles and locations from the snapshot.
     pub fn catalog(&self) -> Result<Catalog, RulesError> {
-        catalog_of(&self.profiles.list(PROFILES_PREFIX), &self.locations.list(LOCATION_PREFIX))
+        Ok(self.active_state()?.0.catalog())
     }
 
-    /// The working set compiled against the current catalog.
+    /// The working state (rules, staged profiles and locations) from the
+    /// snapshot, with its revision.
+    pub fn working_state(&self) -> Result<(State, i64), RulesError> {
+        let (set, revision) = self.rule_set(false)?;
+        let state = State::from_working(set, || Ok(self.active_state()?.0))?;
+        Ok((state, revision))
+    }
+
+    /// The active state from the snapshot, with the active version.
+    pub fn active_state(&self) -> Result<(State, u64), RulesError> {
+        let (set, _) = self.rule_set(true)?;
+        let version = set.version;
+        let state =
+            active_state(set, &self.profiles.list(PROFILES_PREFIX), &self.locations.list(LOCATION_PREFIX))?;
+        Ok((state, version))
+    }
+
+    /// The working set compiled against the staged profiles.
     pub fn working_engine(&self) -> Result<Engine, RulesError> {
-        let (set, _) = self.rule_set(false)?;
-        let rules = CompiledRuleSet::compile(&set)?;
-        Ok(Engine { rules, catalog: self.catalog()?, built_at: 0 })
+        let (state, _) = self.working_state()?;
+        let rules = CompiledRuleSet::compile_rules(&state.rules, 0)?;
+        Ok(Engine { rules, catalog: state.catalog(), built_at: 0 })
     }
 
     /// One host record from the snapshot.
@@ -244,9 +281,10 @@ async fn rebuild_engine(
         l.borrow_and_update();
         let built_at = rules.revision().max(profiles.revision()).max(locations.revision());
         let built = rule_set_of(rules.get(ACTIVE_KEY).as_ref()).and_then(|(set, _)| {
-            let catalog = catalog_of(&profiles.list(PROFILES_PREFIX), &locations.list(LOCATION_PREFIX))?;
-            let compiled = CompiledRuleSet::compile(&set)?;
-            Ok(Engine { rules: compiled, catalog, built_at })
+            let version = set.version;
+            let state = active_state(set, &profiles.list(PROFILES_PREFIX), &locations.list(LOCATION_PREFIX))?;
+            let compiled = CompiledRuleSet::compile_rules(&state.rules, version)?;
+            Ok(Engine { rules: compiled, catalog: state.catalog(), built_at })
         });
         match built {
             Ok(new) => {

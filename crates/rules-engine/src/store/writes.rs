@@ -1,26 +1,32 @@
 //! Every write of the rules engine, as a compare-and-swap transaction.
 //!
-//! A write reads the current value from the store (not the snapshot),
-//! changes it, validates the result — rules compile, every profile they name
-//! exists — and commits only if nothing it read has changed meanwhile and
-//! every referenced profile still exists. A lost race is retried; when the
+//! Edits — rules, profiles, locations — change the working state, one value
+//! under the working key (see [`crate::staging`]): a write reads it from the
+//! store (not the snapshot), changes it, validates the whole result, and
+//! commits only if nothing changed meanwhile. Activation publishes the
+//! working state to the active keys that decisions, boot scripts and TFTP
+//! renderings read, in one transaction. A lost race is retried; when the
 //! caller gave an `expected_revision`, it fails with a conflict instead (the
-//! operator edited a stale copy). No update is ever lost.
+//! operator edited a stale copy). No update is ever lost, and a write that
+//! would change nothing writes nothing.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bootfleet_core::store::{Compare, CompareOp, SharedStore, StoreError, TxnOp, TxnRequest};
-use bootfleet_proto::v1::{ProfileKind, ProfileObject, Rule, RuleSet, image_profile, profile_object};
+use bootfleet_proto::v1::{
+    self as pb, FileRef, ImageVersion, ProfileKind, ProfileObject, Rule, RuleSet, profile_object,
+};
 use prost::Message;
 
 use super::{
-    ACTIVE_KEY, HOST_PREFIX, IMAGE_PREFIX, LOCATION_PREFIX, PROFILES_PREFIX, WORKING_KEY, catalog_of,
-    rule_set_of,
+    ACTIVE_KEY, HOST_PREFIX, IMAGE_PREFIX, LOCATION_PREFIX, PROFILES_PREFIX, WORKING_KEY, active_state,
+    decode, image_version_key, rule_set_of,
 };
 use crate::ProfileRef;
-use crate::decide::Catalog;
 use crate::error::RulesError;
-use crate::ruleset::{CompiledRuleSet, check_name};
+use crate::ruleset::check_name;
+use crate::staging::{State, check_object, combine, diff};
 
 /// Attempts before a write without `expected_revision` gives up.
 const ATTEMPTS: u32 = 16;
@@ -46,16 +52,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Key of a referenced object.
-pub fn reference_key(reference: &ProfileRef) -> String {
-    match reference {
-        ProfileRef::Image(n) => format!("{IMAGE_PREFIX}{n}"),
-        ProfileRef::Host(n) => format!("{HOST_PREFIX}{n}"),
-        ProfileRef::Location(n) => format!("{LOCATION_PREFIX}{n}"),
-    }
-}
-
-/// Key and name of a profile object, validating the name.
+/// Key of an active profile or location, validating the name.
 pub fn profile_key(kind: ProfileKind, name: &str) -> Result<String, RulesError> {
     check_name(name, "name")?;
     Ok(match kind {
@@ -66,21 +63,79 @@ pub fn profile_key(kind: ProfileKind, name: &str) -> Result<String, RulesError> 
     })
 }
 
-async fn fresh_catalog(store: &SharedStore) -> Result<Catalog, RulesError> {
-    let profiles = store.range(PROFILES_PREFIX).await.map_err(store_err)?;
-    let locations = store.range(LOCATION_PREFIX).await.map_err(store_err)?;
-    catalog_of(&profiles.kvs, &locations.kvs)
+/// The working state as stored, with the revision to compare against.
+async fn read_working(store: &SharedStore) -> Result<(State, i64), RulesError> {
+    let working = store.get(WORKING_KEY).await.map_err(store_err)?;
+    let (set, revision) = rule_set_of(working.as_ref())?;
+    let mut active = None;
+    if set.staged.is_none() {
+        // Written before profiles were staged: what is active is staged.
+        active = Some(read_active(store).await?.0);
+    }
+    let state = State::from_working(set, || Ok(active.take().map(|(state, _)| state).unwrap_or_default()))?;
+    Ok((state, revision))
 }
 
-/// Compiles rules and checks their references; returns compares asserting
-/// that every referenced object still exists at commit time.
-async fn validate(store: &SharedStore, rules: &[Rule]) -> Result<Vec<Compare>, RulesError> {
-    let compiled = CompiledRuleSet::compile_rules(rules, 0)?;
-    fresh_catalog(store).await?.check_references(&compiled)?;
-    let mut keys: Vec<String> = compiled.references().iter().map(|(r, _)| reference_key(r)).collect();
-    keys.sort();
-    keys.dedup();
-    Ok(keys.into_iter().map(|k| Compare::create_revision(k, CompareOp::Greater, 0)).collect())
+/// Store revisions of what is active, for the activation's compares.
+struct ActiveRevisions {
+    set: i64,
+    objects: HashMap<String, i64>,
+}
+
+/// The active state and version as stored, with the keys' revisions.
+async fn read_active(store: &SharedStore) -> Result<((State, u64), ActiveRevisions), RulesError> {
+    let active = store.get(ACTIVE_KEY).await.map_err(store_err)?;
+    let (set, set_revision) = rule_set_of(active.as_ref())?;
+    let profiles = store.range(PROFILES_PREFIX).await.map_err(store_err)?;
+    let locations = store.range(LOCATION_PREFIX).await.map_err(store_err)?;
+    let objects =
+        profiles.kvs.iter().chain(&locations.kvs).map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+    let version = set.version;
+    let state = active_state(set, &profiles.kvs, &locations.kvs)?;
+    Ok(((state, version), ActiveRevisions { set: set_revision, objects }))
+}
+
+/// Refuses image profiles whose files the image catalog does not hold;
+/// returns compares asserting that those versions are still there.
+async fn check_images(
+    store: &SharedStore,
+    refs: &[(FileRef, String)],
+    source: &str,
+) -> Result<Vec<Compare>, RulesError> {
+    let mut problems = Vec::new();
+    let mut compares = Vec::new();
+    let mut versions: HashMap<String, Option<ImageVersion>> = HashMap::new();
+    for (file, field) in refs {
+        let key = image_version_key(&file.image, &file.version);
+        if !versions.contains_key(&key) {
+            let kv = store.get(&key).await.map_err(store_err)?;
+            let version = kv.as_ref().map(decode::<ImageVersion>).transpose()?;
+            if version.is_some() {
+                compares.push(Compare::create_revision(key.clone(), CompareOp::Greater, 0));
+            }
+            versions.insert(key.clone(), version);
+        }
+        match &versions[&key] {
+            None => problems.push(RulesError::invalid(
+                field.clone(),
+                format!(
+                    "image version {}/{} is not in the image catalog; push it first (bootfleet images push)",
+                    file.image, file.version
+                ),
+            )),
+            Some(version) if !version.files.iter().any(|f| f.name == file.file) => {
+                problems.push(RulesError::invalid(
+                    field.clone(),
+                    format!("image version {}/{} has no file {:?}", file.image, file.version, file.file),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    match combine(source, problems) {
+        Some(error) => Err(error),
+        None => Ok(compares),
+    }
 }
 
 fn check_expected(expected: i64, actual: i64, what: &str) -> Result<(), RulesError> {
@@ -96,35 +151,91 @@ fn conflict_after_retries(what: &str) -> RulesError {
     RulesError::Conflict(format!("{what} kept changing under concurrent edits; retry"))
 }
 
-/// Applies `edit` to the working set. Returns the new set and its revision.
+/// Rule changes and profile changes, as a diff reports them.
+pub type Changes = (Vec<pb::RuleChange>, Vec<pb::ProfileChange>);
+
+/// The outcome of a staged write.
+#[derive(Debug)]
+pub struct Staged {
+    /// The working state after the write (or, for a dry run, as it would be).
+    pub state: State,
+    /// What changed (or would) against the working state before.
+    pub plan: Changes,
+    /// Revision of the working state after the call.
+    pub revision: i64,
+    /// True when nothing had to change (nothing was written).
+    pub unchanged: bool,
+}
+
+/// How a staged write behaves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageOptions<'a> {
+    /// Fail unless the working state is at this revision (0: any).
+    pub expected: i64,
+    /// Compute the plan only.
+    pub dry_run: bool,
+    /// Stage image profiles whose files are not in the catalog.
+    pub allow_missing_images: bool,
+    /// Named in errors (a manifest's file name).
+    pub source: &'a str,
+}
+
+/// Applies `edit` to the working state — rules, profiles and locations —
+/// and commits the result as one compare-and-swap on the working key, or
+/// nothing: the whole result is validated first, and every problem is
+/// reported at once. A result equal to what is stored writes nothing.
+pub async fn stage(
+    store: &SharedStore,
+    options: StageOptions<'_>,
+    edit: impl Fn(&State) -> Result<State, RulesError>,
+) -> Result<Staged, RulesError> {
+    for attempt in 0..ATTEMPTS {
+        let (current, revision) = read_working(store).await?;
+        check_expected(options.expected, revision, "the working state")?;
+        let next = edit(&current)?;
+        if let Some(error) = combine(options.source, next.problems()) {
+            return Err(error);
+        }
+        let plan = diff(&current, &next);
+        let unchanged = plan.0.is_empty() && plan.1.is_empty();
+        let mut compares = Vec::new();
+        if !options.allow_missing_images {
+            compares = check_images(store, &next.new_file_refs(&current), options.source).await?;
+        }
+        if unchanged || options.dry_run {
+            return Ok(Staged { state: next, plan, revision, unchanged });
+        }
+        compares.push(Compare::mod_revision(WORKING_KEY, CompareOp::Equal, revision));
+        let value = next.to_working(now_ms()).encode_to_vec();
+        let txn = TxnRequest::new().when(compares).and_then([TxnOp::put(WORKING_KEY, value)]);
+        let result = store.txn(txn).await.map_err(store_err)?;
+        if result.succeeded {
+            return Ok(Staged { state: next, plan, revision: result.revision, unchanged });
+        }
+        if options.expected != 0 {
+            return Err(RulesError::Conflict(
+                "the working state changed meanwhile; read it again and retry".into(),
+            ));
+        }
+        pause_after_conflict(attempt).await;
+    }
+    Err(conflict_after_retries("the working state"))
+}
+
+/// Applies `edit` to the working rules. Returns the new set and its revision.
 pub async fn modify_working(
     store: &SharedStore,
     expected: i64,
     edit: impl Fn(&mut Vec<Rule>) -> Result<(), RulesError>,
 ) -> Result<(RuleSet, i64), RulesError> {
-    for attempt in 0..ATTEMPTS {
-        let current = store.get(WORKING_KEY).await.map_err(store_err)?;
-        let (mut set, revision) = rule_set_of(current.as_ref())?;
-        check_expected(expected, revision, "the working rule set")?;
-        edit(&mut set.rules)?;
-        let mut compares = validate(store, &set.rules).await?;
-        compares.push(Compare::mod_revision(WORKING_KEY, CompareOp::Equal, revision));
-        set.updated_at_unix_ms = now_ms();
-        set.version = 0;
-        let txn = TxnRequest::new().when(compares).and_then([TxnOp::put(WORKING_KEY, set.encode_to_vec())]);
-        let result = store.txn(txn).await.map_err(store_err)?;
-        if result.succeeded {
-            return Ok((set, result.revision));
-        }
-        if expected != 0 {
-            return Err(RulesError::Conflict(
-                "the working rule set or a profile it names changed meanwhile; read it again and retry"
-                    .into(),
-            ));
-        }
-        pause_after_conflict(attempt).await;
-    }
-    Err(conflict_after_retries("the working rule set"))
+    let options = StageOptions { expected, allow_missing_images: true, ..StageOptions::default() };
+    let staged = stage(store, options, |current| {
+        let mut next = current.clone();
+        edit(&mut next.rules)?;
+        Ok(next)
+    })
+    .await?;
+    Ok((RuleSet { rules: staged.state.rules, ..RuleSet::default() }, staged.revision))
 }
 
 /// Inserts or replaces one rule; see `PutRuleRequest` for placement.
@@ -155,27 +266,62 @@ pub fn place_rule(rules: &mut Vec<Rule>, rule: Rule, before: &str, after: &str) 
     Ok(())
 }
 
-/// Makes the working set active. Returns the new version and revision.
-pub async fn activate(store: &SharedStore, expected: i64) -> Result<(u64, i64), RulesError> {
+/// The outcome of an activation.
+#[derive(Debug)]
+pub struct Activated {
+    /// The active version (new, or the current one when unchanged).
+    pub version: u64,
+    /// Store revision of the activation (or of the active set, unchanged).
+    pub revision: i64,
+    /// True when the working state already was active.
+    pub unchanged: bool,
+    /// What was published.
+    pub published: Changes,
+}
+
+/// Publishes the working state — rules, profiles and locations — in one
+/// transaction, bumping the active version; does nothing when the working
+/// state already is what is active.
+pub async fn activate(store: &SharedStore, expected: i64) -> Result<Activated, RulesError> {
     for attempt in 0..ATTEMPTS {
-        let working = store.get(WORKING_KEY).await.map_err(store_err)?;
-        let active = store.get(ACTIVE_KEY).await.map_err(store_err)?;
-        let (working_set, working_rev) = rule_set_of(working.as_ref())?;
-        let (active_set, active_rev) = rule_set_of(active.as_ref())?;
-        check_expected(expected, working_rev, "the working rule set")?;
-        let mut compares = validate(store, &working_set.rules).await?;
-        compares.push(Compare::mod_revision(WORKING_KEY, CompareOp::Equal, working_rev));
-        compares.push(Compare::mod_revision(ACTIVE_KEY, CompareOp::Equal, active_rev));
-        let version = active_set.version + 1;
-        let new = RuleSet { rules: working_set.rules, version, updated_at_unix_ms: now_ms() };
-        let txn = TxnRequest::new().when(compares).and_then([TxnOp::put(ACTIVE_KEY, new.encode_to_vec())]);
+        let (working, working_rev) = read_working(store).await?;
+        check_expected(expected, working_rev, "the working state")?;
+        let ((active, active_version), revisions) = read_active(store).await?;
+        if let Some(error) = combine("the working state", working.problems()) {
+            return Err(error);
+        }
+        let published = diff(&active, &working);
+        if published.0.is_empty() && published.1.is_empty() {
+            let revision = revisions.set;
+            return Ok(Activated { version: active_version, revision, unchanged: true, published });
+        }
+        let version = active_version + 1;
+        let set =
+            RuleSet { rules: working.rules.clone(), version, updated_at_unix_ms: now_ms(), staged: None };
+        let mut compares = vec![
+            Compare::mod_revision(WORKING_KEY, CompareOp::Equal, working_rev),
+            Compare::mod_revision(ACTIVE_KEY, CompareOp::Equal, revisions.set),
+        ];
+        let mut ops = vec![TxnOp::put(ACTIVE_KEY, set.encode_to_vec())];
+        for change in &published.1 {
+            let key = profile_key(change.profile_kind(), &change.name)?;
+            let seen = revisions.objects.get(&key).copied().unwrap_or(0);
+            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, seen));
+            ops.push(match change.after.as_ref().and_then(|o| o.object.as_ref()) {
+                Some(profile_object::Object::Image(p)) => TxnOp::put(key, p.encode_to_vec()),
+                Some(profile_object::Object::Host(p)) => TxnOp::put(key, p.encode_to_vec()),
+                Some(profile_object::Object::Location(l)) => TxnOp::put(key, l.encode_to_vec()),
+                None => TxnOp::delete(key),
+            });
+        }
+        let txn = TxnRequest::new().when(compares).and_then(ops);
         let result = store.txn(txn).await.map_err(store_err)?;
         if result.succeeded {
-            return Ok((version, result.revision));
+            return Ok(Activated { version, revision: result.revision, unchanged: false, published });
         }
         if expected != 0 {
             return Err(RulesError::Conflict(
-                "the rule sets changed meanwhile; read them again and retry".into(),
+                "the working or active state changed meanwhile; read them again and retry".into(),
             ));
         }
         pause_after_conflict(attempt).await;
@@ -183,139 +329,70 @@ pub async fn activate(store: &SharedStore, expected: i64) -> Result<(u64, i64), 
     Err(conflict_after_retries("the rule sets"))
 }
 
-fn check_file_ref(f: Option<&bootfleet_proto::v1::FileRef>, path: &str) -> Result<(), RulesError> {
-    match f {
-        Some(f) if !f.image.is_empty() && !f.version.is_empty() && !f.file.is_empty() => Ok(()),
-        _ => Err(RulesError::invalid(path, "needs image, version and file")),
-    }
-}
-
-/// Checks a cmdline/script template: `${namespace.key}` with a known namespace.
-pub fn check_template(text: &str, path: &str) -> Result<(), RulesError> {
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| RulesError::invalid(path, "unclosed ${"))?;
-        let var = &after[..end];
-        let known = ["host.", "location.", "facts."]
-            .iter()
-            .any(|p| var.strip_prefix(p).is_some_and(|k| !k.is_empty()));
-        if !known {
-            return Err(RulesError::invalid(
-                path,
-                format!("unknown variable ${{{var}}} (use host.KEY, location.KEY or facts.FIELD)"),
-            ));
-        }
-        rest = &after[end + 1..];
-    }
-    Ok(())
-}
-
-/// Validates a profile object; returns its kind, name and encoded value.
-pub fn profile_parts(object: &ProfileObject) -> Result<(ProfileKind, String, Vec<u8>), RulesError> {
-    use image_profile::Boot;
-    match &object.object {
-        Some(profile_object::Object::Image(p)) => {
-            match &p.boot {
-                None => {
-                    return Err(RulesError::invalid(
-                        "image.boot",
-                        "give kernel, script, sanboot, nbd, local or ignore",
-                    ));
-                }
-                Some(Boot::Kernel(k)) => {
-                    check_file_ref(k.kernel.as_ref(), "image.kernel.kernel")?;
-                    for (i, initrd) in k.initrds.iter().enumerate() {
-                        check_file_ref(Some(initrd), &format!("image.kernel.initrds[{i}]"))?;
-                    }
-                    check_template(&k.cmdline, "image.kernel.cmdline")?;
-                }
-                Some(Boot::Script(s)) => {
-                    if s.script.trim().is_empty() {
-                        return Err(RulesError::invalid("image.script", "empty script"));
-                    }
-                    check_template(&s.script, "image.script")?;
-                }
-                Some(Boot::Sanboot(s)) => check_file_ref(s.disk.as_ref(), "image.sanboot.disk")?,
-                Some(Boot::Nbd(n)) => check_file_ref(n.vdisk.as_ref(), "image.nbd.vdisk")?,
-                Some(Boot::Local(_) | Boot::Ignore(_)) => {}
-            }
-            check_name(&p.name, "image.name")?;
-            Ok((ProfileKind::Image, p.name.clone(), p.encode_to_vec()))
-        }
-        Some(profile_object::Object::Host(p)) => {
-            check_name(&p.name, "host.name")?;
-            Ok((ProfileKind::Host, p.name.clone(), p.encode_to_vec()))
-        }
-        Some(profile_object::Object::Location(l)) => {
-            check_name(&l.name, "location.name")?;
-            Ok((ProfileKind::Location, l.name.clone(), l.encode_to_vec()))
-        }
-        None => Err(RulesError::invalid("profile", "give an image, host or location object")),
-    }
-}
-
-/// Creates or replaces a profile; returns the stored revision.
+/// Stages a profile or location: it is live after the next activation.
 pub async fn put_profile(
     store: &SharedStore,
     object: &ProfileObject,
     expected: i64,
+    allow_missing_images: bool,
 ) -> Result<i64, RulesError> {
-    let (kind, name, value) = profile_parts(object)?;
-    let key = profile_key(kind, &name)?;
-    let mut txn = TxnRequest::new().and_then([TxnOp::put(key.clone(), value)]);
-    if expected != 0 {
-        txn = txn.when([Compare::mod_revision(key, CompareOp::Equal, expected)]);
-    }
-    let result = store.txn(txn).await.map_err(store_err)?;
-    if !result.succeeded {
-        return Err(RulesError::Conflict(format!(
-            "{name:?} changed since revision {expected}; read it again and retry"
-        )));
-    }
-    Ok(result.revision)
+    let field = match &object.object {
+        Some(profile_object::Object::Image(_)) => "image",
+        Some(profile_object::Object::Host(_)) => "host",
+        Some(profile_object::Object::Location(_)) => "location",
+        None => "",
+    };
+    let (_, name) = check_object(object).map_err(|e| e.within(field))?;
+    let options = StageOptions { expected, allow_missing_images, ..StageOptions::default() };
+    let staged = stage(store, options, |current| {
+        let mut next = current.clone();
+        match &object.object {
+            Some(profile_object::Object::Image(p)) => drop(next.image.insert(name.clone(), p.clone())),
+            Some(profile_object::Object::Host(p)) => drop(next.host.insert(name.clone(), p.clone())),
+            Some(profile_object::Object::Location(l)) => drop(next.location.insert(name.clone(), l.clone())),
+            None => {}
+        }
+        Ok(next)
+    })
+    .await?;
+    Ok(staged.revision)
 }
 
-/// Deletes a profile unless a rule in the working or active set uses it.
-pub async fn delete_profile(store: &SharedStore, kind: ProfileKind, name: &str) -> Result<(), RulesError> {
-    let key = profile_key(kind, name)?;
+/// Removes a staged profile or location unless a working rule names it.
+/// What is active stays until the next activation.
+pub async fn delete_profile(store: &SharedStore, kind: ProfileKind, name: &str) -> Result<i64, RulesError> {
+    profile_key(kind, name)?;
     let reference = match kind {
         ProfileKind::Image => ProfileRef::Image(name.to_owned()),
         ProfileKind::Host => ProfileRef::Host(name.to_owned()),
         _ => ProfileRef::Location(name.to_owned()),
     };
-    for attempt in 0..ATTEMPTS {
-        let mut compares = vec![Compare::create_revision(key.clone(), CompareOp::Greater, 0)];
-        for (set_key, label) in [(WORKING_KEY, "working"), (ACTIVE_KEY, "active")] {
-            let kv = store.get(set_key).await.map_err(store_err)?;
-            let (set, revision) = rule_set_of(kv.as_ref())?;
-            let user = set.rules.iter().find(|r| match &reference {
-                ProfileRef::Image(n) => &r.image_profile == n,
-                ProfileRef::Host(n) => &r.host_profile == n,
-                ProfileRef::Location(n) => &r.location == n,
-            });
-            if let Some(rule) = user {
-                return Err(RulesError::Conflict(format!(
-                    "{reference} is used by rule {:?} in the {label} set; change the rules first",
-                    rule.name
-                )));
-            }
-            compares.push(Compare::mod_revision(set_key, CompareOp::Equal, revision));
+    let options = StageOptions { allow_missing_images: true, ..StageOptions::default() };
+    let staged = stage(store, options, |current| {
+        let mut next = current.clone();
+        let removed = match kind {
+            ProfileKind::Image => next.image.remove(name).is_some(),
+            ProfileKind::Host => next.host.remove(name).is_some(),
+            _ => next.location.remove(name).is_some(),
+        };
+        if !removed {
+            return Err(RulesError::NotFound(format!("{reference} (staged)")));
         }
-        let txn = TxnRequest::new()
-            .when(compares)
-            .and_then([TxnOp::delete(key.clone())])
-            .or_else([TxnOp::get(key.clone())]);
-        let result = store.txn(txn).await.map_err(store_err)?;
-        if result.succeeded {
-            return Ok(());
+        let user = next.rules.iter().find(|r| match &reference {
+            ProfileRef::Image(n) => &r.image_profile == n,
+            ProfileRef::Host(n) => &r.host_profile == n,
+            ProfileRef::Location(n) => &r.location == n,
+        });
+        if let Some(rule) = user {
+            return Err(RulesError::Conflict(format!(
+                "{reference} is used by rule {:?} in the working set; change the rules first",
+                rule.name
+            )));
         }
-        if matches!(result.results.first(), Some(bootfleet_core::store::TxnOpResult::Get(None))) {
-            return Err(RulesError::NotFound(reference.to_string()));
-        }
-        pause_after_conflict(attempt).await;
-    }
-    Err(conflict_after_retries("the rule sets"))
+        Ok(next)
+    })
+    .await?;
+    Ok(staged.revision)
 }
 
 #[cfg(test)]
@@ -350,6 +427,7 @@ mod tests {
 
     #[test]
     fn templates_are_checked() {
+        use crate::staging::check_template;
         check_template("console=ttyS0 role=${host.role} mac=${facts.mac}", "t").unwrap();
         assert!(check_template("x=${host.}", "t").is_err());
         assert!(check_template("x=${secret.key}", "t").is_err());

@@ -11,7 +11,11 @@ use crate::{admin, anonymous, embedded, evaluate, image_name, kernel_profile, ru
 async fn put_profiles(client: &mut bootfleet_rules_engine::client::Client) {
     for profile in [kernel_profile("img-a", "a"), kernel_profile("img-b", "b")] {
         client
-            .put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 })
+            .put_profile(pb::PutProfileRequest {
+                profile: Some(profile),
+                expected_revision: 0,
+                allow_missing_images: true,
+            })
             .await
             .unwrap();
     }
@@ -248,7 +252,11 @@ async fn writes_are_validated_and_need_the_token() {
         }
     }
     let err = c
-        .put_profile(pb::PutProfileRequest { profile: Some(broken), expected_revision: 0 })
+        .put_profile(pb::PutProfileRequest {
+            profile: Some(broken),
+            expected_revision: 0,
+            allow_missing_images: true,
+        })
         .await
         .unwrap_err();
     assert!(err.message().contains("image.kernel.cmdline"), "{err:?}");
@@ -349,7 +357,13 @@ async fn activation_is_atomic_for_evaluations() {
         let object =
             pb::profile_object::Object::Host(pb::HostProfile { name: name.into(), ..Default::default() });
         let profile = pb::ProfileObject { object: Some(object), revision: 0 };
-        c.put_profile(pb::PutProfileRequest { profile: Some(profile), expected_revision: 0 }).await.unwrap();
+        c.put_profile(pb::PutProfileRequest {
+            profile: Some(profile),
+            expected_revision: 0,
+            allow_missing_images: true,
+        })
+        .await
+        .unwrap();
     }
     let set = |image: &str, host: &str| {
         // Image and host profile come from different rules, so a torn
@@ -458,7 +472,7 @@ async fn activation_races_edits_and_other_activations() {
                     let active =
                         client.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Active.into() });
                     let active = active.await.unwrap().into_inner().rule_set.unwrap();
-                    out.push((v.into_inner().version, active));
+                    out.push((v.into_inner(), active));
                 }
                 out
             })
@@ -466,14 +480,24 @@ async fn activation_races_edits_and_other_activations() {
         .collect();
     let mut versions = Vec::new();
     for activator in activators {
-        for (version, active) in activator.await.unwrap() {
-            versions.push(version);
+        for (activated, active) in activator.await.unwrap() {
+            // An activation finding nothing new writes nothing and names
+            // the version already active.
+            if !activated.unchanged {
+                versions.push(activated.version);
+            }
             generation_of(&active);
         }
     }
     edits.await.unwrap();
     versions.sort_unstable();
-    assert_eq!(versions, (1..=30).collect::<Vec<u64>>(), "each activation its own next version");
+    let published = u64::try_from(versions.len()).unwrap();
+    assert!(published >= 1, "some activation published");
+    assert_eq!(
+        versions,
+        (1..=published).collect::<Vec<u64>>(),
+        "each publishing activation its own next version"
+    );
 
     // Pairs of activations expecting the same working revision, raced
     // through the two replicas, twenty times.
@@ -490,31 +514,197 @@ async fn activation_races_edits_and_other_activations() {
         let status = result.expect_err("the working set changed after `stale`");
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     }
-    let mut last = 30;
-    for _ in 0..20 {
+    // From the store, not a snapshot that may not have seen the last
+    // activation through the other replica yet.
+    let active = editor_server.state.store().get(bootfleet_rules_engine::store::ACTIVE_KEY).await.unwrap();
+    let first = <pb::RuleSet as prost::Message>::decode(active.unwrap().value.as_slice()).unwrap().version;
+    for (n, last) in (100..120).zip(first..) {
+        replace(&mut c, generation(n)).await.unwrap();
         let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
         let revision = working.await.unwrap().into_inner().revision;
         let both = tokio::join!(
             a.activate(pb::ActivateRequest { expected_revision: revision }),
             b.activate(pb::ActivateRequest { expected_revision: revision }),
         );
-        let mut wins = [both.0, both.1]
-            .into_iter()
-            .filter_map(|r| match r {
-                Ok(v) => Some(v.into_inner().version),
-                Err(status) => {
-                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                    None
-                }
-            })
-            .collect::<Vec<_>>();
-        // Either one wins and the other sees the active set changed under it,
-        // or they ran one after the other; never the same version twice.
-        wins.sort_unstable();
-        assert!(
-            wins == [last + 1] || wins == [last + 1, last + 2],
-            "racing activations after version {last} gave {wins:?}"
-        );
-        last = *wins.last().unwrap();
+        let mut published = Vec::new();
+        let mut unchanged = Vec::new();
+        for result in [both.0, both.1] {
+            match result {
+                Ok(v) if v.get_ref().unchanged => unchanged.push(v.into_inner().version),
+                Ok(v) => published.push(v.into_inner().version),
+                Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+            }
+        }
+        // One publishes the next version; the other either saw the active
+        // set change under it, or ran after and found nothing to publish.
+        assert_eq!(published, [last + 1], "racing activations after version {last}");
+        assert!(unchanged.iter().all(|&v| v == last + 1), "{unchanged:?}");
     }
+}
+
+/// Stores a catalog record for `image/version` holding `files`, as an image
+/// streamer does when a version is pushed.
+async fn catalog_version(server: &crate::Server, image: &str, version: &str, files: &[&str]) {
+    use prost::Message;
+    let record = pb::ImageVersion {
+        image: image.into(),
+        version: version.into(),
+        files: files
+            .iter()
+            .map(|f| pb::ImageFile { name: (*f).into(), sha256: "0".repeat(64), size: 1 })
+            .collect(),
+        ..Default::default()
+    };
+    let key = bootfleet_rules_engine::store::image_version_key(image, version);
+    server.state.store().put(&key, record.encode_to_vec(), None).await.unwrap();
+}
+
+fn image_profile(object: pb::ProfileObject) -> pb::ImageProfile {
+    match object.object {
+        Some(pb::profile_object::Object::Image(p)) => p,
+        other => panic!("not an image profile: {other:?}"),
+    }
+}
+
+fn cmdline(decision: &pb::Decision) -> String {
+    match decision.image_profile.as_ref().and_then(|p| p.boot.as_ref()) {
+        Some(pb::image_profile::Boot::Kernel(k)) => k.cmdline.clone(),
+        other => panic!("no kernel boot: {other:?}"),
+    }
+}
+
+fn apply_request(profiles: Vec<pb::ProfileObject>, rules: Option<Vec<pb::Rule>>) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        image_profiles: profiles.into_iter().map(image_profile).collect(),
+        replace_rules: rules.is_some(),
+        rules: rules.unwrap_or_default(),
+        source: "site.yaml".into(),
+        ..Default::default()
+    }
+}
+
+/// An apply stages profiles and rules together or not at all; what is
+/// staged decides nothing until activation publishes it all at once;
+/// applying or activating the same again writes nothing; image versions
+/// must be in the catalog; `prune` removes what the file no longer names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_is_staged_all_or_nothing_and_idempotent() {
+    let server = embedded().await;
+    let mut c = admin(&server.url).await;
+    catalog_version(&server, "tiny", "1", &["vmlinuz", "initrd"]).await;
+    let rules = || {
+        vec![rule("host1", json!({"mac": HOST1}), "img-a"), rule("rest", json!({"always": true}), "img-b")]
+    };
+    let first =
+        apply_request(vec![kernel_profile("img-a", "a"), kernel_profile("img-b", "b")], Some(rules()));
+    let applied = c.apply(pb::ApplyRequest { activate: true, ..first.clone() }).await.unwrap().into_inner();
+    assert!(!applied.unchanged);
+    assert_eq!(applied.plan.as_ref().unwrap().profile_changes.len(), 2);
+    let activation = applied.activation.unwrap();
+    assert_eq!((activation.version, activation.unchanged), (1, false));
+    within("v1 live", server.state.caught_up(activation.revision)).await;
+    assert!(cmdline(&evaluate(&mut c, HOST1).await.decision.unwrap()).contains("marker=a "));
+
+    // The same file again: nothing written, same revision and version.
+    let again = c.apply(pb::ApplyRequest { activate: true, ..first.clone() }).await.unwrap().into_inner();
+    assert!(again.unchanged, "{again:?}");
+    assert_eq!(again.revision, applied.revision);
+    let again_activation = again.activation.unwrap();
+    assert!(again_activation.unchanged);
+    assert_eq!((again_activation.version, again_activation.revision), (1, activation.revision));
+
+    // A good profile edit with a bad rule: refused whole, every problem
+    // named with the file, and nothing staged.
+    let mut broken = rules();
+    broken.push(rule("typo", json!({"always": true}), "img-zz"));
+    broken.push(rule("rest", json!({"always": true}), "img-b"));
+    let refused = c
+        .apply(apply_request(vec![kernel_profile("img-a", "a2")], Some(broken)))
+        .await
+        .expect_err("a bad rule refuses the whole file");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let message = refused.message();
+    assert!(message.starts_with("site.yaml: 2 problems"), "{message}");
+    assert!(message.contains("rules[3].name") && message.contains("duplicate"), "{message}");
+    let staged = |c: &mut bootfleet_rules_engine::client::Client, active: bool| {
+        let request =
+            pb::GetProfileRequest { kind: pb::ProfileKind::Image.into(), name: "img-a".into(), active };
+        let mut c = c.clone();
+        async move { image_profile(c.get_profile(request).await.unwrap().into_inner()) }
+    };
+    let working_revision = |c: &mut bootfleet_rules_engine::client::Client| {
+        let mut c = c.clone();
+        async move { c.get_rule_set(pb::GetRuleSetRequest { kind: 0 }).await.unwrap().into_inner().revision }
+    };
+    assert_eq!(working_revision(&mut c).await, applied.revision, "the refused apply wrote nothing");
+    assert!(format!("{:?}", staged(&mut c, false).await).contains("marker=a "));
+
+    // A dry run shows the plan and writes nothing.
+    let edit = apply_request(vec![kernel_profile("img-a", "a2")], None);
+    let plan = c
+        .apply(pb::ApplyRequest { dry_run: true, activate: true, ..edit.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!plan.unchanged && plan.activation.is_none());
+    let changes = plan.plan.unwrap().profile_changes;
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].name.as_str(), changes[0].kind()), ("img-a", pb::profile_change::Kind::Changed));
+    assert_eq!(working_revision(&mut c).await, applied.revision, "the dry run wrote nothing");
+
+    // Staged, the edit shows in the diff but decides nothing yet.
+    let staged_edit = c.apply(edit).await.unwrap().into_inner();
+    within("edit seen", server.state.caught_up(staged_edit.revision)).await;
+    assert!(format!("{:?}", staged(&mut c, false).await).contains("marker=a2"));
+    assert!(format!("{:?}", staged(&mut c, true).await).contains("marker=a "));
+    assert!(cmdline(&evaluate(&mut c, HOST1).await.decision.unwrap()).contains("marker=a "));
+    let diff = c.diff(pb::DiffRequest {}).await.unwrap().into_inner();
+    assert!(diff.changes.is_empty());
+    assert_eq!(diff.profile_changes.len(), 1, "{diff:?}");
+    let active = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
+    assert_eq!((active.version, active.unchanged), (2, false));
+    within("v2 live", server.state.caught_up(active.revision)).await;
+    assert!(cmdline(&evaluate(&mut c, HOST1).await.decision.unwrap()).contains("marker=a2"));
+    assert!(c.diff(pb::DiffRequest {}).await.unwrap().into_inner().profile_changes.is_empty());
+
+    // A version the catalog lacks is refused, naming it, unless allowed.
+    let mut v2 = image_profile(kernel_profile("img-c", "c"));
+    if let Some(pb::image_profile::Boot::Kernel(k)) = &mut v2.boot {
+        k.kernel.as_mut().unwrap().version = "2".into();
+    }
+    let request =
+        pb::ApplyRequest { image_profiles: vec![v2], source: "site.yaml".into(), ..Default::default() };
+    let missing = c.apply(request.clone()).await.expect_err("tiny/2 was never pushed");
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(missing.message().contains("tiny/2 is not in the image catalog"), "{}", missing.message());
+    catalog_version(&server, "tiny", "2", &["vmlinuz", "initrd"]).await;
+    c.apply(request).await.unwrap();
+
+    // Prune: only what the file names stays.
+    let pruned = c
+        .apply(pb::ApplyRequest {
+            prune: true,
+            ..apply_request(
+                vec![kernel_profile("img-a", "a2")],
+                Some(vec![rule("all", json!({"always": true}), "img-a")]),
+            )
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let removed: Vec<String> = pruned
+        .plan
+        .unwrap()
+        .profile_changes
+        .into_iter()
+        .filter(|c| c.kind() == pb::profile_change::Kind::Removed)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(removed, ["img-b", "img-c"]);
+    let listed =
+        c.list_profiles(pb::ListProfilesRequest { kind: 0, active: false }).await.unwrap().into_inner();
+    assert_eq!(listed.profiles.len(), 1);
+    let listed =
+        c.list_profiles(pb::ListProfilesRequest { kind: 0, active: true }).await.unwrap().into_inner();
+    assert_eq!(listed.profiles.len(), 2, "img-a and img-b stay active until activation");
 }

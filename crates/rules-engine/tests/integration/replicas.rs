@@ -77,6 +77,7 @@ async fn replicas_share_state_and_survive_etcd_loss() {
     ca.put_profile(pb::PutProfileRequest {
         profile: Some(kernel_profile("img-a", "a")),
         expected_revision: 0,
+        allow_missing_images: true,
     })
     .await
     .unwrap();

@@ -47,15 +47,15 @@ rules:
         bootfleet_rules_engine::manifest::Format::Yaml,
     )
     .unwrap();
-    let mut activated = 0;
-    bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, true, |step| {
-        if let bootfleet_rules_engine::client::Applied::Activated { revision, .. } = step {
-            activated = *revision;
-        }
-    })
-    .await
-    .unwrap();
-    state.caught_up(activated).await;
+    // Rendering needs no image files: the catalog is left empty.
+    let options = bootfleet_rules_engine::client::ApplyOptions {
+        activate: true,
+        allow_missing_images: true,
+        ..Default::default()
+    };
+    let applied =
+        bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, options).await.unwrap();
+    state.caught_up(applied.activation.unwrap().revision).await;
     url
 }
 
