@@ -243,3 +243,68 @@ fn operator_session() {
         assert!(script.contains("test-compliance") && script.contains("activate"), "{shell}: {script}");
     }
 }
+
+/// `hosts watch` holds a server stream open; SIGTERM must still stop
+/// `bootfleet up` cleanly within its grace period (it used to wait for the
+/// stream, past the grace period), and the watcher must say the server went
+/// away and exit non-zero.
+#[test]
+fn an_open_watch_does_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
+    let mut up = Up(Command::new(BIN)
+        .args(["up", "--store", "embedded", "--log", "warn", "--shutdown-grace", "5s"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
+        .args(["--tftp-listen", "127.0.0.1:0"])
+        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap());
+    until("bootfleet up never became healthy", || {
+        let health = healthz(admin_port);
+        if health.starts_with("serving") { Ok(()) } else { Err(health) }
+    });
+    let server = format!("http://127.0.0.1:{rules_port}");
+    let manifest = dir.path().join("rules.yaml");
+    std::fs::write(
+        &manifest,
+        "image_profiles:\n  - { name: disk, local: true }\nrules:\n  - { name: all, match: { always: true }, image_profile: disk }\n",
+    )
+    .unwrap();
+    ok(&server, &["apply", "-f", manifest.to_str().unwrap(), "--activate"]);
+    let mut watch = Up(Command::new(BIN)
+        .args(["hosts", "watch", "-o", "json", "--server", &server])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap());
+    // The stream is open once a decision comes through it.
+    let watched = BufReader::new(watch.0.stdout.take().unwrap());
+    let (event_tx, event_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let event = serde_json::Deserializer::from_reader(watched).into_iter::<serde_json::Value>().next();
+        let _ = event_tx.send(event.is_some());
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while event_rx.recv_timeout(Duration::from_millis(200)).is_err() {
+        ok(&server, &["evaluate", "--mac", HOST1]);
+        assert!(Instant::now() < deadline, "hosts watch showed no decision");
+    }
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.0.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let status = up.0.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut up.0.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "bootfleet up did not stop cleanly within its grace period: {status}\n{log}");
+    assert!(!log.contains("grace period"), "{log}");
+    let watcher = watch.0.wait().unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut watch.0.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!watcher.success(), "the watcher must fail when the server goes away");
+    assert!(said.contains("shutting down"), "{said}");
+}

@@ -130,7 +130,18 @@ where
         started_at_unix_ms: i64::try_from(started).unwrap_or(i64::MAX),
     };
 
-    let result = body(Arc::new(ctx), settings).await;
+    // Once shutdown begins, the services get the grace period to return;
+    // one that does not (a stream a client keeps open, say) is cut off, and
+    // the process says so and fails rather than hanging.
+    let stopping = shutdown.token();
+    let body = body(Arc::new(ctx), settings);
+    let result = tokio::select! {
+        result = body => result,
+        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::error!(grace = ?grace, "services did not stop within the grace period; stopping anyway");
+            Err(anyhow::anyhow!("services did not stop within the grace period ({grace:?})"))
+        }
+    };
     // Whatever ended the body (signal or failure), shut everything down.
     shutdown.trigger();
     health.set_shutting_down().await;
