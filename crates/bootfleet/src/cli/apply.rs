@@ -17,16 +17,14 @@ pub(crate) struct ApplyArgs {
     /// Activate the working set afterwards.
     #[arg(long)]
     activate: bool,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
-pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ApplyArgs, client: &ClientArgs) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let manifest = manifest::parse(&text, Format::from_path(&args.file))
         .with_context(|| format!("in {}", args.file.display()))?;
-    let mut client = args.client.connect().await?;
+    let mut client = client.connect().await?;
     let printed = apply_manifest(&mut client, manifest, args.activate, |step| {
         say(&match step {
             Applied::Object { kind, name } => format!("{kind} {name} applied"),
