@@ -318,6 +318,9 @@ pub(crate) fn exit_code(error: &anyhow::Error) -> i32 {
         if cause.is::<PendingChanges>() {
             return EXIT_PENDING;
         }
+        if cause.is::<StdoutClosed>() {
+            return EXIT_ERROR;
+        }
         if let Some(api) = cause.downcast_ref::<ApiError>() {
             return exit_for_code(api.code);
         }
@@ -365,7 +368,7 @@ where
         Ok(()) => EXIT_OK,
         Err(mut e) => {
             let code = exit_code(&e);
-            if code == EXIT_PENDING {
+            if code == EXIT_PENDING || e.is::<StdoutClosed>() {
                 return code;
             }
             if let Some(api) = e.downcast_mut::<ApiError>()
@@ -385,7 +388,11 @@ pub(crate) fn print_structured(output: Output, value: &impl serde::Serialize) ->
     match output {
         Output::Table | Output::Json => print_json(value),
         Output::Yaml => {
-            let text = serde_yaml::to_string(value).context("encoding YAML")?;
+            // Through JSON's data model: serde_yaml writes enums as YAML
+            // tags (`!Condition`), which most YAML readers cannot map; the
+            // JSON shape reads the same in every language.
+            let value = serde_json::to_value(value).context("encoding YAML")?;
+            let text = serde_yaml::to_string(&value).context("encoding YAML")?;
             write_stdout(text.as_bytes())
         }
     }
@@ -409,9 +416,20 @@ pub(crate) fn print_json_line(value: &impl serde::Serialize) -> anyhow::Result<(
 /// Writes and flushes stdout, so output reaches a pipe as it is made.
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes).context("writing to stdout")?;
-    out.flush().context("writing to stdout")
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::from(StdoutClosed)
+        } else {
+            anyhow::Error::from(e).context("writing to stdout")
+        }
+    })
 }
+
+/// Whoever read stdout stopped (`… | head -1`): exit 1 quietly, there is
+/// nobody to tell.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub(crate) struct StdoutClosed;
 
 /// Prints rows as aligned columns under a header.
 #[allow(clippy::print_stdout)]
