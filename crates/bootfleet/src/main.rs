@@ -3,16 +3,28 @@
 //! `bootfleet up` runs Bootfleet on one machine, every service in one
 //! process on the embedded store. The other commands talk to a rules engine
 //! over gRPC: apply declarative files, list and inspect rules, profiles and
-//! hosts, activate, diff, test compliance.
+//! hosts, activate, diff, test compliance. Exit codes: see `cli`.
 
 mod cli;
 mod up;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// Help is wrapped at this width whatever the terminal, so it reads the
+/// same everywhere (and the golden help files stay stable).
+const HELP_WIDTH: usize = 100;
 
 #[derive(Parser)]
-#[command(name = "bootfleet", version, about = "Highly available network boot for fleets of machines")]
+#[command(
+    name = "bootfleet",
+    version,
+    about = "Highly available network boot for fleets of machines",
+    term_width = HELP_WIDTH,
+    max_term_width = HELP_WIDTH
+)]
 struct Cli {
+    #[command(flatten)]
+    client: cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,32 +47,58 @@ enum Command {
     Evaluate(cli::hosts::EvaluateArgs),
     /// Act as a network-boot client once on an interface and print the answer.
     ProbeDhcp(cli::probe::ProbeArgs),
-    /// Print a shell completion script.
+    /// Print the script enabling shell completion (names asked from the servers).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
 }
 
+/// Parses the command line; usage errors exit 64, `--help` and `--version` 0.
+fn parse() -> Cli {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    match parsed {
+        Ok((mut cli, matches)) => {
+            cli.client.note_sources(&matches);
+            cli
+        }
+        Err(e) => {
+            let code = if e.use_stderr() { cli::EXIT_USAGE } else { cli::EXIT_OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    }
+}
+
 fn main() {
-    let cli: Cli = bootfleet_core::config::parse_cli();
-    let code = match cli.command {
+    // Answers the shell's completion requests (COMPLETE=bash …) and exits;
+    // a normal run goes on.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    let Cli { client, command } = parse();
+    let code = match command {
         Command::Up(args) => up::main(*args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "bootfleet", &mut std::io::stdout());
-            0
+            match cli::complete::write_registration(shell, &mut std::io::stdout()) {
+                Ok(()) => cli::EXIT_OK,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    cli::EXIT_ERROR
+                }
+            }
         }
-        Command::Apply(args) => cli::run(|| cli::apply::run(args)),
-        Command::Rules(command) => cli::run(|| cli::rules::run(command)),
-        Command::Profiles(command) => cli::run(|| cli::profiles::run(command)),
-        Command::Hosts(command) => cli::run(|| cli::hosts::run_hosts(command)),
-        Command::Images(command) => cli::run(|| cli::images::run(command)),
-        Command::Evaluate(args) => cli::run(|| cli::hosts::run_evaluate(args)),
+        Command::Apply(args) => cli::run(&client, || cli::apply::run(args, &client)),
+        Command::Rules(command) => cli::run(&client, || cli::rules::run(command, &client)),
+        Command::Profiles(command) => cli::run(&client, || cli::profiles::run(command, &client)),
+        Command::Hosts(command) => cli::run(&client, || cli::hosts::run_hosts(command, &client)),
+        Command::Images(command) => cli::run(&client, || cli::images::run(command, &client)),
+        Command::Evaluate(args) => cli::run(&client, || cli::hosts::run_evaluate(args, &client)),
         Command::ProbeDhcp(args) => match cli::probe::run(&args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("Error: {e:#}");
-                1
+                cli::EXIT_ERROR
             }
         },
     };

@@ -127,7 +127,7 @@ fn operator_session() {
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_file = token_file.to_str().unwrap();
     let push = ["images", "push", image_dir, "--image", "tiny", "--version", "1", "--token-file", token_file];
-    let pushed = ok(&server, &[&push[..], &["--server", &images]].concat());
+    let pushed = ok(&server, &[&push[..], &["--images-server", &images]].concat());
     assert!(pushed.contains("tiny"), "{pushed}");
     let v1 = dir.path().join("v1.yaml");
     std::fs::write(&v1, V1).unwrap();
@@ -224,11 +224,11 @@ fn operator_session() {
 
     // Without the token, changes are refused with a hint.
     let out = Command::new(BIN).args(["rules", "activate", "--server", &server]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(68));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not allowed"), "{out:?}");
     // A server that is not there is named.
     let out = cli("http://127.0.0.1:1", &["rules", "list"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(69));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot reach the rules engine at http://127.0.0.1:1"),
         "{out:?}"
@@ -237,10 +237,10 @@ fn operator_session() {
     assert!(ok(&server, &["profiles", "delete", "image", "img-a"]).contains("img-a deleted"));
     let out = cli(&server, &["profiles", "delete", "image", "img-b"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"), "{out:?}");
-    // Completions know the subcommands, for each shell.
+    // Completion scripts call the binary back for candidates, for each shell.
     for shell in ["bash", "zsh", "fish"] {
         let script = ok(&server, &["completions", shell]);
-        assert!(script.contains("test-compliance") && script.contains("activate"), "{shell}: {script}");
+        assert!(script.contains("COMPLETE"), "{shell}: {script}");
     }
 }
 
@@ -307,4 +307,220 @@ fn an_open_watch_does_not_hold_up_shutdown() {
     std::io::Read::read_to_string(&mut watch.0.stderr.take().unwrap(), &mut said).unwrap();
     assert!(!watcher.success(), "the watcher must fail when the server goes away");
     assert!(said.contains("shutting down"), "{said}");
+}
+
+const SITE: &str = r#"
+image_profiles:
+  - { name: img-a, kernel: { kernel: tiny/1/vmlinuz, cmdline: "marker=MARKER" } }
+rules:
+  - { name: all, match: { always: true }, image_profile: img-a }
+"#;
+
+fn site(marker: &str, extra_rules: &str) -> String {
+    format!("{}{extra_rules}", SITE.replace("MARKER", marker))
+}
+
+/// `bootfleet up` with a known streamer port; the image `tiny/1` pushed.
+struct Session {
+    _up: Up,
+    dir: tempfile::TempDir,
+    server: String,
+    boot_url: String,
+}
+
+impl Session {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = bootfleet_test_support::free_port;
+        let (admin, rules, http, images) = (port(), port(), port(), port());
+        let up = Up(Command::new(BIN)
+            .args(["up", "--store", "embedded", "--log", "warn"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--rules-listen", &format!("127.0.0.1:{rules}"), "--rules-admin-token", TOKEN])
+            .args(["--tftp-listen", "127.0.0.1:0", "--streamer-listen", &format!("127.0.0.1:{http}")])
+            .args(["--streamer-grpc-listen", &format!("127.0.0.1:{images}"), "--streamer-admin-token", TOKEN])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap());
+        until("bootfleet up never became healthy", || {
+            let health = healthz(admin);
+            if health.starts_with("serving") { Ok(()) } else { Err(health) }
+        });
+        let image = dir.path().join("tiny");
+        std::fs::create_dir(&image).unwrap();
+        std::fs::write(image.join("vmlinuz"), b"not really a kernel").unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, TOKEN).unwrap();
+        let server = format!("http://127.0.0.1:{rules}");
+        let images = format!("http://127.0.0.1:{images}");
+        let push = ["images", "push", image.to_str().unwrap(), "--image", "tiny", "--version", "1"];
+        ok(
+            &server,
+            &[&push[..], &["--images-server", &images, "--token-file", token_file.to_str().unwrap()]]
+                .concat(),
+        );
+        Self { _up: up, dir, server, boot_url: format!("http://127.0.0.1:{http}/boot.ipxe?mac={HOST1}") }
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        cli(&self.server, args)
+    }
+
+    /// The boot script HOST1 gets from the streamer.
+    fn boot_script(&self) -> String {
+        let out = Command::new("curl").args(["-s", &self.boot_url]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn working_revision(&self) -> i64 {
+        let out = ok(&self.server, &["rules", "list", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"].as_i64().unwrap_or(0)
+    }
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The operator workflow of issue 22: an apply is staged and all or
+/// nothing, a profile edit reaches boot scripts only through activation, a
+/// dry run writes nothing, the same apply twice changes nothing, every
+/// outcome has its exit code, and every command's `-o json` parses.
+#[test]
+fn staged_workflow_session() {
+    let s = Session::start();
+    let v1 = s.file("v1.yaml", &site("one", ""));
+    let out = s.run(&["apply", "-f", &v1, "--activate"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    until("the first boot script", || {
+        let script = s.boot_script();
+        if script.contains("marker=one") { Ok(()) } else { Err(script) }
+    });
+
+    // 1. A good profile edit with a bad rule changes nothing, boot scripts
+    //    included; every problem is named with the file (exit 65).
+    let before = s.working_revision();
+    let bad = s.file(
+        "bad.yaml",
+        &site("two", "  - { name: typo, match: { always: true }, image_profile: img-zz }\n  - { name: all, match: { always: true }, image_profile: img-a }\n"),
+    );
+    let out = s.run(&["apply", "-f", &bad, "--activate"]);
+    assert_eq!(code(&out), Some(65), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("bad.yaml") && said.contains("img-zz") && said.contains("duplicate"), "{said}");
+    assert_eq!(s.working_revision(), before, "a refused apply wrote nothing");
+    let out = s.run(&["rules", "diff"]);
+    assert_eq!(code(&out), Some(0), "nothing staged: {}", text(&out));
+    assert!(s.boot_script().contains("marker=one"));
+
+    // 3. A dry run lists the plan, writes nothing, and exits 2.
+    let v2 = s.file("v2.yaml", &site("two", ""));
+    let out = s.run(&["apply", "-f", &v2, "--dry-run"]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out));
+    let plan = text(&out);
+    assert!(plan.contains("change") && plan.contains("img-a") && plan.contains("marker=two"), "{plan}");
+    assert!(plan.contains("dry run"), "{plan}");
+    assert_eq!(s.working_revision(), before, "a dry run wrote nothing");
+
+    // 2. Staged, the edit shows in the diff (exit 2) but boot scripts keep
+    //    the active profile until activation.
+    let out = s.run(&["apply", "-f", &v2]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    let staged_at = s.working_revision();
+    assert!(staged_at > before);
+    let out = s.run(&["rules", "diff"]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("image profile") && text(&out).contains("marker=two"), "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.boot_script().contains("marker=one"), "staged edits must not reach machines");
+    let active = ok(&s.server, &["profiles", "get", "image", "img-a", "--active", "-o", "json"]);
+    assert!(active.contains("marker=one"), "{active}");
+
+    // 4. The same file again: unchanged, same revision.
+    let out = s.run(&["apply", "-f", &v2]);
+    assert_eq!(code(&out), Some(0));
+    assert!(text(&out).contains("unchanged"), "{}", text(&out));
+    assert_eq!(s.working_revision(), staged_at);
+    let out = s.run(&["apply", "-f", &v2, "--dry-run"]);
+    assert_eq!(code(&out), Some(0), "nothing to do: {}", text(&out));
+
+    let out = s.run(&["rules", "activate"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out));
+    until("the activated boot script", || {
+        let script = s.boot_script();
+        if script.contains("marker=two") { Ok(()) } else { Err(script) }
+    });
+    let out = s.run(&["rules", "activate", "-o", "json"]);
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["unchanged"], true, "{again}");
+    assert_eq!(code(&s.run(&["rules", "diff"])), Some(0));
+
+    // A version the catalog lacks is refused at apply.
+    let missing = s.file("missing.yaml", &site("three", "").replace("tiny/1/", "tiny/9/"));
+    let out = s.run(&["apply", "-f", &missing]);
+    assert_eq!(code(&out), Some(65), "{}", text(&out));
+    assert!(text(&out).contains("tiny/9 is not in the image catalog"), "{}", text(&out));
+
+    // `-f -` reads standard input.
+    let mut child = Command::new(BIN)
+        .args(["apply", "-f", "-", "--dry-run", "--server", &s.server])
+        .env("BOOTFLEET_TOKEN", TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), site("two", "").as_bytes()).unwrap();
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(0), "stdin holds what is staged");
+
+    // 5. Exit codes: not found, conflict, usage, auth, unreachable.
+    assert_eq!(code(&s.run(&["profiles", "get", "image", "nope"])), Some(66));
+    assert_eq!(code(&s.run(&["profiles", "delete", "image", "nope", "--ignore-not-found"])), Some(0));
+    assert_eq!(code(&s.run(&["profiles", "delete", "image", "img-a"])), Some(67), "a rule uses it");
+    assert_eq!(code(&s.run(&["apply"])), Some(64), "no file");
+    let out = Command::new(BIN).args(["rules", "activate", "--server", &s.server]).output().unwrap();
+    assert_eq!(code(&out), Some(68));
+    assert_eq!(code(&cli("http://127.0.0.1:1", &["rules", "list"])), Some(69));
+
+    // 6. Every command's -o json parses.
+    ok(&s.server, &["evaluate", "--mac", HOST1]);
+    let host = until("host recorded", || {
+        let out = s.run(&["hosts", "get", HOST1, "-o", "json"]);
+        if code(&out) == Some(0) { Ok(out) } else { Err(text(&out)) }
+    });
+    serde_json::from_slice::<serde_json::Value>(&host.stdout).unwrap();
+    let commands: &[&[&str]] = &[
+        &["rules", "list"],
+        &["rules", "list", "--active"],
+        &["rules", "get", "all"],
+        &["rules", "diff"],
+        &["rules", "test-compliance"],
+        &["rules", "repair"],
+        &["rules", "activate"],
+        &["profiles", "list"],
+        &["profiles", "list", "--active"],
+        &["profiles", "get", "image", "img-a"],
+        &["hosts", "list"],
+        &["evaluate", "--mac", HOST2, "--dry-run"],
+        &["apply", "-f", &v2],
+        &["apply", "-f", &v1, "--dry-run"],
+        &["rules", "delete", "nope", "--ignore-not-found"],
+    ];
+    for command in commands {
+        let out = s.run(&[command, &["-o", "json"][..]].concat());
+        assert!(matches!(code(&out), Some(0 | 2)), "{command:?}: {}", text(&out));
+        let parsed = serde_json::from_slice::<serde_json::Value>(&out.stdout);
+        assert!(parsed.is_ok(), "{command:?} -o json: {}", String::from_utf8_lossy(&out.stdout));
+    }
 }

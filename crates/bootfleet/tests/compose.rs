@@ -169,7 +169,7 @@ fn compose_stack_round_robins_and_boots_vms_while_containers_die() {
     let push = server
         .command(BIN)
         .args(["images", "push", image.to_str().unwrap(), "--image", "tiny", "--version", "1"])
-        .args(["--server", "http://127.0.0.1:7071", "--token-file", token.to_str().unwrap()])
+        .args(["--images-server", "http://127.0.0.1:7071", "--token-file", token.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(push.status.success(), "push: {}", String::from_utf8_lossy(&push.stderr));
@@ -192,7 +192,7 @@ fn compose_stack_round_robins_and_boots_vms_while_containers_die() {
     loop {
         let out = server
             .command(BIN)
-            .args(["images", "status", "--server", "http://127.0.0.1:7072", "-o", "json"])
+            .args(["images", "status", "--images-server", "http://127.0.0.1:7072", "-o", "json"])
             .output()
             .unwrap();
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();

@@ -181,7 +181,7 @@ fn vms_boot_while_replicas_die_and_offline_when_etcd_is_gone() {
         "tiny",
         "--version",
         "1",
-        "--server",
+        "--images-server",
         "http://127.0.0.1:7071",
         "--token-file",
         token_arg,
@@ -203,7 +203,7 @@ fn vms_boot_while_replicas_die_and_offline_when_etcd_is_gone() {
     assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = lab.cli(&["images", "status", "--server", "http://127.0.0.1:7072", "-o", "json"]);
+        let out = lab.cli(&["images", "status", "--images-server", "http://127.0.0.1:7072", "-o", "json"]);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let present =
             status["states"].as_array().map_or(0, |s| s.iter().filter(|s| s["state"] == "present").count());

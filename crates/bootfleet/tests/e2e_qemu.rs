@@ -147,7 +147,7 @@ router_advertisements = true
             "tiny",
             "--version",
             "1",
-            "--server",
+            "--images-server",
             IMAGES,
             "--token-file",
             token_file.to_str().unwrap(),

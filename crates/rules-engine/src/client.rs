@@ -1,13 +1,15 @@
 //! Connecting to a rules engine, with the admin token attached to every
-//! request (used by the CLI, the boot services and tests).
+//! request (used by the CLI, the boot services and tests). `https://` URLs
+//! always use TLS.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bootfleet_proto::v1::rules_service_client::RulesServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Adds `authorization: Bearer <token>` when a token is set.
 #[derive(Clone, Debug, Default)]
@@ -38,7 +40,7 @@ pub type Client = RulesServiceClient<InterceptedService<Channel, BearerToken>>;
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The URL is malformed.
+    /// The URL is malformed or its scheme is neither http nor https.
     #[error("{url:?} is not a valid server URL (like http://127.0.0.1:7070): {reason}")]
     BadUrl {
         /// The URL given.
@@ -49,21 +51,119 @@ pub enum ConnectError {
     /// The token cannot be sent as a header.
     #[error("the admin token contains characters that cannot be sent in a header")]
     BadToken,
-    /// Nobody answered.
-    #[error("cannot reach the rules engine at {url}: {reason}")]
+    /// The CA file for an https URL cannot be used.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile {
+        /// The file given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// Nobody answered, or not in the expected protocol.
+    #[error("cannot reach {url}: {cause}")]
     Unreachable {
         /// The URL given.
         url: String,
-        /// The transport error.
-        reason: String,
+        /// What went wrong, as far as the transport error tells.
+        cause: Unreachable,
     },
 }
 
+/// Why a server could not be reached, read from a transport error's
+/// `source()` chain so that callers can explain it (and pick an exit code)
+/// without parsing text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    /// Nothing listens on that port.
+    #[error("connection refused")]
+    Refused,
+    /// No answer in time.
+    #[error("timed out")]
+    TimedOut,
+    /// The host name did not resolve.
+    #[error("name not resolved ({0})")]
+    NameNotResolved(String),
+    /// The TLS handshake failed; against a plaintext server this is what an
+    /// https URL gives.
+    #[error("TLS handshake failed (is the server serving TLS?): {0}")]
+    Tls(String),
+    /// Anything else, with the innermost error's text.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Unreachable {
+    /// Classifies a transport error by walking its `source()` chain.
+    /// `tls` says whether the connection used TLS: then a malformed or cut
+    /// answer during connect means the handshake failed.
+    pub fn classify(error: &(dyn std::error::Error + 'static), tls: bool) -> Self {
+        let mut innermost = error.to_string();
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = current {
+            innermost = e.to_string();
+            if e.is::<tonic::TimeoutExpired>() {
+                return Self::TimedOut;
+            }
+            // hyper-util names its resolver failures "dns error"; the io
+            // error under it only says what getaddrinfo said.
+            if innermost == "dns error" {
+                let detail = e.source().map_or_else(String::new, ToString::to_string);
+                return Self::NameNotResolved(detail);
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind;
+                match io.kind() {
+                    ErrorKind::ConnectionRefused => return Self::Refused,
+                    ErrorKind::TimedOut => return Self::TimedOut,
+                    ErrorKind::InvalidData | ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset if tls => {
+                        return Self::Tls(io.to_string());
+                    }
+                    _ => {}
+                }
+            }
+            current = e.source();
+        }
+        if tls { Self::Tls(innermost) } else { Self::Other(innermost) }
+    }
+}
+
+/// An endpoint for `url`. `https://` always means TLS, verified against the
+/// system's roots or, when `ca_file` is given, against that PEM file only
+/// (a private CA); there is no fallback to plaintext, so a token is never
+/// sent in clear to an https URL. Any scheme but http and https is refused.
+pub fn endpoint(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, ConnectError> {
+    let bad = |reason: String| ConnectError::BadUrl { url: url.to_owned(), reason };
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?;
+    match endpoint.uri().scheme_str() {
+        Some("http") => Ok(endpoint),
+        Some("https") => {
+            let config = match ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .map_err(|e| ConnectError::CaFile { path: path.to_owned(), reason: e.to_string() })?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            // tonic checks the roots here; a failure is about the local
+            // setup (no system roots, an unusable CA file), not the URL.
+            endpoint.tls_config(config).map_err(|e| {
+                let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+                match ca_file {
+                    Some(path) => ConnectError::CaFile { path: path.to_owned(), reason },
+                    None => bad(format!("setting up TLS: {reason}")),
+                }
+            })
+        }
+        _ => Err(bad("the scheme must be http:// or https://".into())),
+    }
+}
+
 /// A client that connects on first use and reconnects by itself: for
-/// services that must start even while the rules engine is down.
+/// services that must start even while the rules engine is down. An
+/// https URL uses TLS with the system's roots, as [`endpoint`] does.
 pub fn connect_lazy(url: &str) -> Result<Client, ConnectError> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| ConnectError::BadUrl { url: url.to_owned(), reason: e.to_string() })?
+    let channel = endpoint(url, None)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(3))
         .connect_lazy();
@@ -72,15 +172,32 @@ pub fn connect_lazy(url: &str) -> Result<Client, ConnectError> {
 
 /// Connects (within 5 s) to `url`, sending `token` with every request.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| ConnectError::BadUrl { url: url.to_owned(), reason: e.to_string() })?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| ConnectError::Unreachable {
-        url: url.to_owned(),
-        reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string),
-    })?;
-    Ok(RulesServiceClient::with_interceptor(channel, BearerToken::new(token)?))
+    connect_with(url, token, None).await
+}
+
+/// [`connect`], trusting only `ca_file` for an https URL when given.
+pub async fn connect_with(
+    url: &str,
+    token: Option<&str>,
+    ca_file: Option<&Path>,
+) -> Result<Client, ConnectError> {
+    // Checked before connecting so a bad token is not reported as a
+    // network problem.
+    let token = BearerToken::new(token)?;
+    let channel = connect_channel(url, ca_file).await?;
+    Ok(RulesServiceClient::with_interceptor(channel, token))
+}
+
+/// Connects a channel (within 5 s, calls time out after 30 s) for any of
+/// Bootfleet's gRPC services, under [`endpoint`]'s TLS rule.
+pub async fn connect_channel(url: &str, ca_file: Option<&Path>) -> Result<Channel, ConnectError> {
+    let endpoint =
+        endpoint(url, ca_file)?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+    let tls = endpoint.uri().scheme_str() == Some("https");
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Unreachable { url: url.to_owned(), cause: Unreachable::classify(&e, tls) })
 }
 
 /// How `bootfleet apply` applies a manifest.

@@ -11,7 +11,7 @@ use bootfleet_rules_engine::client::{ApplyOptions, apply_manifest};
 use bootfleet_rules_engine::manifest::{self, Format};
 
 use super::rules::print_changes;
-use super::{ClientArgs, Output, PendingChanges, explain, print_json, say};
+use super::{ClientArgs, Output, PendingChanges, explain, print_structured, say};
 
 /// Arguments of `bootfleet apply`.
 #[derive(clap::Args)]
@@ -34,8 +34,6 @@ pub(crate) struct ApplyArgs {
     /// Stage image profiles naming image versions that were not pushed yet.
     #[arg(long)]
     allow_missing_images: bool,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 /// A manifest format on the command line.
@@ -68,9 +66,10 @@ fn read_manifest(args: &ApplyArgs) -> anyhow::Result<(manifest::Manifest, String
     Ok((manifest, source))
 }
 
-pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ApplyArgs, client: &ClientArgs) -> anyhow::Result<()> {
     let (manifest, source) = read_manifest(&args)?;
-    let mut client = args.client.connect().await?;
+    let output = client.output;
+    let mut client = client.connect().await?;
     let options = ApplyOptions {
         activate: args.activate,
         dry_run: args.dry_run,
@@ -80,10 +79,10 @@ pub(crate) async fn run(args: ApplyArgs) -> anyhow::Result<()> {
     };
     let response = apply_manifest(&mut client, manifest, options).await.map_err(explain)?;
     let pending = args.dry_run && !response.unchanged;
-    if args.client.output == Output::Json {
-        print_json(&response)?;
-    } else {
+    if output == Output::Table {
         print_applied(&response, args.dry_run);
+    } else {
+        print_structured(output, &response)?;
     }
     if pending {
         return Err(PendingChanges.into());

@@ -1,18 +1,18 @@
 //! `bootfleet hosts …` and `bootfleet evaluate`.
 
-use std::collections::HashMap;
-
 use bootfleet_proto::v1 as pb;
+use clap_complete::ArgValueCandidates;
 
-use super::{ClientArgs, Output, describe, explain, print_json, print_table, say};
+use super::{
+    ClientArgs, Output, WentAway, complete, describe, explain, print_json_line, print_structured,
+    print_table, say,
+};
 
 /// Host commands.
 #[derive(clap::Args)]
 pub(crate) struct HostsCommand {
     #[command(subcommand)]
     action: HostsAction,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -22,11 +22,15 @@ enum HostsAction {
     /// One host with its history.
     Get {
         /// The host's MAC.
+        #[arg(add = ArgValueCandidates::new(complete::host_macs))]
         mac: String,
     },
-    /// Print decisions as they are made, until interrupted.
+    /// Print decisions as they are made, until interrupted (with -o json,
+    /// one compact JSON object per line). Exits 69 when the server ends
+    /// the stream.
     Watch {
         /// Only this host.
+        #[arg(add = ArgValueCandidates::new(complete::host_macs))]
         mac: Option<String>,
     },
 }
@@ -56,13 +60,20 @@ pub(crate) struct EvaluateArgs {
     #[arg(long, default_value = "")]
     ipv4: String,
     /// A label, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Decide without recording on the host record.
     #[arg(long)]
     dry_run: bool,
-    #[command(flatten)]
-    client: ClientArgs,
+}
+
+/// Parses `--label KEY=VALUE`; a clap value parser, so a malformed label is
+/// a usage error (exit 64) like any other bad flag.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
 }
 
 fn event_row(e: &pb::HostEvent) -> Vec<String> {
@@ -74,14 +85,14 @@ fn event_row(e: &pb::HostEvent) -> Vec<String> {
     ]
 }
 
-pub(crate) async fn run_hosts(command: HostsCommand) -> anyhow::Result<()> {
-    let mut client = command.client.connect().await?;
-    let json = command.client.output == Output::Json;
+pub(crate) async fn run_hosts(command: HostsCommand, args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = args.connect().await?;
+    let json = args.output != Output::Table;
     match command.action {
         HostsAction::List => {
             let response = client.list_hosts(pb::ListHostsRequest {}).await.map_err(explain)?.into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             let rows: Vec<Vec<String>> = response
                 .hosts
@@ -96,7 +107,7 @@ pub(crate) async fn run_hosts(command: HostsCommand) -> anyhow::Result<()> {
         HostsAction::Get { mac } => {
             let host = client.get_host(pb::GetHostRequest { mac }).await.map_err(explain)?.into_inner();
             if json {
-                return print_json(&host);
+                return print_structured(args.output, &host);
             }
             say(&format!("host {}: {}", host.mac, describe::decision(host.last_decision.as_ref())));
             let rows: Vec<Vec<String>> = host.history.iter().map(event_row).collect();
@@ -124,11 +135,22 @@ pub(crate) async fn run_hosts(command: HostsCommand) -> anyhow::Result<()> {
         HostsAction::Watch { mac } => {
             let request = pb::WatchDecisionsRequest { mac: mac.unwrap_or_default() };
             let mut stream = client.watch_decisions(request).await.map_err(explain)?.into_inner();
-            while let Some(event) = stream.message().await.map_err(explain)? {
-                if json {
-                    print_json(&event)?;
-                } else {
-                    say(&event_row(&event).join("  "));
+            // Only the operator ends a watch: the stream ending, cleanly or
+            // not, means the server went away (shut down, restarted, lost).
+            loop {
+                let event = match stream.message().await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => return Err(WentAway("it ended the stream".into()).into()),
+                    Err(status) => return Err(WentAway(status.message().to_owned()).into()),
+                };
+                match args.output {
+                    Output::Json => print_json_line(&event)?,
+                    // YAML documents in a stream are separated by `---`.
+                    Output::Yaml => {
+                        say("---");
+                        print_structured(Output::Yaml, &event)?;
+                    }
+                    Output::Table => say(&event_row(&event).join("  ")),
                 }
             }
         }
@@ -136,13 +158,8 @@ pub(crate) async fn run_hosts(command: HostsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    let mut labels = HashMap::new();
-    for label in &args.labels {
-        let (k, v) =
-            label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected KEY=VALUE"))?;
-        labels.insert(k.to_owned(), v.to_owned());
-    }
+pub(crate) async fn run_evaluate(args: EvaluateArgs, client: &ClientArgs) -> anyhow::Result<()> {
+    let labels = args.labels.into_iter().collect();
     let facts = pb::HostFacts {
         mac: args.mac,
         arch: args.arch,
@@ -154,14 +171,15 @@ pub(crate) async fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         labels,
         ..Default::default()
     };
-    let mut client = args.client.connect().await?;
+    let output = client.output;
+    let mut client = client.connect().await?;
     let response = client
         .evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: args.dry_run })
         .await
         .map_err(explain)?
         .into_inner();
-    if args.client.output == Output::Json {
-        return print_json(&response);
+    if output != Output::Table {
+        return print_structured(output, &response);
     }
     let decision = response.decision.unwrap_or_default();
     say(&describe::decision(Some(&decision)));

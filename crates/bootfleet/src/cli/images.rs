@@ -4,26 +4,17 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::Context;
-use bootfleet_image_streamer::client::{self, ImageClient};
+use bootfleet_image_streamer::client;
 use bootfleet_proto::v1 as pb;
+use clap_complete::ArgValueCandidates;
 
-use super::{Output, print_json, print_table, say};
+use super::{ClientArgs, Output, complete, explain, print_structured, print_table, report};
 
-/// Image commands.
+/// Image commands; they talk to the image streamer (`--images-server`).
 #[derive(clap::Args)]
 pub(crate) struct ImagesCommand {
     #[command(subcommand)]
     action: ImagesAction,
-    /// Image streamer gRPC URL.
-    #[arg(long, env = "BOOTFLEET_IMAGES_SERVER", default_value = "http://127.0.0.1:7072", global = true)]
-    server: String,
-    /// File holding the admin token (needed for push and rm).
-    #[arg(long, env = "BOOTFLEET_TOKEN_FILE", value_name = "FILE", global = true)]
-    token_file: Option<PathBuf>,
-    /// Output: table (for people) or json (for programs).
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
-    output: Output,
 }
 
 #[derive(clap::Subcommand)]
@@ -33,7 +24,7 @@ enum ImagesAction {
         /// Directory whose files make the version.
         dir: PathBuf,
         /// Image name.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(complete::image_names))]
         image: String,
         /// Version name.
         #[arg(long)]
@@ -45,6 +36,7 @@ enum ImagesAction {
     /// Versions in the catalog.
     List {
         /// Only this image.
+        #[arg(add = ArgValueCandidates::new(complete::image_names))]
         image: Option<String>,
     },
     /// Which versions each replica holds: present, pulling, missing or corrupt.
@@ -52,25 +44,14 @@ enum ImagesAction {
     /// Delete a version from the catalog (refused while the active rules use it).
     Rm {
         /// Image name.
+        #[arg(add = ArgValueCandidates::new(complete::image_names))]
         image: String,
         /// Version name.
         version: String,
+        /// Succeed when there is no such version.
+        #[arg(long)]
+        ignore_not_found: bool,
     },
-}
-
-impl ImagesCommand {
-    async fn connect(&self) -> anyhow::Result<ImageClient> {
-        let token = match &self.token_file {
-            Some(file) => Some(
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the token file {}", file.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
-        client::connect(&self.server, token.as_deref()).await
-    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -78,8 +59,8 @@ fn mib(bytes: u64) -> String {
 }
 
 /// Runs an images command.
-pub(crate) async fn run(command: ImagesCommand) -> anyhow::Result<()> {
-    let mut client = command.connect().await?;
+pub(crate) async fn run(command: ImagesCommand, args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = args.connect_images().await?;
     match &command.action {
         ImagesAction::Push { dir, image, version, description } => {
             let files = client::scan_dir(dir)?;
@@ -101,16 +82,17 @@ pub(crate) async fn run(command: ImagesCommand) -> anyhow::Result<()> {
                 eprintln!("{}: {} sent ({} already held)", file.name, mib(sent), mib(file.size - sent));
             }
             let committed = client::commit(&mut client, image, version, description, &files).await?;
-            match command.output {
-                Output::Json => print_json(&committed)?,
-                Output::Table => say(&format!("pushed {image}/{version}: {} files", committed.files.len())),
-            }
+            report(
+                args.output,
+                &format!("pushed {image}/{version}: {} files", committed.files.len()),
+                &serde_json::json!({"pushed": committed}),
+            )?;
         }
         ImagesAction::List { image } => {
             let request = pb::ListVersionsRequest { image: image.clone().unwrap_or_default() };
-            let versions = client.list_versions(request).await.map_err(super::explain)?.into_inner();
-            match command.output {
-                Output::Json => print_json(&versions)?,
+            let versions = client.list_versions(request).await.map_err(explain)?.into_inner();
+            match args.output {
+                Output::Json | Output::Yaml => print_structured(args.output, &versions)?,
                 Output::Table => {
                     let rows: Vec<Vec<String>> = versions
                         .versions
@@ -131,9 +113,9 @@ pub(crate) async fn run(command: ImagesCommand) -> anyhow::Result<()> {
             }
         }
         ImagesAction::Status => {
-            let status = client.status(pb::StatusRequest {}).await.map_err(super::explain)?.into_inner();
-            match command.output {
-                Output::Json => print_json(&status)?,
+            let status = client.status(pb::StatusRequest {}).await.map_err(explain)?.into_inner();
+            match args.output {
+                Output::Json | Output::Yaml => print_structured(args.output, &status)?,
                 Output::Table => {
                     let rows: Vec<Vec<String>> = status
                         .states
@@ -154,10 +136,22 @@ pub(crate) async fn run(command: ImagesCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        ImagesAction::Rm { image, version } => {
+        ImagesAction::Rm { image, version, ignore_not_found } => {
             let request = pb::DeleteVersionRequest { image: image.clone(), version: version.clone() };
-            client.delete_version(request).await.map_err(super::explain)?;
-            say(&format!("deleted {image}/{version}"));
+            let object = serde_json::json!({"kind": "image", "name": image, "version": version});
+            match client.delete_version(request).await {
+                Ok(_) => report(
+                    args.output,
+                    &format!("deleted {image}/{version}"),
+                    &serde_json::json!({"deleted": object}),
+                )?,
+                Err(status) if *ignore_not_found && status.code() == tonic::Code::NotFound => report(
+                    args.output,
+                    &format!("{image}/{version} not found (ignored)"),
+                    &serde_json::json!({"deleted": null, "not_found": object}),
+                )?,
+                Err(status) => return Err(explain(status)),
+            }
         }
     }
     Ok(())

@@ -1,17 +1,16 @@
 //! `bootfleet profiles …`.
 
 use bootfleet_proto::v1 as pb;
+use clap_complete::ArgValueCandidates;
 use pb::profile_object::Object;
 
-use super::{ClientArgs, Output, describe, explain, print_json, print_table, say};
+use super::{ClientArgs, Output, complete, describe, explain, print_structured, print_table, report};
 
 /// Profile commands.
 #[derive(clap::Args)]
 pub(crate) struct ProfilesCommand {
     #[command(subcommand)]
     action: ProfilesAction,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 /// Which kind of object.
@@ -26,6 +25,15 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind's name in messages and JSON.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Host => "host",
+            Self::Location => "location",
+        }
+    }
+
     fn wire(self) -> i32 {
         match self {
             Self::Image => pb::ProfileKind::Image.into(),
@@ -37,27 +45,38 @@ impl Kind {
 
 #[derive(clap::Subcommand)]
 enum ProfilesAction {
-    /// List profiles and locations.
+    /// List the staged profiles and locations (what the next activation publishes).
     List {
         /// Only this kind.
         #[arg(long, value_enum)]
         kind: Option<Kind>,
+        /// The active ones instead: what machines boot with now.
+        #[arg(long)]
+        active: bool,
     },
-    /// Show one.
+    /// Show one staged profile or location.
     Get {
         /// image, host or location.
         #[arg(value_enum)]
         kind: Kind,
         /// Its name.
+        #[arg(add = ArgValueCandidates::new(complete::profile_names))]
         name: String,
+        /// The active one instead of the staged one.
+        #[arg(long)]
+        active: bool,
     },
-    /// Delete one (refused while a rule uses it).
+    /// Remove a staged one (refused while a working rule uses it; it stays active until activation).
     Delete {
         /// image, host or location.
         #[arg(value_enum)]
         kind: Kind,
         /// Its name.
+        #[arg(add = ArgValueCandidates::new(complete::profile_names))]
         name: String,
+        /// Succeed when there is no such profile or location.
+        #[arg(long)]
+        ignore_not_found: bool,
     },
 }
 
@@ -81,31 +100,43 @@ fn row(object: &pb::ProfileObject) -> Vec<String> {
     }
 }
 
-pub(crate) async fn run(command: ProfilesCommand) -> anyhow::Result<()> {
-    let mut client = command.client.connect().await?;
-    let json = command.client.output == Output::Json;
+pub(crate) async fn run(command: ProfilesCommand, args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = args.connect().await?;
+    let json = args.output != Output::Table;
     match command.action {
-        ProfilesAction::List { kind } => {
-            let request = pb::ListProfilesRequest { kind: kind.map_or(0, Kind::wire), active: false };
+        ProfilesAction::List { kind, active } => {
+            let request = pb::ListProfilesRequest { kind: kind.map_or(0, Kind::wire), active };
             let response = client.list_profiles(request).await.map_err(explain)?.into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             let rows: Vec<Vec<String>> = response.profiles.iter().map(row).collect();
             print_table(&["KIND", "NAME", "CONTENT", "REVISION"], &rows);
         }
-        ProfilesAction::Get { kind, name } => {
-            let request = pb::GetProfileRequest { kind: kind.wire(), name, active: false };
+        ProfilesAction::Get { kind, name, active } => {
+            let request = pb::GetProfileRequest { kind: kind.wire(), name, active };
             let response = client.get_profile(request).await.map_err(explain)?.into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             print_table(&["KIND", "NAME", "CONTENT", "REVISION"], &[row(&response)]);
         }
-        ProfilesAction::Delete { kind, name } => {
+        ProfilesAction::Delete { kind, name, ignore_not_found } => {
             let request = pb::DeleteProfileRequest { kind: kind.wire(), name: name.clone() };
-            client.delete_profile(request).await.map_err(explain)?;
-            say(&format!("{kind:?} {name} deleted").to_lowercase());
+            let object = serde_json::json!({"kind": kind.name(), "name": name});
+            match client.delete_profile(request).await {
+                Ok(_) => report(
+                    args.output,
+                    &format!("{} {name} deleted", kind.name()),
+                    &serde_json::json!({"deleted": object}),
+                )?,
+                Err(status) if ignore_not_found && status.code() == tonic::Code::NotFound => report(
+                    args.output,
+                    &format!("{} {name} not found (ignored)", kind.name()),
+                    &serde_json::json!({"deleted": null, "not_found": object}),
+                )?,
+                Err(status) => return Err(explain(status)),
+            }
         }
     }
     Ok(())

@@ -2,15 +2,18 @@
 
 use bootfleet_proto::v1 as pb;
 
-use super::{ClientArgs, Output, PendingChanges, describe, explain, print_json, print_table, say};
+use clap_complete::ArgValueCandidates;
+
+use super::{
+    ApiError, ClientArgs, Output, PendingChanges, complete, describe, explain, print_structured, print_table,
+    say,
+};
 
 /// Rule-set commands.
 #[derive(clap::Args)]
 pub(crate) struct RulesCommand {
     #[command(subcommand)]
     action: RulesAction,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -24,6 +27,7 @@ enum RulesAction {
     /// Show one rule.
     Get {
         /// Rule name.
+        #[arg(add = ArgValueCandidates::new(complete::rule_names))]
         name: String,
         /// From the active set.
         #[arg(long)]
@@ -32,7 +36,11 @@ enum RulesAction {
     /// Remove a rule from the working set.
     Delete {
         /// Rule name.
+        #[arg(add = ArgValueCandidates::new(complete::rule_names))]
         name: String,
+        /// Succeed when there is no such rule.
+        #[arg(long)]
+        ignore_not_found: bool,
     },
     /// Publish the working state: rules, staged profiles and locations, at once.
     Activate,
@@ -108,7 +116,16 @@ fn describe_object(object: &pb::ProfileObject) -> String {
         pairs.join(" ")
     };
     match &object.object {
-        Some(Object::Image(p)) => describe::boot(p),
+        Some(Object::Image(p)) => match &p.boot {
+            // A plan must show what changes, and for kernels that is often
+            // only the command line.
+            Some(pb::image_profile::Boot::Kernel(k)) => {
+                let initrds: Vec<String> =
+                    k.initrds.iter().map(|f| format!(" +{}/{}/{}", f.image, f.version, f.file)).collect();
+                format!("{}{} [{}]", describe::boot(p), initrds.concat(), k.cmdline)
+            }
+            _ => describe::boot(p),
+        },
         Some(Object::Host(p)) => pairs(&p.values),
         Some(Object::Location(l)) => pairs(&l.labels),
         None => String::new(),
@@ -133,9 +150,9 @@ fn compliance_rows(results: &[pb::ComplianceResult]) -> Vec<Vec<String>> {
         .collect()
 }
 
-pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
-    let mut client = command.client.connect().await?;
-    let json = command.client.output == Output::Json;
+pub(crate) async fn run(command: RulesCommand, args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = args.connect().await?;
+    let json = args.output != Output::Table;
     match command.action {
         RulesAction::List { active } => {
             let response = client
@@ -144,7 +161,7 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
                 .map_err(explain)?
                 .into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             let set = response.rule_set.unwrap_or_default();
             let rows: Vec<Vec<String>> = set
@@ -173,13 +190,18 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
                 .into_inner();
             let set = response.rule_set.unwrap_or_default();
             let Some((position, rule)) = set.rules.iter().enumerate().find(|(_, r)| r.name == name) else {
-                anyhow::bail!(
-                    "not found: no rule {name:?} in the {} set",
-                    if active { "active" } else { "working" }
-                );
+                return Err(ApiError {
+                    code: tonic::Code::NotFound,
+                    message: format!(
+                        "no rule {name:?} in the {} set",
+                        if active { "active" } else { "working" }
+                    ),
+                    hint: None,
+                }
+                .into());
             };
             if json {
-                return print_json(rule);
+                return print_structured(args.output, rule);
             }
             print_table(
                 &["FIELD", "VALUE"],
@@ -192,10 +214,24 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
                 ],
             );
         }
-        RulesAction::Delete { name } => {
+        RulesAction::Delete { name, ignore_not_found } => {
             let request = pb::DeleteRuleRequest { name: name.clone(), expected_revision: 0 };
-            let response = client.delete_rule(request).await.map_err(explain)?.into_inner();
-            say(&format!("rule {name} deleted from the working set (revision {})", response.revision));
+            let response = match client.delete_rule(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) if ignore_not_found && status.code() == tonic::Code::NotFound => {
+                    return super::report(
+                        args.output,
+                        &format!("rule {name} not found (ignored)"),
+                        &serde_json::json!({"deleted": null, "not_found": {"kind": "rule", "name": name}}),
+                    );
+                }
+                Err(status) => return Err(explain(status)),
+            };
+            super::report(
+                args.output,
+                &format!("rule {name} deleted from the working set (revision {})", response.revision),
+                &serde_json::json!({"deleted": {"kind": "rule", "name": name}, "revision": response.revision}),
+            )?;
         }
         RulesAction::Activate => {
             let response = client
@@ -204,7 +240,7 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
                 .map_err(explain)?
                 .into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             if response.unchanged {
                 say(&format!("unchanged: version {} is already active", response.version));
@@ -219,7 +255,7 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
             let response = client.diff(pb::DiffRequest {}).await.map_err(explain)?.into_inner();
             let count = response.changes.len() + response.profile_changes.len();
             if json {
-                print_json(&response)?;
+                print_structured(args.output, &response)?;
             } else if count == 0 {
                 say(&format!("no changes: the working state is active version {}", response.active_version));
             } else {
@@ -234,7 +270,7 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
             let request = pb::TestComplianceRequest { macs, against: kind(active) };
             let response = client.test_compliance(request).await.map_err(explain)?.into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             print_table(
                 &["MAC", "CHANGES", "RECORDED", "WOULD BE"],
@@ -249,7 +285,7 @@ pub(crate) async fn run(command: RulesCommand) -> anyhow::Result<()> {
         RulesAction::Repair { macs } => {
             let response = client.repair(pb::RepairRequest { macs }).await.map_err(explain)?.into_inner();
             if json {
-                return print_json(&response);
+                return print_structured(args.output, &response);
             }
             print_table(&["MAC", "CHANGES", "WAS", "NOW"], &compliance_rows(&response.repaired));
             say(&format!("({} hosts repaired)", response.repaired.len()));
