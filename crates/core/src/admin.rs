@@ -18,8 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::Encoder;
 use tokio::net::TcpListener;
@@ -212,8 +211,20 @@ async fn handle(health: Health, request: Request<Incoming>) -> Result<Response<A
 /// Serves the admin endpoint on an already-bound listener until `stop`,
 /// then lets open connections finish (at most 2 s).
 pub async fn serve(listener: TcpListener, health: Health, stop: CancellationToken) {
+    serve_with_limits(listener, health, stop, crate::http_limits::HttpLimits::ADMIN).await;
+}
+
+/// As [`serve`], with the given connection limits.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    health: Health,
+    stop: CancellationToken,
+    limits: crate::http_limits::HttpLimits,
+) {
+    use crate::http_limits::{Admission, ConnectionSlots};
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = crate::http_limits::builder(limits);
+    let slots = ConnectionSlots::new(limits);
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,
@@ -227,13 +238,23 @@ pub async fn serve(listener: TcpListener, health: Health, stop: CancellationToke
             },
         };
         let _ = stream.set_nodelay(true);
+        let Admission::Admitted(permit, stream) = slots.admit(stream) else {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "admin endpoint: too many connections; refused one"
+            );
+            continue;
+        };
+        let activity = stream.activity();
         let health = health.clone();
         let service = hyper::service::service_fn(move |req| handle(health.clone(), req));
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
+        let slots = slots.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+            let _permit = permit;
+            if !slots.serve(activity, connection).await {
+                tracing::debug!("admin connection idle too long; closed");
             }
         });
     }

@@ -8,7 +8,8 @@
 //! - [`snapshot`]: a watched in-memory copy of prefixes that keeps serving
 //!   when the store is unreachable;
 //! - [`config`], [`telemetry`], [`shutdown`], [`admin`], [`auth`]: the process shell
-//!   every service binary shares.
+//!   every service binary shares;
+//! - [`http_limits`]: the connection limits every HTTP listener applies.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod config;
 pub mod election;
 pub mod grpc;
+pub mod http_limits;
 pub mod membership;
 pub mod metrics;
 pub mod process;

@@ -19,6 +19,39 @@ pub static ACTIVE_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Loader files hashed (once per version of each file).
+pub static LOADER_HASHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "bootfleet_streamer_loader_hashes_total",
+        "Loader files read and hashed for their ETag"
+    )
+    .expect("metric registers once")
+});
+
+/// HTTP connections open now.
+pub static HTTP_CONNECTIONS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("bootfleet_streamer_http_connections", "HTTP connections open")
+        .expect("metric registers once")
+});
+
+/// HTTP connections refused because the cap was reached.
+pub static HTTP_CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "bootfleet_streamer_http_connections_refused_total",
+        "HTTP connections answered 503 and closed because streamer.http_max_connections were open"
+    )
+    .expect("metric registers once")
+});
+
+/// HTTP connections closed after moving nothing for the idle timeout.
+pub static HTTP_CONNECTIONS_TIMED_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "bootfleet_streamer_http_connections_idle_closed_total",
+        "HTTP connections closed after streamer.http_idle_timeout without a byte moving"
+    )
+    .expect("metric registers once")
+});
+
 /// Requests by route and status code.
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(

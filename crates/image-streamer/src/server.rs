@@ -4,9 +4,9 @@
 mod api;
 pub mod config;
 mod http;
+mod loaders;
 mod replicate;
 
-use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
@@ -37,7 +37,7 @@ pub(crate) struct Streamer {
     pub(crate) images: SnapshotCache,
     pub(crate) members: SnapshotCache,
     pub(crate) templates: Templates,
-    pub(crate) loaders_dir: Option<PathBuf>,
+    pub(crate) loaders: Option<Arc<loaders::Loaders>>,
     pub(crate) record_decisions: bool,
     pub(crate) reporter: Reporter,
     pub(crate) admin_token: Option<String>,
@@ -142,7 +142,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         images,
         members,
         templates: config.templates.clone(),
-        loaders_dir: config.loaders_dir.clone(),
+        loaders: config.loaders_dir.clone().map(|dir| Arc::new(loaders::Loaders::new(dir))),
         record_decisions: config.record_decisions,
         reporter: Reporter::start(ctx.store.clone(), stop.clone()),
         admin_token: config.admin_token.clone(),
@@ -165,7 +165,13 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     }
     tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_addr, url = %public_url, "image streamer listening");
     let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, stop.clone());
-    let http = http::serve(http_listener, Arc::clone(&streamer), stop.clone(), ctx.config.shutdown_grace);
+    let http = http::serve(
+        http_listener,
+        Arc::clone(&streamer),
+        stop.clone(),
+        ctx.config.shutdown_grace,
+        config.http_limits,
+    );
     let (grpc, ()) = tokio::join!(grpc, http);
     grpc
 }

@@ -12,6 +12,7 @@ use bootfleet_core::config::{
 use serde::Deserialize;
 
 use crate::script::Templates;
+use bootfleet_core::http_limits::HttpLimits;
 
 /// Default HTTP address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -87,6 +88,9 @@ struct StreamerSection {
     scrub_interval: Option<String>,
     record_decisions: Option<bool>,
     templates: Option<BTreeMap<String, PathBuf>>,
+    http_header_timeout: Option<String>,
+    http_idle_timeout: Option<String>,
+    http_max_connections: Option<usize>,
 }
 
 /// Validated streamer settings.
@@ -115,6 +119,8 @@ pub struct StreamerConfig {
     pub record_decisions: bool,
     /// Boot-script templates.
     pub templates: Templates,
+    /// Connection limits of the HTTP port.
+    pub http_limits: HttpLimits,
 }
 
 impl std::fmt::Debug for StreamerConfig {
@@ -130,6 +136,7 @@ impl std::fmt::Debug for StreamerConfig {
             .field("cache_file_limit", &self.cache_file_limit)
             .field("scrub_interval", &self.scrub_interval)
             .field("record_decisions", &self.record_decisions)
+            .field("http_limits", &self.http_limits)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +155,7 @@ impl StreamerConfig {
         default_listen: &str,
     ) -> Result<Self, ConfigError> {
         let section: StreamerSection = service_section(core.file.streamer.as_ref(), "streamer")?;
+        let http_limits = http_limits(&section)?;
         let listen = listen_address(
             args.listen.as_ref(),
             section.listen.as_ref(),
@@ -237,6 +245,40 @@ impl StreamerConfig {
             scrub_interval,
             record_decisions: section.record_decisions.unwrap_or(true),
             templates,
+            http_limits,
         })
     }
+}
+
+/// The HTTP connection limits from `[streamer]`, defaults from
+/// `HttpLimits::PUBLIC`.
+fn http_limits(section: &StreamerSection) -> Result<HttpLimits, ConfigError> {
+    let defaults = HttpLimits::PUBLIC;
+    let duration = |value: &Option<String>, key: &str, default: Duration| match value {
+        Some(text) => {
+            let d = parse_duration(text).map_err(|m| ConfigError::new(key, m))?;
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::new(key, "must be at least 100ms"));
+            }
+            Ok(d)
+        }
+        None => Ok(default),
+    };
+    let max_connections = section.http_max_connections.unwrap_or(defaults.max_connections);
+    if max_connections == 0 {
+        return Err(ConfigError::new("streamer.http_max_connections", "must be at least 1"));
+    }
+    Ok(HttpLimits {
+        header_timeout: duration(
+            &section.http_header_timeout,
+            "streamer.http_header_timeout",
+            defaults.header_timeout,
+        )?,
+        idle_timeout: duration(
+            &section.http_idle_timeout,
+            "streamer.http_idle_timeout",
+            defaults.idle_timeout,
+        )?,
+        max_connections,
+    })
 }

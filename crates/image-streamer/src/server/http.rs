@@ -4,19 +4,18 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use bootfleet_core::http_limits::{Admission, ConnectionSlots, HttpLimits};
 use bootfleet_proto::v1::BootReport;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,15 +54,18 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 }
 
 /// Serves HTTP on `listener` until `stop`, then lets responses in flight
-/// finish within `grace`.
+/// finish within `grace`. Connections are held to `limits` (see
+/// `bootfleet_core::http_limits`).
 pub(crate) async fn serve(
     listener: TcpListener,
     streamer: Arc<Streamer>,
     stop: CancellationToken,
     grace: Duration,
+    limits: HttpLimits,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = bootfleet_core::http_limits::builder(limits);
+    let slots = ConnectionSlots::new(limits);
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -77,16 +79,27 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Admission::Admitted(permit, stream) = slots.admit(stream) else {
+            metrics::HTTP_CONNECTIONS_REFUSED.inc();
+            tracing::warn!(%peer, limit = limits.max_connections, "too many HTTP connections; refused one with 503");
+            continue;
+        };
+        metrics::HTTP_CONNECTIONS_OPEN.set(i64::try_from(slots.open()).unwrap_or(i64::MAX));
+        let activity = stream.activity();
         let streamer = Arc::clone(&streamer);
         let service = hyper::service::service_fn(move |req| {
             let streamer = Arc::clone(&streamer);
             async move { Ok::<_, Infallible>(handle(&streamer, req, peer).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let slots = slots.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            if !slots.serve(activity, connection).await {
+                metrics::HTTP_CONNECTIONS_TIMED_OUT.inc();
+                tracing::debug!(%peer, "HTTP connection idle too long; closed");
             }
+            drop(permit);
+            metrics::HTTP_CONNECTIONS_OPEN.set(i64::try_from(slots.open()).unwrap_or(i64::MAX));
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
@@ -311,46 +324,15 @@ async fn blob_file(streamer: &Arc<Streamer>, req: &Request<Incoming>, sha: &str)
 }
 
 async fn loader_file(streamer: &Arc<Streamer>, req: &Request<Incoming>, name: &str) -> Response<Body> {
-    let Some(dir) = streamer.loaders_dir.as_ref() else {
+    let Some(loaders) = streamer.loaders.as_ref() else {
         return text(StatusCode::NOT_FOUND, "no loaders directory is configured");
     };
-    if crate::catalog::check_name("loader", name).is_err() {
-        return text(StatusCode::NOT_FOUND, "no such loader");
-    }
-    let path = dir.join(name);
-    let loaded = tokio::task::spawn_blocking(move || load_loader(&path)).await;
-    match loaded {
+    let loaders = Arc::clone(loaders);
+    let name = name.to_owned();
+    match tokio::task::spawn_blocking(move || loaders.load(&name)).await {
         Ok(Some(blob)) => send_blob(req, &blob, "application/efi", false),
         _ => text(StatusCode::NOT_FOUND, "no such loader"),
     }
-}
-
-/// Loaders are small: read whole, hashed for the ETag. Symlinks are not
-/// followed out of the directory because names are single path components
-/// of a checked alphabet and the file must be a regular file.
-fn load_loader(path: &Path) -> Option<Blob> {
-    use std::io::Read;
-
-    use sha2::Digest;
-    if std::fs::symlink_metadata(path).ok()?.file_type().is_symlink() {
-        return None;
-    }
-    let mut file = std::fs::File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    let mut data = Vec::new();
-    file.read_to_end(&mut data).ok()?;
-    let sha = crate::blobs::hex(&sha2::Sha256::digest(&data));
-    Some(Blob {
-        sha256: sha,
-        len: data.len() as u64,
-        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        cached: Some(Bytes::from(data)),
-        path: path.to_owned(),
-        file: Arc::new(file),
-    })
 }
 
 static BOUNDARY_COUNTER: AtomicU64 = AtomicU64::new(1);
