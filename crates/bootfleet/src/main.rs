@@ -113,4 +113,37 @@ mod tests {
     fn command_line_is_well_formed() {
         super::Cli::command().debug_assert();
     }
+
+    /// A subcommand flag that shadows a global one with another type
+    /// passes `debug_assert` but panics when parsed (probe-dhcp's old
+    /// `--server`): parse every subcommand that takes its own flags.
+    #[test]
+    fn subcommand_flags_parse_beside_the_global_ones() {
+        use clap::Parser;
+        let lines: &[&[&str]] = &[
+            &["probe-dhcp", "--interface", "veth0", "--mac", "52:54:00:00:00:01", "--kind", "pxe-bios"],
+            &["probe-dhcp", "--interface", "veth0", "--mac", "52:54:00:00:00:01", "--relay", "198.18.0.2"],
+            &["--server", "http://127.0.0.1:1", "apply", "-f", "-", "--dry-run", "--prune"],
+            &["evaluate", "--mac", "52:54:00:00:00:01", "--label", "a=b", "-o", "json"],
+            &[
+                "images",
+                "push",
+                ".",
+                "--image",
+                "i",
+                "--version",
+                "1",
+                "--images-server",
+                "http://127.0.0.1:1",
+            ],
+        ];
+        for line in lines {
+            let mut argv = vec!["bootfleet"];
+            argv.extend_from_slice(line);
+            if line.contains(&"--relay") {
+                argv.extend(["--dhcp-server", "198.18.0.1"]);
+            }
+            super::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+    }
 }

@@ -179,7 +179,7 @@ fn proxy_dhcp_answers_each_boot_client_correctly() {
         booted,
         "--relay",
         "198.18.30.2",
-        "--server",
+        "--dhcp-server",
         "198.18.30.1",
         "--json",
     ];

@@ -42,12 +42,13 @@ pub(crate) struct ProbeArgs {
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
     /// Act as a relay agent with this address: set giaddr and option 82,
-    /// send unicast to --server, and listen on port 67 for the answer.
-    #[arg(long, requires = "server")]
+    /// send unicast to --dhcp-server, and listen on port 67 for the answer.
+    #[arg(long, requires = "dhcp_server")]
     relay: Option<Ipv4Addr>,
-    /// The server to send to when relaying.
+    /// The DHCP server to send to when relaying (`--server` names the
+    /// rules engine for every command).
     #[arg(long)]
-    server: Option<Ipv4Addr>,
+    dhcp_server: Option<Ipv4Addr>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -98,7 +99,7 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("binding port {port}"))?;
     let socket: std::net::UdpSocket = socket.into();
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ 0x5a5a_0000;
-    let to = args.server.filter(|_| args.relay.is_some()).unwrap_or(Ipv4Addr::BROADCAST);
+    let to = args.dhcp_server.filter(|_| args.relay.is_some()).unwrap_or(Ipv4Addr::BROADCAST);
     socket.send_to(&discover(mac, xid, args.kind, args.relay), (to, 67)).context("sending DHCPDISCOVER")?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout.max(0.1));
     let mut buf = [0u8; 1500];
