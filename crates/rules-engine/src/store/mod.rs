@@ -191,10 +191,21 @@ impl RulesState {
         let decision = self.engine().decide(facts, now_unix_ms);
         let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
         crate::service::metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
-        if !dry_run {
+        if !dry_run && self.worth_recording(facts, &decision) {
             self.record(facts, &decision, now_unix_ms);
         }
         decision
+    }
+
+    /// A record is created only for a host some rule boots: a boot network
+    /// carries every machine plugged into it (and forged MACs), and one
+    /// that no rule boots — no match, or `ignore` — must leave nothing
+    /// behind. A host already recorded keeps getting its history.
+    fn worth_recording(&self, facts: &Facts, decision: &Decision) -> bool {
+        use bootfleet_proto::v1::image_profile::Boot;
+        let boots =
+            decision.image_profile.as_ref().is_some_and(|p| !matches!(p.boot, Some(Boot::Ignore(_)) | None));
+        boots || self.hosts.get(&format!("{HOSTS_PREFIX}{}", facts.mac)).is_some()
     }
 
     /// Queues a decision for the host's record (never waits).

@@ -76,9 +76,9 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     let two = evaluate(&mut c, HOST2).await.decision.unwrap();
     assert_eq!(image_name(&two), Some("img-b"));
     let record = recorded(&mut c, HOST1, "img-a").await;
-    // Both evaluations are in the history: before activation (no image) and after.
-    assert_eq!(record.history.len(), 2);
-    assert_eq!(record.history[0].decision.as_ref().and_then(image_name), None);
+    // The evaluation before activation booted nothing and left no record:
+    // the history starts with the first decision that boots the host.
+    assert_eq!(record.history.len(), 1);
     recorded(&mut c, HOST2, "img-b").await;
 
     // Edit the working set: host1 now gets img-b.
@@ -120,7 +120,7 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     let repaired = c.repair(pb::RepairRequest { macs: vec![] }).await.unwrap().into_inner();
     assert_eq!(repaired.repaired.len(), 1);
     let record = recorded(&mut c, HOST1, "img-b").await;
-    assert_eq!(record.history.len(), 3);
+    assert_eq!(record.history.len(), 2);
     assert!(c.test_compliance(against_active).await.unwrap().into_inner().non_compliant.is_empty());
 
     // Hosts list without history; get with it.
@@ -707,4 +707,54 @@ async fn apply_is_staged_all_or_nothing_and_idempotent() {
     let listed =
         c.list_profiles(pb::ListProfilesRequest { kind: 0, active: true }).await.unwrap().into_inner();
     assert_eq!(listed.profiles.len(), 2, "img-a and img-b stay active until activation");
+}
+
+/// Evaluations of hosts no rule boots — 300 random MACs with no matching
+/// rule, and hosts an `ignore` profile matches — leave no host record;
+/// only the host a rule boots gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_hosts_a_rule_boots_get_a_record() {
+    let server = embedded().await;
+    let mut c = admin(&server.url).await;
+    put_profiles(&mut c).await;
+    let ignore = pb::ProfileObject {
+        object: Some(pb::profile_object::Object::Image(pb::ImageProfile {
+            name: "quiet".into(),
+            boot: Some(pb::image_profile::Boot::Ignore(pb::IgnoreHost {})),
+            ..Default::default()
+        })),
+        revision: 0,
+    };
+    c.put_profile(pb::PutProfileRequest {
+        profile: Some(ignore),
+        expected_revision: 0,
+        allow_missing_images: true,
+    })
+    .await
+    .unwrap();
+    replace(
+        &mut c,
+        vec![
+            rule("host1", json!({"mac": HOST1}), "img-a"),
+            rule("quiet", json!({"mac": {"glob": "52:54:00:ff:*"}}), "quiet"),
+        ],
+    )
+    .await
+    .unwrap();
+    let activated = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
+    within("active", server.state.caught_up(activated.revision)).await;
+    let mut anyone = anonymous(&server.url).await;
+    for i in 0..300u32 {
+        let [_, a, b, d] = i.wrapping_mul(2_654_435_761).to_be_bytes();
+        evaluate(&mut anyone, &format!("02:00:00:{a:02x}:{b:02x}:{d:02x}")).await;
+    }
+    for i in 0..20 {
+        evaluate(&mut anyone, &format!("52:54:00:ff:00:{i:02x}")).await;
+    }
+    evaluate(&mut anyone, HOST1).await;
+    recorded(&mut c, HOST1, "img-a").await;
+    let hosts = server.state.store().range(bootfleet_rules_engine::store::HOSTS_PREFIX).await.unwrap();
+    let keys: Vec<&str> = hosts.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    let want = format!("{}{HOST1}", bootfleet_rules_engine::store::HOSTS_PREFIX);
+    assert!(keys == [want.as_str()], "{} records, first {:?}", keys.len(), &keys[..keys.len().min(4)]);
 }
