@@ -463,12 +463,16 @@ async fn activation_races_edits_and_other_activations() {
     // Three activators at once, through both replicas, while edits go on.
     let activators: Vec<_> = (0..3)
         .map(|a| {
-            let url = if a == 0 { editor_server.url.clone() } else { activator_server.url.clone() };
+            let server = if a == 0 { &editor_server } else { &activator_server };
+            let (url, state) = (server.url.clone(), std::sync::Arc::clone(&server.state));
             tokio::spawn(async move {
                 let mut client = admin(&url).await;
                 let mut out = Vec::new();
                 for _ in 0..10 {
                     let v = client.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap();
+                    // Read the active set once this replica's snapshot holds
+                    // what the activation answered.
+                    within("activation seen", state.caught_up(v.get_ref().revision)).await;
                     let active =
                         client.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Active.into() });
                     let active = active.await.unwrap().into_inner().rule_set.unwrap();
@@ -519,9 +523,8 @@ async fn activation_races_edits_and_other_activations() {
     let active = editor_server.state.store().get(bootfleet_rules_engine::store::ACTIVE_KEY).await.unwrap();
     let first = <pb::RuleSet as prost::Message>::decode(active.unwrap().value.as_slice()).unwrap().version;
     for (n, last) in (100..120).zip(first..) {
-        replace(&mut c, generation(n)).await.unwrap();
-        let working = c.get_rule_set(pb::GetRuleSetRequest { kind: pb::RuleSetKind::Working.into() });
-        let revision = working.await.unwrap().into_inner().revision;
+        // The revision the write answered, not a snapshot's that may lag.
+        let revision = replace(&mut c, generation(n)).await.unwrap();
         let both = tokio::join!(
             a.activate(pb::ActivateRequest { expected_revision: revision }),
             b.activate(pb::ActivateRequest { expected_revision: revision }),
