@@ -3,7 +3,8 @@
 //! The protocol is a sans-IO core: [`wire`] parses and encodes packets,
 //! [`options`] negotiates RFC 2347/2348/2349/7440 options, [`transfer`] is
 //! the per-transfer state machine (packets and timer expiries in, actions
-//! out), [`path`] decides which names may be served. The `runtime` feature
+//! out), [`netascii`] converts text as it streams, [`path`] decides which
+//! names may be served. The `runtime` feature
 //! (default) adds the tokio [`server`] that owns sockets, files and timers.
 //!
 //! Why not the `tftpd` crate the customer named: it blocks one OS thread
@@ -16,6 +17,7 @@
 
 #[cfg(any(test, fuzzing))]
 pub mod fuzz_logic;
+pub mod netascii;
 pub mod options;
 pub mod path;
 #[cfg(feature = "runtime")]

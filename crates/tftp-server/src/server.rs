@@ -8,7 +8,7 @@ mod metrics;
 mod receive;
 mod rendered;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,7 +32,7 @@ pub struct TftpServer {
     files: Files,
     renderer: Option<rendered::Renderer>,
     active: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    clients: Mutex<Clients>,
 }
 
 impl std::fmt::Debug for TftpServer {
@@ -41,21 +41,82 @@ impl std::fmt::Debug for TftpServer {
     }
 }
 
-/// Releases a transfer slot when the transfer ends, however it ends.
+/// Who is being served: transfers per address, and the peers (address and
+/// port) with a transfer open, so a retransmitted request joins nothing.
+#[derive(Default)]
+struct Clients {
+    per_address: HashMap<IpAddr, Counts>,
+    peers: HashSet<SocketAddr>,
+}
+
+#[derive(Default)]
+struct Counts {
+    transfers: usize,
+    /// Transfers that have not received an ACK yet.
+    unacknowledged: usize,
+}
+
+/// Why a request gets no transfer. None of these is answered: the client
+/// retransmits its request and is served once a slot frees, where an error
+/// packet would end its boot (and would be sent to a forged address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The same peer (address and port) already has a transfer: its
+    /// request was retransmitted. The transfer resends on its own timer.
+    InProgress,
+    /// `max_transfers` reached.
+    Busy,
+    /// `max_transfers_per_client` reached for this address.
+    ClientBusy,
+    /// `max_unacknowledged_per_client` reached for this address.
+    Unacknowledged,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Busy => "busy",
+            Self::ClientBusy => "client_busy",
+            Self::Unacknowledged => "unacknowledged",
+        }
+    }
+}
+
+/// A transfer slot, released when the transfer ends, however it ends.
 struct Slot {
     server: Arc<TftpServer>,
-    client: IpAddr,
+    peer: SocketAddr,
+    acknowledged: bool,
+}
+
+impl Slot {
+    /// The peer acknowledged something: it is the one that asked.
+    fn acknowledged(&mut self) {
+        if self.acknowledged {
+            return;
+        }
+        self.acknowledged = true;
+        let mut clients = self.server.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counts) = clients.per_address.get_mut(&self.peer.ip()) {
+            counts.unacknowledged -= 1;
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Ordering::SeqCst);
         metrics::ACTIVE.dec();
-        let mut clients = self.server.per_client.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = clients.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                clients.remove(&self.client);
+        let mut clients = self.server.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.peers.remove(&self.peer);
+        if let Some(counts) = clients.per_address.get_mut(&self.peer.ip()) {
+            counts.transfers -= 1;
+            if !self.acknowledged {
+                counts.unacknowledged -= 1;
+            }
+            if counts.transfers == 0 {
+                clients.per_address.remove(&self.peer.ip());
             }
         }
     }
@@ -66,14 +127,18 @@ impl TftpServer {
     pub fn new(config: TftpConfig) -> anyhow::Result<Arc<Self>> {
         let files = Files::new(&config.root, config.cache_bytes, config.cache_file_limit)?;
         let limits = Limits::for_mtu(config.mtu, config.max_windowsize, config.timeout);
-        let renderer = config.render.as_ref().map(rendered::Renderer::new).transpose()?;
+        let renderer = config
+            .render
+            .as_ref()
+            .map(|render| rendered::Renderer::new(render, config.rendered_cache_entries))
+            .transpose()?;
         Ok(Arc::new(Self {
             config,
             limits,
             files,
             renderer,
             active: AtomicUsize::new(0),
-            per_client: Mutex::default(),
+            clients: Mutex::default(),
         }))
     }
 
@@ -83,19 +148,35 @@ impl TftpServer {
     }
 
     /// Takes a transfer slot, or says why not.
-    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, &'static str> {
-        let mut clients = self.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Slot, Refusal> {
+        let mut guard = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let clients = &mut *guard;
+        if clients.peers.contains(&peer) {
+            return Err(Refusal::InProgress);
+        }
         if self.active.load(Ordering::SeqCst) >= self.config.max_transfers {
-            return Err("server busy: too many transfers");
+            return Err(Refusal::Busy);
         }
-        let count = clients.entry(client).or_insert(0);
-        if *count >= self.config.max_per_client {
-            return Err("server busy: too many transfers from this client");
+        let counts = clients.per_address.entry(peer.ip()).or_default();
+        let refusal = if counts.transfers >= self.config.max_per_client {
+            Some(Refusal::ClientBusy)
+        } else if counts.unacknowledged >= self.config.max_unacknowledged_per_client {
+            Some(Refusal::Unacknowledged)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if counts.transfers == 0 {
+                clients.per_address.remove(&peer.ip());
+            }
+            return Err(refusal);
         }
-        *count += 1;
+        counts.transfers += 1;
+        counts.unacknowledged += 1;
+        clients.peers.insert(peer);
         self.active.fetch_add(1, Ordering::SeqCst);
         metrics::ACTIVE.inc();
-        Ok(Slot { server: Arc::clone(self), client })
+        Ok(Slot { server: Arc::clone(self), peer, acknowledged: false })
     }
 }
 
@@ -128,14 +209,13 @@ pub async fn serve(
             },
         };
         match Packet::parse(&buf[..len]) {
-            Ok(Packet::Rrq(request)) => match server.admit(peer.ip()) {
+            Ok(Packet::Rrq(request)) => match server.admit(peer) {
                 Ok(slot) => {
                     tracker.spawn(transfer(Arc::clone(&server), slot, request, peer));
                 }
-                Err(why) => {
-                    metrics::REFUSED.with_label_values(&["busy"]).inc();
-                    tracing::debug!(%peer, why, "request refused");
-                    send_error(&socket, peer, ErrorCode::NotDefined, why).await;
+                Err(refusal) => {
+                    metrics::REFUSED.with_label_values(&[refusal.label()]).inc();
+                    tracing::debug!(%peer, ?refusal, "request not answered");
                 }
             },
             Ok(Packet::Wrq(request)) => {
@@ -157,7 +237,7 @@ pub async fn serve(
 }
 
 /// Runs one read transfer on its own socket.
-async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: SocketAddr) {
+async fn transfer(server: Arc<TftpServer>, mut slot: Slot, request: Request, peer: SocketAddr) {
     let local = SocketAddr::new(server.config.listen.ip(), 0);
     let socket = match UdpSocket::bind(local).await {
         Ok(socket) => socket,
@@ -203,7 +283,8 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
     };
     let (negotiated, used) = negotiate(&request.options, content.len(), &server.limits);
     metrics::record_options(used);
-    let mut machine = ReadTransfer::new(content.len(), &negotiated, server.config.max_retries);
+    let mut machine = ReadTransfer::new(content.len(), &negotiated, server.config.max_retries)
+        .with_unacknowledged_retries(server.config.unacknowledged_retries);
     let started = Instant::now();
     let mut runner = Runner {
         socket: &socket,
@@ -258,7 +339,13 @@ async fn transfer(server: Arc<TftpServer>, _slot: Slot, request: Request, peer: 
                     Err(e) => Err(e),
                 };
                 pending = match received.map(|len| Packet::parse(&buf[..len])) {
-                    Ok(Ok(Packet::Ack { block })) => machine.on_ack(block),
+                    Ok(Ok(Packet::Ack { block })) => {
+                        let actions = machine.on_ack(block);
+                        if machine.acknowledged() {
+                            slot.acknowledged();
+                        }
+                        actions
+                    }
                     Ok(Ok(Packet::Error { code, message })) => {
                         tracing::debug!(%peer, ?code, message, "client ended the transfer");
                         machine.on_error()

@@ -8,6 +8,12 @@
 //! means the client lost what followed, so sending resumes right after it.
 //! An ACK for a block already acknowledged is ignored — answering it would
 //! start the Sorcerer's Apprentice cascade of duplicate blocks.
+//!
+//! Until the peer acknowledges something, it has not shown that it asked:
+//! a request's source address can be forged, and then everything sent goes
+//! to a victim. So the first packet is resent at most
+//! [`ReadTransfer::with_unacknowledged_retries`] times, and a transfer that
+//! never heard an ACK ends silently (no error packet either).
 
 use std::time::Duration;
 
@@ -67,6 +73,10 @@ pub struct ReadTransfer {
     windowsize: u64,
     timeout: Duration,
     max_retries: u32,
+    /// Retry limit while nothing has been acknowledged.
+    unacknowledged_retries: u32,
+    /// Whether the peer has acknowledged anything (an OACK or a block).
+    acknowledged: bool,
     oack: Vec<(String, String)>,
     state: State,
     /// First block not yet acknowledged.
@@ -90,6 +100,8 @@ impl ReadTransfer {
             windowsize: u64::from(negotiated.windowsize),
             timeout: negotiated.timeout,
             max_retries,
+            unacknowledged_retries: max_retries,
+            acknowledged: false,
             oack: negotiated.oack.clone(),
             state: State::Sending,
             base: 1,
@@ -98,6 +110,21 @@ impl ReadTransfer {
             retries: 0,
             retransmitted: 0,
         }
+    }
+
+    /// Resends of the first packet (OACK or first window) allowed before
+    /// the peer has acknowledged anything; capped by the overall retry
+    /// limit. Bounds what a forged request makes us send to its victim.
+    #[must_use]
+    pub fn with_unacknowledged_retries(mut self, retries: u32) -> Self {
+        self.unacknowledged_retries = retries;
+        self
+    }
+
+    /// Whether the peer has acknowledged anything yet: only then is it
+    /// known to be the one that asked.
+    pub fn acknowledged(&self) -> bool {
+        self.acknowledged
     }
 
     /// Number of blocks in the transfer.
@@ -167,6 +194,7 @@ impl ReadTransfer {
                 }
                 self.state = State::Sending;
                 self.retries = 0;
+                self.acknowledged = true;
                 let mut actions = self.window();
                 actions.push(Action::ArmTimer(self.timeout));
                 actions
@@ -177,6 +205,7 @@ impl ReadTransfer {
                     // Duplicate of an ACK already handled: ignore.
                     return Vec::new();
                 }
+                self.acknowledged = true;
                 if index == self.last {
                     self.state = State::Done;
                     return vec![Action::Finish(Outcome::Complete)];
@@ -224,6 +253,11 @@ impl ReadTransfer {
     pub fn on_timeout(&mut self) -> Vec<Action> {
         match self.state {
             State::Done => Vec::new(),
+            _ if !self.acknowledged && self.retries >= self.unacknowledged_retries.min(self.max_retries) => {
+                // Maybe a forged request: nothing more to its address.
+                self.state = State::Done;
+                vec![Action::Finish(Outcome::TimedOut)]
+            }
             _ if self.retries >= self.max_retries => {
                 self.state = State::Done;
                 vec![
@@ -346,13 +380,36 @@ mod tests {
 
     #[test]
     fn timeouts_resend_then_give_up() {
-        let mut t = ReadTransfer::new(100, &negotiated(512, 1, false), 2);
+        let mut t = ReadTransfer::new(1000, &negotiated(512, 1, false), 2);
         t.start();
-        assert_eq!(blocks(&t.on_timeout()), [1]);
-        assert_eq!(blocks(&t.on_timeout()), [1]);
+        assert_eq!(blocks(&t.on_ack(1)), [2]);
+        assert_eq!(blocks(&t.on_timeout()), [2]);
+        assert_eq!(blocks(&t.on_timeout()), [2]);
         let last = t.on_timeout();
         assert!(matches!(last[..], [Action::SendError(..), Action::Finish(Outcome::TimedOut)]));
-        assert!(t.on_ack(1).is_empty());
+        assert!(t.on_ack(2).is_empty());
+    }
+
+    #[test]
+    fn an_unacknowledged_first_packet_is_resent_a_bounded_number_of_times_then_dropped_silently() {
+        for oack in [false, true] {
+            let mut t = ReadTransfer::new(5000, &negotiated(512, 4, oack), 5).with_unacknowledged_retries(1);
+            let mut sent = t.start();
+            sent.extend(t.on_timeout());
+            assert_eq!(t.on_timeout(), [Action::Finish(Outcome::TimedOut)], "no error packet either");
+            let packets = sent.iter().filter(|a| !matches!(a, Action::ArmTimer(_))).count();
+            assert_eq!(packets, if oack { 2 } else { 8 }, "{sent:?}");
+            assert!(!t.acknowledged());
+        }
+        // Once acknowledged, the full retry count applies.
+        let mut t = ReadTransfer::new(5000, &negotiated(512, 1, false), 3).with_unacknowledged_retries(0);
+        t.start();
+        t.on_ack(1);
+        assert!(t.acknowledged());
+        for _ in 0..3 {
+            assert_eq!(blocks(&t.on_timeout()), [2]);
+        }
+        assert!(matches!(t.on_timeout()[..], [Action::SendError(..), Action::Finish(Outcome::TimedOut)]));
     }
 
     #[test]

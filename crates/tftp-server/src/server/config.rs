@@ -48,6 +48,9 @@ struct TftpSection {
     max_retries: Option<u32>,
     max_transfers: Option<usize>,
     max_transfers_per_client: Option<usize>,
+    max_unacknowledged_per_client: Option<usize>,
+    unacknowledged_retries: Option<u32>,
+    rendered_cache_entries: Option<usize>,
     cache_mib: Option<u64>,
     cache_file_limit_mib: Option<u64>,
     rules_url: Option<String>,
@@ -71,8 +74,25 @@ pub struct TftpConfig {
     pub max_retries: u32,
     /// Concurrent transfers, in all.
     pub max_transfers: usize,
-    /// Concurrent transfers per client address.
+    /// Concurrent transfers per client address. A request over this or
+    /// `max_transfers` gets no answer, so the client retransmits it and is
+    /// served when a transfer ends (an error would end its boot).
     pub max_per_client: usize,
+    /// Transfers per source address that have not yet received an ACK.
+    /// A request's source address can be forged; until its first ACK a
+    /// transfer may be sending to a victim who never asked. Requests over
+    /// this get no answer. With `unacknowledged_retries`, it bounds what one
+    /// forged address can make this server send: at most this many
+    /// transfers at a time, each sending its first packet (an OACK, or the
+    /// first window when the client asked for no options) at most
+    /// `1 + unacknowledged_retries` times, one timeout apart, and no error.
+    pub max_unacknowledged_per_client: usize,
+    /// Resends of a transfer's first packet before any ACK (see above);
+    /// capped by `max_retries`.
+    pub unacknowledged_retries: u32,
+    /// Rendered files remembered for offline mode, one per kind and MAC;
+    /// the oldest rendering goes first when full.
+    pub rendered_cache_entries: usize,
     /// Bytes of hot files kept in memory.
     pub cache_bytes: u64,
     /// Largest file kept in memory.
@@ -102,6 +122,9 @@ impl TftpConfig {
             max_retries: 5,
             max_transfers: 4096,
             max_per_client: 8,
+            max_unacknowledged_per_client: 4,
+            unacknowledged_retries: 2,
+            rendered_cache_entries: 10_000,
             cache_bytes: 256 * 1024 * 1024,
             cache_file_limit: 32 * 1024 * 1024,
             render: None,
@@ -150,9 +173,18 @@ impl TftpConfig {
         if let Some(r) = section.max_retries {
             config.max_retries = r;
         }
+        if let Some(r) = section.unacknowledged_retries {
+            config.unacknowledged_retries = r;
+        }
         for (value, key, target) in [
             (section.max_transfers, "tftp.max_transfers", &mut config.max_transfers),
             (section.max_transfers_per_client, "tftp.max_transfers_per_client", &mut config.max_per_client),
+            (
+                section.max_unacknowledged_per_client,
+                "tftp.max_unacknowledged_per_client",
+                &mut config.max_unacknowledged_per_client,
+            ),
+            (section.rendered_cache_entries, "tftp.rendered_cache_entries", &mut config.rendered_cache_entries),
         ] {
             if let Some(v) = value {
                 if v == 0 {

@@ -52,6 +52,15 @@ pub(super) static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Rendered files dropped from the offline cache because it was full.
+pub(super) static RENDERED_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "bootfleet_tftp_rendered_cache_evictions_total",
+        "Rendered files forgotten because the offline cache was full"
+    )
+    .expect("metric registers once")
+});
+
 /// Datagrams that did not parse.
 pub(super) static MALFORMED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
