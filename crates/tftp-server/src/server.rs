@@ -255,23 +255,20 @@ async fn transfer(server: Arc<TftpServer>, mut slot: Slot, request: Request, pee
         // Not a file on disk: maybe a loader config rendered for this host.
         Err(ContentError::NotFound) => match &server.renderer {
             Some(renderer) => match renderer.render(&request.filename, peer.ip()).await {
-                Some(bytes) if request.mode == wire::Mode::Netascii => {
-                    Ok(Content::Memory(wire::to_netascii(&bytes).into()))
-                }
-                Some(bytes) => Ok(Content::Memory(bytes)),
+                Some(bytes) => Content::memory(bytes, request.mode).await,
                 None => Err(ContentError::NotFound),
             },
             None => Err(ContentError::NotFound),
         },
         other => other,
     };
-    let content = match opened {
+    let mut content = match opened {
         Ok(content) => content,
         Err(e) => {
             let (code, label) = match &e {
                 ContentError::NotFound => (ErrorCode::FileNotFound, "not_found"),
                 ContentError::Refused(_) => (ErrorCode::AccessViolation, "access"),
-                ContentError::TooLarge | ContentError::Io => (ErrorCode::NotDefined, "error"),
+                ContentError::Io => (ErrorCode::NotDefined, "error"),
             };
             metrics::REFUSED.with_label_values(&[label]).inc();
             tracing::info!(%peer, file = %request.filename, reason = %e, "request refused");
@@ -283,6 +280,7 @@ async fn transfer(server: Arc<TftpServer>, mut slot: Slot, request: Request, pee
     };
     let (negotiated, used) = negotiate(&request.options, content.len(), &server.limits);
     metrics::record_options(used);
+    content.set_windowsize(negotiated.windowsize);
     let mut machine = ReadTransfer::new(content.len(), &negotiated, server.config.max_retries)
         .with_unacknowledged_retries(server.config.unacknowledged_retries);
     let started = Instant::now();

@@ -184,7 +184,11 @@ impl TftpConfig {
                 "tftp.max_unacknowledged_per_client",
                 &mut config.max_unacknowledged_per_client,
             ),
-            (section.rendered_cache_entries, "tftp.rendered_cache_entries", &mut config.rendered_cache_entries),
+            (
+                section.rendered_cache_entries,
+                "tftp.rendered_cache_entries",
+                &mut config.rendered_cache_entries,
+            ),
         ] {
             if let Some(v) = value {
                 if v == 0 {

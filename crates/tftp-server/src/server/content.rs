@@ -1,5 +1,12 @@
 //! What a transfer sends: files under the root, resolved safely, with hot
-//! small files kept in memory and large ones read in bounded chunks.
+//! small files kept in memory and large ones read in bounded chunks;
+//! netascii converted as it streams.
+//!
+//! Memory per transfer is bounded whatever the file: a file in the hot
+//! cache is shared, not copied; any other file is read through one chunk
+//! buffer ([`CHUNK`], or one block if larger); netascii adds one block of
+//! output and a window's worth of [`Checkpoints`]. Rendered files are
+//! shared the same way and are small.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -8,13 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use crate::netascii::{self, Checkpoints};
 use crate::path::{PathError, relative_path};
-use crate::wire::{Mode, to_netascii};
+use crate::wire::Mode;
 
 /// Bytes read from disk at a time for files not held in memory.
 const CHUNK: usize = 256 * 1024;
-/// Largest file served in netascii (converted in memory).
-const MAX_NETASCII: u64 = 16 * 1024 * 1024;
 
 /// Why a file cannot be served. The text goes to the client: it never
 /// names a server path.
@@ -26,9 +32,6 @@ pub(crate) enum ContentError {
     /// Outside the root or not a regular file.
     #[error("access violation: {0}")]
     Refused(&'static str),
-    /// Too large for netascii conversion.
-    #[error("file too large for netascii")]
-    TooLarge,
     /// Reading failed.
     #[error("cannot read file")]
     Io,
@@ -44,35 +47,40 @@ impl From<PathError> for ContentError {
     }
 }
 
-/// The bytes of one transfer.
-pub(crate) enum Content {
-    /// Whole content in memory (hot files, netascii).
+/// The bytes a transfer reads: shared memory, or a file through a chunk.
+enum Source {
+    /// Whole content in memory, shared (hot files, rendered files).
     Memory(Arc<[u8]>),
     /// A file read in chunks.
     File { file: Arc<File>, size: u64, chunk_at: u64, chunk: Vec<u8> },
 }
 
-impl Content {
-    pub(crate) fn len(&self) -> u64 {
+impl Source {
+    fn len(&self) -> u64 {
         match self {
             Self::Memory(bytes) => bytes.len() as u64,
             Self::File { size, .. } => *size,
         }
     }
 
-    /// Bytes `offset..offset + len` (within the content).
-    pub(crate) async fn block(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]> {
+    /// Bytes from `offset` on: at least one and at most `max` unless the
+    /// source ends at `offset`; exactly `max` if `exact` (and within the
+    /// source).
+    async fn read(&mut self, offset: u64, max: usize, exact: bool) -> std::io::Result<&[u8]> {
         match self {
             Self::Memory(bytes) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
-                let end = start.saturating_add(len).min(bytes.len());
+                let end = start.saturating_add(max).min(bytes.len());
                 Ok(&bytes[start..end])
             }
             Self::File { file, size, chunk_at, chunk } => {
-                let end = offset + len as u64;
-                let cached = offset >= *chunk_at && end <= *chunk_at + chunk.len() as u64;
-                if !cached {
-                    let want = (CHUNK.max(len) as u64).min(size.saturating_sub(offset));
+                let available = size.saturating_sub(offset);
+                let max = usize::try_from(available).map_or(max, |a| a.min(max));
+                let chunk_end = *chunk_at + chunk.len() as u64;
+                let held = offset >= *chunk_at
+                    && if exact { offset + max as u64 <= chunk_end } else { offset < chunk_end };
+                if !held && max > 0 {
+                    let want = (CHUNK.max(max) as u64).min(available);
                     let file = Arc::clone(file);
                     let mut buf = std::mem::take(chunk);
                     buf.resize(usize::try_from(want).unwrap_or(CHUNK), 0);
@@ -84,10 +92,130 @@ impl Content {
                     *chunk = buf;
                     *chunk_at = offset;
                 }
-                let start = usize::try_from(offset - *chunk_at).unwrap_or(0);
-                Ok(&chunk[start..start + len])
+                let start = usize::try_from(offset.saturating_sub(*chunk_at)).unwrap_or(0).min(chunk.len());
+                let end = start.saturating_add(max).min(chunk.len());
+                Ok(&chunk[start..end])
             }
         }
+    }
+
+    /// Length once converted to netascii: one pass, through one chunk.
+    async fn netascii_len(&self) -> std::io::Result<u64> {
+        match self {
+            Self::Memory(bytes) => Ok(netascii::converted_len(bytes)),
+            Self::File { file, size, .. } => {
+                let (file, size) = (Arc::clone(file), *size);
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; CHUNK];
+                    let (mut at, mut total) = (0u64, 0u64);
+                    while at < size {
+                        let n = usize::try_from(size - at).map_or(CHUNK, |left| left.min(CHUNK));
+                        file.read_exact_at(&mut buf[..n], at)?;
+                        total += netascii::converted_len(&buf[..n]);
+                        at += n as u64;
+                    }
+                    Ok(total)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
+/// netascii state of one transfer.
+struct Netascii {
+    /// Converted length.
+    len: u64,
+    checkpoints: Checkpoints,
+    /// The block being built.
+    out: Vec<u8>,
+}
+
+/// The bytes of one transfer.
+pub(crate) struct Content {
+    source: Source,
+    netascii: Option<Netascii>,
+}
+
+impl Content {
+    /// `source` served in `mode`: for netascii the converted length is
+    /// counted here (one pass over a file on disk, keeping nothing), so
+    /// tsize stays exact.
+    async fn in_mode(source: Source, mode: Mode) -> Result<Self, ContentError> {
+        let netascii = match mode {
+            Mode::Octet => None,
+            Mode::Netascii => Some(Netascii {
+                len: source.netascii_len().await.map_err(|_| ContentError::Io)?,
+                checkpoints: Checkpoints::new(2),
+                out: Vec::new(),
+            }),
+        };
+        Ok(Self { source, netascii })
+    }
+
+    /// Shared bytes in `mode`.
+    pub(crate) async fn memory(bytes: Arc<[u8]>, mode: Mode) -> Result<Self, ContentError> {
+        Self::in_mode(Source::Memory(bytes), mode).await
+    }
+
+    /// Length on the wire.
+    pub(crate) fn len(&self) -> u64 {
+        self.netascii.as_ref().map_or_else(|| self.source.len(), |n| n.len)
+    }
+
+    /// Tells the content how far back a transfer may ask again: from the
+    /// first block of a window of `windowsize` blocks.
+    pub(crate) fn set_windowsize(&mut self, windowsize: u16) {
+        if let Some(n) = &mut self.netascii {
+            n.checkpoints = Checkpoints::new(usize::from(windowsize) + 1);
+        }
+    }
+
+    /// Bytes `offset..offset + len` (within [`Self::len`]).
+    pub(crate) async fn block(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]> {
+        let Some(n) = &mut self.netascii else { return self.source.read(offset, len, true).await };
+        let shrunk = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank");
+        let (mut at, mut position) = n.checkpoints.before(offset);
+        // Sized once: the block buffer never grows past one block.
+        n.out.clear();
+        n.out.reserve_exact(len);
+        // Only when a checkpoint was lost: convert and drop what precedes.
+        while at < offset {
+            n.out.clear();
+            let want = usize::try_from(offset - at).map_or(len, |w| w.min(len.max(1)));
+            let source = self.source.read(position.source, want, false).await?;
+            if source.is_empty() && position.pending.is_none() {
+                return Err(shrunk());
+            }
+            netascii::encode(&mut position, source, &mut n.out, want);
+            at += n.out.len() as u64;
+        }
+        n.out.clear();
+        while n.out.len() < len {
+            // Each source byte gives at least one converted byte.
+            let source = self.source.read(position.source, len - n.out.len(), false).await?;
+            if source.is_empty() && position.pending.is_none() {
+                return Err(shrunk());
+            }
+            netascii::encode(&mut position, source, &mut n.out, len);
+        }
+        n.checkpoints.record(offset + len as u64, position);
+        Ok(&n.out)
+    }
+
+    /// Bytes this transfer holds for itself (shared content not counted).
+    #[cfg(test)]
+    fn private_bytes(&self) -> usize {
+        let source = match &self.source {
+            Source::Memory(_) => 0,
+            Source::File { chunk, .. } => chunk.capacity(),
+        };
+        let netascii = self
+            .netascii
+            .as_ref()
+            .map_or(0, |n| n.out.capacity() + n.checkpoints.len() * size_of::<(u64, netascii::Position)>());
+        source + netascii
     }
 }
 
@@ -140,28 +268,24 @@ impl Files {
         .map_err(|_| ContentError::Io)??;
         let (path, file, meta) = resolved;
         let len = meta.len();
-        if mode == Mode::Netascii {
-            if len > MAX_NETASCII {
-                return Err(ContentError::TooLarge);
-            }
-            let bytes = self.read_whole(file, len).await?;
-            return Ok(Content::Memory(to_netascii(&bytes).into()));
-        }
-        if len <= self.cache_file_limit {
+        let source = if len <= self.cache_file_limit {
             let modified = meta.modified().ok();
             if let Some(hit) = self.lookup(&path, len, modified) {
-                return Ok(Content::Memory(hit));
+                Source::Memory(hit)
+            } else {
+                let bytes: Arc<[u8]> = self.read_whole(file, len).await?.into();
+                self.insert(path, Arc::clone(&bytes), len, modified);
+                Source::Memory(bytes)
             }
-            let bytes: Arc<[u8]> = self.read_whole(file, len).await?.into();
-            self.insert(path, Arc::clone(&bytes), len, modified);
-            return Ok(Content::Memory(bytes));
-        }
-        Ok(Content::File { file: Arc::new(file), size: len, chunk_at: 0, chunk: Vec::new() })
+        } else {
+            Source::File { file: Arc::new(file), size: len, chunk_at: 0, chunk: Vec::new() }
+        };
+        Content::in_mode(source, mode).await
     }
 
     async fn read_whole(&self, file: File, len: u64) -> Result<Vec<u8>, ContentError> {
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; usize::try_from(len).map_err(|_| ContentError::TooLarge)?];
+            let mut buf = vec![0u8; usize::try_from(len).map_err(|_| ContentError::Io)?];
             file.read_exact_at(&mut buf, 0).map_err(|_| ContentError::Io)?;
             Ok(buf)
         })
@@ -185,5 +309,73 @@ impl Files {
         if len <= self.cache_bytes {
             cache.insert(path, Cached { bytes, len, modified });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::to_netascii;
+
+    /// Streams `content` in blocks of `blksize`, windows of 4, each window
+    /// sent twice (as after a timeout); returns what went out and the most
+    /// the transfer held for itself at any point.
+    async fn stream(content: &mut Content, blksize: usize) -> (Vec<u8>, usize) {
+        content.set_windowsize(4);
+        let len = content.len();
+        let blocks = len / blksize as u64 + 1;
+        let (mut out, mut most) = (Vec::new(), 0);
+        let mut base = 0;
+        while base < blocks {
+            let end = (base + 4).min(blocks);
+            for pass in 0..2 {
+                for i in base..end {
+                    let offset = i * blksize as u64;
+                    let n = usize::try_from(len.saturating_sub(offset)).unwrap().min(blksize);
+                    let block = content.block(offset, n).await.unwrap();
+                    assert_eq!(block.len(), n);
+                    if pass == 1 {
+                        out.extend_from_slice(block);
+                    }
+                    most = most.max(content.private_bytes());
+                }
+            }
+            base = end;
+        }
+        (out, most)
+    }
+
+    /// Whatever the size and mode, a transfer holds at most a chunk, a
+    /// block and a window of checkpoints of its own.
+    #[tokio::test]
+    async fn memory_per_transfer_is_bounded_in_every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        // Text with line ends everywhere, larger than the chunk many times.
+        let text: Vec<u8> = (0..3 * CHUNK as u32 + 77)
+            .map(|i| match i.wrapping_mul(2_654_435_761) >> 28 {
+                0..=2 => b'\n',
+                3 => b'\r',
+                other => b'a' + other as u8,
+            })
+            .collect();
+        std::fs::write(dir.path().join("big.txt"), &text).unwrap();
+        std::fs::write(dir.path().join("small.txt"), &text[..5000]).unwrap();
+        let files = Files::new(dir.path(), 1 << 20, 64 * 1024).unwrap();
+        let bound = CHUNK + 1468 + 5 * size_of::<(u64, netascii::Position)>();
+        for (name, source) in [("big.txt", &text[..]), ("small.txt", &text[..5000])] {
+            for mode in [Mode::Octet, Mode::Netascii] {
+                let mut content = files.open(name, mode).await.unwrap();
+                let want = if mode == Mode::Netascii { to_netascii(source) } else { source.to_vec() };
+                assert_eq!(content.len(), want.len() as u64, "{name} {mode:?}: tsize");
+                let (got, most) = stream(&mut content, 1468).await;
+                assert!(got == want, "{name} {mode:?}: content differs");
+                assert!(most <= bound, "{name} {mode:?}: held {most} bytes");
+            }
+        }
+        // Rendered (shared) content in netascii too.
+        let mut rendered = Content::memory(text[..9000].into(), Mode::Netascii).await.unwrap();
+        let (got, most) = stream(&mut rendered, 512).await;
+        assert_eq!(got, to_netascii(&text[..9000]));
+        assert!(most <= bound);
     }
 }

@@ -76,13 +76,16 @@ fn recognize(name: &str) -> Option<(Kind, u64)> {
     }
 }
 
+/// What a rendered file is remembered by.
+type Key = (Kind, u64);
+
 /// The last good rendering per kind and MAC, at most `capacity` of them;
 /// when full, the one rendered longest ago goes.
 struct LastGood {
     capacity: usize,
-    entries: HashMap<(Kind, u64), (Arc<[u8]>, u64)>,
+    entries: HashMap<Key, (Arc<[u8]>, u64)>,
     /// Entries by when they were last rendered.
-    order: BTreeMap<u64, (Kind, u64)>,
+    order: BTreeMap<u64, Key>,
     next: u64,
 }
 
@@ -91,11 +94,11 @@ impl LastGood {
         Self { capacity: capacity.max(1), entries: HashMap::new(), order: BTreeMap::new(), next: 0 }
     }
 
-    fn get(&self, key: (Kind, u64)) -> Option<Arc<[u8]>> {
+    fn get(&self, key: Key) -> Option<Arc<[u8]>> {
         self.entries.get(&key).map(|(bytes, _)| Arc::clone(bytes))
     }
 
-    fn insert(&mut self, key: (Kind, u64), bytes: Arc<[u8]>) {
+    fn insert(&mut self, key: Key, bytes: Arc<[u8]>) {
         let stamp = self.next;
         self.next += 1;
         if let Some((_, old)) = self.entries.insert(key, (bytes, stamp)) {
@@ -110,7 +113,7 @@ impl LastGood {
         self.order.insert(stamp, key);
     }
 
-    fn remove(&mut self, key: (Kind, u64)) {
+    fn remove(&mut self, key: Key) {
         if let Some((_, stamp)) = self.entries.remove(&key) {
             self.order.remove(&stamp);
         }

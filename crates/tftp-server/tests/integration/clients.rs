@@ -112,3 +112,54 @@ async fn netascii_round_trips_through_tftp_hpa() {
     .unwrap();
     same(&f.root.join("text.txt"), &out.path().join("text"));
 }
+
+/// netascii is converted as it streams: a file larger than any copy the
+/// server would keep (17 MiB), whose CR LF expansions fall across block
+/// boundaries, round-trips through tftp-hpa; tsize counts the converted
+/// length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_netascii_files_stream_with_an_exact_tsize() {
+    let f = start_with(|c| c.cache_file_limit = 1024 * 1024).await;
+    let mut text = Vec::with_capacity(17 * 1024 * 1024 + 64);
+    let mut line = 0u32;
+    while text.len() < 17 * 1024 * 1024 {
+        // Lines of varying length put line ends at every offset in a block;
+        // some end in CR LF, some hold a lone CR.
+        let len = (line.wrapping_mul(2_654_435_761) >> 23) as usize;
+        text.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+        text.extend_from_slice(match line % 7 {
+            0 => b"\r\n",
+            1 => b"\rx\n",
+            _ => b"\n",
+        });
+        line += 1;
+    }
+    std::fs::write(f.root.join("big.txt"), &text).unwrap();
+    let converted = bootfleet_tftp_server::wire::to_netascii(&text).len();
+    // tsize first, from a raw request in netascii mode.
+    let client = crate::RawClient::new(f.addr).await;
+    let request = bootfleet_tftp_server::wire::Packet::Rrq(bootfleet_tftp_server::wire::Request {
+        filename: "big.txt".into(),
+        mode: bootfleet_tftp_server::wire::Mode::Netascii,
+        options: vec![("tsize".into(), "0".into())],
+    });
+    client.send_raw(&request.encode()).await;
+    let (oack, tid) = client.recv().await.unwrap();
+    assert_eq!(
+        oack,
+        bootfleet_tftp_server::wire::Packet::Oack { options: vec![("tsize".into(), converted.to_string())] }
+    );
+    let abort = bootfleet_tftp_server::wire::Packet::Error {
+        code: bootfleet_tftp_server::wire::ErrorCode::OptionRefused,
+        message: "size probe".into(),
+    };
+    client.socket.send_to(&abort.encode(), tid).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (host, port, dir) = (f.addr.ip().to_string(), f.addr.port().to_string(), out.path().to_owned());
+    tokio::task::spawn_blocking(move || {
+        run("tftp", &[&host, &port, "-m", "netascii", "-c", "get", "big.txt", "big"], &dir);
+    })
+    .await
+    .unwrap();
+    same(&f.root.join("big.txt"), &out.path().join("big"));
+}

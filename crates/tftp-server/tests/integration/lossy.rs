@@ -87,6 +87,8 @@ async fn lossy_link_still_completes() {
 
 /// The shell's retransmission timer: a client that stops acknowledging gets
 /// the same block again once per timeout (never sooner), then an error.
+/// (It acknowledges the first block: a peer that never acknowledged
+/// anything gets fewer resends and no error, see `safety.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_gets_resends_at_the_timeout_then_an_error() {
     let f = crate::start_with(|c| {
@@ -96,13 +98,16 @@ async fn a_silent_client_gets_resends_at_the_timeout_then_an_error() {
     .await;
     let client = crate::RawClient::new(f.addr).await;
     client.request("small.bin", &[]).await;
+    let (first, tid) = client.recv().await.unwrap();
+    assert!(matches!(first, Packet::Data { block: 1, .. }));
+    client.socket.send_to(&Packet::Ack { block: 1 }.encode(), tid).await.unwrap();
     let started = std::time::Instant::now();
     let mut arrivals = Vec::new();
     loop {
         let (packet, _) = client.recv_within(Duration::from_secs(5)).await.expect("the server keeps talking");
         match packet {
             Packet::Data { block, .. } => {
-                assert_eq!(block, 1, "only the unacknowledged block is resent");
+                assert_eq!(block, 2, "only the unacknowledged block is resent");
                 arrivals.push(started.elapsed());
             }
             Packet::Error { message, .. } => {
@@ -127,6 +132,7 @@ async fn a_vanished_client_ends_the_transfer_at_the_next_send() {
     let f = crate::start_with(|c| {
         c.timeout = Duration::from_millis(300);
         c.max_retries = 20;
+        c.unacknowledged_retries = 20;
     })
     .await;
     let client = crate::RawClient::new(f.addr).await;

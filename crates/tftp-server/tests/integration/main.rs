@@ -129,3 +129,57 @@ impl RawClient {
         }
     }
 }
+
+/// A lockstep download (no options) by a client that retransmits its
+/// request every `every` until the server answers, as PXE ROMs do, and
+/// pauses `hold` before each ACK (a slow client keeps its slot longer).
+/// Returns the bytes and how many times the request went out.
+pub(crate) async fn download_retrying(
+    server: SocketAddr,
+    file: &str,
+    every: Duration,
+    hold: Duration,
+) -> Result<(Vec<u8>, u32), String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let request =
+        Packet::Rrq(Request { filename: file.into(), mode: Mode::Octet, options: Vec::new() }).encode();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut buf = vec![0u8; 70_000];
+    let mut sent = 0;
+    let mut tid = None;
+    let mut out = Vec::new();
+    let mut expected = 1u16;
+    loop {
+        if tid.is_none() {
+            if tokio::time::Instant::now() > give_up {
+                return Err(format!("no answer to {sent} requests"));
+            }
+            socket.send_to(&request, server).await.map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+        let limit = if tid.is_none() { every } else { Duration::from_secs(10) };
+        let Ok(received) = tokio::time::timeout(limit, socket.recv_from(&mut buf)).await else {
+            if tid.is_some() {
+                return Err("the transfer stalled".into());
+            }
+            continue;
+        };
+        let (len, from) = received.map_err(|e| e.to_string())?;
+        if *tid.get_or_insert(from) != from {
+            return Err(format!("a second transfer port {from} answered"));
+        }
+        match Packet::parse(&buf[..len]).map_err(|e| e.to_string())? {
+            Packet::Data { block, data } if block == expected => {
+                out.extend_from_slice(&data);
+                tokio::time::sleep(hold).await;
+                socket.send_to(&Packet::Ack { block }.encode(), from).await.map_err(|e| e.to_string())?;
+                if data.len() < 512 {
+                    return Ok((out, sent));
+                }
+                expected = expected.wrapping_add(1);
+            }
+            Packet::Data { .. } => {}
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    }
+}

@@ -94,6 +94,13 @@ async fn per_host_configs_are_rendered_from_the_rules() {
         other.get("pxelinux.cfg/01-52-54-00-00-00-99", &[]).await,
         Err(bootfleet_tftp_server::wire::Packet::Error { .. })
     ));
+    // Another spelling of the MAC is not a rendered name.
+    let lax = RawClient::new(f.addr).await;
+    assert!(matches!(
+        lax.get("pxelinux.cfg/01-52:54:00:00:00:01", &[]).await,
+        Err(bootfleet_tftp_server::wire::Packet::Error { .. })
+    ));
+    let ipxe = RawClient::new(f.addr).await.get("bootfleet/52:54:00:00:00:01.ipxe", &[]).await.unwrap();
     // Rules engine gone: the last rendering is still served.
     rules_stop.cancel();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -102,4 +109,8 @@ async fn per_host_configs_are_rendered_from_the_rules() {
         String::from_utf8(again.get("pxelinux.cfg/01-52-54-00-00-00-01", &[]).await.unwrap()).unwrap(),
         pxe
     );
+    // Remembered per kind and MAC, not per name: iPXE's other spelling of
+    // the same MAC gets the same rendering.
+    let other_spelling = RawClient::new(f.addr).await;
+    assert_eq!(other_spelling.get("bootfleet/52-54-00-00-00-01.ipxe", &[]).await.unwrap(), ipxe);
 }

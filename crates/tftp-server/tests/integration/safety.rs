@@ -76,18 +76,112 @@ async fn garbage_is_dropped_and_service_continues() {
     assert_eq!(oack, Packet::Oack { options: vec![("blksize".into(), "1024".into())] });
 }
 
+/// Over the per-client cap a request gets no answer, not a "busy" error
+/// that would end the client's boot: it retransmits, and is served once a
+/// transfer ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_client_limit_refuses_extra_transfers() {
+async fn over_the_per_client_cap_a_request_waits_unanswered_then_is_served() {
     let f = start_with(|c| c.max_per_client = 1).await;
     let first = RawClient::new(f.addr).await;
     first.request("medium.bin", &[]).await;
-    let (data, _) = first.recv().await.unwrap();
+    let (data, tid) = first.recv().await.unwrap();
     assert!(matches!(data, Packet::Data { block: 1, .. }));
-    // Same address, second transfer while the first is open: refused.
+    // Same address, second transfer while the first is open: no answer.
     let second = RawClient::new(f.addr).await;
-    let (code, message) = error_of(second.get("small.bin", &[]).await);
-    assert_eq!(code, ErrorCode::NotDefined);
-    assert!(message.contains("busy"), "{message}");
+    second.request("small.bin", &[]).await;
+    assert_eq!(second.recv_within(Duration::from_millis(300)).await, None, "answered over the cap");
+    // The first ends (the client aborts); the retransmitted request is served.
+    let abort = Packet::Error { code: ErrorCode::NotDefined, message: "done".into() };
+    first.socket.send_to(&abort.encode(), tid).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(second.get("small.bin", &[]).await.unwrap(), std::fs::read(f.root.join("small.bin")).unwrap());
+}
+
+/// 100 clients behind one address, 8 transfers at a time for it: every one
+/// downloads in the end (each retransmits its request until served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_clients_behind_one_address_all_boot() {
+    let f = start_with(|c| c.max_per_client = 8).await;
+    let want = std::fs::read(f.root.join("small.bin")).unwrap();
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            tokio::spawn(crate::download_retrying(
+                f.addr,
+                "small.bin",
+                Duration::from_millis(200),
+                Duration::from_millis(20),
+            ))
+        })
+        .collect();
+    let mut retried = 0;
+    for (i, client) in clients.into_iter().enumerate() {
+        let (got, requests) = client.await.unwrap().unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(got == want, "client {i}: wrong content");
+        retried += usize::from(requests > 1);
+    }
+    assert!(retried > 0, "the cap was never reached: the test proves nothing");
+}
+
+/// A retransmitted request from a client already being served starts no
+/// second transfer: only one transfer port ever answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmitted_request_starts_no_second_transfer() {
+    let f = start_with(|c| c.timeout = Duration::from_secs(5)).await;
+    let client = RawClient::new(f.addr).await;
+    client.request("small.bin", &[]).await;
+    let (first, tid) = client.recv().await.unwrap();
+    assert!(matches!(first, Packet::Data { block: 1, .. }));
+    client.request("small.bin", &[]).await;
+    client.request("small.bin", &[]).await;
+    assert_eq!(client.recv_within(Duration::from_millis(500)).await, None, "a second transfer answered");
+    assert_eq!(f.tracker.len(), 1);
+    // The one transfer goes on.
+    client.socket.send_to(&Packet::Ack { block: 1 }.encode(), tid).await.unwrap();
+    let (second, from) = client.recv().await.unwrap();
+    assert!(matches!(second, Packet::Data { block: 2, .. }) && from == tid, "{second:?}");
+}
+
+/// Forged requests (a victim's address, never acknowledged) make the server
+/// send a bounded number of datagrams: `max_unacknowledged_per_client`
+/// transfers at a time, each sending its first packet at most
+/// `1 + unacknowledged_retries` times, and no error packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_never_acknowledged_get_a_bounded_answer() {
+    let f = start_with(|c| {
+        c.timeout = Duration::from_millis(300);
+        c.max_unacknowledged_per_client = 2;
+        c.unacknowledged_retries = 1;
+    })
+    .await;
+    // The "victim": 50 sockets on one address, each asking once, with and
+    // without options (an OACK, or a first block).
+    let mut victims = Vec::new();
+    for i in 0..50 {
+        let victim = RawClient::new(f.addr).await;
+        let options: &[(&str, &str)] = if i % 2 == 0 { &[("blksize", "1468"), ("tsize", "0")] } else { &[] };
+        victim.request("medium.bin", options).await;
+        victims.push(victim);
+    }
+    let started = std::time::Instant::now();
+    while !f.tracker.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "transfers never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut received = 0;
+    for victim in &victims {
+        while let Some((packet, _)) = victim.recv_within(Duration::from_millis(20)).await {
+            assert!(
+                !matches!(packet, Packet::Error { .. }),
+                "an error went to a peer that never acknowledged"
+            );
+            received += 1;
+        }
+    }
+    assert!(received > 0);
+    assert!(received <= 2 * (1 + 1), "{received} datagrams reached the forged address");
+    // A real client from the same address is served afterwards.
+    let client = RawClient::new(f.addr).await;
+    assert_eq!(client.get("small.bin", &[]).await.unwrap(), std::fs::read(f.root.join("small.bin")).unwrap());
 }
 
 /// Shutdown stops new requests but lets a transfer in flight finish.
