@@ -272,6 +272,9 @@ async fn transfer(server: Arc<TftpServer>, mut slot: Slot, request: Request, pee
             };
             metrics::REFUSED.with_label_values(&[label]).inc();
             tracing::info!(%peer, file = %request.filename, reason = %e, "request refused");
+            // Free first: a client may ask again from the same port as soon
+            // as it reads the error, and must not look like a retransmission.
+            drop(slot);
             let mut buf = Vec::new();
             wire::encode_error(&mut buf, code, &e.to_string());
             let _ = socket.send(&buf).await;
@@ -359,6 +362,7 @@ async fn transfer(server: Arc<TftpServer>, mut slot: Slot, request: Request, pee
             }
         }
     };
+    drop(slot);
     metrics::finished(outcome, runner.sent, machine.retransmitted);
     let elapsed = started.elapsed();
     match outcome {

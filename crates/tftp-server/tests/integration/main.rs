@@ -103,12 +103,25 @@ impl RawClient {
     }
 
     /// Downloads a file in lockstep (answering an OACK), returning its bytes.
+    /// Like a real client, it sends its request again (every second, five
+    /// times at most) until the server answers.
     pub(crate) async fn get(&self, filename: &str, options: &[(&str, &str)]) -> Result<Vec<u8>, Packet> {
-        self.request(filename, options).await;
+        let mut first = None;
+        for _ in 0..6 {
+            self.request(filename, options).await;
+            first = self.recv_within(Duration::from_secs(1)).await;
+            if first.is_some() {
+                break;
+            }
+        }
+        let mut first = Some(first.expect("server answers"));
         let mut out = Vec::new();
         let mut blksize = 512;
         loop {
-            let (packet, from) = self.recv().await.expect("server answers");
+            let (packet, from) = match first.take() {
+                Some(first) => first,
+                None => self.recv().await.expect("server answers"),
+            };
             match packet {
                 Packet::Oack { options } => {
                     if let Some((_, v)) = options.iter().find(|(k, _)| k == "blksize") {
