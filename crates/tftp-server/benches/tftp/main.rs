@@ -1,13 +1,17 @@
-//! TFTP benchmark against tftpd-hpa, side by side in one run; prints a table.
+//! TFTP benchmark against tftpd-hpa and the `tftpd` crate (the one the
+//! customer named), side by side in one run; prints a table.
 //!
 //! ```sh
 //! scripts/fetch-peers.sh          # unpacks tftpd-hpa's in.tftpd into target/peers
 //! cargo bench -p bootfleet-tftp-server --bench tftp
+//! TFTP_BENCH_ROUNDS=1 cargo bench -p bootfleet-tftp-server --bench tftp   # a quick look
 //! ```
 //!
-//! Both servers run as separate processes on loopback, serving the same
+//! All servers run as separate processes on loopback, serving the same
 //! directory, driven by the same async client in this process (one task per
-//! transfer, so 200 concurrent clients cost no process start-ups).
+//! transfer, so 200 concurrent clients cost no process start-ups). The
+//! `tftpd` crate is a dev-dependency: this bench binary runs its server in
+//! a child process of its own (see [`SERVE_TFTPD`]).
 //! Every transfer and every loop is bounded in count and time.
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -57,6 +61,30 @@ fn start_bootfleet(root: &Path) -> Server {
         .spawn()
         .expect("start bootfleet-tftp-server");
     Server { name: "bootfleet", addr: ([127, 0, 0, 1], port).into(), child }
+}
+
+/// Set in a child of this bench: run the `tftpd` crate's server on
+/// `127.0.0.1:<port>` serving `<dir>` (value `<port>:<dir>`), read-only.
+const SERVE_TFTPD: &str = "TFTP_BENCH_SERVE_TFTPD";
+
+/// The `tftpd` crate's own server, as its binary runs it.
+fn serve_tftpd(spec: &str) {
+    let (port, dir) = spec.split_once(':').expect("port:dir");
+    let args = ["tftpd", "-i", "127.0.0.1", "-p", port, "-d", dir, "-r", "-q", "-q"].map(String::from);
+    let config = tftpd::Config::new(args.into_iter()).expect("tftpd arguments");
+    tftpd::Server::new(&config).expect("tftpd binds").listen();
+}
+
+fn start_tftpd_crate(root: &Path) -> Option<Server> {
+    let port = free_udp_port();
+    let child = Command::new(std::env::current_exe().ok()?)
+        .env(SERVE_TFTPD, format!("{port}:{}", root.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(Server { name: "tftpd-rs", addr: ([127, 0, 0, 1], port).into(), child })
 }
 
 fn start_tftpd_hpa(root: &Path) -> Option<Server> {
@@ -170,6 +198,7 @@ struct Runtimes {
     multi: tokio::runtime::Runtime,
 }
 
+/// Rounds unless `TFTP_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
 
 #[derive(Default)]
@@ -182,6 +211,12 @@ struct Row {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(SERVE_TFTPD) {
+        serve_tftpd(&spec);
+        return;
+    }
+    let rounds =
+        std::env::var("TFTP_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS).max(1);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let big: Vec<u8> =
@@ -191,6 +226,7 @@ fn main() {
     drop(big);
     let mut servers = vec![start_bootfleet(root)];
     servers.extend(start_tftpd_hpa(root));
+    servers.extend(start_tftpd_crate(root));
     std::thread::sleep(Duration::from_millis(500));
     let runtimes = Runtimes {
         cpus: cpu::allowed_cpus(),
@@ -203,14 +239,12 @@ fn main() {
     let mut rows: Vec<Row> = servers.iter().map(|_| Row::default()).collect();
     // TFTP_BENCH_ONLY=storm skips the 64 MiB downloads (for profiling).
     let storm_only = std::env::var("TFTP_BENCH_ONLY").is_ok_and(|v| v == "storm");
-    // Rounds take turns between the servers, first one then the other
-    // going first, so that a slow spell of this shared machine does not
-    // land on one server only.
-    for round in 0..ROUNDS {
+    // Rounds take turns between the servers, each round starting with the
+    // next one, so that a slow spell of this shared machine does not land
+    // on one server only.
+    for round in 0..rounds {
         let mut order: Vec<(&Server, &mut Row)> = servers.iter().zip(&mut rows).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
+        order.rotate_left(round % servers.len());
         for (server, row) in order {
             if !storm_only {
                 let (lockstep, windowed) = runtimes.multi.block_on(async {
@@ -237,14 +271,14 @@ fn main() {
             }
         }
     }
-    print_table(&servers, rows);
+    print_table(&servers, rows, rounds);
 }
 
-fn print_table(servers: &[Server], rows: Vec<Row>) {
+fn print_table(servers: &[Server], rows: Vec<Row>, rounds: usize) {
     // Zero: not run (TFTP_BENCH_ONLY=storm).
     let s = |d: Duration| if d.is_zero() { "-".to_owned() } else { format!("{:.2} s", d.as_secs_f64()) };
     println!();
-    println!("TFTP on loopback, same client for both servers, median of {ROUNDS} rounds");
+    println!("TFTP on loopback, same client for every server, median of {rounds} rounds");
     println!(
         "| {:<10} | {:>20} | {:>23} | {:>28} | {:>29} | {:>8} |",
         "server",
@@ -273,19 +307,22 @@ fn print_table(servers: &[Server], rows: Vec<Row>) {
             failures
         );
     }
-    if let [ours, theirs] = medians.as_slice() {
+    let Some((ours, peers)) = medians.split_first() else { return };
+    for (peer, theirs) in servers[1..].iter().zip(peers) {
         let ratio = |i: usize| {
-            if ours[i].is_zero() {
+            if ours[i].is_zero() || theirs[i].is_zero() {
                 "-".to_owned()
             } else {
                 format!("{:.1}x", theirs[i].as_secs_f64() / ours[i].as_secs_f64())
             }
         };
         println!(
-            "bootfleet vs tftpd-hpa: {} (64 MiB lockstep), {} (64 MiB windowed; tftpd-hpa has no windowsize), \
-             {} (storm, one core each), {} (storm, 2 shared cores)",
+            "bootfleet vs {}: {} (64 MiB lockstep), {} (64 MiB windowed{}), {} (storm, one core each), {} \
+             (storm, 2 shared cores)",
+            peer.name,
             ratio(0),
             ratio(1),
+            if peer.name == "tftpd-hpa" { "; tftpd-hpa has no windowsize" } else { "" },
             ratio(2),
             ratio(3)
         );

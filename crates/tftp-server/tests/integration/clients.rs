@@ -163,3 +163,43 @@ async fn large_netascii_files_stream_with_an_exact_tsize() {
     .unwrap();
     same(&f.root.join("big.txt"), &out.path().join("big"));
 }
+
+/// The `tftpd` crate's client (the crate the customer named) downloads from
+/// us, lockstep and windowed (its worker acknowledges windows its own way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tftpd_crate_client_downloads_identical_files() {
+    let f = start().await;
+    let out = tempfile::tempdir().unwrap();
+    let (port, dir) = (f.addr.port().to_string(), out.path().to_owned());
+    tokio::task::spawn_blocking(move || {
+        for (i, window) in ["1", "16"].iter().enumerate() {
+            let local = format!("medium-{i}");
+            // Its arguments: the local name, then the remote one.
+            let args = [
+                &local,
+                "medium.bin",
+                "-d",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-b",
+                "1468",
+                "-w",
+                window,
+                "-rd",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.to_string_lossy().into_owned(), "-q".into(), "-q".into()]);
+            let config = tftpd::ClientConfig::new(args).unwrap();
+            let done = tftpd::Client::new(&config).unwrap().run().unwrap();
+            assert!(done, "windowsize {window}: the tftpd client gave up");
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..2 {
+        same(&f.root.join("medium.bin"), &out.path().join(format!("medium-{i}")));
+    }
+}
