@@ -45,11 +45,15 @@ fn free_udp_port() -> u16 {
 fn start_bootfleet(root: &Path) -> Server {
     let port = free_udp_port();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // Every benchmark client shares 127.0.0.1, so the per-client limit (a
-    // guard against one host hogging the server) is lifted; tftpd-hpa has
-    // no such limit.
+    // Every benchmark client shares 127.0.0.1, so the per-client limits (a
+    // guard against one host hogging the server, and against forged
+    // requests) are lifted; the peers have no such limits.
     let config = root.with_extension("toml");
-    std::fs::write(&config, "[tftp]\nmax_transfers_per_client = 4096\n").unwrap();
+    std::fs::write(
+        &config,
+        "[tftp]\nmax_transfers_per_client = 4096\nmax_unacknowledged_per_client = 4096\n",
+    )
+    .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_bootfleet-tftp-server"))
         .arg("-c")
         .arg(&config)
