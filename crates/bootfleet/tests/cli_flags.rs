@@ -109,7 +109,16 @@ fn flags_output_and_exit_codes() {
     // Global flags before the subcommand, after it, and from the environment.
     expect(
         &run(
-            &["--server", server, "--token-file", token_file, "apply", "-f", manifest.to_str().unwrap()],
+            &[
+                "--server",
+                server,
+                "--token-file",
+                token_file,
+                "apply",
+                "-f",
+                manifest.to_str().unwrap(),
+                "--activate",
+            ],
             &[],
         ),
         0,
