@@ -5,6 +5,28 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
 
+/// Requests served at once on one connection; more wait for a slot.
+pub const CONCURRENCY_PER_CONNECTION: usize = 256;
+/// HTTP/2 streams a client may open on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 512;
+
+/// A gRPC server with the limits every Bootfleet service applies: requests
+/// in flight per connection, streams per connection, HTTP/2 keep-alive
+/// pings that drop peers that vanished, and, when given, a deadline for
+/// each request (a unary call's whole life; a server-streaming call's
+/// start — the stream itself is not cut).
+pub fn server(request_timeout: Option<std::time::Duration>) -> tonic::transport::Server {
+    let mut server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+    if let Some(timeout) = request_timeout {
+        server = server.timeout(timeout);
+    }
+    server
+}
+
 /// Connections accepted on `listener` with TCP_NODELAY set.
 /// `serve_with_incoming` ignores the builder's TCP_NODELAY; without it Nagle
 /// holds small responses back and request latency suffers.

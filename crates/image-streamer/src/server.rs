@@ -186,7 +186,8 @@ async fn serve_grpc(
         bootfleet_core::grpc::reflection(&[bootfleet_proto::v1::image_service_server::SERVICE_NAME])
             .context("building gRPC reflection")?;
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
-    tonic::transport::Server::builder()
+    // No deadline: an upload is one call that lasts as long as the image.
+    bootfleet_core::grpc::server(None)
         .add_service(ctx.health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

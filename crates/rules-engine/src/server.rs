@@ -153,7 +153,9 @@ pub async fn serve(
         bootfleet_core::grpc::reflection(&[bootfleet_proto::v1::rules_service_server::SERVICE_NAME])
             .context("building gRPC reflection")?;
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
-    tonic::transport::Server::builder()
+    // Every call but WatchDecisions is answered from memory or one store
+    // transaction: 30 s is far past any healthy answer.
+    bootfleet_core::grpc::server(Some(std::time::Duration::from_secs(30)))
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

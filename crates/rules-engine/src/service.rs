@@ -96,13 +96,23 @@ pub struct RulesApi {
     /// Ends open streams (WatchDecisions) at shutdown: a graceful server
     /// waits for every stream, and a watch never ends by itself.
     stop: CancellationToken,
+    /// One permit per open WatchDecisions stream.
+    watchers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Open WatchDecisions streams per replica at most; beyond, a new watch is
+/// refused with RESOURCE_EXHAUSTED (each holds a task and a 256-event buffer).
+pub const MAX_WATCHERS: usize = 1024;
+/// Hosts a watch remembers (to send each history entry once); past this it
+/// forgets them all, and may send an entry again rather than grow.
+const WATCH_HOSTS_REMEMBERED: usize = 65_536;
 
 impl RulesApi {
     /// Serves `state`; writes need `admin_token` (none: writes refused);
     /// streams end when `stop` is cancelled.
     pub fn new(state: Arc<RulesState>, admin_token: Option<String>, stop: CancellationToken) -> Self {
-        Self { state, admin_token: admin_token.map(Into::into), stop }
+        let watchers = Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS));
+        Self { state, admin_token: admin_token.map(Into::into), stop, watchers }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -525,10 +535,16 @@ impl RulesService for RulesApi {
         let filter = request.into_inner().mac;
         let filter =
             if filter.is_empty() { None } else { Some(normalize_mac(&filter).map_err(|e| e.within("mac"))?) };
+        let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_WATCHERS} decision watches are open on this replica; try again later"
+            )));
+        };
         let mut events = self.state.hosts.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let stop = self.stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             // Per host, the newest entry already sent.
             let mut sent: HashMap<String, i64> = HashMap::new();
             loop {
@@ -537,6 +553,9 @@ impl RulesService for RulesApi {
                         let _ = tx.try_send(Err(Status::unavailable("the server is shutting down; watch again")));
                         return;
                     }
+                    // A watcher that went away frees its slot now, not at
+                    // the next decision.
+                    () = tx.closed() => return,
                     received = events.recv() => received,
                 };
                 let batch = match received {
@@ -562,6 +581,9 @@ impl RulesService for RulesApi {
                         }
                     }
                     if let Some(newest) = record.history.last() {
+                        if sent.len() >= WATCH_HOSTS_REMEMBERED {
+                            sent.clear();
+                        }
                         sent.insert(mac.to_owned(), newest.at_unix_ms);
                     }
                 }

@@ -761,3 +761,46 @@ async fn only_hosts_a_rule_boots_get_a_record() {
     let want = format!("{}{HOST1}", bootfleet_rules_engine::store::HOSTS_PREFIX);
     assert!(keys == [want.as_str()], "{} records, first {:?}", keys.len(), &keys[..keys.len().min(4)]);
 }
+
+/// Thousands of idle WatchDecisions streams: the replica keeps at most
+/// `MAX_WATCHERS` and refuses the rest with RESOURCE_EXHAUSTED; a watcher
+/// that goes away frees its slot at once; decisions still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watches_are_capped_and_freed() {
+    use bootfleet_rules_engine::service::MAX_WATCHERS;
+    let server = embedded().await;
+    // Streams spread over connections (each allows 512).
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(anonymous(&server.url).await);
+    }
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for i in 0..MAX_WATCHERS + 200 {
+        let client = &mut clients[i % 3];
+        match client.watch_decisions(pb::WatchDecisionsRequest { mac: String::new() }).await {
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((open.len(), refused), (MAX_WATCHERS, 200));
+    // Dropping streams frees their slots.
+    open.truncate(MAX_WATCHERS - 10);
+    within("slots freed", async {
+        loop {
+            let mut c = anonymous(&server.url).await;
+            if c.watch_decisions(pb::WatchDecisionsRequest { mac: String::new() }).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Writes and evaluations are still served.
+    let mut c = admin(&server.url).await;
+    put_profiles(&mut c).await;
+    evaluate(&mut c, HOST1).await;
+}
