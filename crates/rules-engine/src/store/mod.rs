@@ -19,7 +19,7 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::decide::{Catalog, Engine};
+use crate::decide::Engine;
 use crate::error::RulesError;
 use crate::facts::Facts;
 use crate::ruleset::CompiledRuleSet;
@@ -163,7 +163,7 @@ impl RulesState {
             cache.loaded().await;
         }
         let mut engine = self.engine.clone();
-        let revision = self.rules.revision().max(self.profiles.revision()).max(self.locations.revision());
+        let revision = self.rules.revision();
         let _ = engine.wait_for(|e| e.built_at >= revision).await;
     }
 
@@ -234,11 +234,6 @@ impl RulesState {
         rule_set_of(self.rules.get(if active { ACTIVE_KEY } else { WORKING_KEY }).as_ref())
     }
 
-    /// The active profiles and locations from the snapshot.
-    pub fn catalog(&self) -> Result<Catalog, RulesError> {
-        Ok(self.active_state()?.0.catalog())
-    }
-
     /// The working state (rules, staged profiles and locations) from the
     /// snapshot, with its revision.
     pub fn working_state(&self) -> Result<(State, i64), RulesError> {
@@ -290,7 +285,13 @@ async fn rebuild_engine(
         r.borrow_and_update();
         p.borrow_and_update();
         l.borrow_and_update();
-        let built_at = rules.revision().max(profiles.revision()).max(locations.revision());
+        // Everything the engine is built from is in the rules snapshot: the
+        // active set carries its profiles, and active profile keys change
+        // only in the transaction that writes it. The profile snapshots'
+        // revisions must not count: one that applied an activation before
+        // the rules snapshot did would date an engine built from the old set
+        // as if it held the new one.
+        let built_at = rules.revision();
         let built = rule_set_of(rules.get(ACTIVE_KEY).as_ref()).and_then(|(set, _)| {
             let version = set.version;
             let state = active_state(set, &profiles.list(PROFILES_PREFIX), &locations.list(LOCATION_PREFIX))?;
