@@ -38,6 +38,15 @@ pub enum ProfileRef {
     Location(String),
 }
 
+impl ProfileRef {
+    /// The referenced object's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Image(n) | Self::Host(n) | Self::Location(n) => n,
+        }
+    }
+}
+
 impl std::fmt::Display for ProfileRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -126,6 +126,24 @@ impl RulesApi {
         Ok(pb::RuleSetResponse { rule_set: Some(rule_set), revision })
     }
 
+    /// Profiles and locations of `kind` (maybe only `name`), staged or
+    /// active, each with its revision: the working state's for staged ones,
+    /// the object's own key's for active ones.
+    fn profiles(
+        &self,
+        kind: pb::ProfileKind,
+        name: Option<&str>,
+        active: bool,
+    ) -> Result<Vec<pb::ProfileObject>, RulesError> {
+        if active {
+            let (state, _) = self.state.active_state()?;
+            Ok(objects_of(&state, kind, name, |kind, name| self.active_revision(kind, name)))
+        } else {
+            let (state, revision) = self.state.working_state()?;
+            Ok(objects_of(&state, kind, name, |_, _| revision))
+        }
+    }
+
     /// Store revision of an active profile or location (0 when absent).
     fn active_revision(&self, kind: pb::ProfileKind, name: &str) -> i64 {
         let Ok(key) = writes::profile_key(kind, name) else { return 0 };
@@ -210,29 +228,36 @@ fn activate_response(activated: writes::Activated) -> pb::ActivateResponse {
     }
 }
 
-/// The objects of `state` of `kind` (all kinds when unspecified), each
-/// with `revision`.
+/// The objects of `state` of `kind` (all kinds when unspecified), only
+/// the one called `name` when given, each with `revision`.
 fn objects_of(
     state: &State,
     kind: pb::ProfileKind,
+    name: Option<&str>,
     revision: impl Fn(pb::ProfileKind, &str) -> i64,
 ) -> Vec<pb::ProfileObject> {
     use profile_object::Object;
-    let wanted = |k: pb::ProfileKind| kind == pb::ProfileKind::Unspecified || kind == k;
+    let wanted = |k: pb::ProfileKind, n: &str| {
+        (kind == pb::ProfileKind::Unspecified || kind == k) && name.is_none_or(|name| name == n)
+    };
     let mut out = Vec::new();
-    if wanted(pb::ProfileKind::Image) {
-        out.extend(state.image.iter().map(|(n, p)| (pb::ProfileKind::Image, n, Object::Image(p.clone()))));
+    for (n, p) in &state.image {
+        if wanted(pb::ProfileKind::Image, n) {
+            out.push((pb::ProfileKind::Image, n, Object::Image(p.clone())));
+        }
     }
-    if wanted(pb::ProfileKind::Host) {
-        out.extend(state.host.iter().map(|(n, p)| (pb::ProfileKind::Host, n, Object::Host(p.clone()))));
+    for (n, p) in &state.host {
+        if wanted(pb::ProfileKind::Host, n) {
+            out.push((pb::ProfileKind::Host, n, Object::Host(p.clone())));
+        }
     }
-    if wanted(pb::ProfileKind::Location) {
-        out.extend(
-            state.location.iter().map(|(n, l)| (pb::ProfileKind::Location, n, Object::Location(l.clone()))),
-        );
+    for (n, l) in &state.location {
+        if wanted(pb::ProfileKind::Location, n) {
+            out.push((pb::ProfileKind::Location, n, Object::Location(l.clone())));
+        }
     }
     out.into_iter()
-        .map(|(k, name, object)| pb::ProfileObject { revision: revision(k, name), object: Some(object) })
+        .map(|(k, n, object)| pb::ProfileObject { revision: revision(k, n), object: Some(object) })
         .collect()
 }
 
@@ -333,7 +358,7 @@ impl RulesService for RulesApi {
         };
         let staged =
             writes::stage(&self.state.store, options, |current| Ok(current.merged(&changes))).await?;
-        let (_, active_version) = self.state.rule_set(true).map(|(set, rev)| (rev, set.version))?;
+        let active_version = self.state.rule_set(true)?.0.version;
         if !staged.unchanged && !r.dry_run {
             tracing::info!(
                 source = %r.source,
@@ -385,13 +410,7 @@ impl RulesService for RulesApi {
         request: Request<pb::ListProfilesRequest>,
     ) -> Result<Response<pb::ListProfilesResponse>, Status> {
         let r = request.into_inner();
-        let profiles = if r.active {
-            let (state, _) = self.state.active_state()?;
-            objects_of(&state, r.kind(), |kind, name| self.active_revision(kind, name))
-        } else {
-            let (state, revision) = self.state.working_state()?;
-            objects_of(&state, r.kind(), |_, _| revision)
-        };
+        let profiles = self.profiles(r.kind(), None, r.active)?;
         Ok(Response::new(pb::ListProfilesResponse { profiles }))
     }
 
@@ -401,24 +420,10 @@ impl RulesService for RulesApi {
     ) -> Result<Response<pb::ProfileObject>, Status> {
         let r = request.into_inner();
         writes::profile_key(r.kind(), &r.name).map_err(|e| e.within("name"))?;
-        let found = if r.active {
-            let (state, _) = self.state.active_state()?;
-            objects_of(&state, r.kind(), |kind, name| self.active_revision(kind, name))
-        } else {
-            let (state, revision) = self.state.working_state()?;
-            objects_of(&state, r.kind(), |_, _| revision)
-        };
-        let name_of = |o: &pb::ProfileObject| match &o.object {
-            Some(profile_object::Object::Image(p)) => p.name.clone(),
-            Some(profile_object::Object::Host(p)) => p.name.clone(),
-            Some(profile_object::Object::Location(l)) => l.name.clone(),
-            None => String::new(),
-        };
         let which = if r.active { "active" } else { "staged" };
         let kind = kind_name(r.kind());
-        found
-            .into_iter()
-            .find(|o| name_of(o) == r.name)
+        self.profiles(r.kind(), Some(&r.name), r.active)?
+            .pop()
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("{kind} {:?} not found ({which})", r.name)))
     }

@@ -93,8 +93,7 @@ impl State {
     /// named is removed.
     #[must_use]
     pub fn merged(&self, changes: &Changes) -> Self {
-        let mut next =
-            if changes.prune { Self::default() } else { Self { rules: self.rules.clone(), ..self.clone() } };
+        let mut next = if changes.prune { Self::default() } else { self.clone() };
         if changes.prune || changes.rules.is_some() {
             next.rules = changes.rules.clone().unwrap_or_default();
         }
@@ -138,10 +137,7 @@ impl State {
                 ("location", ProfileRef::Location(rule.location.clone())),
             ];
             for (field, reference) in references {
-                let named = match &reference {
-                    ProfileRef::Image(n) | ProfileRef::Host(n) | ProfileRef::Location(n) => !n.is_empty(),
-                };
-                if named && !catalog.has(&reference) {
+                if !reference.name().is_empty() && !catalog.has(&reference) {
                     problems.push(RulesError::invalid(
                         format!("rules[{i}].{field}"),
                         format!("unknown {reference}"),
