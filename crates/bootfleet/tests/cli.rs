@@ -4,7 +4,10 @@
 //! decisions, activate and repair; and a generic gRPC client that learns the
 //! API by reflection alone.
 
-use bootfleet_test_support::healthz;
+mod common;
+
+use bootfleet_test_support::process::wait_serving;
+use common::{UpPorts, up_command};
 use std::io::BufReader;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -94,28 +97,9 @@ fn operator_session() {
     let dir = tempfile::tempdir().unwrap();
     let (admin_port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
     let images_port = bootfleet_test_support::free_port();
-    let _up = Up(Command::new(BIN)
-        .args(["up", "--store", "embedded", "--log", "warn"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
-        .args(["--tftp-listen", "127.0.0.1:0"])
-        .args(["--streamer-listen", "127.0.0.1:0"])
-        .args([
-            "--streamer-grpc-listen",
-            &format!("127.0.0.1:{images_port}"),
-            "--streamer-admin-token",
-            TOKEN,
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !healthz(admin_port).starts_with("serving") {
-        assert!(Instant::now() < deadline, "bootfleet up did not become healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ports = UpPorts { admin: admin_port, rules: rules_port, images: images_port, ..UpPorts::default() };
+    let _up = Up(up_command(dir.path(), ports, TOKEN).spawn().unwrap());
+    wait_serving(admin_port, Duration::from_secs(20));
     let server = format!("http://127.0.0.1:{rules_port}");
     // Profiles may name only image versions in the catalog: push tiny/1.
     let image = dir.path().join("tiny");
@@ -252,22 +236,10 @@ fn operator_session() {
 fn an_open_watch_does_not_hold_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let (admin_port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
-    let mut up = Up(Command::new(BIN)
-        .args(["up", "--store", "embedded", "--log", "warn", "--shutdown-grace", "5s"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
-        .args(["--tftp-listen", "127.0.0.1:0"])
-        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap());
-    until("bootfleet up never became healthy", || {
-        let health = healthz(admin_port);
-        if health.starts_with("serving") { Ok(()) } else { Err(health) }
-    });
+    let ports = UpPorts { admin: admin_port, rules: rules_port, ..UpPorts::default() };
+    let mut up = up_command(dir.path(), ports, TOKEN);
+    let mut up = Up(up.args(["--shutdown-grace", "5s"]).stderr(Stdio::piped()).spawn().unwrap());
+    wait_serving(admin_port, Duration::from_secs(20));
     let server = format!("http://127.0.0.1:{rules_port}");
     let manifest = dir.path().join("rules.yaml");
     std::fs::write(
@@ -333,21 +305,8 @@ impl Session {
         let dir = tempfile::tempdir().unwrap();
         let port = bootfleet_test_support::free_port;
         let (admin, rules, http, images) = (port(), port(), port(), port());
-        let up = Up(Command::new(BIN)
-            .args(["up", "--store", "embedded", "--log", "warn"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--rules-listen", &format!("127.0.0.1:{rules}"), "--rules-admin-token", TOKEN])
-            .args(["--tftp-listen", "127.0.0.1:0", "--streamer-listen", &format!("127.0.0.1:{http}")])
-            .args(["--streamer-grpc-listen", &format!("127.0.0.1:{images}"), "--streamer-admin-token", TOKEN])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap());
-        until("bootfleet up never became healthy", || {
-            let health = healthz(admin);
-            if health.starts_with("serving") { Ok(()) } else { Err(health) }
-        });
+        let up = Up(up_command(dir.path(), UpPorts { admin, rules, http, images }, TOKEN).spawn().unwrap());
+        wait_serving(admin, Duration::from_secs(20));
         let image = dir.path().join("tiny");
         std::fs::create_dir(&image).unwrap();
         std::fs::write(image.join("vmlinuz"), b"not really a kernel").unwrap();

@@ -9,7 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bootfleet_test_support::healthz;
+mod common;
+
+use bootfleet_test_support::process::wait_serving;
+use common::{UpPorts, up_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bootfleet");
 const TOKEN: &str = "cli-flags-token-0123456789";
@@ -36,28 +39,15 @@ impl Up {
         let dir = tempfile::tempdir().unwrap();
         let (admin_port, rules_port) =
             (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
-        let child = Command::new(BIN)
-            .args(["up", "--store", "embedded", "--log", "warn"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--rules-listen", &format!("127.0.0.1:{rules_port}"), "--rules-admin-token", TOKEN])
-            .args(["--tftp-listen", "127.0.0.1:0"])
-            .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let ports = UpPorts { admin: admin_port, rules: rules_port, ..UpPorts::default() };
+        let child = up_command(dir.path(), ports, TOKEN).spawn().unwrap();
         let up = Self { child, admin_port, server: format!("http://127.0.0.1:{rules_port}"), _dir: dir };
         up.wait_healthy();
         up
     }
 
     fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !healthz(self.admin_port).starts_with("serving") {
-            assert!(Instant::now() < deadline, "bootfleet up did not become healthy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_serving(self.admin_port, Duration::from_secs(20));
     }
 }
 

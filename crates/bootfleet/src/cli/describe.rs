@@ -83,6 +83,13 @@ pub(crate) fn decision(d: Option<&pb::Decision>) -> String {
     )
 }
 
+/// Key/value pairs as `k=v` words in key order (host profile values, labels).
+pub(crate) fn pairs(map: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

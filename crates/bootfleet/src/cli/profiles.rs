@@ -81,20 +81,15 @@ enum ProfilesAction {
 }
 
 fn row(object: &pb::ProfileObject) -> Vec<String> {
-    let pairs = |map: &std::collections::HashMap<String, String>| {
-        let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        pairs.sort();
-        pairs.join(" ")
-    };
     match &object.object {
         Some(Object::Image(p)) => {
             vec!["image".into(), p.name.clone(), describe::boot(p), object.revision.to_string()]
         }
         Some(Object::Host(p)) => {
-            vec!["host".into(), p.name.clone(), pairs(&p.values), object.revision.to_string()]
+            vec!["host".into(), p.name.clone(), describe::pairs(&p.values), object.revision.to_string()]
         }
         Some(Object::Location(l)) => {
-            vec!["location".into(), l.name.clone(), pairs(&l.labels), object.revision.to_string()]
+            vec!["location".into(), l.name.clone(), describe::pairs(&l.labels), object.revision.to_string()]
         }
         None => vec!["?".into(), String::new(), String::new(), object.revision.to_string()],
     }

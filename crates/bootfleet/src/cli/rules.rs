@@ -110,11 +110,6 @@ pub(crate) fn print_changes(diff: &pb::DiffResponse) {
 /// A profile or location in a few words.
 fn describe_object(object: &pb::ProfileObject) -> String {
     use pb::profile_object::Object;
-    let pairs = |map: &std::collections::HashMap<String, String>| {
-        let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        pairs.sort();
-        pairs.join(" ")
-    };
     match &object.object {
         Some(Object::Image(p)) => match &p.boot {
             // A plan must show what changes, and for kernels that is often
@@ -126,8 +121,8 @@ fn describe_object(object: &pb::ProfileObject) -> String {
             }
             _ => describe::boot(p),
         },
-        Some(Object::Host(p)) => pairs(&p.values),
-        Some(Object::Location(l)) => pairs(&l.labels),
+        Some(Object::Host(p)) => describe::pairs(&p.values),
+        Some(Object::Location(l)) => describe::pairs(&l.labels),
         None => String::new(),
     }
 }

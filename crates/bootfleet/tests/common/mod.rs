@@ -220,3 +220,29 @@ impl Vm {
         self.started.elapsed()
     }
 }
+
+/// Loopback ports of a local `bootfleet up`; 0 lets the system pick.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct UpPorts {
+    pub(crate) admin: u16,
+    pub(crate) rules: u16,
+    pub(crate) http: u16,
+    pub(crate) images: u16,
+}
+
+/// `bootfleet up` on the embedded store in `data_dir`, every service on
+/// loopback, `token` guarding rule and image writes, logging warnings; the
+/// caller adds what else it needs and spawns it.
+pub(crate) fn up_command(data_dir: &Path, ports: UpPorts, token: &str) -> std::process::Command {
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootfleet"));
+    command
+        .args(["up", "--store", "embedded", "--log", "warn", "--data-dir"])
+        .arg(data_dir)
+        .args(["--admin-listen", &at(ports.admin), "--rules-listen", &at(ports.rules)])
+        .args(["--rules-admin-token", token, "--streamer-admin-token", token])
+        .args(["--tftp-listen", "127.0.0.1:0", "--streamer-listen", &at(ports.http)])
+        .args(["--streamer-grpc-listen", &at(ports.images)])
+        .stdin(std::process::Stdio::null());
+    command
+}
