@@ -26,3 +26,8 @@ fi
 if [ "${1:-build}" = test ] && ! command -v cargo-nextest >/dev/null; then
   cargo install --locked cargo-nextest@0.9.143
 fi
+# The dependency policy check (deny.toml); without default features it
+# skips the advisory database's network client, which tests do not use.
+if [ "${1:-build}" = test ] && ! command -v cargo-deny >/dev/null; then
+  cargo install --locked --no-default-features cargo-deny@0.20.2
+fi

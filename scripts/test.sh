@@ -22,6 +22,8 @@ export CARGO_INCREMENTAL=0
 # Disk use in the log: a clean build plus the images is several GB.
 trap 'du -sh target 2>/dev/null; df -h . | tail -1' EXIT
 cargo fmt --all -- --check
+# Licenses, banned crates and registries of every dependency (deny.toml).
+cargo deny --log-level error check --hide-inclusion-graph licenses bans sources
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The protocol cores build without their I/O shells (sans-IO, enforced).
 for crate in bootfleet-rules-engine bootfleet-tftp-server bootfleet-dhcp-responder; do

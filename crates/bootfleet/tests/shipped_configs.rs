@@ -11,7 +11,6 @@ use bootfleet_dhcp_responder::server::{DhcpArgs, DhcpConfig};
 use bootfleet_image_streamer::server::{StreamerArgs, StreamerConfig};
 use bootfleet_rules_engine::server::{RulesArgs, RulesConfig};
 use bootfleet_tftp_server::server::{TftpArgs, TftpConfig};
-use serde::Deserialize;
 
 const DEFAULTS: Defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "embedded" };
 
@@ -101,8 +100,8 @@ fn kubernetes_manifests_validate_and_carry_a_valid_configuration() {
     let mut budgets = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for value in docs {
             let kind = value["kind"].as_str().unwrap_or_default().to_owned();
             let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             match kind.as_str() {
@@ -113,7 +112,7 @@ fn kubernetes_manifests_validate_and_carry_a_valid_configuration() {
                     load_with(toml, Some("http://10.0.0.5:8080")).unwrap_or_else(|e| panic!("{name}: {e}"));
                 }
                 "Deployment" | "DaemonSet" => {
-                    for container in value["spec"]["template"]["spec"]["containers"].as_sequence().unwrap() {
+                    for container in value["spec"]["template"]["spec"]["containers"].as_array().unwrap() {
                         for probe in ["readinessProbe", "livenessProbe"] {
                             assert!(!container[probe].is_null(), "{name}: no {probe}");
                         }

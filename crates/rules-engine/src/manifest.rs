@@ -158,7 +158,7 @@ pub fn parse_file_ref(text: &str, path: &str) -> Result<FileRef, RulesError> {
 pub fn parse(text: &str, format: Format) -> Result<Manifest, RulesError> {
     let value: Value = match format {
         Format::Yaml => {
-            serde_yaml::from_str(text).map_err(|e| RulesError::invalid("manifest", e.to_string()))?
+            serde_saphyr::from_str(text).map_err(|e| RulesError::invalid("manifest", e.to_string()))?
         }
         Format::Toml => toml::from_str(text).map_err(|e| RulesError::invalid("manifest", e.to_string()))?,
     };
@@ -431,6 +431,18 @@ host_profile = "db"
                 }
                 other => panic!("{text}: expected an error at {path}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_names_its_line() {
+        let text = "rules:\n  - name: a\n    image_profile: [p\n";
+        match parse(text, Format::Yaml) {
+            Err(RulesError::Invalid { field, message }) => {
+                assert_eq!(field, "manifest");
+                assert!(message.contains("line 3") || message.contains(":3:"), "{message}");
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
         }
     }
 }

@@ -387,11 +387,11 @@ pub(crate) fn print_structured(output: Output, value: &impl serde::Serialize) ->
     match output {
         Output::Table | Output::Json => print_json(value),
         Output::Yaml => {
-            // Through JSON's data model: serde_yaml writes enums as YAML
+            // Through JSON's data model: a YAML serializer writes enums as
             // tags (`!Condition`), which most YAML readers cannot map; the
             // JSON shape reads the same in every language.
             let value = serde_json::to_value(value).context("encoding YAML")?;
-            let text = serde_yaml::to_string(&value).context("encoding YAML")?;
+            let text = serde_saphyr::to_string(&value).context("encoding YAML")?;
             write_stdout(text.as_bytes())
         }
     }
