@@ -40,6 +40,18 @@ struct Services {
     dhcp: Option<DhcpConfig>,
 }
 
+impl bootfleet_core::process::Components for Services {
+    fn components(&self) -> Vec<&'static str> {
+        let mut all = self.rules.components();
+        all.extend(self.tftp.components());
+        all.extend(self.streamer.components());
+        if let Some(dhcp) = &self.dhcp {
+            all.extend(dhcp.components());
+        }
+        all
+    }
+}
+
 /// Runs every service until shutdown; the first failure stops them all.
 async fn run_all(ctx: Arc<ServiceContext>, services: Services) -> anyhow::Result<()> {
     let stop = ctx.shutdown.clone();

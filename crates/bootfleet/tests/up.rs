@@ -213,3 +213,64 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(logs.contains("rules engine listening"), "{logs}");
 }
+
+/// Every answer of `/readyz` that says ready lists each service's
+/// components as serving — also the first answers, to requests that
+/// queued while the process was starting and are served the moment the
+/// admin endpoint begins, before the services have run a line. (Once,
+/// `up` said "serving" there with only "process: serving" behind it.)
+#[test]
+fn ready_only_once_every_component_serves() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, rules_port) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
+    let _up = start(dir.path(), port, rules_port);
+    let request = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let ask = |mut stream: std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    // The admin port is bound before the store opens: connect and send as
+    // soon as it is, so requests wait in the listen backlog.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut queued = Vec::new();
+    while queued.len() < 32 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut stream) => {
+                stream.write_all(request).unwrap();
+                queued.push(stream);
+            }
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the admin port never opened");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    let mut answers: Vec<String> = queued.into_iter().map(ask).collect();
+    loop {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(request).unwrap();
+        let answer = ask(stream);
+        let ready = answer.starts_with("HTTP/1.1 200");
+        answers.push(answer);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {:?}", answers.last());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let components = [
+        "rules: serving",
+        "rules.rules: serving",
+        "streamer: serving",
+        "streamer.images: serving",
+        "tftp: serving",
+    ];
+    for answer in answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")) {
+        for component in components {
+            assert!(answer.contains(component), "ready without {component:?}:\n{answer}");
+        }
+    }
+}

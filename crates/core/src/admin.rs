@@ -9,6 +9,11 @@
 //! but the snapshot still answers — keeps the overall status SERVING, shows
 //! in `/healthz`, and reports NOT_SERVING under its own gRPC service name
 //! `bootfleet.<component>`.
+//!
+//! A process names the components it will run before its admin endpoint
+//! answers ([`Health::expect`]); each starts as not serving, so `/readyz`
+//! and the overall gRPC status say "serving" only once every one of them
+//! has said so, never in the moment before a component registered.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -88,16 +93,32 @@ impl Health {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Registers components that are starting: each is not serving (and
+    /// so neither is the process) until it sets its own health.
+    pub async fn expect(&self, components: &[&str]) {
+        for component in components {
+            self.set(component, ComponentHealth::NotServing("starting".into())).await;
+        }
+    }
+
     /// Sets a component's health and republishes the gRPC statuses.
     pub async fn set(&self, component: &str, health: ComponentHealth) {
-        let (overall, own) = {
-            let mut state = self.lock();
-            state.components.insert(component.to_owned(), health.clone());
-            (overall_status(&state), health == ComponentHealth::Serving)
-        };
-        let own = if own { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let (overall, own) = self.record(component, health);
         self.reporter.set_service_status(format!("bootfleet.{component}"), own).await;
         self.reporter.set_service_status("", overall).await;
+    }
+
+    /// Updates the state `/healthz` reads, at once; returns the gRPC
+    /// statuses (the component's own, the overall) to publish.
+    fn record(&self, component: &str, health: ComponentHealth) -> (ServingStatus, ServingStatus) {
+        let mut state = self.lock();
+        let own = if health == ComponentHealth::Serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        state.components.insert(component.to_owned(), health);
+        (overall_status(&state), own)
     }
 
     /// Marks the process as shutting down: overall NOT_SERVING, so load
@@ -133,23 +154,26 @@ impl Health {
         (code, format!("{word}\n{}\n", lines.join("\n")))
     }
 
-    /// Mirrors a snapshot cache's status into component `component`.
+    /// Mirrors a snapshot cache's status into component `component`. The
+    /// component is registered before this returns (the task that follows
+    /// the cache may run later), so no answer can miss it.
     pub fn track_snapshot(&self, component: &str, cache: &SnapshotCache, stop: CancellationToken) {
         let health = self.clone();
         let component = component.to_owned();
         let mut status = cache.status_updates();
         let prefix = cache.prefix().to_owned();
+        let mapped = move |status: CacheStatus| match status {
+            CacheStatus::Live => ComponentHealth::Serving,
+            CacheStatus::Degraded => {
+                ComponentHealth::Degraded(format!("store unreachable; serving snapshot of {prefix}"))
+            }
+            CacheStatus::Loading => ComponentHealth::NotServing(format!("loading {prefix}")),
+        };
+        self.record(&component, mapped(*status.borrow()));
         tokio::spawn(async move {
             loop {
                 let current = *status.borrow_and_update();
-                let mapped = match current {
-                    CacheStatus::Live => ComponentHealth::Serving,
-                    CacheStatus::Degraded => {
-                        ComponentHealth::Degraded(format!("store unreachable; serving snapshot of {prefix}"))
-                    }
-                    CacheStatus::Loading => ComponentHealth::NotServing(format!("loading {prefix}")),
-                };
-                health.set(&component, mapped).await;
+                health.set(&component, mapped(current)).await;
                 tokio::select! {
                     () = stop.cancelled() => return,
                     changed = status.changed() => if changed.is_err() { return },

@@ -31,6 +31,13 @@ pub struct ServiceContext {
     started_at_unix_ms: i64,
 }
 
+/// The health components a service's settings say it runs: the process
+/// reports ready only once each of them serves (see [`Health::expect`]).
+pub trait Components {
+    /// Component names, as the service passes them to [`Health::set`].
+    fn components(&self) -> Vec<&'static str>;
+}
+
 impl ServiceContext {
     /// Registers this process as a live member of `service` serving on
     /// `addresses`. The record stays while the returned handle lives (call
@@ -64,7 +71,7 @@ pub fn run_service<S, F, Fut>(
     body: F,
 ) -> i32
 where
-    S: std::fmt::Debug,
+    S: std::fmt::Debug + Components,
     F: FnOnce(Arc<ServiceContext>, S) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
@@ -103,6 +110,7 @@ where
 
 async fn run<S, F, Fut>(service: &'static str, config: CoreConfig, settings: S, body: F) -> anyhow::Result<()>
 where
+    S: Components,
     F: FnOnce(Arc<ServiceContext>, S) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
@@ -116,6 +124,9 @@ where
     tracing::info!(service, backend = store.backend_name(), admin = %admin_addr, member = %config.member_id, "starting");
 
     let health = Health::new();
+    // Before the admin endpoint answers: no moment where it says "serving"
+    // because a component has not registered yet.
+    health.expect(&settings.components()).await;
     health.set("process", ComponentHealth::Serving).await;
     shutdown.spawn(admin::serve(admin_listener, health.clone(), shutdown.token()));
 

@@ -163,6 +163,8 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: uploads and catalog writes are refused");
     }
+    // Bound, and its snapshots registered: ready as soon as they load.
+    ctx.health.set("streamer", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_addr, url = %public_url, "image streamer listening");
     let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, stop.clone());
     let http = http::serve(

@@ -67,6 +67,12 @@ pub struct RulesConfig {
     pub history_limit: usize,
 }
 
+impl bootfleet_core::process::Components for RulesConfig {
+    fn components(&self) -> Vec<&'static str> {
+        vec!["rules"]
+    }
+}
+
 impl std::fmt::Debug for RulesConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RulesConfig")
@@ -132,6 +138,8 @@ pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Resul
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: rule and profile writes are refused");
     }
+    // Bound, and its snapshots registered: ready as soon as they load.
+    ctx.health.set("rules", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(%addr, "rules engine listening");
     let served = serve(listener, state, &ctx.health, config.admin_token, ctx.shutdown.token()).await;
     if let Err(e) = registration.deregister().await {

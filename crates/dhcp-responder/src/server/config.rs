@@ -142,6 +142,12 @@ pub struct DhcpConfig {
     pub rules_cache: Duration,
 }
 
+impl bootfleet_core::process::Components for DhcpConfig {
+    fn components(&self) -> Vec<&'static str> {
+        vec!["dhcp"]
+    }
+}
+
 fn address(text: &str, key: &str) -> Result<Ipv4Addr, ConfigError> {
     text.parse().map_err(|_| ConfigError::new(key, format!("{text:?} is not an IPv4 address")))
 }

@@ -123,6 +123,12 @@ pub struct StreamerConfig {
     pub http_limits: HttpLimits,
 }
 
+impl bootfleet_core::process::Components for StreamerConfig {
+    fn components(&self) -> Vec<&'static str> {
+        vec!["streamer"]
+    }
+}
+
 impl std::fmt::Debug for StreamerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamerConfig")

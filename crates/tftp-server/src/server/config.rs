@@ -101,6 +101,12 @@ pub struct TftpConfig {
     pub render: Option<RenderConfig>,
 }
 
+impl bootfleet_core::process::Components for TftpConfig {
+    fn components(&self) -> Vec<&'static str> {
+        vec!["tftp"]
+    }
+}
+
 /// Where rendered files come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderConfig {
