@@ -143,8 +143,20 @@ where
 
     // Once shutdown begins, the services get the grace period to return;
     // one that does not (a stream a client keeps open, say) is cut off, and
-    // the process says so and fails rather than hanging.
+    // the process says so and fails rather than hanging. The grace period
+    // is one budget for the services and the tracked tasks together, so
+    // the process is gone within it (an orchestrator's kill timeout is set
+    // from it).
     let stopping = shutdown.token();
+    let stop_began = Arc::new(std::sync::OnceLock::new());
+    shutdown.spawn({
+        let stop_began = Arc::clone(&stop_began);
+        let stopping = stopping.clone();
+        async move {
+            stopping.cancelled().await;
+            let _ = stop_began.set(tokio::time::Instant::now());
+        }
+    });
     let body = body(Arc::new(ctx), settings);
     let result = tokio::select! {
         result = body => result,
@@ -156,7 +168,8 @@ where
     // Whatever ended the body (signal or failure), shut everything down.
     shutdown.trigger();
     health.set_shutting_down().await;
-    shutdown.drain(grace).await;
+    let began = stop_began.get().copied().unwrap_or_else(tokio::time::Instant::now);
+    shutdown.drain(grace.saturating_sub(began.elapsed())).await;
     tracing::info!(service, "stopped");
     result
 }
@@ -186,5 +199,58 @@ fn probe(admin: SocketAddr) -> i32 {
             eprintln!("no answer from the admin endpoint at {target}: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    struct NoComponents;
+
+    impl Components for NoComponents {
+        fn components(&self) -> Vec<&'static str> {
+            Vec::new()
+        }
+    }
+
+    /// A service that ignores the stop and leaves a task that ignores it
+    /// too: the process still ends one grace period after the stop began,
+    /// not one for the services and another for the tasks.
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_period_is_one_budget_for_services_and_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let cli = Cli::parse_from([
+            "test",
+            "--store",
+            "embedded",
+            "--data-dir",
+            data_dir,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "10s",
+        ]);
+        let defaults = Defaults { admin_listen: "127.0.0.1:0", store: "embedded" };
+        let config = CoreConfig::load(&cli.common, &defaults).unwrap();
+        let start = tokio::time::Instant::now();
+        let result = run("test", config, NoComponents, |ctx, NoComponents| async move {
+            ctx.shutdown.spawn(std::future::pending::<()>());
+            ctx.shutdown.trigger();
+            std::future::pending::<anyhow::Result<()>>().await
+        })
+        .await;
+        assert!(result.is_err(), "a service cut off at the grace period is an error");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(11), "stopped after {took:?} with a 10 s grace period");
     }
 }
