@@ -26,7 +26,7 @@ cargo fmt --all -- --check
 cargo deny --log-level error check --hide-inclusion-graph licenses bans sources
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The protocol cores build without their I/O shells (sans-IO, enforced).
-for crate in bootfleet-rules-engine bootfleet-tftp-server bootfleet-dhcp-responder; do
+for crate in bootfleet-rules-engine bootfleet-tftp-server bootfleet-dhcp-responder bootfleet-nbd; do
   cargo check --locked -p "$crate" --no-default-features
 done
 # The end-to-end and container tests run every service's binary; cargo builds

@@ -1,0 +1,105 @@
+//! A fixed table of exports: read-only files by name, and write caches
+//! over a golden file under `<prefix>/<client>`. For a standalone server,
+//! tests and benchmarks; the image streamer resolves names from its
+//! catalog instead.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::export::{Client, Export, Exports, FileExport};
+use crate::options::ExportInfo;
+use crate::overlay::{WriteCacheError, WriteCaches, cow_info};
+use crate::session::{Listing, Refusal};
+
+#[derive(Debug)]
+enum Entry {
+    File(Arc<FileExport>),
+    WriteCache { base: Arc<FileExport>, caches: Arc<WriteCaches> },
+}
+
+/// Exports known up front.
+#[derive(Debug, Default)]
+pub struct StaticExports {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl StaticExports {
+    /// No exports.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `export` read-only as `name`.
+    #[must_use]
+    pub fn with_file(mut self, name: impl Into<String>, export: FileExport) -> Self {
+        self.entries.insert(name.into(), Entry::File(Arc::new(export)));
+        self
+    }
+
+    /// Serves `<prefix>/<client>` as `client`'s write cache over `base`:
+    /// every open starts a new boot of that client (an empty cache). Not
+    /// listed: the names are the clients'.
+    #[must_use]
+    pub fn with_write_cache(
+        mut self,
+        prefix: impl Into<String>,
+        base: FileExport,
+        caches: Arc<WriteCaches>,
+    ) -> Self {
+        self.entries.insert(prefix.into(), Entry::WriteCache { base: Arc::new(base), caches });
+        self
+    }
+
+    /// The entry for `name`, and the client key for write caches.
+    fn find<'a>(&self, name: &'a str) -> Option<(&Entry, Option<&'a str>)> {
+        if let Some(entry @ Entry::File(_)) = self.entries.get(name) {
+            return Some((entry, None));
+        }
+        let (prefix, client) = name.split_once('/')?;
+        match self.entries.get(prefix)? {
+            entry @ Entry::WriteCache { .. } => Some((entry, Some(client))),
+            Entry::File(_) => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Exports for StaticExports {
+    async fn list(&self, _client: &Client) -> Vec<Listing> {
+        self.entries
+            .iter()
+            .filter_map(|(name, entry)| match entry {
+                Entry::File(file) => {
+                    Some(Listing { name: name.clone(), description: file.info().description })
+                }
+                Entry::WriteCache { .. } => None,
+            })
+            .collect()
+    }
+
+    async fn describe(&self, name: &str, _client: &Client) -> Result<ExportInfo, Refusal> {
+        match self.find(name).ok_or(Refusal::Unknown)? {
+            (Entry::File(file), _) => Ok(file.info()),
+            (Entry::WriteCache { base, caches }, _) => Ok(cow_info(base.info(), caches.cluster_size())),
+        }
+    }
+
+    async fn open(&self, name: &str, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
+        match self.find(name).ok_or(Refusal::Unknown)? {
+            (Entry::File(file), _) => Ok(Arc::clone(file) as Arc<dyn Export>),
+            (Entry::WriteCache { base, caches }, key) => {
+                let key = key.unwrap_or_default();
+                match caches.boot(key, Arc::clone(base) as Arc<dyn Export>) {
+                    Ok(cache) => Ok(cache as Arc<dyn Export>),
+                    Err(e @ WriteCacheError::Io { .. }) => {
+                        tracing::warn!(cause = %e, peer = %client.peer, "no write cache");
+                        Err(Refusal::Policy("no write cache available".into()))
+                    }
+                    Err(e) => Err(Refusal::Policy(e.to_string())),
+                }
+            }
+        }
+    }
+}
