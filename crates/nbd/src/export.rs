@@ -52,10 +52,8 @@ impl ExportError {
             Self::ReadOnly => Errno::Perm,
             Self::OutOfRange { .. } => Errno::Inval,
             Self::CacheFull { .. } => Errno::NoSpc,
-            Self::Io(e) => match e.raw_os_error() {
-                Some(code)
-                    if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT || code == nix::libc::EFBIG =>
-                {
+            Self::Io(e) => match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+                Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT | rustix::io::Errno::FBIG) => {
                     Errno::NoSpc
                 }
                 _ => Errno::Io,
@@ -68,6 +66,26 @@ impl From<std::io::Error> for ExportError {
     fn from(e: std::io::Error) -> Self {
         Self::Io(e)
     }
+}
+
+/// Fills `buf` from `file` at `offset` only if that needs no waiting for
+/// the disk (`preadv2` with `RWF_NOWAIT`: the bytes are in the page cache).
+/// `None` when it would wait; the caller then reads on a blocking thread.
+pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> Option<std::io::Result<()>> {
+    use rustix::io::{Errno as E, ReadWriteFlags, preadv2};
+    let mut done = 0;
+    while done < buf.len() {
+        let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
+        match preadv2(file, &mut slices, offset + done as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => return Some(Err(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => done += n,
+            Err(E::INTR) => {}
+            // Not cached, or a file system or kernel without RWF_NOWAIT.
+            Err(E::AGAIN | E::OPNOTSUPP | E::NOSYS | E::INVAL) => return None,
+            Err(e) => return Some(Err(e.into())),
+        }
+    }
+    Some(Ok(()))
 }
 
 /// Checks that `offset..offset + length` lies within `size` bytes.
@@ -87,6 +105,14 @@ pub trait Export: Send + Sync + Debug {
 
     /// Fills `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ExportError>;
+
+    /// [`Self::read_at`] if it can be done without waiting for a disk (the
+    /// data is in memory); `None` otherwise, and then the server calls
+    /// `read_at` on a blocking thread. Cached reads skip that hand-off.
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), ExportError>> {
+        let _ = (buf, offset);
+        None
+    }
 
     /// Writes `data` at `offset`; durable before returning when `fua`.
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> Result<(), ExportError> {
@@ -176,6 +202,13 @@ impl Export for FileExport {
         self.file.read_exact_at(buf, offset)?;
         Ok(())
     }
+
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), ExportError>> {
+        if let Err(e) = check_range(offset, buf.len() as u64, self.size) {
+            return Some(Err(e));
+        }
+        read_cached(&self.file, buf, offset).map(|r| r.map_err(ExportError::from))
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +227,11 @@ mod tests {
         let mut buf = vec![0u8; 100];
         export.read_at(&mut buf, 9_900).unwrap();
         assert_eq!(buf, data[9_900..]);
+        let mut cached = vec![0u8; 100];
+        // Just written, so in the page cache.
+        export.try_read_at(&mut cached, 9_900).expect("cached").unwrap();
+        assert_eq!(cached, buf);
+        assert!(matches!(export.try_read_at(&mut cached, 9_901), Some(Err(ExportError::OutOfRange { .. }))));
         assert!(matches!(export.read_at(&mut buf, 9_901), Err(ExportError::OutOfRange { .. })));
         assert!(matches!(export.read_at(&mut buf, u64::MAX), Err(ExportError::OutOfRange { .. })));
         assert_eq!(export.write_at(&buf, 0, false).unwrap_err().errno(), Errno::Perm);
@@ -211,8 +249,8 @@ mod tests {
 
     #[test]
     fn full_disks_map_to_enospc() {
-        for code in [nix::libc::ENOSPC, nix::libc::EDQUOT, nix::libc::EFBIG] {
-            let error = ExportError::Io(std::io::Error::from_raw_os_error(code));
+        for code in [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT, rustix::io::Errno::FBIG] {
+            let error = ExportError::Io(std::io::Error::from_raw_os_error(code.raw_os_error()));
             assert_eq!(error.errno(), Errno::NoSpc);
         }
         assert_eq!(ExportError::Io(std::io::Error::other("x")).errno(), Errno::Io);

@@ -46,6 +46,12 @@ pub trait OverlayStore: Send + Sync + std::fmt::Debug {
     fn contains(&self, index: u64) -> bool;
     /// Reads from clusters the overlay contains.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ExportError>;
+    /// [`Self::read_at`] without waiting for a disk, or `None`
+    /// (see [`Export::try_read_at`]).
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), ExportError>> {
+        let _ = (buf, offset);
+        None
+    }
     /// Overwrites bytes of clusters the overlay contains.
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), ExportError>;
     /// Adds cluster `index` with its whole content; fails with
@@ -186,6 +192,25 @@ impl<S: OverlayStore> Export for CowExport<S> {
             }
         }
         Ok(())
+    }
+
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), ExportError>> {
+        if let Err(e) = check_range(offset, buf.len() as u64, self.size) {
+            return Some(Err(e));
+        }
+        for (start, end, present) in self.runs(offset, offset + buf.len() as u64) {
+            let piece = &mut buf[(start - offset) as usize..(end - offset) as usize];
+            let read = if present {
+                self.store.try_read_at(piece, start)
+            } else {
+                self.base.try_read_at(piece, start)
+            };
+            match read? {
+                Ok(()) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(()))
     }
 
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> Result<(), ExportError> {

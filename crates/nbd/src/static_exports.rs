@@ -15,7 +15,7 @@ use crate::session::{Listing, Refusal};
 
 #[derive(Debug)]
 enum Entry {
-    File(Arc<FileExport>),
+    Fixed(Arc<dyn Export>),
     WriteCache { base: Arc<FileExport>, caches: Arc<WriteCaches> },
 }
 
@@ -33,8 +33,14 @@ impl StaticExports {
 
     /// Serves `export` read-only as `name`.
     #[must_use]
-    pub fn with_file(mut self, name: impl Into<String>, export: FileExport) -> Self {
-        self.entries.insert(name.into(), Entry::File(Arc::new(export)));
+    pub fn with_file(self, name: impl Into<String>, export: FileExport) -> Self {
+        self.with_export(name, Arc::new(export))
+    }
+
+    /// Serves `export` as `name`, every session the same export.
+    #[must_use]
+    pub fn with_export(mut self, name: impl Into<String>, export: Arc<dyn Export>) -> Self {
+        self.entries.insert(name.into(), Entry::Fixed(export));
         self
     }
 
@@ -54,13 +60,13 @@ impl StaticExports {
 
     /// The entry for `name`, and the client key for write caches.
     fn find<'a>(&self, name: &'a str) -> Option<(&Entry, Option<&'a str>)> {
-        if let Some(entry @ Entry::File(_)) = self.entries.get(name) {
+        if let Some(entry @ Entry::Fixed(_)) = self.entries.get(name) {
             return Some((entry, None));
         }
         let (prefix, client) = name.split_once('/')?;
         match self.entries.get(prefix)? {
             entry @ Entry::WriteCache { .. } => Some((entry, Some(client))),
-            Entry::File(_) => None,
+            Entry::Fixed(_) => None,
         }
     }
 }
@@ -71,7 +77,7 @@ impl Exports for StaticExports {
         self.entries
             .iter()
             .filter_map(|(name, entry)| match entry {
-                Entry::File(file) => {
+                Entry::Fixed(file) => {
                     Some(Listing { name: name.clone(), description: file.info().description })
                 }
                 Entry::WriteCache { .. } => None,
@@ -81,14 +87,14 @@ impl Exports for StaticExports {
 
     async fn describe(&self, name: &str, _client: &Client) -> Result<ExportInfo, Refusal> {
         match self.find(name).ok_or(Refusal::Unknown)? {
-            (Entry::File(file), _) => Ok(file.info()),
+            (Entry::Fixed(file), _) => Ok(file.info()),
             (Entry::WriteCache { base, caches }, _) => Ok(cow_info(base.info(), caches.cluster_size())),
         }
     }
 
     async fn open(&self, name: &str, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
         match self.find(name).ok_or(Refusal::Unknown)? {
-            (Entry::File(file), _) => Ok(Arc::clone(file) as Arc<dyn Export>),
+            (Entry::Fixed(export), _) => Ok(Arc::clone(export)),
             (Entry::WriteCache { base, caches }, key) => {
                 let key = key.unwrap_or_default();
                 match caches.boot(key, Arc::clone(base) as Arc<dyn Export>) {

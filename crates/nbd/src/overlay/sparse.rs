@@ -9,16 +9,15 @@
 //! deleted when the store is dropped.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{FallocateFlags, fallocate};
+use rustix::fs::{FallocateFlags, fallocate};
 
 use super::{Contents, OverlayStore};
-use crate::export::ExportError;
+use crate::export::{ExportError, read_cached};
 use crate::metrics::NbdMetrics;
 
 /// The per-boot sparse-file store.
@@ -85,10 +84,9 @@ impl SparseOverlay {
     }
 
     fn punch(&self, index: u64) -> Result<(), ExportError> {
-        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        let offset = i64::try_from(index * self.cluster).map_err(std::io::Error::other)?;
-        let len = i64::try_from(self.cluster_len(index)).map_err(std::io::Error::other)?;
-        fallocate(self.file.as_raw_fd(), flags, offset, len).map_err(std::io::Error::from)?;
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        fallocate(&self.file, flags, index * self.cluster, self.cluster_len(index))
+            .map_err(std::io::Error::from)?;
         Ok(())
     }
 
@@ -116,6 +114,10 @@ impl OverlayStore for SparseOverlay {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ExportError> {
         self.file.read_exact_at(buf, offset)?;
         Ok(())
+    }
+
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), ExportError>> {
+        read_cached(&self.file, buf, offset).map(|r| r.map_err(ExportError::from))
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> Result<(), ExportError> {

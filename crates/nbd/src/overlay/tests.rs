@@ -65,6 +65,9 @@ fn writes_land_in_the_overlay_and_reads_merge_it_with_the_base() {
         expected[offset..offset + len].fill(byte);
     }
     assert_eq!(Fixture::read_all(&cow), expected);
+    let mut cached = vec![0u8; expected.len()];
+    cow.try_read_at(&mut cached, 0).expect("just written: cached").unwrap();
+    assert_eq!(cached, expected);
     assert_eq!(cow.store().used_bytes(), 4 * CLUSTER, "clusters 0, 1, 2 and 3");
     assert_eq!(fx.metrics.snapshot().overlay_bytes, 4 * CLUSTER);
 

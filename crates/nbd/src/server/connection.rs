@@ -1,21 +1,24 @@
 //! One connection: the handshake in sequence, then requests read by one
-//! loop, run concurrently on the blocking pool, and answered by a writer
-//! task in the order they finish.
+//! loop and answered in the order they finish. Reads of data in memory
+//! are answered by the loop itself; everything else runs on the blocking
+//! pool, several requests at once. Replies go out whole, one at a time.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::NbdServer;
 use crate::export::{Client, Export, ExportError};
+use crate::metrics::NbdMetrics;
 use crate::request::Op;
 use crate::session::{Command, Output, Purpose, Session};
 use crate::wire::MAX_READ_REPLY_HEADER_LEN;
@@ -37,33 +40,84 @@ enum ConnectionError {
     WriterGone,
 }
 
-/// The session and what its tasks wait on.
+/// What the reader and the request tasks of one connection share.
 struct Shared {
     session: Mutex<Session>,
-    /// Signalled whenever a request completes.
+    /// Signalled whenever a request is answered.
     progress: Notify,
+    /// Requests handed out and not yet answered on the socket.
+    unanswered: AtomicUsize,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    reply_timeout: Duration,
+    /// Cancelled when a reply cannot be written: the connection is over.
+    writer_gone: CancellationToken,
+    metrics: Arc<NbdMetrics>,
 }
 
 impl Shared {
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-/// Bytes to send, holding their share of the memory budget until written.
-struct Frame {
-    buf: Vec<u8>,
-    start: usize,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Frame {
-    fn small(buf: Vec<u8>) -> Self {
-        Self { buf, start: 0, _permit: None }
+    /// Writes `bytes` as one message; on failure or timeout the
+    /// connection is given up.
+    async fn send(&self, bytes: &[u8]) {
+        if self.writer_gone.is_cancelled() {
+            return;
+        }
+        let mut writer = self.writer.lock().await;
+        match tokio::time::timeout(self.reply_timeout, writer.write_all(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(cause = %e, "writing a reply failed");
+                self.writer_gone.cancel();
+            }
+            Err(_) => {
+                tracing::info!(timeout = ?self.reply_timeout, "client took no reply for too long");
+                self.writer_gone.cancel();
+            }
+        }
     }
 
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
+    /// Completes `command` with `result` and sends its reply; `data` is a
+    /// read's buffer, with [`MAX_READ_REPLY_HEADER_LEN`] bytes of room in
+    /// front. `permit` (the buffer's share of the budget) is released
+    /// once the reply is written.
+    async fn answer(
+        &self,
+        command: Command,
+        result: Result<(), ExportError>,
+        data: Option<Vec<u8>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        match (&result, command.op) {
+            (Ok(()), Op::Read { length, .. }) => self.metrics.read(u64::from(length)),
+            (Ok(()), Op::Write { length, .. }) => self.metrics.written(u64::from(length)),
+            (Ok(()), _) => {}
+            (Err(e @ ExportError::Io(_)), op) => {
+                self.metrics.request_failed();
+                tracing::warn!(cause = %e, ?op, "export I/O failed");
+            }
+            (Err(e), op) => {
+                self.metrics.request_failed();
+                tracing::debug!(cause = %e, ?op, "request failed");
+            }
+        }
+        let mut header = Vec::with_capacity(64);
+        let data_len = self.session().complete(command.id, result.map_err(|e| e.errno()), &mut header);
+        match data {
+            Some(mut buf) if data_len > 0 => {
+                // The header goes right before the data, in the room left
+                // for it, so the reply is one write.
+                let start = MAX_READ_REPLY_HEADER_LEN - header.len();
+                buf[start..MAX_READ_REPLY_HEADER_LEN].copy_from_slice(&header);
+                self.send(&buf[start..]).await;
+            }
+            _ => self.send(&header).await,
+        }
+        drop(permit);
+        self.unanswered.fetch_sub(1, Ordering::AcqRel);
+        self.progress.notify_one();
     }
 }
 
@@ -176,34 +230,28 @@ async fn transmit(
     stop: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), ConnectionError> {
-    let in_flight = session.limits().max_in_flight;
-    let shared = Arc::new(Shared { session: Mutex::new(session), progress: Notify::new() });
-    let (replies, queue) = mpsc::channel(in_flight + 16);
-    let writer_gone = CancellationToken::new();
-    let writer_task =
-        tokio::spawn(write_replies(writer, queue, server.config.reply_timeout, writer_gone.clone()));
-    let requests = Requests {
-        shared: &shared,
-        server,
-        export: &export,
-        replies,
-        stop,
-        writer_gone: &writer_gone,
-        tracker,
-    };
+    let shared = Arc::new(Shared {
+        session: Mutex::new(session),
+        progress: Notify::new(),
+        unanswered: AtomicUsize::new(0),
+        writer: tokio::sync::Mutex::new(writer),
+        reply_timeout: server.config.reply_timeout,
+        writer_gone: CancellationToken::new(),
+        metrics: Arc::clone(&server.metrics),
+    });
+    let requests = Requests { shared: &shared, server, export: &export, stop, tracker };
     let result = requests.read(reader).await;
     // Everything handed out is answered before the connection closes.
-    while shared.session().in_flight() > 0 && !writer_gone.is_cancelled() {
+    while shared.unanswered.load(Ordering::Acquire) > 0 && !shared.writer_gone.is_cancelled() {
         tokio::select! {
             () = shared.progress.notified() => {}
-            () = writer_gone.cancelled() => {}
+            () = shared.writer_gone.cancelled() => {}
         }
     }
-    drop(requests);
-    let _ = writer_task.await;
-    if writer_gone.is_cancelled() {
+    if shared.writer_gone.is_cancelled() {
         return Err(ConnectionError::WriterGone);
     }
+    let _ = shared.writer.lock().await.shutdown().await;
     result
 }
 
@@ -211,9 +259,7 @@ struct Requests<'a> {
     shared: &'a Arc<Shared>,
     server: &'a Arc<NbdServer>,
     export: &'a Arc<dyn Export>,
-    replies: mpsc::Sender<Frame>,
     stop: &'a CancellationToken,
-    writer_gone: &'a CancellationToken,
     tracker: &'a TaskTracker,
 }
 
@@ -231,11 +277,11 @@ impl Requests<'_> {
                 return Ok(());
             }
             if needed == 0 {
-                // Too much in flight: wait for a completion.
+                // Too much in flight: wait for an answer.
                 tokio::select! {
                     () = self.shared.progress.notified() => continue,
                     () = self.stop.cancelled() => return Ok(()),
-                    () = self.writer_gone.cancelled() => return Ok(()),
+                    () = self.shared.writer_gone.cancelled() => return Ok(()),
                 }
             }
             let mut out = Vec::new();
@@ -259,24 +305,13 @@ impl Requests<'_> {
                     Output::Send(bytes) => {
                         // Requests rejected before they reach the export.
                         self.server.metrics.request_failed();
-                        if self.replies.send(Frame::small(bytes)).await.is_err() {
-                            return Ok(());
-                        }
+                        self.shared.send(&bytes).await;
                     }
                     Output::Execute(command) => {
-                        let (data, permit) = match command.op {
-                            Op::Write { .. } => match payload.take() {
-                                Some((buf, permit)) => (Some(buf), Some(permit)),
-                                None => (None, None),
-                            },
-                            Op::Read { length, .. } => {
-                                let len = MAX_READ_REPLY_HEADER_LEN + length as usize;
-                                let Some(permit) = self.budget(len).await else { return Ok(()) };
-                                (None, Some(permit))
-                            }
-                            _ => (None, None),
-                        };
-                        self.spawn(command, data, permit);
+                        self.shared.unanswered.fetch_add(1, Ordering::AcqRel);
+                        if !self.dispatch(command, payload.take()).await {
+                            return Ok(());
+                        }
                     }
                     Output::Close(reason) => {
                         tracing::debug!(?reason, "client closed the session");
@@ -288,6 +323,43 @@ impl Requests<'_> {
         }
     }
 
+    /// Runs `command`: a read whose data is in memory right here, anything
+    /// else on the blocking pool. `false` when stopping first.
+    async fn dispatch(&self, command: Command, payload: Option<(Vec<u8>, OwnedSemaphorePermit)>) -> bool {
+        let (data, permit) = match command.op {
+            Op::Write { .. } => match payload {
+                Some((buf, permit)) => (Some(buf), Some(permit)),
+                None => (None, None),
+            },
+            Op::Read { offset, length } => {
+                let len = MAX_READ_REPLY_HEADER_LEN + length as usize;
+                let Some(permit) = self.budget(len).await else {
+                    self.shared.unanswered.fetch_sub(1, Ordering::AcqRel);
+                    return false;
+                };
+                let mut buf = vec![0u8; len];
+                if let Some(result) = self.export.try_read_at(&mut buf[MAX_READ_REPLY_HEADER_LEN..], offset) {
+                    self.shared.answer(command, result, Some(buf), Some(permit)).await;
+                    return true;
+                }
+                (Some(buf), Some(permit))
+            }
+            _ => (None, None),
+        };
+        let export = Arc::clone(self.export);
+        let shared = Arc::clone(self.shared);
+        self.tracker.spawn(
+            async move {
+                let io = tokio::task::spawn_blocking(move || run_op(&*export, command, data)).await;
+                let (result, data) =
+                    io.unwrap_or_else(|e| (Err(ExportError::Io(std::io::Error::other(e))), None));
+                shared.answer(command, result, data, permit).await;
+            }
+            .in_current_span(),
+        );
+        true
+    }
+
     /// Fills `buf`; `false` when the server stops or the writer died first.
     async fn read_exact(
         &self,
@@ -297,7 +369,7 @@ impl Requests<'_> {
         tokio::select! {
             read = reader.read_exact(buf) => read.map(|_| true),
             () = self.stop.cancelled() => Ok(false),
-            () = self.writer_gone.cancelled() => Ok(false),
+            () = self.shared.writer_gone.cancelled() => Ok(false),
         }
     }
 
@@ -308,70 +380,31 @@ impl Requests<'_> {
         tokio::select! {
             permit = budget.acquire_many_owned(bytes) => permit.ok(),
             () = self.stop.cancelled() => None,
-            () = self.writer_gone.cancelled() => None,
+            () = self.shared.writer_gone.cancelled() => None,
         }
-    }
-
-    fn spawn(&self, command: Command, payload: Option<Vec<u8>>, permit: Option<OwnedSemaphorePermit>) {
-        let export = Arc::clone(self.export);
-        let shared = Arc::clone(self.shared);
-        let replies = self.replies.clone();
-        let metrics = Arc::clone(&self.server.metrics);
-        self.tracker.spawn(
-            async move {
-                let io = tokio::task::spawn_blocking(move || run_op(&*export, command, payload)).await;
-                let (result, data) =
-                    io.unwrap_or_else(|e| (Err(ExportError::Io(std::io::Error::other(e))), None));
-                match (&result, command.op) {
-                    (Ok(()), Op::Read { length, .. }) => metrics.read(u64::from(length)),
-                    (Ok(()), Op::Write { length, .. }) => metrics.written(u64::from(length)),
-                    (Ok(()), _) => {}
-                    (Err(e @ ExportError::Io(_)), op) => {
-                        metrics.request_failed();
-                        tracing::warn!(cause = %e, ?op, "export I/O failed");
-                    }
-                    (Err(e), op) => {
-                        metrics.request_failed();
-                        tracing::debug!(cause = %e, ?op, "request failed");
-                    }
-                }
-                let mut header = Vec::with_capacity(64);
-                let data_len =
-                    shared.session().complete(command.id, result.map_err(|e| e.errno()), &mut header);
-                shared.progress.notify_one();
-                let frame = match data {
-                    Some(mut buf) if data_len > 0 => {
-                        // The header goes right before the data, in the room
-                        // left for it, so the reply is one write.
-                        let start = MAX_READ_REPLY_HEADER_LEN - header.len();
-                        buf[start..MAX_READ_REPLY_HEADER_LEN].copy_from_slice(&header);
-                        Frame { buf, start, _permit: permit }
-                    }
-                    _ => Frame { buf: header, start: 0, _permit: permit },
-                };
-                let _ = replies.send(frame).await;
-            }
-            .in_current_span(),
-        );
     }
 }
 
-/// Runs one request against the export (blocking). A read returns its
-/// buffer with [`MAX_READ_REPLY_HEADER_LEN`] bytes of room in front.
+/// Runs one request against the export (blocking). `data` is a write's
+/// payload, or a read's buffer with [`MAX_READ_REPLY_HEADER_LEN`] bytes of
+/// room in front, returned filled.
 fn run_op(
     export: &dyn Export,
     command: Command,
-    payload: Option<Vec<u8>>,
+    data: Option<Vec<u8>>,
 ) -> (Result<(), ExportError>, Option<Vec<u8>>) {
     let fua = command.fua;
     match command.op {
-        Op::Read { offset, length } => {
-            let mut buf = vec![0u8; MAX_READ_REPLY_HEADER_LEN + length as usize];
-            let result = export.read_at(&mut buf[MAX_READ_REPLY_HEADER_LEN..], offset);
+        Op::Read { offset, .. } => {
+            let mut buf = data.unwrap_or_default();
+            let result = match buf.get_mut(MAX_READ_REPLY_HEADER_LEN..) {
+                Some(target) => export.read_at(target, offset),
+                None => Err(ExportError::Io(std::io::Error::other("read buffer missing"))),
+            };
             (result, Some(buf))
         }
         Op::Write { offset, .. } => {
-            let data = payload.unwrap_or_default();
+            let data = data.unwrap_or_default();
             (export.write_at(&data, offset, fua), None)
         }
         Op::Flush => (export.flush(), None),
@@ -380,30 +413,4 @@ fn run_op(
             (export.write_zeroes(offset, u64::from(length), fua, no_hole), None)
         }
     }
-}
-
-/// Writes replies as they come; cancels `gone` when one cannot be written
-/// in time (or at all), so the reader stops too.
-async fn write_replies(
-    mut writer: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Frame>,
-    timeout: Duration,
-    gone: CancellationToken,
-) {
-    while let Some(frame) = queue.recv().await {
-        match tokio::time::timeout(timeout, writer.write_all(frame.bytes())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(cause = %e, "writing a reply failed");
-                gone.cancel();
-                return;
-            }
-            Err(_) => {
-                tracing::info!(?timeout, "client took no reply for too long");
-                gone.cancel();
-                return;
-            }
-        }
-    }
-    let _ = writer.shutdown().await;
 }

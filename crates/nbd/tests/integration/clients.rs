@@ -18,7 +18,7 @@ fn nbdinfo_lists_the_exports_and_shows_sizes_and_block_sizes() {
     assert_eq!(listing["structured"], true);
     let names: Vec<&str> =
         listing["exports"].as_array().unwrap().iter().map(|e| e["export-name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["golden", "small.img"], "write caches are not listed");
+    assert_eq!(names, ["golden", "small.img", "uncached"], "write caches are not listed");
     assert_eq!(listing["exports"][0]["description"], "the golden image");
 
     let info = nbdinfo_json(&[&fx.uri("small.img")]);
@@ -54,17 +54,20 @@ fn nbdinfo_lists_the_exports_and_shows_sizes_and_block_sizes() {
 fn nbdcopy_copies_the_golden_image_with_and_without_multi_conn() {
     let fx = Fixture::start();
     let expected = sha256_file(&fx.golden);
-    for connections in [None, Some("--connections=1")] {
-        let out = fx.dir.path().join("copy.img");
-        let _ = std::fs::remove_file(&out);
-        let mut command = Command::new("nbdcopy");
-        command.args(connections).arg(fx.uri("golden")).arg(&out);
-        run_ok(&mut command);
-        assert_eq!(sha256_file(&out), expected, "{connections:?}");
+    // `uncached` takes the other read path: the blocking pool.
+    for export in ["golden", "uncached"] {
+        for connections in [None, Some("--connections=1")] {
+            let out = fx.dir.path().join("copy.img");
+            let _ = std::fs::remove_file(&out);
+            let mut command = Command::new("nbdcopy");
+            command.args(connections).arg(fx.uri(export)).arg(&out);
+            run_ok(&mut command);
+            assert_eq!(sha256_file(&out), expected, "{export} {connections:?}");
+        }
     }
     let metrics = fx.metrics.snapshot();
-    assert_eq!(metrics.bytes_read, 2 * GOLDEN_SIZE as u64);
-    assert!(metrics.sessions_opened >= 2, "{metrics:?}");
+    assert_eq!(metrics.bytes_read, 4 * GOLDEN_SIZE as u64);
+    assert!(metrics.sessions_opened >= 4, "{metrics:?}");
     assert_eq!(metrics.request_errors, 0);
 }
 
@@ -73,6 +76,10 @@ fn qemu_img_compares_the_export_with_the_file() {
     let fx = Fixture::start();
     let export = fx.uri("golden");
     run_ok(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&fx.golden).arg(&export));
+    let uncached = fx.uri("uncached");
+    run_ok(
+        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&fx.golden).arg(&uncached),
+    );
     // And it notices a difference.
     let other = fx.dir.path().join("other.img");
     let mut bytes = std::fs::read(&fx.golden).unwrap();

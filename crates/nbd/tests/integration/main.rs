@@ -12,8 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bootfleet_nbd::export::FileExport;
+use bootfleet_nbd::export::{Export, ExportError, FileExport};
 use bootfleet_nbd::metrics::NbdMetrics;
+use bootfleet_nbd::options::ExportInfo;
 use bootfleet_nbd::overlay::WriteCaches;
 use bootfleet_nbd::server::{self, NbdConfig, NbdServer};
 use bootfleet_nbd::static_exports::StaticExports;
@@ -57,7 +58,8 @@ impl Fixture {
     }
 
     /// A server with `adjust`ed settings. Exports: `golden` (read-only),
-    /// `small.img` (read-only, 1 MiB + 1 byte), and `cache/<client>` (a new
+    /// `small.img` (read-only, 1 MiB + 1 byte), `uncached` (the golden
+    /// image, every read on the blocking pool) and `cache/<client>` (a new
     /// write-cache boot of `<client>` over the golden image).
     pub(crate) fn start_with(adjust: impl FnOnce(&mut NbdConfig)) -> Self {
         bootfleet_test_support::init_tracing();
@@ -73,6 +75,7 @@ impl Fixture {
         let exports = StaticExports::new()
             .with_file("golden", FileExport::open(&golden).unwrap().with_description("the golden image"))
             .with_file("small.img", FileExport::open(&small).unwrap())
+            .with_export("uncached", Arc::new(Uncached(FileExport::open(&golden).unwrap())))
             .with_write_cache("cache", FileExport::open(&golden).unwrap(), Arc::clone(&caches));
         let mut config = NbdConfig::default();
         adjust(&mut config);
@@ -95,6 +98,21 @@ impl Fixture {
     /// Runs `f` on the server's runtime.
     pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.runtime.as_ref().unwrap().block_on(f)
+    }
+}
+
+/// A file export that never says its data is cached, so the server reads
+/// it on the blocking pool (what happens when the page cache is cold).
+#[derive(Debug)]
+struct Uncached(FileExport);
+
+impl Export for Uncached {
+    fn info(&self) -> ExportInfo {
+        self.0.info()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ExportError> {
+        self.0.read_at(buf, offset)
     }
 }
 
