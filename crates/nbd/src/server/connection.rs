@@ -62,10 +62,12 @@ impl Shared {
     /// Writes `bytes` as one message; on failure or timeout the
     /// connection is given up.
     async fn send(&self, bytes: &[u8]) {
+        let mut writer = self.writer.lock().await;
+        // Checked under the lock: a send that timed out while this one
+        // waited for the lock has given the connection up.
         if self.writer_gone.is_cancelled() {
             return;
         }
-        let mut writer = self.writer.lock().await;
         match tokio::time::timeout(self.reply_timeout, writer.write_all(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

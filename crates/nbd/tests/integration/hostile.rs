@@ -253,6 +253,22 @@ fn connections_over_the_cap_and_silent_clients_are_closed() {
 }
 
 #[test]
+fn a_client_that_stops_taking_replies_is_dropped() {
+    let fx = Fixture::start_with(|config| config.reply_timeout = Duration::from_secs(1));
+    let mut client = RawClient::connect(&fx);
+    client.go("golden");
+    // 96 MiB of reads asked for and none of it read: the socket buffers
+    // fill, a reply cannot be written, and the connection (with its share
+    // of the memory budget) is given up instead of waiting for ever.
+    for cookie in 0..12 {
+        client.request(command::READ, cookie, 0, 8 << 20);
+    }
+    crate::wait_until("the stalled connection was never dropped", || fx.server.connections() == 0);
+    assert_eq!(fx.metrics.snapshot().sessions_active, 0);
+    still_serves(&fx);
+}
+
+#[test]
 fn a_stop_answers_what_is_in_flight_then_closes_sessions() {
     let fx = Fixture::start();
     let mut client = RawClient::connect(&fx);
