@@ -164,7 +164,7 @@ pub trait Exports: Send + Sync + 'static {
 /// golden image cannot change through it.
 #[derive(Debug)]
 pub struct FileExport {
-    file: File,
+    file: Arc<File>,
     size: u64,
     description: String,
 }
@@ -172,7 +172,13 @@ pub struct FileExport {
 impl FileExport {
     /// Opens `path` read-only.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = File::open(path)?;
+        Self::from_file(Arc::new(File::open(path)?))
+    }
+
+    /// Serves a file already open (read-only, or at least never written
+    /// through this export). The export keeps that inode: a file replaced
+    /// at its path later does not change what its sessions read.
+    pub fn from_file(file: Arc<File>) -> std::io::Result<Self> {
         let size = file.metadata()?.len();
         Ok(Self { file, size, description: String::new() })
     }

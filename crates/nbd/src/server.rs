@@ -37,7 +37,8 @@ pub struct NbdConfig {
     pub max_connections: usize,
     /// Bytes of request and reply buffers across all connections.
     pub memory_budget: u64,
-    /// Time a client has to finish the handshake.
+    /// Time a client has to do its part of the handshake (export lookups,
+    /// the server's part, do not count).
     pub handshake_timeout: Duration,
     /// Time a reply may take to be written before the connection is dropped.
     pub reply_timeout: Duration,

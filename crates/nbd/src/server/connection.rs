@@ -155,12 +155,14 @@ async fn serve(
     let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut session = Session::new(server.config.limits);
     let client = Client { peer };
-    let handshake = handshake(&mut session, &mut reader, &mut writer, server, &client);
-    let timeout = server.config.handshake_timeout;
+    let mut client_io = ClientIo {
+        reader: &mut reader,
+        writer: &mut writer,
+        deadline: tokio::time::Instant::now() + server.config.handshake_timeout,
+        timeout: server.config.handshake_timeout,
+    };
     let opened = tokio::select! {
-        result = tokio::time::timeout(timeout, handshake) => {
-            result.map_err(|_| ConnectionError::HandshakeTimeout(timeout))??
-        }
+        result = handshake(&mut session, &mut client_io, server, &client) => result?,
         () = stop.cancelled() => return Ok(()),
     };
     let Some((name, export)) = opened else { return Ok(()) };
@@ -172,16 +174,40 @@ async fn serve(
     result
 }
 
+/// The socket during the handshake: the client must do its part of it by
+/// `deadline`. Export lookups, the server's own work, do not count.
+struct ClientIo<'a> {
+    reader: &'a mut BufReader<OwnedReadHalf>,
+    writer: &'a mut OwnedWriteHalf,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl ClientIo<'_> {
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnectionError> {
+        match tokio::time::timeout_at(self.deadline, self.reader.read_exact(buf)).await {
+            Ok(read) => read.map(drop).map_err(ConnectionError::from),
+            Err(_) => Err(ConnectionError::HandshakeTimeout(self.timeout)),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        match tokio::time::timeout_at(self.deadline, self.writer.write_all(bytes)).await {
+            Ok(written) => written.map_err(ConnectionError::from),
+            Err(_) => Err(ConnectionError::HandshakeTimeout(self.timeout)),
+        }
+    }
+}
+
 /// Options until the transmission phase; the export opened, or `None`
 /// when the client leaves first.
 async fn handshake(
     session: &mut Session,
-    reader: &mut BufReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
+    io: &mut ClientIo<'_>,
     server: &NbdServer,
     client: &Client,
 ) -> Result<Option<(String, Arc<dyn Export>)>, ConnectionError> {
-    writer.write_all(&session.greeting()).await?;
+    io.write_all(&session.greeting()).await?;
     let mut buf = vec![0u8; SCRATCH];
     let mut opened = None;
     loop {
@@ -189,12 +215,12 @@ async fn handshake(
         if needed == 0 {
             return Ok(None);
         }
-        reader.read_exact(&mut buf[..needed]).await?;
+        io.read_exact(&mut buf[..needed]).await?;
         let mut out = Vec::new();
         session.receive(&buf[..needed], &mut out);
         while !out.is_empty() {
             match out.remove(0) {
-                Output::Send(bytes) => writer.write_all(&bytes).await?,
+                Output::Send(bytes) => io.write_all(&bytes).await?,
                 Output::Lookup { name, purpose: Purpose::Info } => {
                     let described = server.exports.describe(&name, client).await;
                     session.on_lookup(described, &mut out);

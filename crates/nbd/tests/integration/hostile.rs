@@ -8,6 +8,12 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use bootfleet_nbd::export::{Client, Export, Exports};
+use bootfleet_nbd::options::ExportInfo;
+use bootfleet_nbd::session::{Listing, Refusal};
+use bootfleet_nbd::static_exports::StaticExports;
 use bootfleet_nbd::wire::{OPTION_MAGIC, RequestHeader, command, option, reply};
 
 use crate::{Fixture, GOLDEN_SIZE, run_ok};
@@ -250,6 +256,36 @@ fn connections_over_the_cap_and_silent_clients_are_closed() {
     drop(second);
     crate::wait_until("connections never ended", || fx.server.connections() == 0);
     still_serves(&fx);
+}
+
+/// Exports that take their time to open, as a replica hashing a large
+/// file it has not verified yet does.
+struct SlowToOpen(StaticExports);
+
+#[async_trait::async_trait]
+impl Exports for SlowToOpen {
+    async fn list(&self, client: &Client) -> Vec<Listing> {
+        self.0.list(client).await
+    }
+
+    async fn describe(&self, name: &str, client: &Client) -> Result<ExportInfo, Refusal> {
+        self.0.describe(name, client).await
+    }
+
+    async fn open(&self, name: &str, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.0.open(name, client).await
+    }
+}
+
+#[test]
+fn the_handshake_timeout_counts_the_client_not_the_export_lookup() {
+    let fx = Fixture::start_wrapped(
+        |config| config.handshake_timeout = Duration::from_secs(1),
+        |exports| Arc::new(SlowToOpen(exports)),
+    );
+    // Opening takes longer than the client is given: it is not the client's time.
+    run_ok(Command::new("nbdinfo").arg(fx.uri("small.img")));
 }
 
 #[test]

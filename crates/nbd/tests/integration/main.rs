@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bootfleet_nbd::export::{Export, ExportError, FileExport};
+use bootfleet_nbd::export::{Export, ExportError, Exports, FileExport};
 use bootfleet_nbd::metrics::NbdMetrics;
 use bootfleet_nbd::options::ExportInfo;
 use bootfleet_nbd::overlay::WriteCaches;
@@ -62,6 +62,14 @@ impl Fixture {
     /// image, every read on the blocking pool) and `cache/<client>` (a new
     /// write-cache boot of `<client>` over the golden image).
     pub(crate) fn start_with(adjust: impl FnOnce(&mut NbdConfig)) -> Self {
+        Self::start_wrapped(adjust, |exports| Arc::new(exports))
+    }
+
+    /// As [`Self::start_with`], the exports seen through `wrap`.
+    pub(crate) fn start_wrapped(
+        adjust: impl FnOnce(&mut NbdConfig),
+        wrap: impl FnOnce(StaticExports) -> Arc<dyn Exports>,
+    ) -> Self {
         bootfleet_test_support::init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let golden = dir.path().join("golden.img");
@@ -79,7 +87,7 @@ impl Fixture {
             .with_write_cache("cache", FileExport::open(&golden).unwrap(), Arc::clone(&caches));
         let mut config = NbdConfig::default();
         adjust(&mut config);
-        let server = NbdServer::new(config, Arc::new(exports), Arc::clone(&metrics));
+        let server = NbdServer::new(config, wrap(exports), Arc::clone(&metrics));
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
