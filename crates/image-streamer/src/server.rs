@@ -5,6 +5,7 @@ mod api;
 pub mod config;
 mod http;
 mod loaders;
+mod nbd;
 mod replicate;
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -123,6 +124,14 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         .await
         .with_context(|| format!("binding the ImageService gRPC port on {}", config.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let nbd_listener = match config.nbd_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the image streamer's NBD port on {address}"))?,
+        ),
+        None => None,
+    };
     let public_url = config.public_url.clone().unwrap_or(format!("http://{}", http_listener.local_addr()?));
     let stop = ctx.shutdown.token();
     let options = StateOptions { member_id: ctx.config.member_id.clone(), history_limit: 20 };
@@ -163,9 +172,19 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: uploads and catalog writes are refused");
     }
+    let nbd_addr = match nbd_listener {
+        Some(listener) => Some(serve_nbd(listener, Arc::clone(&streamer), &ctx, stop.clone())?),
+        None => None,
+    };
     // Bound, and its snapshots registered: ready as soon as they load.
     ctx.health.set("streamer", bootfleet_core::admin::ComponentHealth::Serving).await;
-    tracing::info!(http = %http_listener.local_addr()?, grpc = %grpc_addr, url = %public_url, "image streamer listening");
+    tracing::info!(
+        http = %http_listener.local_addr()?,
+        grpc = %grpc_addr,
+        nbd = ?nbd_addr,
+        url = %public_url,
+        "image streamer listening"
+    );
     let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, stop.clone());
     let http = http::serve(
         http_listener,
@@ -176,6 +195,28 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     );
     let (grpc, ()) = tokio::join!(grpc, http);
     grpc
+}
+
+/// Serves the catalog's files over NBD on `listener` until `stop`; the
+/// process's shutdown waits for open sessions to answer what is in flight.
+fn serve_nbd(
+    listener: TcpListener,
+    streamer: Arc<Streamer>,
+    ctx: &ServiceContext,
+    stop: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let address = listener.local_addr()?;
+    let exports = Arc::new(nbd::CatalogExports::new(streamer));
+    let metrics = Arc::new(bootfleet_nbd::metrics::NbdMetrics::default());
+    let server =
+        bootfleet_nbd::server::NbdServer::new(bootfleet_nbd::server::NbdConfig::default(), exports, metrics);
+    ctx.shutdown.spawn(async move {
+        let sessions = tokio_util::task::TaskTracker::new();
+        bootfleet_nbd::server::serve(listener, server, stop, sessions.clone()).await;
+        sessions.close();
+        sessions.wait().await;
+    });
+    Ok(address)
 }
 
 async fn serve_grpc(

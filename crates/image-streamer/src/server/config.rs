@@ -18,6 +18,8 @@ use bootfleet_core::http_limits::HttpLimits;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Default gRPC (ImageService) address.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7072";
+/// NBD port when `streamer.nbd_listen` names an address without one (IANA).
+pub const DEFAULT_NBD_PORT: u16 = bootfleet_nbd::server::DEFAULT_PORT;
 
 /// Streamer flags.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -54,6 +56,15 @@ pub struct StreamerArgs {
         value_name = "DIR"
     )]
     pub data_dir: Option<PathBuf>,
+    /// Address to serve vDisks over NBD on (an IP alone means port 10809);
+    /// no NBD unless set.
+    #[arg(
+        id = "streamer_nbd_listen",
+        long = "streamer-nbd-listen",
+        env = "BOOTFLEET_STREAMER_NBD_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub nbd_listen: Option<String>,
     /// File holding the admin bearer token uploads require.
     #[arg(
         id = "streamer_admin_token_file",
@@ -78,6 +89,7 @@ pub struct StreamerArgs {
 struct StreamerSection {
     listen: Option<String>,
     grpc_listen: Option<String>,
+    nbd_listen: Option<String>,
     public_url: Option<String>,
     data_dir: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
@@ -100,6 +112,8 @@ pub struct StreamerConfig {
     pub listen: SocketAddr,
     /// gRPC address.
     pub grpc_listen: SocketAddr,
+    /// NBD address; `None` serves no NBD.
+    pub nbd_listen: Option<SocketAddr>,
     /// Base URL of this replica, without a trailing slash; `None` means
     /// `http://<bound address>` (the listen address is a specific IP).
     pub public_url: Option<String>,
@@ -134,6 +148,7 @@ impl std::fmt::Debug for StreamerConfig {
         f.debug_struct("StreamerConfig")
             .field("listen", &self.listen)
             .field("grpc_listen", &self.grpc_listen)
+            .field("nbd_listen", &self.nbd_listen)
             .field("public_url", &self.public_url)
             .field("data_dir", &self.data_dir)
             .field("loaders_dir", &self.loaders_dir)
@@ -174,6 +189,7 @@ impl StreamerConfig {
             ("--streamer-grpc-listen / BOOTFLEET_STREAMER_GRPC_LISTEN", "streamer.grpc_listen"),
             DEFAULT_GRPC_LISTEN,
         )?;
+        let nbd_listen = nbd_address(args.nbd_listen.as_ref(), section.nbd_listen.as_ref())?;
         let public_url = match args.public_url.clone().or(section.public_url) {
             Some(url) => {
                 check_url(&url, "streamer.public_url")?;
@@ -242,6 +258,7 @@ impl StreamerConfig {
         Ok(Self {
             listen,
             grpc_listen,
+            nbd_listen,
             public_url,
             data_dir,
             loaders_dir: section.loaders_dir,
@@ -253,6 +270,26 @@ impl StreamerConfig {
             templates,
             http_limits,
         })
+    }
+}
+
+/// The NBD address from the flag or `streamer.nbd_listen`: `IP:PORT`, or
+/// an IP alone for port 10809.
+fn nbd_address(flag: Option<&String>, file: Option<&String>) -> Result<Option<SocketAddr>, ConfigError> {
+    let (text, key) = match (flag, file) {
+        (Some(v), _) => (v, "--streamer-nbd-listen / BOOTFLEET_STREAMER_NBD_LISTEN"),
+        (None, Some(v)) => (v, "streamer.nbd_listen"),
+        (None, None) => return Ok(None),
+    };
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(Some(address));
+    }
+    match text.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(Some(SocketAddr::new(ip, DEFAULT_NBD_PORT))),
+        Err(_) => Err(ConfigError::new(
+            key,
+            format!("{text:?} is not an address like 0.0.0.0:{DEFAULT_NBD_PORT} or 0.0.0.0"),
+        )),
     }
 }
 
@@ -287,4 +324,28 @@ fn http_limits(section: &StreamerSection) -> Result<HttpLimits, ConfigError> {
         )?,
         max_connections,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nbd_listen_takes_an_address_or_an_ip_and_is_off_by_default() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(nbd_address(None, None).unwrap(), None);
+        assert_eq!(
+            nbd_address(None, s("127.0.0.1:1234").as_ref()).unwrap(),
+            Some("127.0.0.1:1234".parse().unwrap())
+        );
+        assert_eq!(nbd_address(None, s("0.0.0.0").as_ref()).unwrap(), Some("0.0.0.0:10809".parse().unwrap()));
+        assert_eq!(nbd_address(None, s("::").as_ref()).unwrap(), Some("[::]:10809".parse().unwrap()));
+        assert_eq!(
+            nbd_address(s("127.0.0.2:1").as_ref(), s("127.0.0.1:2").as_ref()).unwrap(),
+            Some("127.0.0.2:1".parse().unwrap()),
+            "the flag wins"
+        );
+        let err = nbd_address(None, s("nbd.example:10809").as_ref()).unwrap_err();
+        assert_eq!(err.key, "streamer.nbd_listen");
+    }
 }

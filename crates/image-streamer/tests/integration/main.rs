@@ -4,6 +4,7 @@
 
 mod hostile;
 mod http;
+mod nbd;
 mod replication;
 
 use std::path::{Path, PathBuf};
