@@ -15,6 +15,8 @@
 //! every server, with a flush at the end). Servers get one CPU and the
 //! clients another when two are available. Every run is bounded in time;
 //! the figure is the median of `NBD_BENCH_ROUNDS` (default 3).
+//! `NBD_BENCH_ONLY=read` or `=write` runs one half, `NBD_BENCH_SECONDS`
+//! sets the random-read time (default 10).
 #![allow(clippy::print_stdout, missing_docs)]
 
 mod servers;
@@ -194,12 +196,14 @@ fn main() {
         Some((client, _)) => cpu::run_here_on(&[client]),
         None => println!("(only one CPU available: clients and servers share it)"),
     }
+    let only = std::env::var("NBD_BENCH_ONLY").unwrap_or_default();
     let names = ["bootfleet", "qemu-nbd", "nbdkit"];
     let mut rows = vec![Row::default(); names.len()];
     for round in 0..rounds {
         println!("round {}/{rounds}", round + 1);
         for (i, name) in names.iter().enumerate() {
             let reader = match *name {
+                _ if only == "write" => None,
                 "bootfleet" => servers::start_bootfleet(&golden, scratch.path()),
                 "qemu-nbd" => servers::start_qemu_nbd(&golden, scratch.path(), Role::Read),
                 _ => servers::start_nbdkit(&golden, scratch.path(), Role::Read),
@@ -208,6 +212,7 @@ fn main() {
                 measure_reads(&server, cpus, size, seconds, &mut rows[i]);
             }
             let writer = match *name {
+                _ if only == "read" => None,
                 "bootfleet" => servers::start_bootfleet(&golden, scratch.path()),
                 "qemu-nbd" => servers::start_qemu_nbd(&golden, scratch.path(), Role::Write),
                 _ => servers::start_nbdkit(&golden, scratch.path(), Role::Write),
