@@ -6,7 +6,9 @@
 //! plus one maximum payload of request data (the session stops reading
 //! beyond that), and every read or write buffer is taken from a
 //! server-wide byte budget first, so the total stays under
-//! [`NbdConfig::memory_budget`] however many clients pipeline at once. A
+//! [`NbdConfig::memory_budget`] however many clients pipeline at once.
+//! Beyond that each connection holds about 50 KiB of fixed buffers, so
+//! [`NbdConfig::max_connections`] bounds the rest. A
 //! reply the client does not take within [`NbdConfig::reply_timeout`] ends
 //! the connection, so a client that stops reading cannot hold its share
 //! of the budget for ever.

@@ -31,7 +31,7 @@ use crate::wire::{
 pub const MAX_OPTION_DATA: usize = wire::MAX_STRING_LEN + 1024;
 
 /// Payload and option bytes dropped are read in pieces of at most this.
-const DISCARD_PIECE: u64 = 64 * 1024;
+pub const DISCARD_PIECE: u64 = 16 * 1024;
 
 /// Per-connection bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +195,8 @@ impl Session {
         // Read replies carry `length + 8` in a u32, and the preferred block
         // size (at least 512, usually 4096) must fit under the maximum.
         limits.max_payload = limits.max_payload.clamp(4096, 1 << 30);
+        // With no room for one request the session could never progress.
+        limits.max_in_flight = limits.max_in_flight.max(1);
         Self {
             limits,
             state: State::ClientFlags,

@@ -20,14 +20,16 @@ use super::NbdServer;
 use crate::export::{Client, Export, ExportError};
 use crate::metrics::NbdMetrics;
 use crate::request::Op;
-use crate::session::{Command, Output, Purpose, Session};
+use crate::session::{Command, DISCARD_PIECE, MAX_OPTION_DATA, Output, Purpose, Session};
 use crate::wire::MAX_READ_REPLY_HEADER_LEN;
 
 /// Socket reads are buffered this much: request headers are 28 bytes, and
 /// payloads larger than this bypass the buffer.
-const READ_BUFFER: usize = 128 * 1024;
-/// The longest piece [`Session::needed`] asks for outside a payload.
-const SCRATCH: usize = 64 * 1024;
+const READ_BUFFER: usize = 32 * 1024;
+/// The longest piece [`Session::needed`] asks for outside a payload: option
+/// data, or a piece of bytes being dropped.
+const SCRATCH: usize =
+    if MAX_OPTION_DATA > DISCARD_PIECE as usize { MAX_OPTION_DATA } else { DISCARD_PIECE as usize };
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]

@@ -351,7 +351,7 @@ fn writes_wait_for_their_payload_and_rejected_payloads_are_dropped() {
     client.go(ExportInfo::read_only(1 << 20));
     client.request(command::WRITE, 0, 6, 0, 100_000);
     assert_eq!(client.session.payload_due(), None);
-    assert_eq!(client.session.needed(), 65536, "dropped in pieces");
+    assert_eq!(client.session.needed(), DISCARD_PIECE as usize, "dropped in pieces");
     client.feed(&vec![1u8; 100_000]);
     assert!(client.take_outputs().is_empty());
     let sent = client.take_sent();
@@ -387,6 +387,12 @@ fn in_flight_limits_stop_reading_until_completions() {
     client.complete(ids[2], Ok(()));
     client.request(command::READ, 0, 9, 0, 1 << 20);
     assert_eq!(client.session.needed(), 0);
+
+    let mut none = Client::new(Limits { max_in_flight: 0, ..Limits::default() });
+    none.take_sent();
+    none.feed(&CLIENT_FIXED_NEWSTYLE.to_be_bytes());
+    none.go(ExportInfo::read_only(4096));
+    assert_eq!(none.session.needed(), REQUEST_HEADER_LEN, "room for one request at least");
 }
 
 #[test]
