@@ -1,5 +1,8 @@
 use super::*;
-use crate::wire::{OPTION_REPLY_MAGIC, command, info, transmission};
+use crate::wire::{
+    CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, OPTION_MAGIC, OPTION_REPLY_MAGIC, be_u64, command, info, option,
+    reply, transmission,
+};
 
 /// Drives a session the way a client would and collects what it answers.
 struct Client {
