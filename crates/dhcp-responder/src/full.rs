@@ -189,10 +189,10 @@ impl LeaseTable {
             _ => {}
         }
         self.verified.remove(&ip);
-        if let Some((old, _)) = self.by_ip.remove(&ip) {
-            if self.by_mac.get(&old.mac) == Some(&ip) {
-                self.by_mac.remove(&old.mac);
-            }
+        if let Some((old, _)) = self.by_ip.remove(&ip)
+            && self.by_mac.get(&old.mac) == Some(&ip)
+        {
+            self.by_mac.remove(&old.mac);
         }
         if let Some(lease) = lease {
             if lease.state != LeaseState::Declined {

@@ -272,21 +272,20 @@ impl BlobStore {
         // any write to it changes its length or mtime. What goes out is the
         // inode that was hashed, even if the path was replaced meanwhile.
         let known = self.state().verified.get(sha).map(|v| (v.stamp, v.cached.clone(), Arc::clone(&v.file)));
-        if let Some((stamp, cached, file)) = known {
-            if let Ok(meta) = file.metadata() {
-                if Stamp::of(&meta) == stamp {
-                    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    let (sha256, path) = (sha.to_owned(), self.blob_path(sha));
-                    return Ok(Known::Answer(Lookup::Ready(Blob {
-                        sha256,
-                        len: stamp.len,
-                        modified,
-                        cached,
-                        path,
-                        file,
-                    })));
-                }
-            }
+        if let Some((stamp, cached, file)) = known
+            && let Ok(meta) = file.metadata()
+            && Stamp::of(&meta) == stamp
+        {
+            let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            let (sha256, path) = (sha.to_owned(), self.blob_path(sha));
+            return Ok(Known::Answer(Lookup::Ready(Blob {
+                sha256,
+                len: stamp.len,
+                modified,
+                cached,
+                path,
+                file,
+            })));
         }
         let path = self.blob_path(sha);
         let meta = match fs::metadata(&path) {
@@ -299,17 +298,17 @@ impl BlobStore {
         };
         let stamp = Stamp::of(&meta);
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if let Some(seen) = self.state().verified.get(sha) {
-            if seen.stamp == stamp {
-                return Ok(Known::Answer(Lookup::Ready(Blob {
-                    sha256: sha.to_owned(),
-                    len: stamp.len,
-                    modified,
-                    cached: seen.cached.clone(),
-                    path,
-                    file: Arc::clone(&seen.file),
-                })));
-            }
+        if let Some(seen) = self.state().verified.get(sha)
+            && seen.stamp == stamp
+        {
+            return Ok(Known::Answer(Lookup::Ready(Blob {
+                sha256: sha.to_owned(),
+                len: stamp.len,
+                modified,
+                cached: seen.cached.clone(),
+                path,
+                file: Arc::clone(&seen.file),
+            })));
         }
         Ok(Known::Unverified { path, modified })
     }

@@ -111,10 +111,10 @@ pub fn plan(method: &Method, headers: &HeaderMap, entity: &Entity<'_>) -> Plan {
         if !matched {
             return Plan::PreconditionFailed;
         }
-    } else if let Some(date) = single_date(headers, &IF_UNMODIFIED_SINCE) {
-        if unix_seconds(entity.last_modified) > unix_seconds(date) {
-            return Plan::PreconditionFailed;
-        }
+    } else if let Some(date) = single_date(headers, &IF_UNMODIFIED_SINCE)
+        && unix_seconds(entity.last_modified) > unix_seconds(date)
+    {
+        return Plan::PreconditionFailed;
     }
 
     // Step 3 and 4: the client already has a copy and wants to know whether it is current.
@@ -126,10 +126,10 @@ pub fn plan(method: &Method, headers: &HeaderMap, entity: &Entity<'_>) -> Plan {
         }
     } else if safe {
         // If-Modified-Since only counts when there is no If-None-Match (RFC 9110 §13.1.3).
-        if let Some(date) = single_date(headers, &IF_MODIFIED_SINCE) {
-            if unix_seconds(entity.last_modified) <= unix_seconds(date) {
-                return Plan::NotModified;
-            }
+        if let Some(date) = single_date(headers, &IF_MODIFIED_SINCE)
+            && unix_seconds(entity.last_modified) <= unix_seconds(date)
+        {
+            return Plan::NotModified;
         }
     }
 

@@ -87,7 +87,7 @@ fn hosts(n_rules: usize, count: usize) -> Vec<pb::HostFacts> {
     let mut rng = Lcg(7);
     (0..count)
         .map(|_| {
-            let pinned = rng.next() % 2 == 0;
+            let pinned = rng.next().is_multiple_of(2);
             let id = if pinned { rng.next() % n_rules as u64 } else { 1_000_000 + rng.next() % 1_000_000 };
             pb::HostFacts {
                 mac: mac(id),

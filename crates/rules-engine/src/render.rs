@@ -37,10 +37,10 @@ impl Vars<'_> {
                 .cloned()
                 .unwrap_or_default();
         }
-        if let Some(field) = name.strip_prefix("facts.") {
-            if let Some(field) = crate::facts::Field::parse(field) {
-                return self.facts.get(&field).unwrap_or_default().to_owned();
-            }
+        if let Some(field) = name.strip_prefix("facts.")
+            && let Some(field) = crate::facts::Field::parse(field)
+        {
+            return self.facts.get(&field).unwrap_or_default().to_owned();
         }
         String::new()
     }

@@ -108,10 +108,10 @@ impl RulesConfig {
             }
             (None, None) => None,
         };
-        if let Some(token) = &admin_token {
-            if token.len() < 16 {
-                return Err(ConfigError::new("rules.admin_token", "too short: use at least 16 characters"));
-            }
+        if let Some(token) = &admin_token
+            && token.len() < 16
+        {
+            return Err(ConfigError::new("rules.admin_token", "too short: use at least 16 characters"));
         }
         let history_limit = section.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         if history_limit == 0 || history_limit > 1000 {

@@ -30,10 +30,10 @@ pub struct Position {
 /// `out` until `out` holds `want` bytes or `source` is used up, and moves
 /// `position` past what was consumed.
 pub fn encode(position: &mut Position, source: &[u8], out: &mut Vec<u8>, want: usize) {
-    if out.len() < want {
-        if let Some(second) = position.pending.take() {
-            out.push(second);
-        }
+    if out.len() < want
+        && let Some(second) = position.pending.take()
+    {
+        out.push(second);
     }
     let mut consumed = 0;
     for &b in source {

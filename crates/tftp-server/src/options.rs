@@ -72,14 +72,14 @@ pub fn negotiate(options: &[(String, String)], size: u64, limits: &Limits) -> (N
     for (name, value) in options {
         match name.as_str() {
             "blksize" if !used.blksize => {
-                if let Ok(asked) = value.parse::<u32>() {
-                    if asked >= u32::from(MIN_BLKSIZE) {
-                        let granted =
-                            u16::try_from(asked.min(u32::from(limits.max_blksize))).unwrap_or(MAX_BLKSIZE);
-                        n.blksize = granted;
-                        n.oack.push((name.clone(), granted.to_string()));
-                        used.blksize = true;
-                    }
+                if let Ok(asked) = value.parse::<u32>()
+                    && asked >= u32::from(MIN_BLKSIZE)
+                {
+                    let granted =
+                        u16::try_from(asked.min(u32::from(limits.max_blksize))).unwrap_or(MAX_BLKSIZE);
+                    n.blksize = granted;
+                    n.oack.push((name.clone(), granted.to_string()));
+                    used.blksize = true;
                 }
             }
             "tsize" if !used.tsize => {
@@ -88,22 +88,22 @@ pub fn negotiate(options: &[(String, String)], size: u64, limits: &Limits) -> (N
                 used.tsize = true;
             }
             "timeout" if !used.timeout => {
-                if let Ok(seconds) = value.parse::<u8>() {
-                    if seconds >= 1 {
-                        n.timeout = Duration::from_secs(u64::from(seconds));
-                        n.oack.push((name.clone(), seconds.to_string()));
-                        used.timeout = true;
-                    }
+                if let Ok(seconds) = value.parse::<u8>()
+                    && seconds >= 1
+                {
+                    n.timeout = Duration::from_secs(u64::from(seconds));
+                    n.oack.push((name.clone(), seconds.to_string()));
+                    used.timeout = true;
                 }
             }
             "windowsize" if !used.windowsize => {
-                if let Ok(asked) = value.parse::<u16>() {
-                    if asked >= 1 {
-                        let granted = asked.min(limits.max_windowsize);
-                        n.windowsize = granted;
-                        n.oack.push((name.clone(), granted.to_string()));
-                        used.windowsize = true;
-                    }
+                if let Ok(asked) = value.parse::<u16>()
+                    && asked >= 1
+                {
+                    let granted = asked.min(limits.max_windowsize);
+                    n.windowsize = granted;
+                    n.oack.push((name.clone(), granted.to_string()));
+                    used.windowsize = true;
                 }
             }
             _ => {}

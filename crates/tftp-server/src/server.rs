@@ -472,10 +472,10 @@ pub async fn run(
         tracing::warn!(active = server.active_transfers(), "grace period over; abandoning transfers");
     }
     let _ = load_task.await;
-    if let Ok(registration) = Arc::try_unwrap(registration) {
-        if let Err(e) = registration.deregister().await {
-            tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
-        }
+    if let Ok(registration) = Arc::try_unwrap(registration)
+        && let Err(e) = registration.deregister().await
+    {
+        tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
     }
     Ok(())
 }

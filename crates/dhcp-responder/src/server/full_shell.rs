@@ -561,13 +561,12 @@ pub(super) async fn answer(
             }
             MessageType::Release => {
                 let ip = request.ciaddr;
-                if let Some(kv) = leases.store.get(&key(ip)).await? {
-                    if entry(&kv).is_some_and(|(_, e)| e.mac == mac)
+                if let Some(kv) = leases.store.get(&key(ip)).await?
+                    && entry(&kv).is_some_and(|(_, e)| e.mac == mac)
                         && leases.write(ip, None, kv.mod_revision).await?.is_some()
                     {
                         tracing::info!(%mac, %ip, "released");
                     }
-                }
                 Ok(None)
             }
             MessageType::Decline => {

@@ -209,13 +209,13 @@ impl StreamerConfig {
         };
         let data_dir =
             args.data_dir.clone().or(section.data_dir).unwrap_or_else(|| core.data_dir.join("streamer"));
-        if let Some(dir) = &section.loaders_dir {
-            if !dir.is_dir() {
-                return Err(ConfigError::new(
-                    "streamer.loaders_dir",
-                    format!("{} is not a directory", dir.display()),
-                ));
-            }
+        if let Some(dir) = &section.loaders_dir
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::new(
+                "streamer.loaders_dir",
+                format!("{} is not a directory", dir.display()),
+            ));
         }
         let token_file = args.admin_token_file.clone().or(section.admin_token_file);
         let admin_token = match (args.admin_token.clone().or(section.admin_token), token_file) {

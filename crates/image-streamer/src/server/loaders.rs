@@ -76,10 +76,10 @@ impl Loaders {
             inode: meta.ino(),
         };
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, blob)) = cache.get(&path) {
-            if *seen == stamp {
-                return Some(blob.clone());
-            }
+        if let Some((seen, blob)) = cache.get(&path)
+            && *seen == stamp
+        {
+            return Some(blob.clone());
         }
         drop(cache);
         let mut data = Vec::new();

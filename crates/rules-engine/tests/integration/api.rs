@@ -246,10 +246,10 @@ async fn writes_are_validated_and_need_the_token() {
     assert!(bad.message().contains("facts.mac"));
     // Bad profiles too.
     let mut broken = kernel_profile("img-c", "c");
-    if let Some(pb::profile_object::Object::Image(p)) = &mut broken.object {
-        if let Some(pb::image_profile::Boot::Kernel(k)) = &mut p.boot {
-            k.cmdline = "x=${secret.key}".into();
-        }
+    if let Some(pb::profile_object::Object::Image(p)) = &mut broken.object
+        && let Some(pb::image_profile::Boot::Kernel(k)) = &mut p.boot
+    {
+        k.cmdline = "x=${secret.key}".into();
     }
     let err = c
         .put_profile(pb::PutProfileRequest {

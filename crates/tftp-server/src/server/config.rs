@@ -152,10 +152,10 @@ impl TftpConfig {
             // The default lives in the data directory and is created on start.
             (None, None) => (core.data_dir.join("tftp"), None),
         };
-        if let Some(key) = key {
-            if !root.is_dir() {
-                return Err(ConfigError::new(key, format!("{} is not a directory", root.display())));
-            }
+        if let Some(key) = key
+            && !root.is_dir()
+        {
+            return Err(ConfigError::new(key, format!("{} is not a directory", root.display())));
         }
         let mut config = Self::new(listen, root);
         if let Some(mtu) = section.mtu {

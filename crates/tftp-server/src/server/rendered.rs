@@ -103,12 +103,12 @@ impl LastGood {
         self.next += 1;
         if let Some((_, old)) = self.entries.insert(key, (bytes, stamp)) {
             self.order.remove(&old);
-        } else if self.entries.len() > self.capacity {
-            if let Some((_, evicted)) = self.order.pop_first() {
-                self.entries.remove(&evicted);
-                metrics::RENDERED_EVICTIONS.inc();
-                tracing::debug!(kind = ?evicted.0, mac = %bootfleet_rules_engine::facts::format_mac(evicted.1), "rendered file forgotten: cache full");
-            }
+        } else if self.entries.len() > self.capacity
+            && let Some((_, evicted)) = self.order.pop_first()
+        {
+            self.entries.remove(&evicted);
+            metrics::RENDERED_EVICTIONS.inc();
+            tracing::debug!(kind = ?evicted.0, mac = %bootfleet_rules_engine::facts::format_mac(evicted.1), "rendered file forgotten: cache full");
         }
         self.order.insert(stamp, key);
     }

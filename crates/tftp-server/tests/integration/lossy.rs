@@ -45,7 +45,7 @@ async fn lossy_proxy(server: SocketAddr, drop_every: u64) -> (SocketAddr, Arc<At
         });
         let mut buf = vec![0u8; 70_000];
         while let Ok((len, _)) = face.recv_from(&mut buf).await {
-            if seen.fetch_add(1, Ordering::SeqCst) % drop_every == 0 {
+            if seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(drop_every) {
                 counter.fetch_add(1, Ordering::SeqCst);
                 continue;
             }

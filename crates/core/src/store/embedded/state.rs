@@ -101,10 +101,11 @@ impl State {
         let mut written = BTreeSet::new();
         for op in ops {
             check_key(op.key())?;
-            if let TxnOp::Put { lease: Some(lease), .. } = op {
-                if *lease != 0 && !self.leases.contains_key(lease) {
-                    return Err(StoreError::LeaseNotFound(*lease));
-                }
+            if let TxnOp::Put { lease: Some(lease), .. } = op
+                && *lease != 0
+                && !self.leases.contains_key(lease)
+            {
+                return Err(StoreError::LeaseNotFound(*lease));
             }
             if !matches!(op, TxnOp::Get { .. }) && !written.insert(op.key()) {
                 return Err(StoreError::InvalidArgument(format!(
@@ -118,10 +119,10 @@ impl State {
 
     fn set(&mut self, kv: KeyValue, revision: Revision, dirty: &mut Dirty) {
         let key = kv.key.clone();
-        if let Some(old) = self.kvs.get(&key).map(|p| p.lease) {
-            if let Some(lease) = self.leases.get_mut(&old) {
-                lease.keys.remove(&key);
-            }
+        if let Some(old) = self.kvs.get(&key).map(|p| p.lease)
+            && let Some(lease) = self.leases.get_mut(&old)
+        {
+            lease.keys.remove(&key);
         }
         if let Some(lease) = self.leases.get_mut(&kv.lease) {
             lease.keys.insert(key.clone());
