@@ -30,7 +30,7 @@ image_profiles:
     kernel:
       kernel: tiny/1/vmlinuz
       initrds: [tiny/1/initrd.img]
-      cmdline: "console=ttyS0 quiet bootfleet.marker=${host.marker}"
+      cmdline: "console=ttyS0 quiet bootfleet.marker={{host.marker}}"
 host_profiles:
   - { name: lab, values: { marker: survived } }
 rules:

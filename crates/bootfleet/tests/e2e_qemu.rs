@@ -33,7 +33,7 @@ image_profiles:
     kernel:
       kernel: tiny/1/vmlinuz
       initrds: [tiny/1/initrd.img]
-      cmdline: "console=ttyS0 quiet bootfleet.marker=${{host.marker}} {extra_cmdline}"
+      cmdline: "console=ttyS0 quiet bootfleet.marker={{{{host.marker}}}} {extra_cmdline}"
 host_profiles:
   - {{ name: lab-{marker}, values: {{ marker: {marker} }} }}
 rules:

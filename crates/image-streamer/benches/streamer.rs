@@ -35,7 +35,7 @@ const TOKEN: &str = "bench-token-0123456789abcdef";
 const RUN: &str = "8s";
 const RULES: &str = r#"
 image_profiles:
-  - { name: tiny, kernel: { kernel: bench/1/vmlinuz, initrds: [bench/1/initrd.img], cmdline: "console=ttyS0 marker=${host.marker} mac=${facts.mac}" } }
+  - { name: tiny, kernel: { kernel: bench/1/vmlinuz, initrds: [bench/1/initrd.img], cmdline: "console=ttyS0 marker={{host.marker}} mac={{facts.mac}}" } }
 host_profiles:
   - { name: lab, values: { marker: bench } }
 rules:

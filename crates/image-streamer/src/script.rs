@@ -1,17 +1,23 @@
-//! iPXE boot scripts rendered from a rules decision. Pure text in, text out.
+//! iPXE boot scripts rendered from a rules decision: text in, text out,
+//! and a log line for each value left out because it could not be made
+//! safe in the script (see `bootfleet_rules_engine::template`).
 //!
 //! Every file URL lists each replica that serves the file, this replica
 //! first, as `cmd URL_A || cmd URL_B || goto failed`, so iPXE falls through
 //! to the next replica when one fails; `:failed` ends in `exit 1`, which
 //! hands control back to the firmware and its next boot device — the local,
 //! cached disk. One template per profile kind; operators may replace any of
-//! them (validated when the configuration is loaded).
+//! them (validated when the configuration is loaded). Templates use the
+//! profiles' syntax: `{{name}}` for Bootfleet's variables — the ones below
+//! and the profile variables (`{{facts.serial}}`, …) — and `${…}` for
+//! iPXE's own settings, passed through.
 
 use std::collections::HashMap;
 
 use bootfleet_proto::v1::{Decision, FileRef, image_profile};
 use bootfleet_rules_engine::facts::Facts;
 use bootfleet_rules_engine::render::{self, Vars};
+use bootfleet_rules_engine::template::{self, Loader, Rendered, Value};
 
 /// Profile kinds with a template.
 pub const KINDS: [&str; 4] = ["kernel", "script", "sanboot", "local"];
@@ -101,47 +107,28 @@ impl Templates {
     }
 }
 
-/// Validates one template.
+/// Validates one template: `#!ipxe` first, only known variables (this
+/// kind's and the profile variables), every required one used.
 pub fn check(kind: &str, text: &str) -> Result<(), String> {
     if !text.starts_with("#!ipxe") {
         return Err(format!("{kind} template must start with #!ipxe"));
     }
-    let mut rest = text;
-    let mut used = Vec::new();
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("{kind} template: unclosed {{{{"))?;
-        let name = after[..end].trim();
-        if !allowed(kind, name) {
-            return Err(format!("{kind} template: unknown placeholder {{{{{name}}}}}"));
+    let known = |name: &str| allowed(kind, name) || template::is_profile_variable(name);
+    let (required, optional) = placeholders(kind);
+    let mut expected: Vec<&str> = ["profile", "mac", "rule_set_version", "failed", "report_loaded"].into();
+    for name in required.iter().chain(optional) {
+        if !expected.contains(name) {
+            expected.push(name);
         }
-        used.push(name.to_owned());
-        rest = &after[end + 2..];
     }
-    for required in placeholders(kind).0 {
-        if !used.iter().any(|u| u == required) {
+    let expected = format!("{}, or {}", expected.join(", "), template::PROFILE_VARIABLES);
+    let used = template::check(text, &known, &expected).map_err(|e| format!("{kind} template: {e}"))?;
+    for required in required {
+        if !used.contains(required) {
             return Err(format!("{kind} template must use {{{{{required}}}}}"));
         }
     }
     Ok(())
-}
-
-fn fill(template: &str, values: &HashMap<&str, String>) -> String {
-    let mut out = String::with_capacity(template.len() + 256);
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            rest = "";
-            break;
-        };
-        out.push_str(values.get(after[..end].trim()).map_or("", String::as_str));
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Where each catalog file can be fetched.
@@ -188,36 +175,44 @@ fn file_urls(sources: &dyn Sources, file: &FileRef, fallback: &str) -> Vec<Strin
     bases.iter().map(|b| url(b, file)).collect()
 }
 
-/// Renders the script for a request.
+/// Renders the script for a request. Values that cannot be made safe in
+/// the script are left out, each with a warning naming the host and the
+/// variable.
 pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Sources) -> Answer {
     let Some(profile) = request.decision.image_profile.as_ref() else { return Answer::Silent };
     let vars = Vars { decision: request.decision, facts: request.facts };
     let mac = request.facts.mac.clone();
     let base = request.self_url.trim_end_matches('/');
-    let mut values: HashMap<&str, String> = HashMap::new();
-    values.insert("profile", profile.name.clone());
-    values.insert("mac", mac.clone());
-    values.insert("rule_set_version", request.decision.rule_set_version.to_string());
-    values.insert("failed", FAILED.to_owned());
+    // What rendering left out, logged at the end.
+    let mut report = Rendered::default();
+    let mut values: HashMap<&str, Value> = HashMap::new();
+    values.insert("profile", Value::Text(profile.name.clone()));
+    values.insert("mac", Value::Text(mac.clone()));
+    values.insert("rule_set_version", Value::Text(request.decision.rule_set_version.to_string()));
+    values.insert("failed", Value::Script(FAILED.to_owned()));
     values.insert(
         "report_loaded",
-        format!(
+        Value::Script(format!(
             "imgfetch --name bfreport {base}/report/{}/loaded || echo Bootfleet: boot report not delivered\n\
              imgfree bfreport || echo",
             mac.replace(':', "-")
-        ),
+        )),
     );
     let kind = match profile.boot.as_ref() {
         None | Some(image_profile::Boot::Ignore(_)) => return Answer::Silent,
         Some(image_profile::Boot::Kernel(k)) => {
             let Some(kernel) = k.kernel.as_ref() else { return Answer::Silent };
             let names: String = (0..k.initrds.len()).map(|i| format!(" initrd=initrd{i}")).collect();
-            let cmdline = render::expand(&k.cmdline, &vars);
+            let cmdline = report.absorb(render::kernel_cmdline(&k.cmdline, Loader::Ipxe, &vars));
             let args = format!(" {cmdline}{names}");
-            values.insert("cmdline", cmdline.clone());
+            values.insert("cmdline", Value::Script(cmdline));
             values.insert(
                 "fetch_kernel",
-                with_failover("kernel --name kernel", &file_urls(sources, kernel, base), &args),
+                Value::Script(with_failover(
+                    "kernel --name kernel",
+                    &file_urls(sources, kernel, base),
+                    &args,
+                )),
             );
             let initrds: Vec<String> = k
                 .initrds
@@ -227,26 +222,25 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
                     with_failover(&format!("initrd --name initrd{i}"), &file_urls(sources, f, base), "")
                 })
                 .collect();
-            values.insert("fetch_initrds", initrds.join("\n"));
+            values.insert("fetch_initrds", Value::Script(initrds.join("\n")));
             "kernel"
         }
         Some(image_profile::Boot::Script(s)) => {
-            let body = render::expand(&s.script, &vars);
+            let body = report.absorb(render::ipxe_script(&s.script, &vars));
             let body = body.strip_prefix("#!ipxe").unwrap_or(&body).trim_start_matches('\n');
-            values.insert("script", body.to_owned());
+            values.insert("script", Value::Script(body.to_owned()));
             "script"
         }
         Some(image_profile::Boot::Sanboot(s)) => {
             let Some(disk) = s.disk.as_ref() else { return Answer::Silent };
             // iPXE treats several URIs as paths to one disk (multipath).
             let urls = file_urls(sources, disk, base).join(" ");
-            values.insert("sanboot", format!("sanboot --no-describe {urls} || goto failed"));
+            values.insert("sanboot", Value::Script(format!("sanboot --no-describe {urls} || goto failed")));
             "sanboot"
         }
         Some(image_profile::Boot::Local(_)) => "local",
         Some(image_profile::Boot::Nbd(_)) => {
             // NBD vDisks are not served yet: boot the local disk rather than hang.
-            values.insert("failed", String::new());
             return Answer::Script(format!(
                 "#!ipxe\n# Bootfleet: {} for {mac}\necho Bootfleet: NBD vDisk boot is not available; \
                  booting from the local disk\nexit 1\n",
@@ -254,9 +248,16 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
             ));
         }
     };
-    let mut text = fill(templates.get(kind), &values);
+    let lookup = |name: &str| values.get(name).cloned().or_else(|| vars.value(name).map(Value::Text));
+    let mut text = report.absorb(template::render_ipxe(templates.get(kind), &lookup));
     if !text.ends_with('\n') {
         text.push('\n');
+    }
+    for left_out in &report.rejected {
+        tracing::warn!(mac = %mac, profile = %profile.name, variable = %left_out.variable, reason = %left_out.reason, "value left out of the boot script: it cannot be made safe there");
+    }
+    for old in &report.old_spellings {
+        tracing::warn!(mac = %mac, profile = %profile.name, variable = %old, "profile template uses the old ${{…}} spelling, passed through as text; apply it again with {{{{…}}}}");
     }
     Answer::Script(text)
 }
@@ -315,7 +316,7 @@ mod tests {
         let s = script(image_profile::Boot::Kernel(KernelBoot {
             kernel: Some(file("vmlinuz")),
             initrds: vec![file("initrd.img")],
-            cmdline: "console=ttyS0 marker=${host.marker}".into(),
+            cmdline: "console=ttyS0 marker={{host.marker}}".into(),
         }));
         let expected = format!(
             "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\nimgfree\n\
@@ -343,7 +344,7 @@ mod tests {
     #[test]
     fn script_local_and_silent() {
         let s = script(image_profile::Boot::Script(ScriptBoot {
-            script: "#!ipxe\necho hello ${host.marker}\nexit\n".into(),
+            script: "#!ipxe\necho hello {{host.marker}}\nexit\n".into(),
         }));
         assert_eq!(s, "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\necho hello m1\nexit\n\n");
         let s = script(image_profile::Boot::Local(LocalBoot {}));
@@ -375,7 +376,7 @@ mod tests {
         for (kind, text, why) in [
             ("kernel", "echo hi {{fetch_kernel}}", "#!ipxe"),
             ("kernel", "#!ipxe\nboot\n", "must use {{fetch_kernel}}"),
-            ("kernel", "#!ipxe\n{{fetch_kernel}} {{nope}}", "unknown placeholder {{nope}}"),
+            ("kernel", "#!ipxe\n{{fetch_kernel}} {{nope}}", "unknown variable {{nope}}"),
             ("kernel", "#!ipxe\n{{fetch_kernel", "unclosed"),
             ("floppy", "#!ipxe\n", "unknown template kind"),
         ] {

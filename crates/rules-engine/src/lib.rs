@@ -24,6 +24,7 @@ pub mod service;
 pub mod staging;
 #[cfg(feature = "runtime")]
 pub mod store;
+pub mod template;
 
 pub use error::RulesError;
 

@@ -7,7 +7,7 @@
 //!     kernel:
 //!       kernel: debian/12/vmlinuz          # image/version/file
 //!       initrds: [debian/12/initrd.img]
-//!       cmdline: "console=ttyS0 role=${host.role}"
+//!       cmdline: "console=ttyS0 role={{host.role}}"
 //!   - name: disk
 //!     local: true
 //! host_profiles:
@@ -358,7 +358,7 @@ image_profiles:
     kernel:
       kernel: debian/12/vmlinuz
       initrds: [debian/12/initrd.img]
-      cmdline: "console=ttyS0 role=${host.role}"
+      cmdline: "console=ttyS0 role={{host.role}}"
   - name: disk
     local: true
 host_profiles:

@@ -1,6 +1,8 @@
 //! Boot configuration rendered from a decision: cmdline/script templates
 //! and the loader configurations served over TFTP (pxelinux, GRUB, iPXE).
-//! Pure text in, text out; the boot services own I/O.
+//! Pure text in, text out; the boot services own I/O, and log the values
+//! [`template`] left out because they could not be made safe where they
+//! land.
 //!
 //! Files of the image catalog are fetched over HTTP from
 //! `<base>/images/<image>/<version>/<file>` (the image streamer's layout).
@@ -8,6 +10,7 @@
 use bootfleet_proto::v1::{Decision, FileRef, image_profile};
 
 use crate::facts::Facts;
+use crate::template::{self, Loader, Rendered};
 
 /// The values templates may use.
 pub struct Vars<'a> {
@@ -18,55 +21,43 @@ pub struct Vars<'a> {
 }
 
 impl Vars<'_> {
-    fn lookup(&self, name: &str) -> String {
+    /// The value of a profile variable (`host.KEY`, `location.KEY`,
+    /// `facts.FIELD`), empty when the host or profile has none; `None` for
+    /// any other name.
+    pub fn value(&self, name: &str) -> Option<String> {
+        if !template::is_profile_variable(name) {
+            return None;
+        }
         if let Some(key) = name.strip_prefix("host.") {
-            return self
-                .decision
-                .host_profile
-                .as_ref()
-                .and_then(|p| p.values.get(key))
-                .cloned()
-                .unwrap_or_default();
+            return Some(
+                self.decision
+                    .host_profile
+                    .as_ref()
+                    .and_then(|p| p.values.get(key))
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         }
         if let Some(key) = name.strip_prefix("location.") {
-            return self
-                .decision
-                .location
-                .as_ref()
-                .and_then(|l| l.labels.get(key))
-                .cloned()
-                .unwrap_or_default();
+            return Some(
+                self.decision.location.as_ref().and_then(|l| l.labels.get(key)).cloned().unwrap_or_default(),
+            );
         }
-        if let Some(field) = name.strip_prefix("facts.")
-            && let Some(field) = crate::facts::Field::parse(field)
-        {
-            return self.facts.get(&field).unwrap_or_default().to_owned();
-        }
-        String::new()
+        let field = name.strip_prefix("facts.").and_then(crate::facts::Field::parse)?;
+        Some(self.facts.get(&field).unwrap_or_default().to_owned())
     }
 }
 
-/// Expands `${host.KEY}`, `${location.KEY}` and `${facts.FIELD}`; unknown
-/// names expand to nothing (profiles are validated when saved).
-pub fn expand(template: &str, vars: &Vars<'_>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) => {
-                out.push_str(&vars.lookup(&after[..end]));
-                rest = &after[end + 1..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+/// A kernel command-line template rendered for `loader`, each value kept
+/// inside its argument ([`template`]).
+pub fn kernel_cmdline(template: &str, loader: Loader, vars: &Vars<'_>) -> Rendered {
+    template::render_kernel_cmdline(template, loader, &|name| vars.value(name))
+}
+
+/// An iPXE script template (a `script` profile) rendered, each value
+/// checked as an iPXE word ([`template`]).
+pub fn ipxe_script(template: &str, vars: &Vars<'_>) -> Rendered {
+    template::render_ipxe(template, &|name| vars.value(name).map(template::Value::Text))
 }
 
 /// URL of a catalog file under the streamer base URL.
@@ -76,16 +67,16 @@ pub fn file_url(base: &str, file: &FileRef) -> String {
 
 /// What a loader should do, from the decision.
 enum Plan {
-    Kernel { kernel: String, initrds: Vec<String>, cmdline: String },
+    Kernel { kernel: String, initrds: Vec<String>, cmdline: Rendered },
     Local,
 }
 
-fn plan(base: &str, vars: &Vars<'_>) -> Option<Plan> {
+fn plan(base: &str, vars: &Vars<'_>, loader: Loader) -> Option<Plan> {
     match vars.decision.image_profile.as_ref()?.boot.as_ref()? {
         image_profile::Boot::Kernel(k) => Some(Plan::Kernel {
             kernel: file_url(base, k.kernel.as_ref()?),
             initrds: k.initrds.iter().map(|f| file_url(base, f)).collect(),
-            cmdline: expand(&k.cmdline, vars),
+            cmdline: kernel_cmdline(&k.cmdline, loader, vars),
         }),
         image_profile::Boot::Local(_) => Some(Plan::Local),
         // Scripts, sanboot and NBD need iPXE; ignore means stay silent.
@@ -95,21 +86,28 @@ fn plan(base: &str, vars: &Vars<'_>) -> Option<Plan> {
 
 /// A pxelinux configuration (`pxelinux.cfg/01-<mac>`); `None` when the
 /// decision is nothing pxelinux can do.
-pub fn pxelinux(base: &str, vars: &Vars<'_>) -> Option<String> {
-    Some(match plan(base, vars)? {
+pub fn pxelinux(base: &str, vars: &Vars<'_>) -> Option<Rendered> {
+    Some(match plan(base, vars, Loader::Pxelinux)? {
         Plan::Kernel { kernel, initrds, cmdline } => {
+            let mut out = Rendered::default();
+            let cmdline = out.absorb(cmdline);
             let initrd =
                 if initrds.is_empty() { String::new() } else { format!("  INITRD {}\n", initrds.join(",")) };
-            format!("DEFAULT bootfleet\nLABEL bootfleet\n  KERNEL {kernel}\n{initrd}  APPEND {cmdline}\n")
+            out.text = format!(
+                "DEFAULT bootfleet\nLABEL bootfleet\n  KERNEL {kernel}\n{initrd}  APPEND {cmdline}\n"
+            );
+            out
         }
-        Plan::Local => "DEFAULT local\nLABEL local\n  LOCALBOOT 0\n".to_owned(),
+        Plan::Local => text("DEFAULT local\nLABEL local\n  LOCALBOOT 0\n"),
     })
 }
 
 /// A GRUB configuration (`grub.cfg-01-<mac>`).
-pub fn grub(base: &str, vars: &Vars<'_>) -> Option<String> {
-    Some(match plan(base, vars)? {
+pub fn grub(base: &str, vars: &Vars<'_>) -> Option<Rendered> {
+    Some(match plan(base, vars, Loader::Grub)? {
         Plan::Kernel { kernel, initrds, cmdline } => {
+            let mut out = Rendered::default();
+            let cmdline = out.absorb(cmdline);
             // GRUB fetches over HTTP with (http,host)/path.
             let grub_path = |url: &str| match url.split_once("://").and_then(|(_, rest)| rest.split_once('/'))
             {
@@ -118,19 +116,22 @@ pub fn grub(base: &str, vars: &Vars<'_>) -> Option<String> {
             };
             let initrd = initrds.iter().map(|u| grub_path(u)).collect::<Vec<_>>().join(" ");
             let initrd = if initrd.is_empty() { String::new() } else { format!("  initrd {initrd}\n") };
-            format!(
+            out.text = format!(
                 "set timeout=0\nmenuentry 'bootfleet' {{\n  linux {} {cmdline}\n{initrd}}}\n",
                 grub_path(&kernel)
-            )
+            );
+            out
         }
-        Plan::Local => "set timeout=0\nexit\n".to_owned(),
+        Plan::Local => text("set timeout=0\nexit\n"),
     })
 }
 
 /// An iPXE script for kernel and local decisions.
-pub fn ipxe(base: &str, vars: &Vars<'_>) -> Option<String> {
-    Some(match plan(base, vars)? {
+pub fn ipxe(base: &str, vars: &Vars<'_>) -> Option<Rendered> {
+    Some(match plan(base, vars, Loader::Ipxe)? {
         Plan::Kernel { kernel, initrds, cmdline } => {
+            let mut out = Rendered::default();
+            let cmdline = out.absorb(cmdline);
             let mut script = String::from("#!ipxe\n");
             for (i, initrd) in initrds.iter().enumerate() {
                 script.push_str(&format!("initrd --name initrd{i} {initrd} || goto failed\n"));
@@ -139,10 +140,15 @@ pub fn ipxe(base: &str, vars: &Vars<'_>) -> Option<String> {
             script
                 .push_str(&format!("kernel {kernel} {cmdline}{names} || goto failed\nboot || goto failed\n"));
             script.push_str(":failed\necho Bootfleet: network boot failed; trying the local disk\nexit 1\n");
-            script
+            out.text = script;
+            out
         }
-        Plan::Local => "#!ipxe\nexit 1\n".to_owned(),
+        Plan::Local => text("#!ipxe\nexit 1\n"),
     })
+}
+
+fn text(text: &str) -> Rendered {
+    Rendered { text: text.to_owned(), ..Rendered::default() }
 }
 
 #[cfg(test)]
@@ -163,7 +169,7 @@ mod tests {
                 boot: Some(image_profile::Boot::Kernel(KernelBoot {
                     kernel: file("vmlinuz"),
                     initrds: vec![FileRef { image: "tiny".into(), version: "1".into(), file: "initrd.img".into() }],
-                    cmdline: "console=ttyS0 marker=${host.marker} rack=${location.rack} mac=${facts.mac} x=${nope.y}".into(),
+                    cmdline: "console=ttyS0 marker={{host.marker}} rack={{location.rack}} mac={{facts.mac}} x={{nope.y}} ip=${net0/ip}".into(),
                 })),
                 ..Default::default()
             }),
@@ -174,13 +180,24 @@ mod tests {
     }
 
     #[test]
-    fn templates_expand() {
+    fn variables_resolve_and_ipxe_settings_pass_through() {
         let d = kernel_decision();
         let f = facts();
         let vars = Vars { decision: &d, facts: &f };
+        let r = ipxe_script(
+            "echo a={{host.marker}} b={{host.none}} c={{ facts.mac }} ${net0/mac} {{unclosed",
+            &vars,
+        );
+        assert_eq!(r.text, "echo a=hello b= c=52:54:00:00:00:01 ${net0/mac} {{unclosed");
+        assert!(r.rejected.is_empty() && r.old_spellings.is_empty());
+        assert_eq!(vars.value("nope.y"), None);
+        assert_eq!(vars.value("facts.bogus"), None);
+        assert_eq!(vars.value("facts.serial").as_deref(), Some(""));
+        // A profile saved in the old spelling is passed through, and reported.
+        let r = ipxe_script("echo ${host.marker}", &vars);
         assert_eq!(
-            expand("a=${host.marker} b=${host.none} c=${facts.mac} ${unclosed", &vars),
-            "a=hello b= c=52:54:00:00:00:01 ${unclosed"
+            (r.text.as_str(), r.old_spellings.as_slice()),
+            ("echo ${host.marker}", &["host.marker".to_owned()][..])
         );
     }
 
@@ -191,14 +208,14 @@ mod tests {
         let vars = Vars { decision: &d, facts: &f };
         let base = "http://198.18.0.1:8080/";
         assert_eq!(
-            pxelinux(base, &vars).unwrap(),
-            "DEFAULT bootfleet\nLABEL bootfleet\n  KERNEL http://198.18.0.1:8080/images/tiny/1/vmlinuz\n  INITRD http://198.18.0.1:8080/images/tiny/1/initrd.img\n  APPEND console=ttyS0 marker=hello rack=7 mac=52:54:00:00:00:01 x=\n"
+            pxelinux(base, &vars).unwrap().text,
+            "DEFAULT bootfleet\nLABEL bootfleet\n  KERNEL http://198.18.0.1:8080/images/tiny/1/vmlinuz\n  INITRD http://198.18.0.1:8080/images/tiny/1/initrd.img\n  APPEND console=ttyS0 marker=hello rack=7 mac=52:54:00:00:00:01 x= ip=${net0/ip}\n"
         );
         assert_eq!(
-            grub(base, &vars).unwrap(),
-            "set timeout=0\nmenuentry 'bootfleet' {\n  linux (http,198.18.0.1:8080)/images/tiny/1/vmlinuz console=ttyS0 marker=hello rack=7 mac=52:54:00:00:00:01 x=\n  initrd (http,198.18.0.1:8080)/images/tiny/1/initrd.img\n}\n"
+            grub(base, &vars).unwrap().text,
+            "set timeout=0\nmenuentry 'bootfleet' {\n  linux (http,198.18.0.1:8080)/images/tiny/1/vmlinuz console=ttyS0 marker=hello rack=7 mac=52:54:00:00:00:01 x= ip=${net0/ip}\n  initrd (http,198.18.0.1:8080)/images/tiny/1/initrd.img\n}\n"
         );
-        assert!(ipxe(base, &vars).unwrap().contains("kernel http://198.18.0.1:8080/images/tiny/1/vmlinuz console=ttyS0 marker=hello rack=7 mac=52:54:00:00:00:01 x= initrd=initrd0 || goto failed"));
+        assert!(ipxe(base, &vars).unwrap().text.contains("kernel http://198.18.0.1:8080/images/tiny/1/vmlinuz console=ttyS0 marker=hello rack=7 mac=52:54:00:00:00:01 x= ip=${net0/ip} initrd=initrd0 || goto failed"));
         let local = Decision {
             image_profile: Some(ImageProfile {
                 name: "disk".into(),
@@ -208,7 +225,7 @@ mod tests {
             ..Default::default()
         };
         let vars = Vars { decision: &local, facts: &f };
-        assert_eq!(pxelinux(base, &vars).unwrap(), "DEFAULT local\nLABEL local\n  LOCALBOOT 0\n");
+        assert_eq!(pxelinux(base, &vars).unwrap().text, "DEFAULT local\nLABEL local\n  LOCALBOOT 0\n");
         assert!(pxelinux(base, &Vars { decision: &Decision::default(), facts: &f }).is_none());
     }
 }

@@ -18,6 +18,7 @@ use crate::ProfileRef;
 use crate::decide::Catalog;
 use crate::error::RulesError;
 use crate::ruleset::{check_name, rule_problems};
+use crate::template;
 
 /// Rules with the profiles and locations they may name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -206,25 +207,20 @@ fn check_file_ref(f: Option<&FileRef>, path: &str) -> Result<(), RulesError> {
     }
 }
 
-/// Checks a cmdline/script template: `${namespace.key}` with a known namespace.
+/// Checks a profile's iPXE script template: `{{host.KEY}}`,
+/// `{{location.KEY}}` or `{{facts.FIELD}}` variables only, every `{{`
+/// closed, no variable in the old `${host.KEY}` spelling (`${…}` is
+/// iPXE's own and passes through). See [`crate::template`].
 pub fn check_template(text: &str, path: &str) -> Result<(), RulesError> {
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| RulesError::invalid(path, "unclosed ${"))?;
-        let var = &after[..end];
-        let known = ["host.", "location.", "facts."]
-            .iter()
-            .any(|p| var.strip_prefix(p).is_some_and(|k| !k.is_empty()));
-        if !known {
-            return Err(RulesError::invalid(
-                path,
-                format!("unknown variable ${{{var}}} (use host.KEY, location.KEY or facts.FIELD)"),
-            ));
-        }
-        rest = &after[end + 1..];
-    }
-    Ok(())
+    template::check(text, &template::is_profile_variable, template::PROFILE_VARIABLES)
+        .map(drop)
+        .map_err(|e| RulesError::invalid(path, e.to_string()))
+}
+
+/// Checks a profile's kernel command-line template: as
+/// [`check_template`], and no argument that quotes a variable itself.
+pub fn check_cmdline_template(text: &str, path: &str) -> Result<(), RulesError> {
+    template::check_kernel_cmdline(text).map_err(|e| RulesError::invalid(path, e.to_string()))
 }
 
 /// Validates a profile object; returns its kind and name.
@@ -245,7 +241,7 @@ pub fn check_object(object: &ProfileObject) -> Result<(ProfileKind, String), Rul
                     for (i, initrd) in k.initrds.iter().enumerate() {
                         check_file_ref(Some(initrd), &format!("kernel.initrds[{i}]"))?;
                     }
-                    check_template(&k.cmdline, "kernel.cmdline")?;
+                    check_cmdline_template(&k.cmdline, "kernel.cmdline")?;
                 }
                 Some(Boot::Script(s)) => {
                     if s.script.trim().is_empty() {
@@ -439,8 +435,8 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let mut state = State::default();
-        state.image.insert("ok".into(), image("ok", "x=${host.role}"));
-        state.image.insert("bad".into(), image("bad", "x=${nope.x}"));
+        state.image.insert("ok".into(), image("ok", "x={{host.role}}"));
+        state.image.insert("bad".into(), image("bad", "x={{nope.x}}"));
         let mut broken = rule("r2", "ok");
         broken.r#match = None;
         state.rules = vec![rule("r1", "missing"), broken, rule("r1", "ok")];
@@ -458,6 +454,41 @@ mod tests {
         state.image.remove("bad");
         let problems: Vec<String> = state.problems().iter().map(ToString::to_string).collect();
         assert_eq!(problems, ["rules[0].image_profile: unknown image profile \"missing\""]);
+    }
+
+    /// Unknown variables and old spellings are refused at apply time,
+    /// with the variable named; iPXE's own `${…}` is not Bootfleet's.
+    #[test]
+    fn templates_are_checked() {
+        check_template("console=ttyS0 role={{host.role}} mac={{ facts.mac }} r={{location.rack}}", "t")
+            .unwrap();
+        check_template("#!ipxe\nchain http://x/?mac=${net0/mac}&s=${serial} {{facts.label.rack}}", "t")
+            .unwrap();
+        for (text, why) in [
+            ("x={{host.}}", "unknown variable {{host.}}"),
+            (
+                "x={{secret.key}}",
+                "unknown variable {{secret.key}} (use host.KEY, location.KEY or facts.FIELD)",
+            ),
+            ("x={{facts.colour}}", "fields: mac, uuid"),
+            ("x={{host.role", "unclosed {{"),
+            ("x=${host.role}", "${host.role} is no longer a Bootfleet variable"),
+            ("x=${facts.mac}", "write {{facts.mac}}"),
+        ] {
+            let e = check_template(text, "kernel.cmdline").unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("kernel.cmdline"), "{text}: {e}");
+        }
+        check_cmdline_template("a={{host.role}} \"b=c d\"", "t").unwrap();
+        let e = check_cmdline_template("a=\"{{host.role}}\"", "t").unwrap_err().to_string();
+        assert!(e.contains("quotes a variable itself"), "{e}");
+        // Through a whole profile, as apply checks it.
+        let object = |cmdline: &str| ProfileObject {
+            object: Some(profile_object::Object::Image(image("p", cmdline))),
+            ..ProfileObject::default()
+        };
+        assert!(check_object(&object("x={{host.role}}")).is_ok());
+        let e = check_object(&object("x={{hots.role}}")).unwrap_err().to_string();
+        assert!(e.contains("kernel.cmdline") && e.contains("{{hots.role}}"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{TOKEN, curl, pseudo_random, push, start_replica};
 
 const RULES: &str = r#"
 image_profiles:
-  - { name: tiny, kernel: { kernel: tiny/1/vmlinuz, initrds: [tiny/1/initrd.img], cmdline: "console=ttyS0 marker=${host.marker}" } }
+  - { name: tiny, kernel: { kernel: tiny/1/vmlinuz, initrds: [tiny/1/initrd.img], cmdline: "console=ttyS0 marker={{host.marker}}" } }
 host_profiles:
   - { name: lab, values: { marker: replicated } }
 rules:

@@ -424,13 +424,4 @@ mod tests {
         assert!(place_rule(&mut rules, named(&["e"]).remove(0), "zz", "").is_err());
         assert!(place_rule(&mut rules, named(&["e"]).remove(0), "a", "b").is_err());
     }
-
-    #[test]
-    fn templates_are_checked() {
-        use crate::staging::check_template;
-        check_template("console=ttyS0 role=${host.role} mac=${facts.mac}", "t").unwrap();
-        assert!(check_template("x=${host.}", "t").is_err());
-        assert!(check_template("x=${secret.key}", "t").is_err());
-        assert!(check_template("x=${host.role", "t").is_err());
-    }
 }

@@ -249,7 +249,7 @@ async fn writes_are_validated_and_need_the_token() {
     if let Some(pb::profile_object::Object::Image(p)) = &mut broken.object
         && let Some(pb::image_profile::Boot::Kernel(k)) = &mut p.boot
     {
-        k.cmdline = "x=${secret.key}".into();
+        k.cmdline = "x={{secret.key}}".into();
     }
     let err = c
         .put_profile(pb::PutProfileRequest {
@@ -259,7 +259,10 @@ async fn writes_are_validated_and_need_the_token() {
         })
         .await
         .unwrap_err();
-    assert!(err.message().contains("image.kernel.cmdline"), "{err:?}");
+    assert!(
+        err.message().contains("image.kernel.cmdline") && err.message().contains("{{secret.key}}"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,7 +75,7 @@ pub(crate) fn kernel_profile(name: &str, marker: &str) -> pb::ProfileObject {
             boot: Some(pb::image_profile::Boot::Kernel(pb::KernelBoot {
                 kernel: Some(file("vmlinuz")),
                 initrds: vec![file("initrd")],
-                cmdline: format!("console=ttyS0 marker={marker} role=${{host.role}}"),
+                cmdline: format!("console=ttyS0 marker={marker} role={{{{host.role}}}}"),
             })),
             ..Default::default()
         })),

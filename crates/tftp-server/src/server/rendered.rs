@@ -168,8 +168,14 @@ impl Renderer {
                 };
                 let mut last_good = self.last_good.lock().unwrap_or_else(PoisonError::into_inner);
                 match text {
-                    Some(text) => {
-                        let bytes: Arc<[u8]> = text.into_bytes().into();
+                    Some(rendered) => {
+                        for left_out in &rendered.rejected {
+                            tracing::warn!(file = name, mac = %facts.mac, variable = %left_out.variable, reason = %left_out.reason, "value left out of a rendered file: it cannot be made safe there");
+                        }
+                        for old in &rendered.old_spellings {
+                            tracing::warn!(file = name, mac = %facts.mac, variable = %old, "profile template uses the old ${{…}} spelling, passed through as text; apply it again with {{{{…}}}}");
+                        }
+                        let bytes: Arc<[u8]> = rendered.text.into_bytes().into();
                         last_good.insert(key, Arc::clone(&bytes));
                         Some(bytes)
                     }

@@ -38,7 +38,7 @@ async fn rules_engine(stop: &CancellationToken) -> String {
     let manifest = bootfleet_rules_engine::manifest::parse(
         r#"
 image_profiles:
-  - { name: tiny, kernel: { kernel: tiny/1/vmlinuz, initrds: [tiny/1/initrd.img], cmdline: "console=ttyS0 marker=${host.marker}" } }
+  - { name: tiny, kernel: { kernel: tiny/1/vmlinuz, initrds: [tiny/1/initrd.img], cmdline: "console=ttyS0 marker={{host.marker}}" } }
 host_profiles:
   - { name: lab, values: { marker: rendered-by-bootfleet } }
 rules:
