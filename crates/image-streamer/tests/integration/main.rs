@@ -6,6 +6,7 @@ mod hostile;
 mod http;
 mod nbd;
 mod replication;
+mod templates;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
