@@ -384,4 +384,39 @@ mod tests {
             assert!(e.contains(why), "{e}");
         }
     }
+
+    /// Operator templates use the profiles' syntax: profile variables are
+    /// checked as iPXE words like the streamer's own values, `${…}` is iPXE's.
+    #[test]
+    fn operator_templates_use_profile_variables_safely() {
+        let custom = "#!ipxe\necho {{facts.serial}} on ${net0/mac}\n{{fetch_kernel}}\nboot\n".to_owned();
+        let t = Templates::with_overrides(&[("kernel".into(), custom)]).unwrap();
+        let d = decision(image_profile::Boot::Kernel(KernelBoot {
+            kernel: Some(file("vmlinuz")),
+            cmdline: "s={{facts.serial}}".into(),
+            ..Default::default()
+        }));
+        let render_with = |serial: &str| {
+            let f = Facts::from_proto(&HostFacts {
+                mac: "52:54:00:00:00:01".into(),
+                serial: serial.into(),
+                ..Default::default()
+            })
+            .unwrap();
+            let request = Request { decision: &d, facts: &f, self_url: "http://x" };
+            let Answer::Script(s) = render(&t, &request, &TwoReplicas) else { panic!() };
+            s
+        };
+        assert!(render_with("SN1").starts_with("#!ipxe\necho SN1 on ${net0/mac}\nkernel --name kernel "));
+        let s = render_with("SN1 || reboot");
+        assert!(s.starts_with("#!ipxe\necho  on ${net0/mac}\nkernel --name kernel "), "{s}");
+        assert!(s.contains("/vmlinuz s= || kernel"), "{s}");
+        for (text, why) in [
+            ("#!ipxe\n{{fetch_kernel}} {{facts.colour}}", "unknown variable {{facts.colour}}"),
+            ("#!ipxe\n{{fetch_kernel}} ${host.x}", "write {{host.x}}"),
+        ] {
+            let e = Templates::with_overrides(&[("kernel".into(), text.into())]).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
 }

@@ -228,4 +228,62 @@ mod tests {
         assert_eq!(pxelinux(base, &vars).unwrap().text, "DEFAULT local\nLABEL local\n  LOCALBOOT 0\n");
         assert!(pxelinux(base, &Vars { decision: &Decision::default(), facts: &f }).is_none());
     }
+
+    /// The files served over TFTP, with hostile host values and labels:
+    /// every loader reads the lines it should, and the kernel the
+    /// arguments, each value inside its own.
+    #[test]
+    fn loader_files_keep_hostile_values_in_their_arguments() {
+        use crate::template::grammar::{grub_cmdline, grub_words, ipxe_script, kernel_args};
+        let mut d = kernel_decision();
+        if let Some(image_profile::Boot::Kernel(k)) = d.image_profile.as_mut().and_then(|p| p.boot.as_mut()) {
+            k.cmdline = "console=ttyS0 m={{host.marker}} r={{location.rack}} s={{facts.serial}}".into();
+        }
+        d.host_profile.as_mut().unwrap().values.insert("marker".into(), "a b || reboot".into());
+        d.location.as_mut().unwrap().labels.insert("rack".into(), "R 7 #2".into());
+        let f = Facts::from_proto(&HostFacts {
+            mac: "52:54:00:00:00:01".into(),
+            serial: "To Be Filled".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let vars = Vars { decision: &d, facts: &f };
+        let base = "http://198.18.0.1:8080";
+        let reads = |cmdline: &str| -> Vec<String> {
+            kernel_args(cmdline)
+                .into_iter()
+                .map(|(p, v)| {
+                    let mut arg = String::from_utf8(p).unwrap();
+                    if let Some(v) = v {
+                        arg.push('=');
+                        arg.push_str(&String::from_utf8(v).unwrap());
+                    }
+                    arg
+                })
+                .collect()
+        };
+        // pxelinux carries quotes to the kernel as they are.
+        let pxe = pxelinux(base, &vars).unwrap();
+        assert!(pxe.rejected.is_empty(), "{:?}", pxe.rejected);
+        let append = pxe.text.lines().find_map(|l| l.strip_prefix("  APPEND ")).unwrap();
+        assert_eq!(reads(append), ["console=ttyS0", "m=a b || reboot", "r=R 7 #2", "s=To Be Filled"]);
+        // iPXE cannot carry `||` or a word starting with `#`: those are left out.
+        let script = ipxe(base, &vars).unwrap();
+        let names: Vec<&str> = script.rejected.iter().map(|r| r.variable.as_str()).collect();
+        assert_eq!(names, ["host.marker", "location.rack"]);
+        let lines = ipxe_script(&script.text);
+        let kernel = lines.iter().flat_map(|l| &l.commands).find(|c| c.words[0] == "kernel").unwrap();
+        assert_eq!(kernel.then.as_deref(), Some("||"));
+        assert_eq!(
+            reads(&kernel.words[2..].join(" ")),
+            ["console=ttyS0", "m=", "r=", "s=To Be Filled", "initrd=initrd0"]
+        );
+        // GRUB cannot carry spaces the same way in every release.
+        let cfg = grub(base, &vars).unwrap();
+        let names: Vec<&str> = cfg.rejected.iter().map(|r| r.variable.as_str()).collect();
+        assert_eq!(names, ["host.marker", "location.rack", "facts.serial"]);
+        let linux = cfg.text.lines().find_map(|l| l.strip_prefix("  linux ")).unwrap();
+        let words = grub_words(linux).unwrap();
+        assert_eq!(reads(&grub_cmdline(&words[1..])), ["console=ttyS0", "m=", "r=", "s="]);
+    }
 }

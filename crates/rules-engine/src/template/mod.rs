@@ -143,6 +143,16 @@ pub enum TemplateError {
         /// The variable's name.
         name: String,
     },
+    /// A kernel argument that ends the loader's line when its values are
+    /// empty.
+    #[error(
+        "argument {argument:?} could end the boot loader's line: without its values it starts with #, \
+         a comment to iPXE and GRUB, or is made of |, & and ;, iPXE's command separators"
+    )]
+    EndsLine {
+        /// The argument as written.
+        argument: String,
+    },
     /// A kernel argument that quotes a variable itself.
     #[error("argument {argument:?} quotes a variable itself; Bootfleet adds the quotes a value needs")]
     QuotedVariable {
@@ -183,25 +193,37 @@ pub fn check<'t>(
 }
 
 /// Checks a profile's kernel command-line template: [`check`] with the
-/// profile variables, and no argument that quotes a variable itself (the
-/// quotes a value needs are Bootfleet's to add).
+/// profile variables; no argument that quotes a variable itself (the
+/// quotes a value needs are Bootfleet's to add), and none that would end
+/// iPXE's `kernel` line or GRUB's `linux` line were its values empty.
 pub fn check_kernel_cmdline(text: &str) -> Result<(), TemplateError> {
     check(text, &is_profile_variable, PROFILE_VARIABLES)?;
     for argument in arguments(&pieces(text)) {
         let has_var = argument.iter().any(|p| matches!(p, Piece::Var(_)));
-        let quotes = argument.iter().any(|p| matches!(p, Piece::Text(t) if t.contains('"')));
-        if has_var && quotes {
-            let argument = argument
+        let text: String =
+            argument.iter().filter_map(|p| if let Piece::Text(t) = p { Some(*t) } else { None }).collect();
+        let written = || {
+            argument
                 .iter()
                 .map(|p| match p {
                     Piece::Var(name) => format!("{{{{{name}}}}}"),
                     Piece::Text(t) | Piece::Unclosed(t) => (*t).to_owned(),
                 })
-                .collect();
-            return Err(TemplateError::QuotedVariable { argument });
+                .collect()
+        };
+        if ends_ipxe_line(&text) {
+            return Err(TemplateError::EndsLine { argument: written() });
+        }
+        if has_var && text.contains('"') {
+            return Err(TemplateError::QuotedVariable { argument: written() });
         }
     }
     Ok(())
+}
+
+/// Whether an iPXE word ends the command: a comment, or a separator.
+fn ends_ipxe_line(word: &str) -> bool {
+    word.starts_with('#') || (!word.is_empty() && word.chars().all(|c| matches!(c, '|' | '&' | ';')))
 }
 
 /// Profile variables written in the old `${host.KEY}` spelling.
@@ -396,6 +418,27 @@ fn render_argument(
                 Part::Value { value, .. } => value.as_str(),
             })
             .collect();
+        // What the template itself puts at the start of an iPXE word (with
+        // its values empty, say) is checked when the profile is saved;
+        // this guards profiles saved before.
+        let ends_line = || {
+            let emitted = if quoted { format!("\"{content}\"") } else { content.clone() };
+            let word = emitted.split(' ').find(|w| ends_ipxe_line(w))?.to_owned();
+            Some(if word.starts_with('#') { Unsafe::IpxeComment } else { Unsafe::IpxeSeparator })
+        };
+        if let (None, Loader::Ipxe, Some(reason)) = (reject, loader, ends_line()) {
+            match parts.iter().position(|p| matches!(p, Part::Value { value, .. } if !value.is_empty())) {
+                Some(i) => reject = Some((i, reason)),
+                None => {
+                    if let Some(Part::Value { name, .. }) =
+                        parts.iter().find(|p| matches!(p, Part::Value { .. }))
+                    {
+                        rejected.push(Rejected { variable: (*name).to_owned(), reason });
+                    }
+                    return None;
+                }
+            }
+        }
         if reject.is_none() && content == "--" {
             reject = parts
                 .iter()
@@ -573,8 +616,10 @@ mod tests {
         assert_eq!(r.text, "#!ipxe\nkernel http://x/k || goto failed ${net0/mac} ok\n");
     }
 
-    const CMDLINE: &str =
-        "console=ttyS0 serial={{facts.serial}}  {{facts.hostname}} rack={{ location.rack }}x quiet";
+    /// Values at the start and the end of arguments, alone, between text,
+    /// and before text that iPXE would read as a comment on its own.
+    const CMDLINE: &str = "console=ttyS0 serial={{facts.serial}}  {{facts.hostname}} rack={{ location.rack }}x \
+                           m={{facts.model}}#1 quiet";
 
     /// The arguments the template means, with what was used in place.
     fn intended_args(used: &dyn Fn(&str) -> String) -> Vec<String> {
@@ -583,6 +628,7 @@ mod tests {
             format!("serial={}", used("facts.serial")),
             used("facts.hostname"),
             format!("rack={}x", used("location.rack")),
+            format!("m={}#1", used("facts.model")),
             "quiet".into(),
         ]
         .into_iter()
@@ -701,6 +747,17 @@ mod tests {
                 HOSTILE.iter().chain(&["x}"]).copied().filter(|v| assert_kernel_safe(loader, v)).collect();
             assert_eq!(accepted, expected, "{loader:?}");
         }
+        // A profile saved before the check, whose text starts a comment when
+        // its value is empty: the argument is left out.
+        let r = render_kernel_cmdline("a {{x}}#1 b", Loader::Ipxe, &|_| Some(String::new()));
+        assert_eq!((r.text.as_str(), r.rejected[0].reason), ("a b", Unsafe::IpxeComment));
+        let r = render_kernel_cmdline("a {{x}}#1 b", Loader::Pxelinux, &|_| Some(String::new()));
+        assert_eq!(r.text, "a #1 b");
+        let e = check_kernel_cmdline("a {{host.x}}#1").unwrap_err();
+        assert_eq!(e, TemplateError::EndsLine { argument: "{{host.x}}#1".into() });
+        assert!(check_kernel_cmdline("a {{host.x}}|{{host.y}}|").is_err());
+        assert!(check_kernel_cmdline("a ||").is_err());
+        check_kernel_cmdline("a x#1 x{{host.x}}|| ip=${net0/ip}").unwrap();
         // The argument `--` would hand the rest to init.
         let r = render_kernel_cmdline("a {{x}} b", Loader::Pxelinux, &|_| Some("--".into()));
         assert_eq!((r.text.as_str(), r.rejected[0].reason), ("a b", Unsafe::KernelEndOfParameters));

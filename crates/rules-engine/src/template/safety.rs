@@ -15,6 +15,9 @@ pub enum Unsafe {
     /// Whitespace in an iPXE word.
     #[error("it contains a space, which iPXE cannot quote")]
     IpxeWhitespace,
+    /// A space at the start or the end, in a kernel argument iPXE carries.
+    #[error("it starts or ends with a space, which would let iPXE read the text beside it as a word")]
+    IpxeSpaceAtEdge,
     /// `$`, `{` or `}`.
     #[error("it contains $, {{ or }}, which iPXE would expand as a setting")]
     IpxeExpansion,
@@ -67,6 +70,11 @@ pub(super) fn ipxe_value(value: &str, place: Place, words: bool) -> Result<(), U
     }
     if !words && value.contains(|c: char| c.is_ascii_whitespace()) {
         return Err(Unsafe::IpxeWhitespace);
+    }
+    // A space at an edge would make the text beside the value a word of
+    // its own, unchecked.
+    if words && (value.starts_with(' ') || value.ends_with(' ')) {
+        return Err(Unsafe::IpxeSpaceAtEdge);
     }
     for (i, word) in value.split(' ').enumerate() {
         let starts_word = i > 0 || place.starts_word;
@@ -165,6 +173,8 @@ mod tests {
         // checked where it starts.
         for (value, place, expected) in [
             ("PowerEdge R640", MID_LINE, Ok(())),
+            (" a", MID_LINE, Err(IpxeSpaceAtEdge)),
+            ("a ", MID_LINE, Err(IpxeSpaceAtEdge)),
             ("a  b", MID_LINE, Ok(())),
             ("-n x", WORD, Ok(())),
             ("a #b", MID_LINE, Err(IpxeComment)),
