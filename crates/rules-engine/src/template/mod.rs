@@ -54,7 +54,12 @@
 //! command line its own way:
 //! - iPXE (`kernel URL ARGS…`) splits it into words and joins them again
 //!   with one space: the iPXE rules above apply to each space-separated word
-//!   of a value (runs of spaces in a value reach the kernel as one space);
+//!   of a value, which may not start or end with a space either (the text
+//!   beside it would become a word of its own); runs of spaces inside a
+//!   value reach the kernel as one space. Options have ended at the URL, so
+//!   a leading `-` is harmless there. An argument of the template that
+//!   starts with `#`, or is only `|`, `&` and `;`, once its values are
+//!   empty is refused when the profile is saved;
 //! - pxelinux (`APPEND ARGS…`) takes the rest of the line as it is;
 //! - GRUB (`linux PATH ARGS…`) parses shell-like words and builds the
 //!   command line from them differently across releases (joined as they
