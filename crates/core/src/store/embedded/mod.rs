@@ -3,8 +3,9 @@
 //!
 //! For single-node installs (`bootfleet up`) and fast tests. It keeps etcd's
 //! semantics: one revision counter, compare-and-swap transactions, prefix
-//! watches replayed from an in-memory history (bounded; older revisions report
-//! [`StoreError::Compacted`], as etcd does after compaction), and leases.
+//! watches replayed from an in-memory history (bounded in events and in bytes;
+//! older revisions report [`StoreError::Compacted`], as etcd does after
+//! compaction), and leases.
 //!
 //! Writes go through one writer thread that commits in groups: the writes
 //! queued while the previous fsync ran are applied in order, each with its
@@ -14,7 +15,10 @@
 //! every write of the group fails.
 
 mod disk;
+mod history;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;

@@ -1,17 +1,15 @@
 //! The embedded store's in-memory state and the pure logic of every write:
 //! transactions, lease grants and revocations, with etcd's revision rules.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use super::disk::{Dirty, Loaded};
+use super::history::History;
 use crate::store::{
     EventKind, KeyValue, LeaseId, Revision, StoreError, StoreResult, TxnOp, TxnOpResult, TxnRequest,
     TxnResult, WatchEvent, check_key,
 };
-
-/// How many events the watch history keeps before older ones count as compacted.
-const HISTORY_LIMIT: usize = 100_000;
 
 pub(super) struct Lease {
     pub(super) ttl: Duration,
@@ -22,9 +20,8 @@ pub(super) struct Lease {
 pub(super) struct State {
     pub(super) kvs: BTreeMap<String, KeyValue>,
     pub(super) revision: Revision,
-    /// Every event with a revision >= `history_floor` is in `history`.
-    pub(super) history_floor: Revision,
-    pub(super) history: VecDeque<(Revision, WatchEvent)>,
+    /// Recent events, for watches that start in the past.
+    pub(super) history: History,
     pub(super) leases: HashMap<LeaseId, Lease>,
     pub(super) next_lease: LeaseId,
 }
@@ -49,8 +46,7 @@ impl State {
         Self {
             kvs,
             revision: loaded.revision,
-            history_floor: loaded.revision + 1,
-            history: VecDeque::new(),
+            history: History::new(loaded.revision + 1),
             leases,
             next_lease: loaded.next_lease,
         }
@@ -90,7 +86,7 @@ impl State {
         }
         if wrote {
             self.revision = revision;
-            self.trim_history();
+            self.history.trim();
         }
         Ok(TxnResult { succeeded, revision: self.revision, results })
     }
@@ -127,7 +123,7 @@ impl State {
         if let Some(lease) = self.leases.get_mut(&kv.lease) {
             lease.keys.insert(key.clone());
         }
-        self.history.push_back((revision, WatchEvent { kind: EventKind::Put, kv: kv.clone() }));
+        self.history.push(revision, WatchEvent { kind: EventKind::Put, kv: kv.clone() });
         self.kvs.insert(key.clone(), kv);
         dirty.keys.insert(key);
     }
@@ -147,17 +143,9 @@ impl State {
             version: 0,
             lease: 0,
         };
-        self.history.push_back((revision, WatchEvent { kind: EventKind::Delete, kv: tombstone }));
+        self.history.push(revision, WatchEvent { kind: EventKind::Delete, kv: tombstone });
         dirty.keys.insert(key.to_owned());
         true
-    }
-
-    fn trim_history(&mut self) {
-        while self.history.len() > HISTORY_LIMIT {
-            if let Some((dropped, _)) = self.history.pop_front() {
-                self.history_floor = self.history_floor.max(dropped + 1);
-            }
-        }
     }
 
     pub(super) fn grant(&mut self, ttl: Duration, dirty: &mut Dirty) -> LeaseId {
@@ -189,7 +177,7 @@ impl State {
         }
         if wrote {
             self.revision = revision;
-            self.trim_history();
+            self.history.trim();
         }
         self.leases.remove(&id);
         dirty.leases.insert(id);
@@ -198,21 +186,7 @@ impl State {
 
     /// Events with revision >= `from` under `prefix`, one batch per revision.
     pub(super) fn events_since(&self, prefix: &str, from: Revision) -> StoreResult<Vec<Vec<WatchEvent>>> {
-        if from < self.history_floor && from <= self.revision {
-            return Err(StoreError::Compacted { requested: from, compact_revision: self.history_floor });
-        }
-        let start = self.history.partition_point(|(rev, _)| *rev < from);
-        let mut batches: Vec<(Revision, Vec<WatchEvent>)> = Vec::new();
-        for (rev, event) in self.history.range(start..) {
-            if !event.kv.key.starts_with(prefix) {
-                continue;
-            }
-            match batches.last_mut() {
-                Some((batch_rev, batch)) if batch_rev == rev => batch.push(event.clone()),
-                _ => batches.push((*rev, vec![event.clone()])),
-            }
-        }
-        Ok(batches.into_iter().map(|(_, batch)| batch).collect())
+        self.history.since(prefix, from, self.revision)
     }
 
     /// Drops history before `revision`.
@@ -223,10 +197,7 @@ impl State {
                 self.revision
             )));
         }
-        while self.history.front().is_some_and(|(rev, _)| *rev < revision) {
-            self.history.pop_front();
-        }
-        self.history_floor = self.history_floor.max(revision);
+        self.history.compact(revision);
         Ok(())
     }
 }
