@@ -6,7 +6,7 @@ set -euo pipefail
 
 need=(protobuf-compiler libprotobuf-dev)
 if [ "${1:-build}" = test ]; then
-  need+=(etcd-server etcd-client iproute2 iputils-ping tftp-hpa atftp curl udhcpc dnsmasq-base podman runc python3-venv)
+  need+=(etcd-server etcd-client iproute2 iputils-ping tftp-hpa atftp curl strace udhcpc dnsmasq-base podman runc python3-venv)
   # NBD clients and peers: nbdinfo, nbdcopy (libnbd-bin), qemu-img, qemu-io,
   # qemu-nbd (qemu-utils), nbdkit, and fio with its nbd engine.
   need+=(libnbd-bin qemu-utils nbdkit fio)

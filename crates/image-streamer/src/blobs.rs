@@ -190,6 +190,14 @@ impl std::fmt::Debug for BlobStore {
 
 /// Reads a file through sha256, returning the digest, the length and,
 /// when `keep` allows, the bytes.
+/// Makes a rename or removal in `dir` durable (fsync of the directory).
+fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
+    match dir {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 fn hash_file(mut file: &File, keep: bool) -> io::Result<(String, u64, Option<Bytes>)> {
     let mut hasher = Sha256::new();
     let mut kept = Vec::new();
@@ -458,8 +466,15 @@ impl BlobStore {
             let _ = fs::remove_file(&partial);
             return Err(BlobError::HashMismatch { expected: sha.to_owned(), actual });
         }
+        // Durable before it is acknowledged: the bytes reach the disk before
+        // the rename makes them a blob, and the rename reaches it before the
+        // caller records the file in the catalog. A crash at any point
+        // leaves the whole verified file or none (a partial file is never
+        // served: only `blobs/` is, and only after a hash check).
+        file.sync_all().map_err(io_err(format!("flushing {sha} to disk")))?;
         let target = self.blob_path(sha);
         fs::rename(&partial, &target).map_err(io_err(format!("moving {sha} into place")))?;
+        sync_dir(target.parent()).map_err(io_err(format!("flushing the directory of {sha}")))?;
         // The hash was just checked: remember that for the file now in place
         // (the open handle follows the rename; a rename keeps the stamp).
         Self::remember(&mut self.state(), self.cache_budget, sha, before, bytes, Arc::new(file));

@@ -2,6 +2,7 @@
 //! gRPC client for uploads, and two replicas on a real etcd replicating
 //! between each other.
 
+mod durable;
 mod hostile;
 mod http;
 mod nbd;
