@@ -151,7 +151,8 @@ rules:
 
 #[test]
 fn proxy_dhcp_answers_each_boot_client_correctly() {
-    let lab = start_lab(("bfdA", "bfdB"), 30, "", PROXY_RULES);
+    // The client namespace also plays a relay agent (probe-dhcp --relay).
+    let lab = start_lab(("bfdA", "bfdB"), 30, r#"trusted_relays = ["198.18.30.2"]"#, PROXY_RULES);
     let booted = "52:54:00:00:30:01";
     lab.wait_rules(booted);
     let answer = lab.probe(booted, "pxe-bios").expect("a PXE BIOS client is answered");

@@ -120,6 +120,48 @@ pub fn may_hold(
     pool.on_subnet(ip) && (pool.in_range(ip) || reserved_for_mac) && !reserved_for_other && !taken
 }
 
+/// What a DECLINE of `ip` from `mac` leaves in the store, if it counts.
+/// Only the client that holds `ip` (bound, or offered to it) in the pool
+/// it asks from may decline it: anyone could otherwise take a neighbour's
+/// lease away, or write records for addresses outside every pool. The
+/// address is then held out of use, from everyone, for [`DECLINE_HOLD`]
+/// — and never for less than the lease it had (see [`held_until`]).
+pub fn declined(
+    pool: &Pool,
+    mac: &str,
+    ip: Ipv4Addr,
+    lease: Option<&LeaseEntry>,
+    reservations: &HashMap<String, Ipv4Addr>,
+    now_ms: i64,
+) -> Option<LeaseEntry> {
+    let in_pool = pool.on_subnet(ip) && (pool.in_range(ip) || reservations.get(mac) == Some(&ip));
+    let lease = lease.filter(|l| {
+        l.mac == mac && l.live(now_ms) && matches!(l.state, LeaseState::Bound | LeaseState::Offered)
+    })?;
+    in_pool.then(|| LeaseEntry {
+        mac: mac.to_owned(),
+        state: LeaseState::Declined,
+        expires_unix_ms: held_until(Some(lease), mac, now_ms.saturating_add(millis(DECLINE_HOLD)), now_ms),
+    })
+}
+
+/// When a lease written for `mac` over `current` ends: `wanted`, or later
+/// if `current` is `mac`'s own and still runs longer. A lease's end never
+/// moves earlier while its client holds it, so no copy of the store, however
+/// old, shows a lease ending later than the store's (offline answers rest
+/// on that; see the shell's offline rule).
+pub fn held_until(current: Option<&LeaseEntry>, mac: &str, wanted: i64, now_ms: i64) -> i64 {
+    match current {
+        Some(l) if l.mac == mac && l.live(now_ms) => wanted.max(l.expires_unix_ms),
+        _ => wanted,
+    }
+}
+
+/// A duration in milliseconds, saturating.
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Most a `lease_reuse` fraction may be: a client renews at half its lease
 /// (T1), and that renewal must be written, or its leases would shrink. A
 /// reused lease's T1 comes at least half of what it had left later, less

@@ -8,7 +8,8 @@
 //! iPXE and UEFI HTTP-boot clients and their architecture apart. [`proxy`]
 //! decides and encodes proxyDHCP answers (boot file per architecture, the
 //! script URL for iPXE, a URL and the echoed class for HTTP boot, silence
-//! with a reason otherwise).
+//! with a reason otherwise). [`relays`] decides whose relayed requests
+//! are believed.
 //! [`full`] allocates addresses from pools and tracks leases (pure);
 //! [`ndp`] builds the IPv6 router advertisement that ends iPXE's wait for
 //! IPv6. The `runtime` feature adds [`server`]: sockets bound to the
@@ -22,6 +23,7 @@ pub mod full;
 pub mod fuzz_logic;
 pub mod ndp;
 pub mod proxy;
+pub mod relays;
 #[cfg(feature = "runtime")]
 pub mod server;
 pub mod wire;

@@ -9,6 +9,8 @@ mod full_shell;
 mod lease_writer;
 mod liveness;
 mod router_adverts;
+#[cfg(test)]
+mod tests;
 mod verdicts;
 
 use std::collections::HashMap;
@@ -138,6 +140,56 @@ struct Responder {
     liveness: liveness::Liveness,
 }
 
+/// What a responder needs from its process: the store, its member id, the
+/// election's lease time, and the shutdown signal.
+struct Site {
+    store: bootfleet_core::store::SharedStore,
+    member_id: String,
+    election_ttl: Duration,
+    stop: CancellationToken,
+}
+
+impl Responder {
+    /// Starts the background parts (lease index, election, member
+    /// watches, rules cache); answers once sockets feed [`Self::handle`].
+    fn start(site: &Site, config: DhcpConfig) -> anyhow::Result<Self> {
+        let leases = match config.mode {
+            Mode::Full { .. } => Some(full_shell::Leases::start(
+                site.store.clone(),
+                site.member_id.clone(),
+                site.election_ttl,
+                site.stop.clone(),
+            )),
+            Mode::Proxy => None,
+        };
+        let members = |service: &str| {
+            SnapshotCache::start(site.store.clone(), &service_prefix(service), site.stop.clone())
+        };
+        let tftp_members = config.tftp_from_members.then(|| members("tftp-server"));
+        let streamer_members = config.streamers_from_members.then(|| members("image-streamer"));
+        let liveness = liveness::Liveness::default();
+        let probed: Vec<SnapshotCache> =
+            tftp_members.iter().chain(streamer_members.iter()).cloned().collect();
+        if !probed.is_empty() {
+            liveness.start(probed, site.stop.clone());
+        }
+        Ok(Self {
+            tftp_members,
+            streamer_members,
+            liveness,
+            leases,
+            verdicts: verdicts::Verdicts::new(
+                connect_lazy(&config.rules_url)?,
+                config.rules_cache,
+                site.store.clone(),
+                site.stop.clone(),
+            ),
+            flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
+            config,
+        })
+    }
+}
+
 /// Member records in a watched copy.
 fn live_members(members: &SnapshotCache) -> impl Iterator<Item = pb::Member> {
     members.list(members.prefix()).into_iter().filter_map(|kv| pb::Member::decode(kv.value.as_slice()).ok())
@@ -204,6 +256,12 @@ impl Responder {
         };
         if !self.flood.allow(request.mac) {
             count("rate_limited");
+            return None;
+        }
+        if !self.config.trusted_relays.admits(request.giaddr, from.ip()) {
+            // Anyone can write a giaddr: believed only from a trusted relay.
+            count("untrusted_relay");
+            tracing::debug!(%from, giaddr = %request.giaddr, "relayed request from an untrusted source dropped");
             return None;
         }
         let client = detect(&request);
@@ -396,35 +454,16 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
     ctx.health.set("dhcp", bootfleet_core::admin::ComponentHealth::Serving).await;
     let mode = if matches!(config.mode, Mode::Full { .. }) { "full" } else { "proxy" };
     tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, mode, "DHCP answering");
-    let leases = match config.mode {
-        Mode::Full { .. } => Some(full_shell::Leases::start(&ctx)),
-        Mode::Proxy => None,
-    };
-    let tftp_members = config.tftp_from_members.then(|| {
-        SnapshotCache::start(ctx.store.clone(), &service_prefix("tftp-server"), ctx.shutdown.token())
-    });
-    let streamer_members = config.streamers_from_members.then(|| {
-        SnapshotCache::start(ctx.store.clone(), &service_prefix("image-streamer"), ctx.shutdown.token())
-    });
-    let liveness = liveness::Liveness::default();
-    let probed: Vec<SnapshotCache> = tftp_members.iter().chain(streamer_members.iter()).cloned().collect();
-    if !probed.is_empty() {
-        liveness.start(probed, ctx.shutdown.token());
+    if config.trusted_relays.is_empty() {
+        tracing::info!("no dhcp.trusted_relays: relayed requests are dropped");
     }
-    let responder = Arc::new(Responder {
-        tftp_members,
-        streamer_members,
-        liveness,
-        leases,
-        verdicts: verdicts::Verdicts::new(
-            connect_lazy(&config.rules_url)?,
-            config.rules_cache,
-            ctx.store.clone(),
-            ctx.shutdown.token(),
-        ),
-        flood: FloodGuard { limit: config.requests_per_mac_per_second, seen: Mutex::default() },
-        config,
-    });
+    let site = Site {
+        store: ctx.store.clone(),
+        member_id: ctx.config.member_id.clone(),
+        election_ttl: ctx.config.store.election_ttl,
+        stop: ctx.shutdown.token(),
+    };
+    let responder = Arc::new(Responder::start(&site, config)?);
     let mut tasks: Vec<_> = sockets
         .into_iter()
         .map(|(socket, boot_server)| {

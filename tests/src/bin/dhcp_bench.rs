@@ -93,6 +93,7 @@ server_ip = "198.19.0.1"
 http_base = "http://198.19.0.1:8080"
 rules_url = "http://127.0.0.1:71{n:02}"
 requests_per_mac_per_second = 100
+trusted_relays = ["198.19.0.2"]
 {dhcp_extra}
 {investigate}
 [[dhcp.pools]]

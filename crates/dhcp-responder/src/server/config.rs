@@ -13,6 +13,7 @@ use bootfleet_core::config::parse_duration;
 
 use crate::full::{MAX_LEASE_REUSE, Pool};
 use crate::proxy::Loaders;
+use crate::relays::{Subnet, TrustedRelays};
 
 /// DHCP flags.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -84,6 +85,7 @@ struct DhcpSection {
     streamers_from_members: Option<bool>,
     rules_cache: Option<String>,
     lease_reuse: Option<f64>,
+    trusted_relays: Option<Vec<String>>,
     #[serde(default)]
     loaders: LoaderSection,
 }
@@ -140,6 +142,9 @@ pub struct DhcpConfig {
     /// (zero: ask on every request). Any rule or image-profile change seen
     /// in the store ends it sooner.
     pub rules_cache: Duration,
+    /// Relay agents (addresses or subnets) whose relayed requests are
+    /// answered; a request with `giaddr` set from anywhere else is dropped.
+    pub trusted_relays: TrustedRelays,
 }
 
 impl bootfleet_core::process::Components for DhcpConfig {
@@ -210,6 +215,7 @@ impl DhcpConfig {
                 "at most 1h: a rule change must reach every host",
             ));
         }
+        let trusted_relays = trusted_relays(section.trusted_relays.as_deref().unwrap_or_default())?;
         Ok(Some(Self {
             mode,
             interfaces,
@@ -224,8 +230,28 @@ impl DhcpConfig {
             tftp_from_members: section.tftp_from_members.unwrap_or(false),
             streamers_from_members: section.streamers_from_members.unwrap_or(false),
             rules_cache,
+            trusted_relays,
         }))
     }
+}
+
+/// `dhcp.trusted_relays`: addresses or subnets; none by default (relayed
+/// requests dropped). Trusting every source would let any client pick any
+/// pool by writing a giaddr, so `0.0.0.0/0` is refused.
+fn trusted_relays(entries: &[String]) -> Result<TrustedRelays, ConfigError> {
+    let mut subnets = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = format!("dhcp.trusted_relays[{i}]");
+        let subnet = Subnet::parse(entry).map_err(|e| ConfigError::new(&key, e.to_string()))?;
+        if subnet.prefix == 0 {
+            return Err(ConfigError::new(
+                key,
+                "trusts every source, so any client could pick any pool by writing a giaddr: name the relays",
+            ));
+        }
+        subnets.push(subnet);
+    }
+    Ok(TrustedRelays::new(subnets))
 }
 
 /// Default `dhcp.lease_reuse`: a quarter of the lease time (an hour's
@@ -292,4 +318,24 @@ fn full_mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
         ));
     }
     Ok(Mode::Full { pools, reservations, lease_reuse })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_relays_are_addresses_or_subnets_and_never_everyone() {
+        let entries = |list: &[&str]| list.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>();
+        let trusted = trusted_relays(&entries(&["198.18.0.2", "198.18.70.0/24"])).unwrap();
+        let relay = Ipv4Addr::new(198, 18, 61, 1);
+        assert!(trusted.admits(relay, Ipv4Addr::new(198, 18, 70, 9).into()));
+        assert!(!trusted.admits(relay, Ipv4Addr::new(198, 18, 0, 3).into()));
+        assert!(trusted_relays(&[]).unwrap().is_empty(), "none by default");
+        let error = trusted_relays(&entries(&["198.18.0.2", "relay-1"])).unwrap_err().to_string();
+        assert!(error.contains("dhcp.trusted_relays[1]") && error.contains("relay-1"), "{error}");
+        let error = trusted_relays(&entries(&["0.0.0.0/0"])).unwrap_err().to_string();
+        assert!(error.contains("dhcp.trusted_relays[0]") && error.contains("any pool"), "{error}");
+        assert!(trusted_relays(&entries(&["198.18.0.1/16"])).is_err(), "host bits set");
+    }
 }

@@ -17,17 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bootfleet_core::election::{Election, Leadership};
-use bootfleet_core::process::ServiceContext;
 use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
 use bootfleet_core::store::{Compare, KeyValue, SharedStore, StoreResult, TxnOp};
 use bootfleet_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::lease_writer::{WriteJob, write_batches};
 use crate::client::{Client, Loader};
 use crate::full::{
-    DECLINE_HOLD, LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, may_hold, pick_pool, reusable_lease,
+    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, declined, may_hold, pick_pool, reusable_lease,
 };
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
 use crate::wire::{MessageType, Request};
@@ -143,12 +143,16 @@ async fn maintain_index(cache: SnapshotCache, index: Arc<std::sync::Mutex<LeaseT
 }
 
 impl Leases {
-    pub(super) fn start(ctx: &ServiceContext) -> Self {
-        let cache = SnapshotCache::start(ctx.store.clone(), PREFIX, ctx.shutdown.token());
+    pub(super) fn start(
+        store: SharedStore,
+        member_id: String,
+        ttl: Duration,
+        stop: CancellationToken,
+    ) -> Self {
+        let cache = SnapshotCache::start(store.clone(), PREFIX, stop.clone());
         let (tx, leader) = watch::channel(None);
-        let election = Election::new(ctx.store.clone(), "dhcp-responder");
-        let (ttl, stop, id) =
-            (ctx.config.store.election_ttl, ctx.shutdown.token(), ctx.config.member_id.clone());
+        let election = Election::new(store.clone(), "dhcp-responder");
+        let id = member_id.clone();
         let last_acting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let became_leader = Arc::clone(&last_acting);
         tokio::spawn(async move {
@@ -185,18 +189,16 @@ impl Leases {
             }
         });
         let (writes, queue) = mpsc::channel(1024);
-        tokio::spawn(write_batches(ctx.store.clone(), leader.clone(), queue));
+        tokio::spawn(write_batches(store.clone(), leader.clone(), queue));
         let index = Arc::new(std::sync::Mutex::new(LeaseTable::default()));
         tokio::spawn(maintain_index(cache.clone(), Arc::clone(&index)));
-        Self {
-            store: ctx.store.clone(),
-            member_id: ctx.config.member_id.clone(),
-            leader,
-            writes,
-            index,
-            cache,
-            last_acting,
-        }
+        Self { store, member_id, leader, writes, index, cache, last_acting }
+    }
+
+    /// Whether this replica acts as the DHCP leader now.
+    #[cfg(test)]
+    pub(super) fn acts_as_leader(&self) -> bool {
+        self.acting_guard().is_some()
     }
 
     /// The fencing compare, while this replica is the acting leader.
@@ -570,12 +572,14 @@ pub(super) async fn answer(
                 Ok(None)
             }
             MessageType::Decline => {
-                if let Some(ip) = request.requested_ip() {
-                    let kv = leases.store.get(&key(ip)).await?;
-                    let revision = kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                    let expires = now + i64::try_from(DECLINE_HOLD.as_millis()).unwrap_or(600_000);
-                    let declined = Some((mac.clone(), LeaseState::Declined, expires, String::new()));
-                    leases.write(ip, declined, revision).await?;
+                let Some(ip) = request.requested_ip() else { return Ok(None) };
+                let (current, revision) = leases.read(ip).await?;
+                let Some(entry) = declined(pool, &mac, ip, current.as_ref(), reservations, now) else {
+                    tracing::info!(%mac, %ip, "DECLINE ignored: not an address this client holds in its pool");
+                    return Ok(None);
+                };
+                let record = Some((mac.clone(), LeaseState::Declined, entry.expires_unix_ms, String::new()));
+                if leases.write(ip, record, revision).await?.is_some() {
                     tracing::warn!(%mac, %ip, "address declined (in use elsewhere?)");
                 }
                 Ok(None)
