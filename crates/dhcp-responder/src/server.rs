@@ -153,11 +153,12 @@ impl Responder {
     /// Starts the background parts (lease index, election, member
     /// watches, rules cache); answers once sockets feed [`Self::handle`].
     fn start(site: &Site, config: DhcpConfig) -> anyhow::Result<Self> {
-        let leases = match config.mode {
-            Mode::Full { .. } => Some(full_shell::Leases::start(
+        let leases = match &config.mode {
+            Mode::Full { pools, .. } => Some(full_shell::Leases::start(
                 site.store.clone(),
                 site.member_id.clone(),
                 site.election_ttl,
+                pools,
                 site.stop.clone(),
             )),
             Mode::Proxy => None,

@@ -6,12 +6,11 @@ use std::net::Ipv4Addr;
 use bootfleet_core::config::{ConfigError, CoreConfig, check_url, service_section};
 use serde::Deserialize;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bootfleet_core::config::parse_duration;
 
-use crate::full::{MAX_LEASE_REUSE, Pool};
+use crate::full::{MAX_LEASE_REUSE, Pool, Reservations};
 use crate::proxy::Loaders;
 use crate::relays::{Subnet, TrustedRelays};
 
@@ -100,7 +99,7 @@ pub enum Mode {
         /// Pools, one per subnet.
         pools: Vec<Pool>,
         /// Fixed addresses by MAC.
-        reservations: HashMap<String, Ipv4Addr>,
+        reservations: Reservations,
         /// A REQUEST for a lease its client got or renewed less than this
         /// fraction of the lease time ago is acknowledged for the time it
         /// has left, without a store write (0: always write).
@@ -303,12 +302,22 @@ fn full_mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
         }
         pools.push(pool);
     }
-    let mut reservations = HashMap::new();
+    let mut pairs = Vec::new();
     for (i, r) in section.reservations.iter().enumerate() {
         let mac = bootfleet_rules_engine::facts::normalize_mac(&r.mac).map_err(|_| {
             ConfigError::new(format!("dhcp.reservations[{i}].mac"), format!("{:?} is not a MAC", r.mac))
         })?;
-        reservations.insert(mac, address(&r.ip, &format!("dhcp.reservations[{i}].ip"))?);
+        pairs.push((mac, address(&r.ip, &format!("dhcp.reservations[{i}].ip"))?));
+    }
+    let reservations = Reservations::new(pairs)
+        .map_err(|ip| ConfigError::new("dhcp.reservations", format!("{ip} is reserved for two MACs")))?;
+    for (i, pool) in pools.iter().enumerate() {
+        if let Some(other) = pools[..i].iter().position(|p| p.start <= pool.end && pool.start <= p.end) {
+            return Err(ConfigError::new(
+                format!("dhcp.pools[{i}]"),
+                format!("its range overlaps dhcp.pools[{other}]'s: an address belongs to one pool"),
+            ));
+        }
     }
     let lease_reuse = section.lease_reuse.unwrap_or(DEFAULT_LEASE_REUSE);
     if !(0.0..=MAX_LEASE_REUSE).contains(&lease_reuse) {

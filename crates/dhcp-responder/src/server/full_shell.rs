@@ -11,7 +11,6 @@
 //! copy gets that same address again, for no longer than the lease has
 //! left (offline mode: a known host still boots), and nothing is written.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::lease_writer::{WriteJob, write_batches};
 use crate::client::{Client, Loader};
 use crate::full::{
-    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, declined, may_hold, pick_pool, reusable_lease,
+    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, Reservations, declined, may_hold, pick_pool,
+    reusable_lease,
 };
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
 use crate::wire::{MessageType, Request};
@@ -147,6 +147,7 @@ impl Leases {
         store: SharedStore,
         member_id: String,
         ttl: Duration,
+        pools: &[Pool],
         stop: CancellationToken,
     ) -> Self {
         let cache = SnapshotCache::start(store.clone(), PREFIX, stop.clone());
@@ -190,7 +191,7 @@ impl Leases {
         });
         let (writes, queue) = mpsc::channel(1024);
         tokio::spawn(write_batches(store.clone(), leader.clone(), queue));
-        let index = Arc::new(std::sync::Mutex::new(LeaseTable::default()));
+        let index = Arc::new(std::sync::Mutex::new(LeaseTable::new(pools)));
         tokio::spawn(maintain_index(cache.clone(), Arc::clone(&index)));
         Self { store, member_id, leader, writes, index, cache, last_acting }
     }
@@ -443,7 +444,7 @@ pub(super) async fn answer(
     client: &Client,
     ctx: &ProxyContext,
     pools: &[Pool],
-    reservations: &HashMap<String, Ipv4Addr>,
+    reservations: &Reservations,
     lease_reuse: f64,
     leases: &Leases,
 ) -> Option<Reply> {

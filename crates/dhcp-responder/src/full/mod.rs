@@ -1,0 +1,388 @@
+//! Full DHCP: address pools, reservations and lease decisions, pure.
+//! The shell reads the leases, asks here, and writes the result as a
+//! compare-and-swap before any ACK leaves. [`table`] indexes the leases
+//! a responder knows and allocates from them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+mod table;
+
+pub use table::LeaseTable;
+
+/// How long an OFFER holds its address.
+pub const OFFER_HOLD: Duration = Duration::from_secs(30);
+/// How long a DECLINEd address stays out of use.
+pub const DECLINE_HOLD: Duration = Duration::from_secs(600);
+
+/// An address pool on one subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Subnet address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// First address handed out.
+    pub start: Ipv4Addr,
+    /// Last address handed out.
+    pub end: Ipv4Addr,
+    /// Default gateway (option 3).
+    pub router: Option<Ipv4Addr>,
+    /// DNS servers (option 6).
+    pub dns: Vec<Ipv4Addr>,
+    /// Lease time granted.
+    pub lease_time: Duration,
+}
+
+impl Pool {
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) }
+    }
+
+    /// Whether `ip` is on the pool's subnet.
+    pub fn on_subnet(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network)
+    }
+
+    /// Whether `ip` is in the handed-out range.
+    pub fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+
+    /// Options describing the subnet (and the lease, unless INFORM).
+    pub fn options(&self, with_lease: bool) -> Vec<(u8, Vec<u8>)> {
+        let secs = with_lease.then(|| u32::try_from(self.lease_time.as_secs()).unwrap_or(u32::MAX));
+        self.options_for(secs)
+    }
+
+    /// As [`Self::options`], for a lease with `lease_secs` left (`None`: no
+    /// lease-time options, for INFORM).
+    pub fn options_for(&self, lease_secs: Option<u32>) -> Vec<(u8, Vec<u8>)> {
+        let mut out = vec![(1, self.mask().to_be_bytes().to_vec())];
+        if let Some(router) = self.router {
+            out.push((3, router.octets().to_vec()));
+        }
+        if !self.dns.is_empty() {
+            out.push((6, self.dns.iter().flat_map(|d| d.octets()).collect()));
+        }
+        if let Some(secs) = lease_secs {
+            out.push((51, secs.to_be_bytes().to_vec()));
+            out.push((58, (secs / 2).to_be_bytes().to_vec()));
+            out.push((59, (secs / 8 * 7).to_be_bytes().to_vec()));
+        }
+        out
+    }
+}
+
+/// Fixed addresses by MAC, and who each reserved address is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reservations {
+    by_mac: HashMap<String, Ipv4Addr>,
+    by_ip: HashMap<Ipv4Addr, String>,
+}
+
+impl Reservations {
+    /// Reservations from (MAC, address) pairs. `Err` names an address
+    /// reserved for two MACs (which one should have it is not said).
+    pub fn new(pairs: impl IntoIterator<Item = (String, Ipv4Addr)>) -> Result<Self, Ipv4Addr> {
+        let mut reservations = Self::default();
+        for (mac, ip) in pairs {
+            if reservations.by_ip.get(&ip).is_some_and(|holder| *holder != mac) {
+                return Err(ip);
+            }
+            if let Some(old) = reservations.by_mac.insert(mac.clone(), ip) {
+                reservations.by_ip.remove(&old);
+            }
+            reservations.by_ip.insert(ip, mac);
+        }
+        Ok(reservations)
+    }
+
+    /// The address reserved for `mac`.
+    pub fn for_mac(&self, mac: &str) -> Option<Ipv4Addr> {
+        self.by_mac.get(mac).copied()
+    }
+
+    /// The MAC `ip` is reserved for.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+}
+
+/// The pool for a request: the relay's subnet, else our own.
+pub fn pick_pool(pools: &[Pool], giaddr: Ipv4Addr, server_ip: Ipv4Addr) -> Option<&Pool> {
+    let on = if giaddr.is_unspecified() { server_ip } else { giaddr };
+    pools.iter().find(|p| p.on_subnet(on))
+}
+
+/// What a lease record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Offered, waiting for REQUEST.
+    Offered,
+    /// Acknowledged.
+    Bound,
+    /// Declined by a client (in use elsewhere).
+    Declined,
+}
+
+/// One lease as the allocator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// Holder.
+    pub mac: String,
+    /// State.
+    pub state: LeaseState,
+    /// End of validity.
+    pub expires_unix_ms: i64,
+}
+
+impl LeaseEntry {
+    fn live(&self, now_ms: i64) -> bool {
+        self.expires_unix_ms > now_ms
+    }
+}
+
+/// Whether `mac` may hold `ip` now: in range (or reserved for it), not
+/// reserved for someone else, not held by another live lease.
+pub fn may_hold(
+    pool: &Pool,
+    mac: &str,
+    ip: Ipv4Addr,
+    lease: Option<&LeaseEntry>,
+    reservations: &Reservations,
+    now_ms: i64,
+) -> bool {
+    let reserved_for_mac = reservations.for_mac(mac) == Some(ip);
+    let reserved_for_other = reservations.holder(ip).is_some_and(|holder| holder != mac);
+    let taken = lease.is_some_and(|l| l.live(now_ms) && (l.mac != mac || l.state == LeaseState::Declined));
+    pool.on_subnet(ip) && (pool.in_range(ip) || reserved_for_mac) && !reserved_for_other && !taken
+}
+
+/// What a DECLINE of `ip` from `mac` leaves in the store, if it counts.
+/// Only the client that holds `ip` (bound, or offered to it) in the pool
+/// it asks from may decline it: anyone could otherwise take a neighbour's
+/// lease away, or write records for addresses outside every pool. The
+/// address is then held out of use, from everyone, for [`DECLINE_HOLD`]
+/// — and never for less than the lease it had (see [`held_until`]).
+pub fn declined(
+    pool: &Pool,
+    mac: &str,
+    ip: Ipv4Addr,
+    lease: Option<&LeaseEntry>,
+    reservations: &Reservations,
+    now_ms: i64,
+) -> Option<LeaseEntry> {
+    let in_pool = pool.on_subnet(ip) && (pool.in_range(ip) || reservations.for_mac(mac) == Some(ip));
+    let lease = lease.filter(|l| {
+        l.mac == mac && l.live(now_ms) && matches!(l.state, LeaseState::Bound | LeaseState::Offered)
+    })?;
+    in_pool.then(|| LeaseEntry {
+        mac: mac.to_owned(),
+        state: LeaseState::Declined,
+        expires_unix_ms: held_until(Some(lease), mac, now_ms.saturating_add(millis(DECLINE_HOLD)), now_ms),
+    })
+}
+
+/// When a lease written for `mac` over `current` ends: `wanted`, or later
+/// if `current` is `mac`'s own and still runs longer. A lease's end never
+/// moves earlier while its client holds it, so no copy of the store, however
+/// old, shows a lease ending later than the store's (offline answers rest
+/// on that; see the shell's offline rule).
+pub fn held_until(current: Option<&LeaseEntry>, mac: &str, wanted: i64, now_ms: i64) -> i64 {
+    match current {
+        Some(l) if l.mac == mac && l.live(now_ms) => wanted.max(l.expires_unix_ms),
+        _ => wanted,
+    }
+}
+
+/// A duration in milliseconds, saturating.
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Most a `lease_reuse` fraction may be: a client renews at half its lease
+/// (T1), and that renewal must be written, or its leases would shrink. A
+/// reused lease's T1 comes at least half of what it had left later, less
+/// up to 1.5 s of rounding to whole seconds: the 5 % margin covers that
+/// for leases of 30 s or more.
+pub const MAX_LEASE_REUSE: f64 = 0.45;
+
+/// Seconds left on `mac`'s bound lease `lease` when it was granted or
+/// renewed so recently — less than `reuse` × `lease_time` ago — that a
+/// REQUEST for it can be acknowledged for the time it has left, without a
+/// store write (Kea calls this its cache threshold). A network boot asks
+/// for the same lease up to three times within a minute (PXE ROM, iPXE,
+/// the OS); each would otherwise cost a write. `None`: write as usual.
+pub fn reusable_lease(
+    lease: Option<&LeaseEntry>,
+    mac: &str,
+    lease_time: Duration,
+    reuse: f64,
+    now_ms: i64,
+) -> Option<u32> {
+    let lease = lease.filter(|l| l.mac == mac && l.state == LeaseState::Bound)?;
+    let full_ms = i64::try_from(lease_time.as_millis()).ok()?;
+    let left_ms = lease.expires_unix_ms.saturating_sub(now_ms);
+    let age_ms = full_ms.saturating_sub(left_ms);
+    // A negative age: granted under a longer lease time than configured
+    // now; writing gives it the current one.
+    let recent = age_ms >= 0 && (age_ms as f64) < reuse.clamp(0.0, MAX_LEASE_REUSE) * full_ms as f64;
+    (recent && left_ms >= 1000).then(|| u32::try_from(left_ms / 1000).unwrap_or(u32::MAX))
+}
+
+/// The address to offer `mac` given every lease (see [`LeaseTable::offer`]).
+pub fn offer(
+    pool: &Pool,
+    mac: &str,
+    leases: &BTreeMap<Ipv4Addr, LeaseEntry>,
+    reservations: &Reservations,
+    now_ms: i64,
+) -> Option<Ipv4Addr> {
+    let mut table = LeaseTable::new(std::slice::from_ref(pool));
+    for (ip, lease) in leases {
+        table.apply(*ip, Some(lease.clone()), 1);
+    }
+    table.offer(pool, mac, reservations, now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool {
+            network: Ipv4Addr::new(198, 18, 40, 0),
+            prefix: 24,
+            start: Ipv4Addr::new(198, 18, 40, 100),
+            end: Ipv4Addr::new(198, 18, 40, 103),
+            router: Some(Ipv4Addr::new(198, 18, 40, 1)),
+            dns: vec![Ipv4Addr::new(198, 18, 40, 1)],
+            lease_time: Duration::from_secs(3600),
+        }
+    }
+
+    fn lease(mac: &str, state: LeaseState, expires: i64) -> LeaseEntry {
+        LeaseEntry { mac: mac.into(), state, expires_unix_ms: expires }
+    }
+
+    const NOW: i64 = 1_000_000;
+
+    #[test]
+    fn a_lease_renewed_moments_ago_is_reused_for_the_time_it_has_left() {
+        let hour = Duration::from_secs(3600);
+        let fresh = lease("aa", LeaseState::Bound, NOW + 3_590_000);
+        assert_eq!(reusable_lease(Some(&fresh), "aa", hour, 0.25, NOW), Some(3590));
+        // Not for another MAC, an offer, a declined address, or no lease.
+        assert_eq!(reusable_lease(Some(&fresh), "bb", hour, 0.25, NOW), None);
+        for state in [LeaseState::Offered, LeaseState::Declined] {
+            assert_eq!(
+                reusable_lease(Some(&lease("aa", state, NOW + 3_590_000)), "aa", hour, 0.25, NOW),
+                None
+            );
+        }
+        assert_eq!(reusable_lease(None, "aa", hour, 0.25, NOW), None);
+        // Renewed 15 min ago or earlier: written again.
+        let older = lease("aa", LeaseState::Bound, NOW + 2_700_000);
+        assert_eq!(reusable_lease(Some(&older), "aa", hour, 0.25, NOW), None);
+        assert_eq!(
+            reusable_lease(Some(&lease("aa", LeaseState::Bound, NOW + 2_700_001)), "aa", hour, 0.25, NOW),
+            Some(2700)
+        );
+        // Turned off, expired, or granted under a longer lease time.
+        assert_eq!(reusable_lease(Some(&fresh), "aa", hour, 0.0, NOW), None);
+        assert_eq!(
+            reusable_lease(Some(&lease("aa", LeaseState::Bound, NOW - 1)), "aa", hour, 0.25, NOW),
+            None
+        );
+        assert_eq!(
+            reusable_lease(Some(&lease("aa", LeaseState::Bound, NOW + 7_000_000)), "aa", hour, 0.25, NOW),
+            None
+        );
+        // A renewal at T1 (half the lease) is written, whatever the setting.
+        let at_t1 = lease("aa", LeaseState::Bound, NOW + 1_800_000);
+        assert_eq!(reusable_lease(Some(&at_t1), "aa", hour, 0.9, NOW), None);
+    }
+
+    #[test]
+    fn offers_follow_reservation_then_holding_then_unrecorded_then_longest_ended() {
+        let p = pool();
+        let mut leases = BTreeMap::new();
+        let mut reservations = Reservations::default();
+        assert_eq!(offer(&p, "a", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 100)));
+        leases.insert(Ipv4Addr::new(198, 18, 40, 100), lease("a", LeaseState::Bound, NOW + 10));
+        assert_eq!(
+            offer(&p, "a", &leases, &reservations, NOW),
+            Some(Ipv4Addr::new(198, 18, 40, 100)),
+            "keeps its address"
+        );
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 101)));
+        // Addresses without a record come before one whose lease ended.
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW + 20), Some(Ipv4Addr::new(198, 18, 40, 101)));
+        // A reservation (even outside the range) wins, and is kept from others.
+        reservations = Reservations::new([
+            ("c".to_owned(), Ipv4Addr::new(198, 18, 40, 50)),
+            ("d".to_owned(), Ipv4Addr::new(198, 18, 40, 101)),
+        ])
+        .unwrap();
+        assert_eq!(offer(&p, "c", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 50)));
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 102)));
+        // Declined addresses stay out of use for everyone.
+        leases.insert(Ipv4Addr::new(198, 18, 40, 102), lease("b", LeaseState::Declined, NOW + 10));
+        assert_eq!(offer(&p, "b", &leases, &reservations, NOW), Some(Ipv4Addr::new(198, 18, 40, 103)));
+        // Full pool: nothing.
+        leases.insert(Ipv4Addr::new(198, 18, 40, 103), lease("e", LeaseState::Offered, NOW + 10));
+        assert_eq!(offer(&p, "f", &leases, &reservations, NOW), None);
+        // Once they end, the first to have ended frees its address (.101
+        // stays reserved for d).
+        assert_eq!(offer(&p, "f", &leases, &reservations, NOW + 20), Some(Ipv4Addr::new(198, 18, 40, 100)));
+    }
+
+    #[test]
+    fn pools_are_picked_by_relay_or_own_subnet() {
+        let a = pool();
+        let b = Pool { network: Ipv4Addr::new(198, 19, 0, 0), prefix: 16, ..pool() };
+        let pools = [a.clone(), b.clone()];
+        assert_eq!(pick_pool(&pools, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(198, 18, 40, 1)), Some(&a));
+        assert_eq!(pick_pool(&pools, Ipv4Addr::new(198, 19, 3, 1), Ipv4Addr::new(198, 18, 40, 1)), Some(&b));
+        assert_eq!(pick_pool(&pools, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 18, 40, 1)), None);
+    }
+
+    proptest! {
+        /// However leases and reservations lie, an offer never names an
+        /// address another MAC holds or that is reserved for another MAC.
+        #[test]
+        fn offers_never_collide(
+            holders in proptest::collection::vec((0u8..4, 0u8..4, any::<bool>()), 0..8),
+            reserved in proptest::collection::vec((0u8..6, 98u8..105), 0..3),
+            who in 0u8..6,
+        ) {
+            let p = pool();
+            let leases: BTreeMap<Ipv4Addr, LeaseEntry> = holders
+                .into_iter()
+                .map(|(ip, mac, live)| {
+                    (Ipv4Addr::new(198, 18, 40, 100 + ip), lease(&format!("m{mac}"), LeaseState::Bound, if live { NOW + 5 } else { NOW - 5 }))
+                })
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            let reservations = Reservations::new(
+                reserved
+                    .into_iter()
+                    .filter(|(_, last)| seen.insert(*last))
+                    .map(|(mac, last)| (format!("m{mac}"), Ipv4Addr::new(198, 18, 40, last))),
+            )
+            .unwrap();
+            let mac = format!("m{who}");
+            if let Some(ip) = offer(&p, &mac, &leases, &reservations, NOW) {
+                let other_holds = leases.get(&ip).is_some_and(|l| l.expires_unix_ms > NOW && l.mac != mac);
+                prop_assert!(!other_holds, "{ip} is held by another MAC");
+                prop_assert!(reservations.holder(ip).is_none_or(|m| m == mac), "{ip} is reserved for another MAC");
+                prop_assert!(p.on_subnet(ip));
+            }
+        }
+    }
+}
