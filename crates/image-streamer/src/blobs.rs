@@ -3,6 +3,15 @@
 //! `<dir>/partial/<sha256>` and renamed into place only once their hash is
 //! verified.
 //!
+//! Landing a file is durable before anyone is told: the partial file is
+//! hashed, fsynced, renamed, and both directories are fsynced before
+//! [`BlobStore::finish`] returns (so an upload is acknowledged, or a pull
+//! published, only for a file that survives a power cut). A crash or
+//! SIGKILL at any point leaves either the whole verified file under
+//! `blobs/` or a partial file, which is never served or listed: the next
+//! writer resumes it ([`BlobStore::resume`]), and one that already
+//! holds every byte is checked and moved into place then.
+//!
 //! A file is served only after its hash was checked. The check is
 //! remembered together with the file's length, modification time and inode,
 //! so any later change on disk (a corrupting write, a replaced file) forces a
@@ -158,6 +167,15 @@ struct State {
     writing: HashSet<String>,
 }
 
+/// Where a writer of a file goes on ([`BlobStore::resume`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// The verified file is in place: nothing to write.
+    Whole,
+    /// Write from this offset (the bytes the partial file holds).
+    From(u64),
+}
+
 /// The right to write one file's partial copy; released on drop.
 #[derive(Debug)]
 pub struct WriteClaim {
@@ -188,16 +206,13 @@ impl std::fmt::Debug for BlobStore {
     }
 }
 
-/// Reads a file through sha256, returning the digest, the length and,
-/// when `keep` allows, the bytes.
-/// Makes a rename or removal in `dir` durable (fsync of the directory).
-fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
-    match dir {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
+/// Makes a rename into or out of `dir` durable (fsync of the directory).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
+/// Reads a file through sha256, returning the digest, the length and,
+/// when `keep` allows, the bytes.
 fn hash_file(mut file: &File, keep: bool) -> io::Result<(String, u64, Option<Bytes>)> {
     let mut hasher = Sha256::new();
     let mut kept = Vec::new();
@@ -219,14 +234,32 @@ fn hash_file(mut file: &File, keep: bool) -> io::Result<(String, u64, Option<Byt
 
 impl BlobStore {
     /// Opens (creating) the store under `dir`. Partial files of earlier
-    /// runs are kept so uploads and pulls resume.
+    /// runs are kept so uploads and pulls resume, except those of files
+    /// already in place and anything not named by a digest.
     pub fn open(dir: &Path, cache_file_limit: u64, cache_budget: u64) -> Result<Self, BlobError> {
         let blobs = dir.join("blobs");
         let partial = dir.join("partial");
         for d in [&blobs, &partial] {
             fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
         }
-        Ok(Self { blobs, partial, cache_file_limit, cache_budget, state: Mutex::default() })
+        let store = Self { blobs, partial, cache_file_limit, cache_budget, state: Mutex::default() };
+        store.drop_stale_partials()?;
+        Ok(store)
+    }
+
+    fn drop_stale_partials(&self) -> Result<(), BlobError> {
+        let reading = || io_err(format!("reading {}", self.partial.display()));
+        for entry in fs::read_dir(&self.partial).map_err(reading())? {
+            let entry = entry.map_err(reading())?;
+            let name = entry.file_name();
+            let resumable =
+                name.to_str().is_some_and(|sha| check_digest(sha).is_ok() && !self.is_complete(sha));
+            if !resumable {
+                tracing::info!(path = %entry.path().display(), "removing a leftover partial file");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -467,18 +500,57 @@ impl BlobStore {
             return Err(BlobError::HashMismatch { expected: sha.to_owned(), actual });
         }
         // Durable before it is acknowledged: the bytes reach the disk before
-        // the rename makes them a blob, and the rename reaches it before the
-        // caller records the file in the catalog. A crash at any point
-        // leaves the whole verified file or none (a partial file is never
-        // served: only `blobs/` is, and only after a hash check).
+        // the rename makes them a blob, and the rename reaches it (in both
+        // directories) before the caller records the file in the catalog. A
+        // crash at any point leaves the whole verified file or none (a
+        // partial file is never served: only `blobs/` is, and only after a
+        // hash check).
         file.sync_all().map_err(io_err(format!("flushing {sha} to disk")))?;
         let target = self.blob_path(sha);
         fs::rename(&partial, &target).map_err(io_err(format!("moving {sha} into place")))?;
-        sync_dir(target.parent()).map_err(io_err(format!("flushing the directory of {sha}")))?;
+        for dir in [&self.blobs, &self.partial] {
+            sync_dir(dir).map_err(io_err(format!("flushing {} to disk", dir.display())))?;
+        }
         // The hash was just checked: remember that for the file now in place
         // (the open handle follows the rename; a rename keeps the stamp).
         Self::remember(&mut self.state(), self.cache_budget, sha, before, bytes, Arc::new(file));
         Ok(())
+    }
+
+    /// Where the writer holding `claim` resumes a file of `size` bytes:
+    /// nowhere when the verified file is in place, otherwise after the bytes
+    /// its partial file holds. A partial file that already holds `size`
+    /// bytes (its writer was stopped after the last byte but before the move
+    /// into place) is verified and moved now; one longer than `size`, or one
+    /// that fails its check, is dropped and the writer starts at 0.
+    /// Blocking (may hash the file).
+    pub fn resume(&self, claim: &WriteClaim, size: u64) -> Result<Resume, BlobError> {
+        let sha = claim.sha.as_str();
+        match self.lookup(sha)? {
+            Lookup::Ready(blob) if blob.len == size => return Ok(Resume::Whole),
+            Lookup::Ready(blob) => return Err(BlobError::SizeMismatch { expected: size, actual: blob.len }),
+            Lookup::Absent | Lookup::Corrupt => {}
+        }
+        let held = match fs::metadata(self.partial_path(sha)) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Resume::From(0)),
+            Err(e) => return Err(io_err(format!("reading the partial file of {sha}"))(e)),
+        };
+        if held < size {
+            return Ok(Resume::From(held));
+        }
+        if held == size {
+            match self.finish(sha, size) {
+                Ok(()) => return Ok(Resume::Whole),
+                Err(e @ (BlobError::HashMismatch { .. } | BlobError::ChangedWhileVerifying(_))) => {
+                    tracing::warn!(sha256 = sha, error = %e, "a complete partial file failed its check; starting over");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Longer than announced, or not the announced content.
+        self.discard_partial(sha);
+        Ok(Resume::From(0))
     }
 
     /// Drops a partial file (after a failed pull).
@@ -575,6 +647,84 @@ mod tests {
         assert!(matches!(BlobStore::claim(&store, &digest), Err(BlobError::InProgress(_))));
         drop(claim);
         assert!(BlobStore::claim(&store, &digest).is_ok());
+    }
+
+    /// Writes `data` as the partial file of `digest`, as a writer stopped
+    /// by a crash leaves it.
+    fn leave_partial(dir: &Path, digest: &str, data: &[u8]) {
+        fs::write(dir.join("partial").join(digest), data).unwrap();
+    }
+
+    #[test]
+    fn a_partial_file_holding_every_byte_is_moved_into_place_when_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path(), 0, 0).unwrap());
+        let data = b"all of it".repeat(500);
+        let digest = sha(&data);
+        leave_partial(dir.path(), &digest, &data);
+        assert!(!store.is_complete(&digest));
+        let claim = BlobStore::claim(&store, &digest).unwrap();
+        assert_eq!(store.resume(&claim, data.len() as u64).unwrap(), Resume::Whole);
+        assert!(matches!(store.lookup(&digest).unwrap(), Lookup::Ready(b) if b.len == data.len() as u64));
+        assert_eq!(store.held_bytes(&digest).unwrap(), data.len() as u64);
+        assert!(!dir.path().join("partial").join(&digest).exists());
+    }
+
+    #[test]
+    fn a_partial_file_that_cannot_be_the_file_is_dropped_when_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path(), 0, 0).unwrap());
+        let digest = sha(b"the real thing");
+        let claim = BlobStore::claim(&store, &digest).unwrap();
+        // Every byte, but not the right ones (a torn write, say).
+        leave_partial(dir.path(), &digest, b"the real th\0\0\0");
+        assert_eq!(store.resume(&claim, 14).unwrap(), Resume::From(0));
+        // More bytes than announced.
+        leave_partial(dir.path(), &digest, b"the real thing, and more");
+        assert_eq!(store.resume(&claim, 14).unwrap(), Resume::From(0));
+        assert_eq!(store.held_bytes(&digest).unwrap(), 0);
+        // Part of it: resumed after what is held.
+        leave_partial(dir.path(), &digest, b"the real");
+        assert_eq!(store.resume(&claim, 14).unwrap(), Resume::From(8));
+        // Nothing at all, and an empty file is still to be written.
+        let empty = sha(b"");
+        let claim = BlobStore::claim(&store, &empty).unwrap();
+        assert_eq!(store.resume(&claim, 0).unwrap(), Resume::From(0));
+    }
+
+    #[test]
+    fn a_torn_file_in_place_is_checked_and_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path(), 0, 0).unwrap());
+        let data = [3u8; 10_000];
+        let digest = sha(&data);
+        // What a rename that reached the disk before the bytes leaves.
+        fs::write(dir.path().join("blobs").join(&digest), b"").unwrap();
+        let claim = BlobStore::claim(&store, &digest).unwrap();
+        assert_eq!(store.resume(&claim, data.len() as u64).unwrap(), Resume::From(0));
+        assert!(!store.is_complete(&digest));
+    }
+
+    #[test]
+    fn opening_keeps_resumable_partial_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = {
+            let store = BlobStore::open(dir.path(), 0, 0).unwrap();
+            put(&store, b"in place")
+        };
+        let resumable = sha(b"half sent");
+        leave_partial(dir.path(), &digest, b"in place");
+        leave_partial(dir.path(), &resumable, b"half");
+        leave_partial(dir.path(), "not-a-digest.tmp", b"junk");
+        let store = BlobStore::open(dir.path(), 0, 0).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path().join("partial"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![resumable.clone()]);
+        assert_eq!(store.held_bytes(&resumable).unwrap(), 4);
+        assert!(store.is_complete(&digest));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Streamer;
-use crate::blobs::{BlobError, BlobStore, Lookup, check_digest};
+use crate::blobs::{BlobError, BlobStore, Lookup, Resume, check_digest};
 use crate::catalog::{check_name, needs, version_key, version_state};
 
 /// The gRPC handler.
@@ -66,13 +66,27 @@ impl ImageService for ImageApi {
         self.authorize(&request)?;
         let r = request.into_inner();
         check_digest(&r.sha256).map_err(blob_status)?;
-        let held = self.streamer.blobs.held_bytes(&r.sha256).map_err(blob_status)?;
-        // A partial file longer than announced cannot be the announced file.
-        let offset = if held > r.size {
-            self.streamer.blobs.discard_partial(&r.sha256);
-            0
-        } else {
-            held
+        let blobs = Arc::clone(&self.streamer.blobs);
+        let claim = match BlobStore::claim(&blobs, &r.sha256) {
+            Ok(claim) => claim,
+            // Its writer is still at it (perhaps this client's previous
+            // stream, not yet noticed as gone): report, change nothing.
+            Err(BlobError::InProgress(_)) => {
+                let offset = blobs.held_bytes(&r.sha256).map_err(blob_status)?.min(r.size);
+                return Ok(Response::new(pb::UploadOffsetResponse { offset }));
+            }
+            Err(e) => return Err(blob_status(e)),
+        };
+        // A partial file that holds every byte is moved into place now: a
+        // client told "all held" commits next, and a file left in partial/
+        // (its upload was killed after the last byte) would fail that for ever.
+        let resume = tokio::task::spawn_blocking(move || blobs.resume(&claim, r.size))
+            .await
+            .map_err(join_error)?
+            .map_err(blob_status)?;
+        let offset = match resume {
+            Resume::Whole => r.size,
+            Resume::From(offset) => offset,
         };
         Ok(Response::new(pb::UploadOffsetResponse { offset }))
     }
@@ -89,11 +103,20 @@ impl ImageService for ImageApi {
         check_digest(&header.sha256).map_err(blob_status)?;
         let sha = header.sha256.clone();
         let blobs = Arc::clone(&self.streamer.blobs);
-        if blobs.is_complete(&sha) {
+        // One writer per file: a second upload (or a pull) of it waits its turn.
+        let claim = BlobStore::claim(&blobs, &sha).map_err(blob_status)?;
+        // Already in place means verified in place: a file left torn by a
+        // crash is dropped by the check and written again.
+        let (b, size) = (Arc::clone(&blobs), header.size);
+        let (_claim, resume) = tokio::task::spawn_blocking(move || {
+            let resume = b.resume(&claim, size);
+            (claim, resume)
+        })
+        .await
+        .map_err(join_error)?;
+        if resume.map_err(blob_status)? == Resume::Whole {
             return Ok(Response::new(pb::UploadResponse { sha256: sha, size: header.size }));
         }
-        // One writer per file: a second upload (or a pull) of it waits its turn.
-        let _claim = BlobStore::claim(&blobs, &sha).map_err(blob_status)?;
         let (b, s, offset) = (Arc::clone(&blobs), sha.clone(), header.offset);
         let mut file = tokio::task::spawn_blocking(move || b.append_at(&s, offset))
             .await

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use super::Streamer;
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, Resume};
 use crate::catalog::{BLOB_ATTRIBUTE, FileState, needs};
 use crate::metrics;
 
@@ -186,16 +186,21 @@ async fn pull(
     sha: &str,
     size: u64,
 ) -> Result<(), String> {
-    let _claim = BlobStore::claim(blobs, sha).map_err(|e| e.to_string())?;
-    let mut held = blobs.held_bytes(sha).map_err(|e| e.to_string())?;
-    if held > size {
-        // Longer than the catalog says: not this file. Start over.
-        blobs.discard_partial(sha);
-        held = 0;
-    }
-    if held > 0 && held == size {
-        return finish(blobs, sha, size).await;
-    }
+    let claim = BlobStore::claim(blobs, sha).map_err(|e| e.to_string())?;
+    // What an earlier pull (or upload) left, perhaps every byte of it.
+    let (_claim, resume) = {
+        let blobs = Arc::clone(blobs);
+        tokio::task::spawn_blocking(move || {
+            let resume = blobs.resume(&claim, size);
+            (claim, resume)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
+    let held = match resume.map_err(|e| e.to_string())? {
+        Resume::Whole => return Ok(()),
+        Resume::From(held) => held,
+    };
     let uri = format!("{base}/blobs/{sha}");
     let mut request = Request::get(&uri);
     if held > 0 {

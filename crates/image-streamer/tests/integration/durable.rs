@@ -1,12 +1,15 @@
 //! Uploads are all or nothing across a crash, and on disk before they are
-//! acknowledged.
+//! acknowledged; a crash at the worst moment (every byte written, not yet
+//! moved into place) leaves a file the next push completes.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bootfleet_image_streamer::client;
+use bootfleet_test_support::process::ChildGuard;
 
 use super::{curl, pseudo_random, push, start_replica};
 
@@ -94,4 +97,58 @@ async fn an_upload_is_flushed_before_it_is_acknowledged() {
         calls[renamed..].iter().any(|l| l.contains("fsync(") && l.contains("/blobs>")),
         "the directory was not flushed after the rename:\n{text}"
     );
+}
+
+/// SIGKILL at the one moment a crash leaves every byte written and checked
+/// but not in place: strace kills the streamer as it enters the rename. The
+/// partial file is never served; after a restart the same push (the CLI's
+/// client) completes it. (The client skips a file whose offset says "all
+/// held", so the replica must move such a file into place, or the commit
+/// that follows fails for ever.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkill_before_the_rename_leaves_a_file_the_next_push_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = start_replica(STORE, dir.path(), "a", "");
+    let data = pseudo_random(8 << 20, 11);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("disk.img"), &data).unwrap();
+    let file = client::scan_dir(&src).unwrap().remove(0);
+    let blob = replica.data.join("blobs").join(&file.sha256);
+    let partial = replica.data.join("partial").join(&file.sha256);
+
+    let renames = "rename,renameat,renameat2";
+    let mut strace = Command::new("strace")
+        .args(["-f", "-e", &format!("trace={renames}"), "-e", &format!("inject={renames}:signal=SIGKILL")])
+        .args(["-o", "/dev/null", "-p", &replica.guard.0.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "Process N attached with M threads" comes once every thread is traced.
+    let mut lines = BufReader::new(strace.stderr.take().unwrap()).lines();
+    let strace = ChildGuard(strace);
+    loop {
+        let line = lines.next().expect("strace ended before attaching").unwrap();
+        if line.contains("attached with") {
+            break;
+        }
+    }
+    let mut c = replica.client().await;
+    let upload = client::upload(&mut c, &file, |_, _| {}).await;
+    assert!(upload.is_err(), "an upload whose rename was killed was acknowledged");
+    let status = replica.guard.0.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the streamer was not killed: {status:?}");
+    drop(strace);
+    // The state meant: every byte in partial/, nothing in place.
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), data.len() as u64);
+    assert!(!blob.exists());
+
+    let replica = start_replica(STORE, dir.path(), "a", "");
+    let url = format!("{}/blobs/{}", replica.url(), file.sha256);
+    assert_eq!(curl(&url, &[]).status, 404, "a partial file was served");
+    push(&replica, dir.path(), "disk", "1", &[("disk.img", data.clone())]).await;
+    let answer = curl(&format!("{}/images/disk/1/disk.img", replica.url()), &[]);
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == data, "the file served after the restart differs from the one pushed");
+    assert!(!partial.exists());
 }
