@@ -47,8 +47,18 @@ async fn a_sigkill_during_an_upload_leaves_the_whole_file_or_nothing() {
     replica.guard.0.wait().unwrap();
     assert!(!blob.exists(), "half a file was put in place as {}", blob.display());
 
+    let partial = replica.data.join("partial").join(&file.sha256);
+    let held = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    assert!(held < data.len() as u64, "the whole file arrived before the kill");
+
     let replica = start_replica(STORE, dir.path(), "a", "");
     assert!(!blob.exists(), "a restart put a partial upload in place");
+    let url = format!("{}/blobs/{}", replica.url(), file.sha256);
+    assert_eq!(curl(&url, &[]).status, 404, "a partial upload was served");
+    // The retry goes on from what the killed replica kept.
+    let mut c = replica.client().await;
+    let sent = client::upload(&mut c, &file, |_, _| {}).await.unwrap();
+    assert_eq!(sent, data.len() as u64 - held);
     push(&replica, dir.path(), "disk", "1", &[("disk.img", data.clone())]).await;
     let answer = curl(&format!("{}/images/disk/1/disk.img", replica.url()), &[]);
     assert_eq!(answer.status, 200);
