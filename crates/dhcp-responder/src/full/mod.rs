@@ -198,6 +198,53 @@ pub fn held_until(current: Option<&LeaseEntry>, mac: &str, wanted: i64, now_ms: 
     }
 }
 
+/// Longest lease handed out offline: the client comes back soon, when
+/// the store may be there again.
+pub const OFFLINE_LEASE: Duration = Duration::from_secs(300);
+
+/// How far replicas' clocks may disagree: an offline answer ends this much
+/// before the lease it rests on, by this replica's clock.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(5);
+
+/// Least lease worth handing out offline.
+const OFFLINE_LEAST_SECS: u32 = 10;
+
+/// Seconds of lease a replica without the store may give again, from a
+/// bound lease its copy shows ending at `expires_unix_ms` (`None`: too
+/// little left). Never past that end (less [`CLOCK_MARGIN`]), never more
+/// than [`OFFLINE_LEASE`].
+///
+/// Why this cannot give one address to two clients, however stale the
+/// copy: the leader never lets a lease it committed end earlier while its
+/// client holds it ([`held_until`]: a renewal only lengthens it, a RELEASE
+/// keeps the address held for that client until the released lease would
+/// have ended, a DECLINE holds it from everyone at least that long), and
+/// never gives the address to another client before the record ends. So
+/// any bound lease a copy ever saw stays its client's until the end the
+/// copy shows, and the offline answer ends before that.
+pub fn offline_lease_secs(expires_unix_ms: i64, now_ms: i64) -> Option<u32> {
+    let left_ms = expires_unix_ms.saturating_sub(now_ms).saturating_sub(millis(CLOCK_MARGIN));
+    let secs =
+        u32::try_from(left_ms / 1000).ok()?.min(u32::try_from(OFFLINE_LEASE.as_secs()).unwrap_or(u32::MAX));
+    (secs >= OFFLINE_LEAST_SECS).then_some(secs)
+}
+
+/// What a RELEASE of `ip` from `mac` leaves in the store: `None` (delete
+/// the record) when the lease has ended or was not `mac`'s; else an offer
+/// held for `mac` until the released lease would have ended. The client
+/// may have the address back; no one else gets it before then, so a
+/// replica that missed the RELEASE (cut off from the store) and still
+/// shows the lease bound can never hand it to its old client while
+/// another holds it.
+pub fn released(lease: Option<&LeaseEntry>, mac: &str, now_ms: i64) -> Option<LeaseEntry> {
+    let lease = lease.filter(|l| l.mac == mac && l.live(now_ms))?;
+    Some(LeaseEntry {
+        mac: mac.to_owned(),
+        state: LeaseState::Offered,
+        expires_unix_ms: lease.expires_unix_ms,
+    })
+}
+
 /// A duration in milliseconds, saturating.
 pub fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -340,6 +387,48 @@ mod tests {
         // Once they end, the first to have ended frees its address (.101
         // stays reserved for d).
         assert_eq!(offer(&p, "f", &leases, &reservations, NOW + 20), Some(Ipv4Addr::new(198, 18, 40, 100)));
+    }
+
+    #[test]
+    fn offline_leases_end_before_the_lease_they_rest_on() {
+        let ends = NOW + 600_000;
+        assert_eq!(offline_lease_secs(ends, NOW), Some(300), "at most five minutes");
+        assert_eq!(offline_lease_secs(NOW + 60_000, NOW), Some(55), "never past the lease, less the margin");
+        assert_eq!(offline_lease_secs(NOW + 15_000, NOW), Some(10));
+        assert_eq!(offline_lease_secs(NOW + 14_999, NOW), None, "too little left");
+        assert_eq!(offline_lease_secs(NOW - 1, NOW), None);
+        assert_eq!(offline_lease_secs(i64::MIN, i64::MAX), None);
+    }
+
+    #[test]
+    fn a_released_address_stays_its_clients_until_the_lease_would_have_ended() {
+        let bound = lease("aa", LeaseState::Bound, NOW + 60_000);
+        let held = released(Some(&bound), "aa", NOW).unwrap();
+        assert_eq!((held.state, held.expires_unix_ms), (LeaseState::Offered, NOW + 60_000));
+        assert!(!may_hold(
+            &pool(),
+            "bb",
+            Ipv4Addr::new(198, 18, 40, 100),
+            Some(&held),
+            &Reservations::default(),
+            NOW + 59_999
+        ));
+        assert!(may_hold(
+            &pool(),
+            "aa",
+            Ipv4Addr::new(198, 18, 40, 100),
+            Some(&held),
+            &Reservations::default(),
+            NOW
+        ));
+        assert_eq!(released(Some(&bound), "bb", NOW), None, "not the sender's");
+        assert_eq!(released(Some(&bound), "aa", NOW + 60_000), None, "over already");
+        assert_eq!(released(None, "aa", NOW), None);
+        // Writes for the same client never end its lease earlier.
+        assert_eq!(held_until(Some(&bound), "aa", NOW + 30_000, NOW), NOW + 60_000);
+        assert_eq!(held_until(Some(&bound), "aa", NOW + 90_000, NOW), NOW + 90_000);
+        assert_eq!(held_until(Some(&bound), "bb", NOW + 30_000, NOW), NOW + 30_000);
+        assert_eq!(held_until(Some(&bound), "aa", NOW + 61_000, NOW + 60_000), NOW + 61_000, "ended");
     }
 
     #[test]

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::lease_writer::{WriteJob, write_batches};
 use crate::client::{Client, Loader};
 use crate::full::{
-    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, Reservations, declined, may_hold, pick_pool,
-    reusable_lease,
+    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, Reservations, declined, held_until, may_hold,
+    millis, offline_lease_secs, pick_pool, released, reusable_lease,
 };
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
 use crate::wire::{MessageType, Request};
@@ -99,9 +99,6 @@ pub(super) struct Leases {
     index: Arc<std::sync::Mutex<LeaseTable>>,
     /// The watched copy (its status tells whether the store is reachable).
     cache: SnapshotCache,
-    /// Whether this replica was the last one seen acting as leader: only it
-    /// answers offline, from a copy that holds every lease it wrote.
-    last_acting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Keeps the lease index in step with the snapshot's change events,
@@ -154,15 +151,12 @@ impl Leases {
         let (tx, leader) = watch::channel(None);
         let election = Election::new(store.clone(), "dhcp-responder");
         let id = member_id.clone();
-        let last_acting: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let became_leader = Arc::clone(&last_acting);
         tokio::spawn(async move {
             let mut term = 0;
             while !stop.is_cancelled() {
                 match Leadership::acquire(&election, id.clone().into_bytes(), ttl, &stop).await {
                     Ok(Some(mut leadership)) => {
                         tracing::info!("acting DHCP leader");
-                        became_leader.store(true, std::sync::atomic::Ordering::Relaxed);
                         term += 1;
                         let token = LeaderToken {
                             guard: leadership.guard(),
@@ -193,13 +187,20 @@ impl Leases {
         tokio::spawn(write_batches(store.clone(), leader.clone(), queue));
         let index = Arc::new(std::sync::Mutex::new(LeaseTable::new(pools)));
         tokio::spawn(maintain_index(cache.clone(), Arc::clone(&index)));
-        Self { store, member_id, leader, writes, index, cache, last_acting }
+        Self { store, member_id, leader, writes, index, cache }
     }
 
     /// Whether this replica acts as the DHCP leader now.
     #[cfg(test)]
     pub(super) fn acts_as_leader(&self) -> bool {
         self.acting_guard().is_some()
+    }
+
+    /// Whether the watched copy is all this replica has (the store is
+    /// unreachable).
+    #[cfg(test)]
+    pub(super) fn offline(&self) -> bool {
+        self.cache.status() == CacheStatus::Degraded
     }
 
     /// The fencing compare, while this replica is the acting leader.
@@ -379,17 +380,20 @@ fn complete(
     r
 }
 
-/// Longest lease handed out offline.
-const OFFLINE_LEASE_SECS: u32 = 300;
-
-fn lease_secs(pool: &Pool) -> Option<u32> {
+fn pool_lease_secs(pool: &Pool) -> Option<u32> {
     Some(u32::try_from(pool.lease_time.as_secs()).unwrap_or(u32::MAX))
 }
 
-/// Offline mode: the store is unreachable, so no replica can act as leader
-/// or write. A host with an unexpired bound lease in the watched copy gets
-/// that address again for the time the lease has left; every replica gives
-/// the same answer, and nothing new is allocated.
+fn lease_secs(expires_unix_ms: i64, now_ms: i64) -> Option<u32> {
+    Some(u32::try_from(expires_unix_ms.saturating_sub(now_ms) / 1000).unwrap_or(u32::MAX))
+}
+
+/// Offline mode: the store is unreachable, so this replica cannot lead or
+/// write. A host whose bound lease is in the watched copy gets that same
+/// address again, for no longer than [`offline_lease_secs`] allows; nothing
+/// new is allocated. Any replica may answer so, however stale its copy:
+/// see [`offline_lease_secs`] for why that never gives one address to two
+/// clients.
 fn answer_offline(
     request: &Request,
     client: &Client,
@@ -398,16 +402,7 @@ fn answer_offline(
     leases: &Leases,
 ) -> Option<Reply> {
     if leases.cache.status() != CacheStatus::Degraded {
-        // The store is fine: a standby stays silent (and no longer counts
-        // as the last leader).
-        leases.last_acting.store(false, std::sync::atomic::Ordering::Relaxed);
-        return None;
-    }
-    // Only the replica that was acting when the store went away answers: its
-    // copy holds every lease it wrote, so a stale standby (or one cut off
-    // from a healthy store) never hands out an address it no longer owns.
-    if !leases.last_acting.load(std::sync::atomic::Ordering::Relaxed) {
-        return None;
+        return None; // the store is fine: a standby stays silent
     }
     let mac = request.mac_text();
     let now = now_ms();
@@ -415,12 +410,7 @@ fn answer_offline(
     if !pool.on_subnet(ip) {
         return None; // the host moved: its old address is no good here
     }
-    // Short offline leases: the client comes back soon, when the store may
-    // be there again.
-    let left = u32::try_from((expires - now) / 1000).unwrap_or(0).min(OFFLINE_LEASE_SECS);
-    if left < 10 {
-        return None; // too little left to be worth handing out
-    }
+    let left = offline_lease_secs(expires, now)?;
     let kind = match request.message_type {
         MessageType::Discover => ReplyType::Offer,
         MessageType::Request => {
@@ -460,14 +450,13 @@ pub(super) async fn answer(
     if leases.acting_guard().is_none() {
         return answer_offline(request, client, ctx, pool, leases);
     }
-    leases.last_acting.store(true, std::sync::atomic::Ordering::Relaxed);
     let mac = request.mac_text();
     let hostname = request.text(12).unwrap_or_default();
     let now = now_ms();
     let result: StoreResult<Option<Reply>> = async {
         match request.message_type {
             MessageType::Discover => {
-                let expires = now + i64::try_from(OFFER_HOLD.as_millis()).unwrap_or(30_000);
+                let offer_ends = now.saturating_add(millis(OFFER_HOLD));
                 for attempt in 0..3 {
                     let chosen = {
                         let mut table = leases.table();
@@ -476,16 +465,17 @@ pub(super) async fn answer(
                             let bound = current.as_ref().is_some_and(|(e, _)| {
                                 e.mac == mac && e.state == LeaseState::Bound && e.expires_unix_ms > now
                             });
+                            let expires = held_until(current.as_ref().map(|(e, _)| e), &mac, offer_ends, now);
                             let revision = current.map_or(0, |(_, r)| r);
                             if !bound {
                                 // Provisional, so concurrent offers pick other addresses.
                                 let offered = LeaseEntry { mac: mac.clone(), state: LeaseState::Offered, expires_unix_ms: expires };
                                 table.apply(ip, Some(offered), revision);
                             }
-                            (ip, revision, bound)
+                            (ip, revision, bound, expires)
                         })
                     };
-                    let Some((ip, revision, bound)) = chosen else {
+                    let Some((ip, revision, bound, expires)) = chosen else {
                         tracing::warn!(%mac, "pool exhausted");
                         return Ok(None);
                     };
@@ -495,7 +485,7 @@ pub(super) async fn answer(
                     };
                     if held {
                         let r = reply(ReplyType::Offer, ip, request, ctx);
-                        return Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))));
+                        return Ok(Some(complete(r, request, client, ctx, pool, pool_lease_secs(pool))));
                     }
                     tracing::debug!(%mac, %ip, attempt, "offer raced another write; reading that lease again");
                     let (fresh, revision) = leases.read(ip).await?;
@@ -510,7 +500,7 @@ pub(super) async fn answer(
                 let Some(ip) = request.requested_ip().or((!request.ciaddr.is_unspecified()).then_some(request.ciaddr)) else {
                     return Ok(None);
                 };
-                let expires = now + i64::try_from(pool.lease_time.as_millis()).unwrap_or(i64::MAX / 2);
+                let lease_ends = now.saturating_add(millis(pool.lease_time));
                 // First from the index (no store read); the write compares
                 // the revision, so a stale index costs one failed write and
                 // then a read of the store, never a wrong ACK.
@@ -536,6 +526,7 @@ pub(super) async fn answer(
                     (current, revision) = leases.read(ip).await?;
                 }
                 let mut written = None;
+                let mut expires = lease_ends;
                 for attempt in 0..2 {
                     if attempt > 0 {
                         (current, revision) = leases.read(ip).await?;
@@ -549,7 +540,9 @@ pub(super) async fn answer(
                         tracing::info!(%mac, %ip, "request refused (NAK)");
                         return Ok(Some(reply(ReplyType::Nak, Ipv4Addr::UNSPECIFIED, request, ctx)));
                     }
-                    // Stored before it is acknowledged.
+                    // Stored before it is acknowledged; never ending sooner
+                    // than the lease it renews.
+                    expires = held_until(current.as_ref(), &mac, lease_ends, now);
                     let bound = Some((mac.clone(), LeaseState::Bound, expires, hostname.clone()));
                     written = leases.write(ip, bound, revision).await?;
                     if written.is_some() {
@@ -560,16 +553,21 @@ pub(super) async fn answer(
                     return Ok(None);
                 }
                 let r = reply(ReplyType::Ack, ip, request, ctx);
-                Ok(Some(complete(r, request, client, ctx, pool, lease_secs(pool))))
+                Ok(Some(complete(r, request, client, ctx, pool, lease_secs(expires, now))))
             }
             MessageType::Release => {
                 let ip = request.ciaddr;
-                if let Some(kv) = leases.store.get(&key(ip)).await?
-                    && entry(&kv).is_some_and(|(_, e)| e.mac == mac)
-                        && leases.write(ip, None, kv.mod_revision).await?.is_some()
-                    {
-                        tracing::info!(%mac, %ip, "released");
-                    }
+                let (current, revision) = leases.read(ip).await?;
+                if current.as_ref().is_none_or(|l| l.mac != mac) {
+                    return Ok(None); // not the sender's to release
+                }
+                // Held for the client until its lease would have ended
+                // (see `released`), or deleted if it has ended.
+                let record = released(current.as_ref(), &mac, now)
+                    .map(|held| (mac.clone(), held.state, held.expires_unix_ms, hostname.clone()));
+                if leases.write(ip, record, revision).await?.is_some() {
+                    tracing::info!(%mac, %ip, "released");
+                }
                 Ok(None)
             }
             MessageType::Decline => {

@@ -168,6 +168,13 @@ pub(super) fn decline(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     encode_request(mac, 4, None, &[(53, &[4]), (50, &ip.octets()), (54, &SERVER.octets())])
 }
 
+/// RELEASE of `ip` (ciaddr), unicast to our server id.
+pub(super) fn release(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut datagram = encode_request(mac, 5, None, &[(53, &[7]), (54, &SERVER.octets())]);
+    datagram[12..16].copy_from_slice(&ip.octets());
+    datagram
+}
+
 /// Whether the store holds a lease record for `ip`.
 async fn stored(store: &SharedStore, ip: Ipv4Addr) -> bool {
     store.get(&full_shell::key(ip)).await.unwrap().is_some()
@@ -232,4 +239,88 @@ async fn relayed_requests_are_answered_only_from_trusted_relays() {
     let relay = SocketAddr::from((IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 67));
     assert_eq!(closed.send(&relayed_discover(mac(3), remote_relay), relay).await, None);
     assert!(closed.send(&discover(mac(3)), from_client()).await.is_some());
+}
+
+/// Every ACK clients saw: who, which address, from when until when (by
+/// the wall clock, from the lease time the ACK gave).
+#[derive(Default)]
+struct AckLog(Vec<(String, Ipv4Addr, i64, i64)>);
+
+impl AckLog {
+    fn record(&mut self, client: [u8; 6], answer: Option<&Answer>) {
+        let Some(ack) = answer.filter(|a| a.kind == ACK) else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        let start = i64::try_from(now).unwrap();
+        let end = start + i64::from(ack.lease_secs.expect("an ACK gives a lease time")) * 1000;
+        self.0.push((format!("{client:02x?}"), ack.yiaddr, start, end));
+    }
+
+    /// No address ACKed to two clients for overlapping times.
+    fn assert_no_overlap(&self) {
+        for (i, (a, ip, start, end)) in self.0.iter().enumerate() {
+            for (b, other_ip, other_start, other_end) in &self.0[i + 1..] {
+                let overlap = ip == other_ip && a != b && start < other_end && other_start < end;
+                assert!(!overlap, "{ip} ACKed to {a} and to {b} for overlapping times: {:?}", self.0);
+            }
+        }
+    }
+}
+
+/// Two replicas on a real etcd; A reaches it through a proxy that is then
+/// severed (A is cut off from etcd, not from clients), B takes over. The
+/// client A gave an address releases it (B frees it; A cannot write), B
+/// gives out the pool, and the first client, rebooting, asks again where
+/// only A hears it. A answers from its copy, which still shows the lease
+/// it gave: no address may end up ACKed to two clients at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_etcd_never_answers_an_address_the_leader_gave_away() {
+    use bootfleet_core::config::{StoreBackend, StoreConfig};
+    use bootfleet_test_support::etcd::EtcdCluster;
+    use bootfleet_test_support::proxy::CuttableProxy;
+
+    let etcd = tokio::task::block_in_place(|| EtcdCluster::start(1)).expect("etcd (Debian's etcd-server)");
+    let target: SocketAddr = etcd.endpoint(0).trim_start_matches("http://").parse().unwrap();
+    let proxy = CuttableProxy::start(target).await.unwrap();
+    let open = |endpoint: String| async move {
+        let config = StoreConfig {
+            backend: StoreBackend::Etcd { endpoints: vec![endpoint] },
+            request_timeout: Duration::from_secs(1),
+            election_ttl: Duration::from_secs(2),
+            member_ttl: Duration::from_secs(2),
+        };
+        bootfleet_core::store::open(&config).await.unwrap()
+    };
+    let pools = vec![pool(60, 2)];
+    let a = Replica::start(open(proxy.url()).await, "a", config(pools.clone(), &[]));
+    a.wait_leading().await;
+    let b = Replica::start(open(etcd.endpoint(0)).await, "b", config(pools, &[]));
+    let (first, second) = (mac(1), mac(2));
+    let mut acks = AckLog::default();
+    let offer = a.send(&discover(first), from_client()).await.unwrap();
+    let ack = a.send(&select(first, offer.yiaddr), from_client()).await;
+    acks.record(first, ack.as_ref());
+    let held = ack.expect("the first client gets an address").yiaddr;
+
+    proxy.sever();
+    wait_for("A to be offline", || a.leases().offline() && !a.leases().acts_as_leader()).await;
+    b.wait_leading().await;
+    // The first client releases its address; both replicas hear it, only
+    // the leader can write.
+    for replica in [&a, &b] {
+        replica.send(&release(first, held), SocketAddr::from((held, 68))).await;
+    }
+    // Another client gets an address from the leader.
+    if let Some(offer) = b.send(&discover(second), from_client()).await {
+        acks.record(second, b.send(&select(second, offer.yiaddr), from_client()).await.as_ref());
+    }
+    // The first client reboots and asks for its old address; only A hears.
+    let offline = a.send(&init_reboot(first, held), from_client()).await;
+    acks.record(first, offline.as_ref());
+    acks.assert_no_overlap();
+    assert_eq!(
+        offline.map(|o| (o.kind, o.yiaddr)),
+        Some((ACK, held)),
+        "offline, a known host still gets its address"
+    );
+    drop((a, b, proxy, etcd));
 }
