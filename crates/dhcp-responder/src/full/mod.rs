@@ -109,6 +109,16 @@ impl Reservations {
     pub fn holder(&self, ip: Ipv4Addr) -> Option<&str> {
         self.by_ip.get(&ip).map(String::as_str)
     }
+
+    /// Number of reservations.
+    pub fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_mac.is_empty()
+    }
 }
 
 /// The pool for a request: the relay's subnet, else our own.
