@@ -5,6 +5,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bootfleet_core::auth::Token;
 use bootfleet_core::config::{CommonArgs, ConfigError, CoreConfig, Defaults, LogFormat, StoreBackend};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_dhcp_responder::server::{DhcpArgs, DhcpConfig};
@@ -79,12 +80,25 @@ async fn run_all(ctx: Arc<ServiceContext>, services: Services) -> anyhow::Result
 
 /// Validates every service's settings against the shared configuration.
 fn load(args: &UpArgs, core: &CoreConfig) -> Result<Services, ConfigError> {
-    Ok(Services {
+    let mut services = Services {
         rules: RulesConfig::load(&args.rules, core)?,
         tftp: TftpConfig::load(&args.tftp, core)?,
         streamer: StreamerConfig::load_with_default(&args.streamer, core, "127.0.0.1:8080")?,
         dhcp: DhcpConfig::load(&args.dhcp, core)?,
-    })
+    };
+    // The DHCP responder of this process records through its rules engine:
+    // both get one service token, the configured one or a fresh one.
+    let service_token = match &services.rules.service_token {
+        Some(token) => token.clone(),
+        None => Token::random().map_err(|e| {
+            ConfigError::new("rules.service_token_file", format!("generating a service token: {e}"))
+        })?,
+    };
+    services.rules.service_token = Some(service_token.clone());
+    if let Some(dhcp) = &mut services.dhcp {
+        dhcp.service_token = Some(service_token);
+    }
+    Ok(services)
 }
 
 /// Runs `up`; returns the process exit status.
@@ -185,7 +199,10 @@ fn render_settings(core: &CoreConfig, services: &Services) -> String {
     let rules = &services.rules;
     out.set("listen", rules.listen)
         .set("admin_token", secret(&rules.admin_token))
+        .set("service_token", "<set> (shared with the DHCP responder)")
         .set("history_limit", rules.history_limit)
+        .set("host_retention", seconds(rules.host_retention))
+        .set("max_hosts", rules.max_hosts)
         .end("rules");
     let tftp = &services.tftp;
     out.set("listen", tftp.listen)

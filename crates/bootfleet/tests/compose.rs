@@ -104,21 +104,25 @@ fn compose_stack_round_robins_and_boots_vms_while_containers_die() {
             "[dhcp]\nmode = \"full\"\ninterfaces = [\"{SERVER_IF}\"]\nserver_ip = \"198.18.66.1\"\n\
              tftp_server = \"198.18.66.11\"\nhttp_base = \"http://198.18.66.11:8080\"\n\
              rules_url = \"http://127.0.0.1:7101\"\nrouter_advertisements = true\n\
+             service_token_file = \"/run/secrets/bootfleet-service-token\"\n\
              tftp_from_members = true\nstreamers_from_members = true\n\
              [[dhcp.pools]]\nsubnet = \"198.18.66.0/24\"\nstart = \"198.18.66.100\"\n\
              end = \"198.18.66.150\"\nlease_time = \"10m\"\n"
         ),
     )
     .unwrap();
+    let service_token = dir.path().join("service.token");
+    std::fs::write(&service_token, "compose-lab-service-token-0123456789").unwrap();
     let env = dir.path().join("lab.env");
     std::fs::write(
         &env,
         format!(
             "REPLICA_A_IP=198.18.66.11\nREPLICA_B_IP=198.18.66.12\nDNS_IP=198.18.66.10\nDOMAIN=lab.test\n\
-             LOADERS_DIR={}\nDHCP_CONFIG={}\nADMIN_TOKEN={TOKEN}\nTAG=test\n\
+             LOADERS_DIR={}\nDHCP_CONFIG={}\nADMIN_TOKEN={TOKEN}\nSERVICE_TOKEN_FILE={}\nTAG=test\n\
              ETCD_IMAGE=localhost/bootfleet/etcd:test\nDNS_IMAGE=localhost/bootfleet/dnsmasq:test\n",
             tftp.display(),
-            dhcp.display()
+            dhcp.display(),
+            service_token.display()
         ),
     )
     .unwrap();

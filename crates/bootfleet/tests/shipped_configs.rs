@@ -31,7 +31,15 @@ fn shipped() -> Vec<PathBuf> {
     found
 }
 
-/// Loads a whole file as `bootfleet up` would (token given on the command
+/// A service token file, given on the command line in place of the one
+/// a shipped file names (which exists only where it is deployed).
+static SERVICE_TOKEN_FILE: std::sync::LazyLock<tempfile::NamedTempFile> = std::sync::LazyLock::new(|| {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "service-token-0123456789").unwrap();
+    file
+});
+
+/// Loads a whole file as `bootfleet up` would (tokens given on the command
 /// line, so token files need not exist here).
 fn load(text: &str) -> Result<(), ConfigError> {
     load_with(text, None)
@@ -41,7 +49,12 @@ fn load(text: &str) -> Result<(), ConfigError> {
 /// gives it (an environment variable per pod).
 fn load_with(text: &str, streamer_public_url: Option<&str>) -> Result<(), ConfigError> {
     let core = CoreConfig::from_parts(&CommonArgs::default(), parse_file(text)?, &DEFAULTS)?;
-    let rules = RulesArgs { admin_token: Some("0123456789abcdef0123".into()), ..RulesArgs::default() };
+    let service_token_file = Some(SERVICE_TOKEN_FILE.path().to_owned());
+    let rules = RulesArgs {
+        admin_token: Some("0123456789abcdef0123".into()),
+        service_token_file: service_token_file.clone(),
+        ..RulesArgs::default()
+    };
     RulesConfig::load(&rules, &core)?;
     // Roots named in shipped files need not exist on the test machine.
     let tftp = TftpArgs { root: Some(std::env::temp_dir()), ..TftpArgs::default() };
@@ -52,7 +65,7 @@ fn load_with(text: &str, streamer_public_url: Option<&str>) -> Result<(), Config
         ..StreamerArgs::default()
     };
     StreamerConfig::load_with_default(&streamer, &core, "127.0.0.1:8080")?;
-    DhcpConfig::load(&DhcpArgs::default(), &core).map(drop)
+    DhcpConfig::load(&DhcpArgs { service_token_file, ..DhcpArgs::default() }, &core).map(drop)
 }
 
 #[test]

@@ -333,6 +333,24 @@ pub fn check_url(value: &str, key: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Shortest bearer token accepted from a file.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads a bearer token from `path` (surrounding whitespace dropped, at
+/// least [`MIN_TOKEN_LEN`] characters); errors name `key`.
+pub fn token_file(path: &Path, key: &str) -> Result<crate::auth::Token, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("reading {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(ConfigError::new(
+            key,
+            format!("the token in {} is too short: use at least {MIN_TOKEN_LEN} characters", path.display()),
+        ));
+    }
+    Ok(crate::auth::Token::new(token))
+}
+
 /// Reads and parses the TOML file, naming the dotted key of any error.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = format!("--config {}", path.display());

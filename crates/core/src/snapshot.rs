@@ -126,6 +126,34 @@ impl SnapshotCache {
             .collect()
     }
 
+    /// Up to `limit` keys under `prefix` that sort after `after`, in order:
+    /// one page of a listing, copying only that page.
+    pub fn list_after(&self, prefix: &str, after: &str, limit: usize) -> Vec<KeyValue> {
+        use std::ops::Bound;
+        let start = if after < prefix {
+            Bound::Included(prefix.to_owned())
+        } else {
+            Bound::Excluded(after.to_owned())
+        };
+        self.read()
+            .kvs
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(_, kv)| kv.clone())
+            .collect()
+    }
+
+    /// Number of keys in the copy.
+    pub fn len(&self) -> usize {
+        self.read().kvs.len()
+    }
+
+    /// True when the copy holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.read().kvs.is_empty()
+    }
+
     /// The store revision the copy reflects.
     pub fn revision(&self) -> Revision {
         self.read().revision

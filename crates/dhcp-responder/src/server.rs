@@ -23,7 +23,7 @@ use bootfleet_core::membership::service_prefix;
 use bootfleet_core::process::ServiceContext;
 use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_proto::v1 as pb;
-use bootfleet_rules_engine::client::connect_lazy;
+use bootfleet_rules_engine::client::connect_lazy_with;
 use prometheus::{HistogramVec, IntCounterVec, register_histogram_vec, register_int_counter_vec};
 use prost::Message;
 use tokio::net::UdpSocket;
@@ -180,7 +180,7 @@ impl Responder {
             liveness,
             leases,
             verdicts: verdicts::Verdicts::new(
-                connect_lazy(&config.rules_url)?,
+                connect_lazy_with(&config.rules_url, config.service_token.as_ref())?,
                 config.rules_cache,
                 site.store.clone(),
                 site.stop.clone(),

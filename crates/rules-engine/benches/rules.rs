@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bootfleet_core::admin::Health;
+use bootfleet_core::auth::{Credentials, Role, Token};
 use bootfleet_core::store::embedded::EmbeddedStore;
 use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::decide::{Catalog, Engine};
@@ -32,6 +33,8 @@ use bootfleet_rules_engine::store::{RulesState, StateOptions};
 use serde_json::json;
 
 const TOKEN: &str = "bench-admin-token-0123456789";
+/// What the DHCP responders send: their Evaluate calls record.
+const SERVICE_TOKEN: &str = "bench-service-token-0123456789";
 
 /// A deterministic pseudo-random sequence (no dependency needed).
 struct Lcg(u64);
@@ -164,8 +167,11 @@ async fn start_server() -> (String, Arc<RulesState>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let serve_state = Arc::clone(&state);
+    let credentials = Credentials::new()
+        .grant(Role::Admin, Some(Token::new(TOKEN)), "rules.admin_token_file")
+        .grant(Role::Service, Some(Token::new(SERVICE_TOKEN)), "rules.service_token_file");
     tokio::spawn(async move {
-        bootfleet_rules_engine::server::serve(listener, serve_state, &Health::new(), Some(TOKEN.into()), stop)
+        bootfleet_rules_engine::server::serve_with(listener, serve_state, &Health::new(), credentials, stop)
             .await
     });
     (url, state)
@@ -219,7 +225,7 @@ async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
     // A few connections, as several DHCP/streamer replicas would open.
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(bootfleet_rules_engine::client::connect(&url, None).await.unwrap());
+        clients.push(bootfleet_rules_engine::client::connect(&url, Some(SERVICE_TOKEN)).await.unwrap());
     }
 
     // Closed loop: 32 requests in flight.

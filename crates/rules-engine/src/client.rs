@@ -49,7 +49,7 @@ pub enum ConnectError {
         reason: String,
     },
     /// The token cannot be sent as a header.
-    #[error("the admin token contains characters that cannot be sent in a header")]
+    #[error("the token contains characters that cannot be sent in a header")]
     BadToken,
     /// The CA file for an https URL cannot be used.
     #[error("cannot use the CA file {path}: {reason}")]
@@ -163,11 +163,21 @@ pub fn endpoint(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, ConnectEr
 /// services that must start even while the rules engine is down. An
 /// https URL uses TLS with the system's roots, as [`endpoint`] does.
 pub fn connect_lazy(url: &str) -> Result<Client, ConnectError> {
+    connect_lazy_with(url, None)
+}
+
+/// [`connect_lazy`], sending `token` (a boot service's service token, so
+/// that its Evaluate calls record) with every request.
+pub fn connect_lazy_with(
+    url: &str,
+    token: Option<&bootfleet_core::auth::Token>,
+) -> Result<Client, ConnectError> {
+    let token = BearerToken::new(token.map(bootfleet_core::auth::Token::expose))?;
     let channel = endpoint(url, None)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(3))
         .connect_lazy();
-    Ok(RulesServiceClient::with_interceptor(channel, BearerToken(None)))
+    Ok(RulesServiceClient::with_interceptor(channel, token))
 }
 
 /// Connects (within 5 s) to `url`, sending `token` with every request.

@@ -15,6 +15,8 @@ pub mod error;
 pub mod facts;
 pub mod manifest;
 pub mod matcher;
+#[cfg(feature = "runtime")]
+pub mod metrics;
 pub mod render;
 pub mod ruleset;
 #[cfg(feature = "runtime")]

@@ -5,9 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use bootfleet_core::admin::Health;
-use bootfleet_core::config::{ConfigError, CoreConfig, listen_address, service_section};
+use bootfleet_core::auth::{Credentials, Role, Token};
+use bootfleet_core::config::{
+    ConfigError, CoreConfig, MIN_TOKEN_LEN, listen_address, parse_duration, service_section, token_file,
+};
 use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
 use serde::Deserialize;
@@ -15,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::RulesApi;
-use crate::store::{RulesState, StateOptions};
+use crate::store::limits::{DEFAULT_HOST_RETENTION, DEFAULT_MAX_HOSTS, MIN_HOST_RETENTION, sweep_interval};
+use crate::store::{HostLimits, RulesState, StateOptions};
 
 /// Default gRPC address of the rules engine.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -44,6 +50,16 @@ pub struct RulesArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// File holding the service bearer token: Evaluate calls carrying it
+    /// (or the admin token) record decisions on host records; others are
+    /// dry runs.
+    #[arg(
+        id = "rules_service_token_file",
+        long = "rules-service-token-file",
+        env = "BOOTFLEET_RULES_SERVICE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub service_token_file: Option<PathBuf>,
 }
 
 /// The `[rules]` section of the configuration file.
@@ -53,7 +69,10 @@ struct RulesSection {
     listen: Option<String>,
     admin_token_file: Option<PathBuf>,
     admin_token: Option<String>,
+    service_token_file: Option<PathBuf>,
     history_limit: Option<usize>,
+    host_retention: Option<String>,
+    max_hosts: Option<usize>,
 }
 
 /// Validated rules-engine settings.
@@ -63,8 +82,15 @@ pub struct RulesConfig {
     pub listen: SocketAddr,
     /// Bearer token for writes; `None` refuses writes.
     pub admin_token: Option<String>,
+    /// Token that lets Evaluate record (the boot services'); `None`: only
+    /// the admin token records.
+    pub service_token: Option<Token>,
     /// Host history length.
     pub history_limit: usize,
+    /// Records of hosts not seen for this long are removed.
+    pub host_retention: Duration,
+    /// Host records kept at most.
+    pub max_hosts: usize,
 }
 
 impl bootfleet_core::process::Components for RulesConfig {
@@ -78,7 +104,10 @@ impl std::fmt::Debug for RulesConfig {
         f.debug_struct("RulesConfig")
             .field("listen", &self.listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("service_token", &self.service_token.as_ref().map(|_| "<set>"))
             .field("history_limit", &self.history_limit)
+            .field("host_retention", &self.host_retention)
+            .field("max_hosts", &self.max_hosts)
             .finish()
     }
 }
@@ -93,13 +122,13 @@ impl RulesConfig {
             ("--rules-listen / BOOTFLEET_RULES_LISTEN", "rules.listen"),
             DEFAULT_LISTEN,
         )?;
-        let token_file = args
+        let admin_file = args
             .admin_token_file
             .clone()
             .map(|f| (f, "--rules-admin-token-file / BOOTFLEET_RULES_ADMIN_TOKEN_FILE"));
-        let token_file =
-            token_file.or_else(|| section.admin_token_file.clone().map(|f| (f, "rules.admin_token_file")));
-        let admin_token = match (args.admin_token.clone().or(section.admin_token.clone()), token_file) {
+        let admin_file =
+            admin_file.or_else(|| section.admin_token_file.clone().map(|f| (f, "rules.admin_token_file")));
+        let admin_token = match (args.admin_token.clone().or(section.admin_token.clone()), admin_file) {
             (Some(token), _) => Some(token),
             (None, Some((file, key))) => {
                 let text = std::fs::read_to_string(&file)
@@ -109,15 +138,52 @@ impl RulesConfig {
             (None, None) => None,
         };
         if let Some(token) = &admin_token
-            && token.len() < 16
+            && token.len() < MIN_TOKEN_LEN
         {
             return Err(ConfigError::new("rules.admin_token", "too short: use at least 16 characters"));
+        }
+        let service_token = match (&args.service_token_file, &section.service_token_file) {
+            (Some(file), _) => {
+                Some(token_file(file, "--rules-service-token-file / BOOTFLEET_RULES_SERVICE_TOKEN_FILE")?)
+            }
+            (None, Some(file)) => Some(token_file(file, "rules.service_token_file")?),
+            (None, None) => None,
+        };
+        if let (Some(service), Some(admin)) = (&service_token, &admin_token)
+            && service.expose() == admin
+        {
+            return Err(ConfigError::new(
+                "rules.service_token_file",
+                "holds the admin token: give the boot services a token of their own, so that one \
+                 leaked from a boot server cannot change rules",
+            ));
         }
         let history_limit = section.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         if history_limit == 0 || history_limit > 1000 {
             return Err(ConfigError::new("rules.history_limit", "must be between 1 and 1000"));
         }
-        Ok(Self { listen, admin_token, history_limit })
+        let host_retention = match &section.host_retention {
+            Some(text) => parse_duration(text).map_err(|m| ConfigError::new("rules.host_retention", m))?,
+            None => DEFAULT_HOST_RETENTION,
+        };
+        if host_retention < MIN_HOST_RETENTION {
+            return Err(ConfigError::new(
+                "rules.host_retention",
+                "must be at least 1h (e.g. 720h for 30 days): a host between two boots is not gone",
+            ));
+        }
+        let max_hosts = section.max_hosts.unwrap_or(DEFAULT_MAX_HOSTS);
+        if max_hosts == 0 {
+            return Err(ConfigError::new("rules.max_hosts", "must be at least 1"));
+        }
+        Ok(Self { listen, admin_token, service_token, history_limit, host_retention, max_hosts })
+    }
+
+    /// The credentials the gRPC API accepts, each with its role.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new()
+            .grant(Role::Admin, self.admin_token.clone().map(Token::new), "rules.admin_token_file")
+            .grant(Role::Service, self.service_token.clone(), "rules.service_token_file")
     }
 }
 
@@ -131,17 +197,29 @@ pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Resul
     let stop = ctx.shutdown.token();
     let options =
         StateOptions { member_id: ctx.config.member_id.clone(), history_limit: config.history_limit };
-    let state = RulesState::start(ctx.store.clone(), options, &stop);
+    let limits = HostLimits {
+        max_hosts: config.max_hosts,
+        retention: Some(config.host_retention),
+        sweep_interval: sweep_interval(config.host_retention),
+        ..HostLimits::default()
+    };
+    let state = RulesState::start_with(ctx.store.clone(), options, limits, &stop);
     for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(state.caches()) {
         ctx.health.track_snapshot(&format!("rules.{name}"), cache, stop.clone());
     }
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: rule and profile writes are refused");
     }
+    if config.service_token.is_none() {
+        tracing::warn!(
+            "no service token configured (rules.service_token_file): only Evaluate calls with the admin \
+             token record host records; the boot services' calls are dry runs"
+        );
+    }
     // Bound, and its snapshots registered: ready as soon as they load.
     ctx.health.set("rules", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(%addr, "rules engine listening");
-    let served = serve(listener, state, &ctx.health, config.admin_token, ctx.shutdown.token()).await;
+    let served = serve_with(listener, state, &ctx.health, config.credentials(), ctx.shutdown.token()).await;
     if let Err(e) = registration.deregister().await {
         tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
     }
@@ -149,12 +227,27 @@ pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Resul
 }
 
 /// Serves the gRPC API (RulesService, health, reflection) on `listener`
-/// until `stop`.
+/// until `stop`, with `admin_token` as the only credential (it records
+/// and writes).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<RulesState>,
     health: &Health,
     admin_token: Option<String>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let credentials =
+        Credentials::new().grant(Role::Admin, admin_token.map(Token::new), "rules.admin_token_file");
+    serve_with(listener, state, health, credentials, stop).await
+}
+
+/// Serves the gRPC API (RulesService, health, reflection) on `listener`
+/// until `stop`, accepting `credentials`.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<RulesState>,
+    health: &Health,
+    credentials: Credentials,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reflection_v1, reflection_v1alpha) =
@@ -163,12 +256,73 @@ pub async fn serve(
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     // Every call but WatchDecisions is answered from memory or one store
     // transaction: 30 s is far past any healthy answer.
-    bootfleet_core::grpc::server(Some(std::time::Duration::from_secs(30)))
+    bootfleet_core::grpc::server(Some(Duration::from_secs(30)))
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RulesServiceServer::new(RulesApi::new(state, admin_token, stop.clone())))
+        .add_service(RulesServiceServer::new(RulesApi::new(state, credentials, stop.clone())))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
         .context("serving the rules engine")
+}
+
+#[cfg(test)]
+mod tests {
+    use bootfleet_core::config::{CommonArgs, Defaults, parse_file};
+
+    use super::*;
+
+    fn load(args: &RulesArgs, file: &str) -> Result<RulesConfig, ConfigError> {
+        let defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "memory" };
+        RulesConfig::load(args, &CoreConfig::from_parts(&CommonArgs::default(), parse_file(file)?, &defaults)?)
+    }
+
+    fn token_in(dir: &std::path::Path, name: &str, token: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        path
+    }
+
+    #[test]
+    fn host_record_settings_have_defaults_and_limits() {
+        let config = load(&RulesArgs::default(), "").unwrap();
+        assert_eq!((config.host_retention, config.max_hosts), (DEFAULT_HOST_RETENTION, DEFAULT_MAX_HOSTS));
+        assert!(config.service_token.is_none());
+        let config = load(&RulesArgs::default(), "[rules]\nhost_retention = \"168h\"\nmax_hosts = 10").unwrap();
+        assert_eq!((config.host_retention, config.max_hosts), (Duration::from_secs(7 * 24 * 3600), 10));
+        for (file, key) in [
+            ("[rules]\nhost_retention = \"10m\"", "rules.host_retention"),
+            ("[rules]\nhost_retention = \"soon\"", "rules.host_retention"),
+            ("[rules]\nmax_hosts = 0", "rules.max_hosts"),
+            ("[rules]\nmax_host = 10", "rules.max_host"),
+        ] {
+            assert_eq!(load(&RulesArgs::default(), file).unwrap_err().key, key, "{file}");
+        }
+    }
+
+    #[test]
+    fn the_service_token_comes_from_its_file_and_differs_from_the_admin_token() {
+        let dir = std::env::temp_dir().join(format!("bootfleet-rules-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let service = token_in(&dir, "service", "service-token-0123456789");
+        let file = format!("[rules]\nservice_token_file = {:?}", service.display().to_string());
+        let config = load(&RulesArgs::default(), &file).unwrap();
+        assert_eq!(config.service_token.as_ref().map(Token::expose), Some("service-token-0123456789"));
+        let role = |token: &str| {
+            let mut request = tonic::Request::new(());
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            config.credentials().caller(&request)
+        };
+        assert_eq!(role("service-token-0123456789"), bootfleet_core::auth::Caller::Authenticated(Role::Service));
+
+        let flag = RulesArgs { service_token_file: Some(dir.join("missing")), ..RulesArgs::default() };
+        let err = load(&flag, &file).unwrap_err();
+        assert_eq!(err.key, "--rules-service-token-file / BOOTFLEET_RULES_SERVICE_TOKEN_FILE", "{err}");
+        let short = token_in(&dir, "short", "short");
+        let err = load(&RulesArgs { service_token_file: Some(short), ..RulesArgs::default() }, "").unwrap_err();
+        assert!(err.message.contains("too short"), "{err}");
+        let same = RulesArgs { admin_token: Some("service-token-0123456789".into()), ..RulesArgs::default() };
+        assert_eq!(load(&same, &file).unwrap_err().key, "rules.service_token_file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

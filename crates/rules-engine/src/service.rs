@@ -1,14 +1,18 @@
 //! The `RulesService` gRPC API over [`RulesState`].
 //!
-//! Evaluate and reads are open: boot services call them. Writes need the
-//! admin bearer token (`authorization: Bearer <token>`); without a
-//! configured token writes are refused altogether.
+//! Evaluate and reads are open: boot services call them. An Evaluate
+//! records on the host's record only with the service role (the service or
+//! the admin token); without it, it is a dry run that says so. Writes need
+//! the admin role; without a configured admin token they are refused
+//! altogether. Listings are paged ([`MAX_PAGE`] items, about
+//! [`PAGE_BYTES`]) so no answer nears gRPC's 4 MiB message limit.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bootfleet_core::auth::{Caller, Credentials, Role};
 use bootfleet_proto::v1 as pb;
 use bootfleet_proto::v1::rules_service_server::RulesService;
 use pb::profile_object;
@@ -20,53 +24,10 @@ use crate::error::RulesError;
 use crate::facts::{Facts, normalize_mac};
 use crate::staging::{Changes, State};
 use crate::store::{BOOTS_PREFIX, HOSTS_PREFIX, RulesState, decode, writes};
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-/// The rules engine's Prometheus metrics.
-pub mod metrics {
-    use std::sync::LazyLock;
-
-    use prometheus::{
-        IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec,
-        register_int_gauge,
-    };
-
-    /// Evaluations by outcome.
-    pub static EVALUATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-        register_int_counter_vec!(
-            "bootfleet_rules_evaluations_total",
-            "Evaluate calls by outcome",
-            &["outcome"]
-        )
-        .expect("metric registers once")
-    });
-    /// Version of the active rule set.
-    pub static ACTIVE_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
-        register_int_gauge!("bootfleet_rules_active_version", "Version of the active rule set")
-            .expect("metric registers once")
-    });
-    /// Rules in the active set.
-    pub static ACTIVE_RULES: LazyLock<IntGauge> = LazyLock::new(|| {
-        register_int_gauge!("bootfleet_rules_active_rules", "Rules in the active set")
-            .expect("metric registers once")
-    });
-    /// Host-record write transactions.
-    pub static HOST_RECORD_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
-        register_int_counter!(
-            "bootfleet_rules_host_record_writes_total",
-            "Host record write transactions committed"
-        )
-        .expect("metric registers once")
-    });
-    /// Host events not recorded because the queue was full.
-    pub static HOST_EVENTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
-        register_int_counter!(
-            "bootfleet_rules_host_events_dropped_total",
-            "Decisions not recorded on host records because the write queue was full"
-        )
-        .expect("metric registers once")
-    });
-}
+pub use crate::metrics;
 
 impl From<RulesError> for Status {
     fn from(e: RulesError) -> Self {
@@ -92,7 +53,7 @@ fn now_ms() -> i64 {
 #[derive(Clone, Debug)]
 pub struct RulesApi {
     state: Arc<RulesState>,
-    admin_token: Option<Arc<str>>,
+    credentials: Credentials,
     /// Ends open streams (WatchDecisions) at shutdown: a graceful server
     /// waits for every stream, and a watch never ends by itself.
     stop: CancellationToken,
@@ -106,17 +67,68 @@ pub const MAX_WATCHERS: usize = 1024;
 /// Hosts a watch remembers (to send each history entry once); past this it
 /// forgets them all, and may send an entry again rather than grow.
 const WATCH_HOSTS_REMEMBERED: usize = 65_536;
+/// Items per page of ListHosts and TestCompliance at most (and when the
+/// caller asks for none in particular).
+pub const MAX_PAGE: usize = 500;
+/// A page ends before its items pass this many encoded bytes (one item at
+/// least), half of gRPC's default 4 MiB message limit.
+pub const PAGE_BYTES: usize = 2 << 20;
+
+/// Items in a page, from what the caller asked for.
+fn page_size(asked: u32) -> usize {
+    match usize::try_from(asked) {
+        Ok(0) | Err(_) => MAX_PAGE,
+        Ok(n) => n.min(MAX_PAGE),
+    }
+}
+
+/// The MAC a page token says the previous page ended with ("" for none).
+fn page_start(token: &str) -> Result<String, RulesError> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    match normalize_mac(token) {
+        Ok(mac) if mac == token => Ok(mac),
+        _ => Err(RulesError::invalid(
+            "page_token",
+            "not a token from a previous page; start with an empty one",
+        )),
+    }
+}
+
+/// Fills a page from `items`: at most `size` of them, ending before
+/// [`PAGE_BYTES`] (one at least). Returns the page and, when items are
+/// left, the key of its last one (the next page starts after it).
+fn fill_page<T: Message>(
+    items: impl Iterator<Item = Result<(String, Option<T>), RulesError>>,
+    size: usize,
+) -> Result<(Vec<T>, usize, String), RulesError> {
+    let (mut page, mut taken, mut bytes, mut last) = (Vec::new(), 0, 0, String::new());
+    for item in items {
+        let (key, value) = item?;
+        let len = value.as_ref().map_or(0, Message::encoded_len);
+        if taken == size || (taken > 0 && bytes + len > PAGE_BYTES) {
+            return Ok((page, taken, last));
+        }
+        taken += 1;
+        bytes += len;
+        last = key;
+        page.extend(value);
+    }
+    Ok((page, taken, String::new()))
+}
 
 impl RulesApi {
-    /// Serves `state`; writes need `admin_token` (none: writes refused);
-    /// streams end when `stop` is cancelled.
-    pub fn new(state: Arc<RulesState>, admin_token: Option<String>, stop: CancellationToken) -> Self {
+    /// Serves `state`; `credentials` decide who records (service role) and
+    /// who writes (admin role; none configured: writes refused); streams
+    /// end when `stop` is cancelled.
+    pub fn new(state: Arc<RulesState>, credentials: Credentials, stop: CancellationToken) -> Self {
         let watchers = Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS));
-        Self { state, admin_token: admin_token.map(Into::into), stop, watchers }
+        Self { state, credentials, stop, watchers }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        bootfleet_core::auth::authorize(request, self.admin_token.as_deref(), "rules.admin_token_file")
+        self.credentials.require(request, Role::Admin).map(drop)
     }
 
     fn rule_set_response(&self, active: bool) -> Result<pb::RuleSetResponse, RulesError> {
@@ -152,11 +164,16 @@ impl RulesApi {
         cache.get(&key).map_or(0, |kv| kv.mod_revision)
     }
 
-    fn compliance(
+    /// One page of compliance results: the hosts after `token` (every
+    /// recorded host, or those of `macs`), checked against the active or
+    /// the working set. Returns the non-compliant ones, how many were
+    /// checked, and the next page's token.
+    fn compliance_page(
         &self,
         macs: &[String],
         against_active: bool,
-    ) -> Result<(Vec<pb::ComplianceResult>, u32), RulesError> {
+        (size, token): (usize, &str),
+    ) -> Result<(Vec<pb::ComplianceResult>, u32, String), RulesError> {
         let engine_storage;
         let engine = if against_active {
             engine_storage = self.state.engine();
@@ -164,12 +181,19 @@ impl RulesApi {
         } else {
             &self.state.working_engine()?
         };
+        let after = page_start(token)?;
+        // One more than a page: whether another page follows.
         let records: Vec<pb::HostRecord> = if macs.is_empty() {
-            self.state.all_hosts()?
+            self.state.hosts_after(&after, size + 1)?
         } else {
-            let mut out = Vec::new();
+            let mut wanted = Vec::new();
             for (i, mac) in macs.iter().enumerate() {
-                let mac = normalize_mac(mac).map_err(|e| e.within(&format!("macs[{i}]")))?;
+                wanted.push(normalize_mac(mac).map_err(|e| e.within(&format!("macs[{i}]")))?);
+            }
+            wanted.sort();
+            wanted.dedup();
+            let mut out = Vec::new();
+            for mac in wanted.into_iter().filter(|m| *m > after).take(size + 1) {
                 let (record, _) =
                     self.state.host(&mac)?.ok_or_else(|| RulesError::NotFound(format!("host {mac}")))?;
                 out.push(record);
@@ -177,22 +201,47 @@ impl RulesApi {
             out
         };
         let now = now_ms();
-        let mut results = Vec::new();
-        for record in &records {
-            let Some(facts) = record.facts.as_ref() else { continue };
-            let facts = Facts::from_proto(facts)?;
-            let expected = engine.decide(&facts, now);
+        let checked = records.into_iter().map(|record| {
+            let Some(facts) = record.facts.as_ref() else { return Ok((record.mac, None)) };
+            let expected = engine.decide(&Facts::from_proto(facts)?, now);
             let changed = changed_items(record.last_decision.as_ref(), &expected);
-            if !changed.is_empty() {
-                results.push(pb::ComplianceResult {
-                    mac: record.mac.clone(),
-                    recorded: record.last_decision.clone(),
-                    expected: Some(expected),
-                    changed,
-                });
+            let result = (!changed.is_empty()).then(|| pb::ComplianceResult {
+                mac: record.mac.clone(),
+                recorded: record.last_decision.clone(),
+                expected: Some(expected),
+                changed,
+            });
+            Ok((record.mac, result))
+        });
+        let (results, taken, next) = fill_page(checked, size)?;
+        Ok((results, u32::try_from(taken).unwrap_or(u32::MAX), next))
+    }
+
+    /// Every non-compliant host of `macs` (all hosts when empty) against
+    /// the active set, page after page.
+    fn all_non_compliant(&self, macs: &[String]) -> Result<Vec<pb::ComplianceResult>, RulesError> {
+        let (mut all, mut token) = (Vec::new(), String::new());
+        loop {
+            let (results, _, next) = self.compliance_page(macs, true, (MAX_PAGE, &token))?;
+            all.extend(results);
+            if next.is_empty() {
+                return Ok(all);
             }
+            token = next;
         }
-        Ok((results, u32::try_from(records.len()).unwrap_or(u32::MAX)))
+    }
+}
+
+/// The metric label of a recording outcome.
+fn recording_label(recording: pb::Recording) -> &'static str {
+    match recording {
+        pb::Recording::Unspecified => "unspecified",
+        pb::Recording::Queued => "queued",
+        pb::Recording::DryRun => "dry_run",
+        pb::Recording::NoCredential => "no_credential",
+        pb::Recording::NotBooted => "not_booted",
+        pb::Recording::Capped => "capped",
+        pb::Recording::Dropped => "dropped",
     }
 }
 
@@ -269,16 +318,30 @@ impl RulesService for RulesApi {
         &self,
         request: Request<pb::EvaluateRequest>,
     ) -> Result<Response<pb::EvaluateResponse>, Status> {
+        // Recording takes the service role; without it (no token, or one
+        // not accepted) the call is still answered, as a dry run: a boot
+        // never depends on the caller's credential.
+        let may_record = matches!(self.credentials.caller(&request), Caller::Authenticated(_));
         let request = request.into_inner();
         let facts = request.facts.ok_or_else(|| Status::invalid_argument("facts: missing"))?;
         let facts = Facts::from_proto(&facts)?;
         // Read before deciding: the engine that decides is this one or newer.
         let built_at_revision = self.state.engine().built_at;
-        let decision = self.state.evaluate(&facts, now_ms(), request.dry_run);
+        let now = now_ms();
+        let decision = self.state.decide(&facts, now);
+        let recording = if request.dry_run {
+            pb::Recording::DryRun
+        } else if !may_record {
+            pb::Recording::NoCredential
+        } else {
+            self.state.record_decision(&facts, &decision, now)
+        };
+        metrics::RECORDINGS.with_label_values(&[recording_label(recording)]).inc();
         Ok(Response::new(pb::EvaluateResponse {
             decision: Some(decision),
             degraded: self.state.degraded(),
             built_at_revision,
+            recording: recording.into(),
         }))
     }
 
@@ -459,9 +522,10 @@ impl RulesService for RulesApi {
         request: Request<pb::TestComplianceRequest>,
     ) -> Result<Response<pb::TestComplianceResponse>, Status> {
         let r = request.into_inner();
-        let (non_compliant, hosts_checked) =
-            self.compliance(&r.macs, r.against() == pb::RuleSetKind::Active)?;
-        Ok(Response::new(pb::TestComplianceResponse { non_compliant, hosts_checked }))
+        let page = (page_size(r.page_size), r.page_token.as_str());
+        let (non_compliant, hosts_checked, next_page_token) =
+            self.compliance_page(&r.macs, r.against() == pb::RuleSetKind::Active, page)?;
+        Ok(Response::new(pb::TestComplianceResponse { non_compliant, hosts_checked, next_page_token }))
     }
 
     async fn repair(
@@ -471,7 +535,7 @@ impl RulesService for RulesApi {
         self.authorize(&request)?;
         let _serialized = self.state.write_lock.lock().await;
         let r = request.into_inner();
-        let (repaired, _) = self.compliance(&r.macs, true)?;
+        let repaired = self.all_non_compliant(&r.macs)?;
         let now = now_ms();
         let events = repaired
             .iter()
@@ -492,18 +556,18 @@ impl RulesService for RulesApi {
 
     async fn list_hosts(
         &self,
-        _request: Request<pb::ListHostsRequest>,
+        request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        let hosts = self
-            .state
-            .all_hosts()?
-            .into_iter()
-            .map(|mut record| {
-                record.history.clear();
-                record
-            })
-            .collect();
-        Ok(Response::new(pb::ListHostsResponse { hosts }))
+        let r = request.into_inner();
+        let size = page_size(r.page_size);
+        let after = page_start(&r.page_token).map_err(Status::from)?;
+        // One more than a page: whether another page follows.
+        let records = self.state.hosts_after(&after, size + 1)?.into_iter().map(|mut record| {
+            record.history.clear();
+            Ok((record.mac.clone(), Some(record)))
+        });
+        let (hosts, _, next_page_token) = fill_page(records, size)?;
+        Ok(Response::new(pb::ListHostsResponse { hosts, next_page_token }))
     }
 
     async fn get_host(

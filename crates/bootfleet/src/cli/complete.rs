@@ -94,7 +94,7 @@ pub(crate) fn profile_names() -> Vec<CompletionCandidate> {
 /// MACs of the known hosts.
 pub(crate) fn host_macs() -> Vec<CompletionCandidate> {
     from_rules(|mut client| async move {
-        let response = client.list_hosts(pb::ListHostsRequest {}).await?;
+        let response = client.list_hosts(pb::ListHostsRequest::default()).await?;
         Ok(response.into_inner().hosts.into_iter().map(|h| h.mac).collect())
     })
 }

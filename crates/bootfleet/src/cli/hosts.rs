@@ -17,7 +17,7 @@ pub(crate) struct HostsCommand {
 
 #[derive(clap::Subcommand)]
 enum HostsAction {
-    /// Every known host with its last decision.
+    /// Every known host with its last decision (fetched page by page).
     List,
     /// One host with its history.
     Get {
@@ -90,7 +90,17 @@ pub(crate) async fn run_hosts(command: HostsCommand, args: &ClientArgs) -> anyho
     let json = args.output != Output::Table;
     match command.action {
         HostsAction::List => {
-            let response = client.list_hosts(pb::ListHostsRequest {}).await.map_err(explain)?.into_inner();
+            let mut response = pb::ListHostsResponse::default();
+            loop {
+                let page_token = std::mem::take(&mut response.next_page_token);
+                let request = pb::ListHostsRequest { page_size: 0, page_token };
+                let page = client.list_hosts(request).await.map_err(explain)?.into_inner();
+                response.hosts.extend(page.hosts);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                response.next_page_token = page.next_page_token;
+            }
             if json {
                 return print_structured(args.output, &response);
             }

@@ -262,8 +262,23 @@ pub(crate) async fn run(command: RulesCommand, args: &ClientArgs) -> anyhow::Res
             }
         }
         RulesAction::TestCompliance { macs, active } => {
-            let request = pb::TestComplianceRequest { macs, against: kind(active) };
-            let response = client.test_compliance(request).await.map_err(explain)?.into_inner();
+            // Page after page: every host checked, whatever their number.
+            let mut response = pb::TestComplianceResponse::default();
+            loop {
+                let request = pb::TestComplianceRequest {
+                    macs: macs.clone(),
+                    against: kind(active),
+                    page_size: 0,
+                    page_token: std::mem::take(&mut response.next_page_token),
+                };
+                let page = client.test_compliance(request).await.map_err(explain)?.into_inner();
+                response.non_compliant.extend(page.non_compliant);
+                response.hosts_checked += page.hosts_checked;
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                response.next_page_token = page.next_page_token;
+            }
             if json {
                 return print_structured(args.output, &response);
             }

@@ -34,6 +34,16 @@ pub struct DhcpArgs {
         value_name = "ADDR"
     )]
     pub server_ip: Option<String>,
+    /// File holding the rules engine's service token
+    /// (rules.service_token_file): with it, this responder's Evaluate calls
+    /// record host records; without it they are dry runs.
+    #[arg(
+        id = "dhcp_service_token_file",
+        long = "dhcp-service-token-file",
+        env = "BOOTFLEET_DHCP_SERVICE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub service_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +87,7 @@ struct DhcpSection {
     tftp_server: Option<String>,
     http_base: Option<String>,
     rules_url: Option<String>,
+    service_token_file: Option<std::path::PathBuf>,
     boot_unknown: Option<bool>,
     requests_per_mac_per_second: Option<u32>,
     router_advertisements: Option<bool>,
@@ -122,6 +133,8 @@ pub struct DhcpConfig {
     pub http_base: String,
     /// Rules engine URL.
     pub rules_url: String,
+    /// Sent with Evaluate so the rules engine records (its service token).
+    pub service_token: Option<bootfleet_core::auth::Token>,
     /// Answer hosts no rule names.
     pub boot_unknown: bool,
     /// Loader per architecture.
@@ -194,6 +207,14 @@ impl DhcpConfig {
         };
         let http_base = url(section.http_base, "dhcp.http_base")?;
         let rules_url = url(section.rules_url, "dhcp.rules_url")?;
+        let service_token = match (&args.service_token_file, &section.service_token_file) {
+            (Some(file), _) => Some(bootfleet_core::config::token_file(
+                file,
+                "--dhcp-service-token-file / BOOTFLEET_DHCP_SERVICE_TOKEN_FILE",
+            )?),
+            (None, Some(file)) => Some(bootfleet_core::config::token_file(file, "dhcp.service_token_file")?),
+            (None, None) => None,
+        };
         let loaders = Loaders {
             bios: section.loaders.bios.or_else(|| Some("undionly.kpxe".into())),
             efi_x64: section.loaders.efi_x64.or_else(|| Some("ipxe.efi".into())),
@@ -222,6 +243,7 @@ impl DhcpConfig {
             tftp_server,
             http_base,
             rules_url,
+            service_token,
             boot_unknown: section.boot_unknown.unwrap_or(false),
             loaders,
             requests_per_mac_per_second: rate,

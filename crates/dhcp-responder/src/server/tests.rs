@@ -44,6 +44,7 @@ pub(super) fn config(pools: Vec<Pool>, relays: &[&str]) -> DhcpConfig {
         http_base: "http://198.18.60.1:8080".into(),
         // Nothing listens there: every host is unknown, and answered.
         rules_url: "http://127.0.0.1:1".into(),
+        service_token: None,
         boot_unknown: true,
         loaders: Loaders { bios: None, efi_x64: None, efi_ia32: None, efi_arm64: None },
         requests_per_mac_per_second: 1000,

@@ -283,8 +283,26 @@ async fn evaluate(
 ) -> Option<pb::EvaluateResponse> {
     let asked = client.evaluate(pb::EvaluateRequest { facts: Some(facts(mac, key)), dry_run: !discover });
     match tokio::time::timeout(limit, asked).await {
-        Ok(Ok(response)) => Some(response.into_inner()),
+        Ok(Ok(response)) => {
+            let response = response.into_inner();
+            if discover && response.recording() == pb::Recording::NoCredential {
+                warn_not_recorded();
+            }
+            Some(response)
+        }
         Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// Says once per process that the rules engine records no host for this
+/// responder: its service token is missing, or not the rules engine's.
+fn warn_not_recorded() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "the rules engine records no host for this responder's requests: set dhcp.service_token_file \
+             to the file of the rules engine's rules.service_token_file"
+        );
     }
 }
 

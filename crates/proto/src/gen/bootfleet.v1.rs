@@ -1412,6 +1412,9 @@ pub struct EvaluateResponse {
     /// callers that cache answers keep only those as new as a change they saw.
     #[prost(int64, tag = "3")]
     pub built_at_revision: i64,
+    /// What became of the decision on the host's record.
+    #[prost(enumeration = "Recording", tag = "4")]
+    pub recording: i32,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1814,6 +1817,13 @@ pub struct TestComplianceRequest {
     /// The set to test against (default: working).
     #[prost(enumeration = "RuleSetKind", tag = "2")]
     pub against: i32,
+    /// Hosts checked per page at most (0: the server's maximum, 500); a page
+    /// also ends before its results pass about 2 MiB.
+    #[prost(uint32, tag = "3")]
+    pub page_size: u32,
+    /// next_page_token of the previous page; empty for the first.
+    #[prost(string, tag = "4")]
+    pub page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1837,11 +1847,15 @@ pub struct ComplianceResult {
 #[serde(rename_all = "snake_case")]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TestComplianceResponse {
-    /// Only the hosts whose decision would change.
+    /// Only the hosts of this page whose decision would change.
     #[prost(message, repeated, tag = "1")]
     pub non_compliant: ::prost::alloc::vec::Vec<ComplianceResult>,
+    /// Hosts checked in this page.
     #[prost(uint32, tag = "2")]
     pub hosts_checked: u32,
+    /// Pass as page_token for the next page; empty after the last.
+    #[prost(string, tag = "3")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1863,16 +1877,27 @@ pub struct RepairResponse {
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListHostsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListHostsRequest {
+    /// Records per page at most (0: the server's maximum, 500); a page also
+    /// ends before it passes about 2 MiB, well under gRPC's 4 MiB limit.
+    #[prost(uint32, tag = "1")]
+    pub page_size: u32,
+    /// next_page_token of the previous page; empty for the first.
+    #[prost(string, tag = "2")]
+    pub page_token: ::prost::alloc::string::String,
+}
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListHostsResponse {
-    /// Records without history (GetHost returns the history).
+    /// Records without history (GetHost returns the history), in MAC order.
     #[prost(message, repeated, tag = "1")]
     pub hosts: ::prost::alloc::vec::Vec<HostRecord>,
+    /// Pass as page_token for the next page; empty after the last.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1890,6 +1915,64 @@ pub struct WatchDecisionsRequest {
     /// Only this host's decisions; empty for all.
     #[prost(string, tag = "1")]
     pub mac: ::prost::alloc::string::String,
+}
+/// Whether an Evaluate left its decision on the host's record, and if not,
+/// why. The decision itself is the same in every case.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Recording {
+    /// An older server that does not say.
+    Unspecified = 0,
+    /// Queued for the host's record (written in the background; kept while
+    /// the store is unreachable, within the recorder's bounds).
+    Queued = 1,
+    /// The caller asked for a dry run.
+    DryRun = 2,
+    /// The call carried neither the service nor the admin credential (or one
+    /// the server rejected): a dry run.
+    NoCredential = 3,
+    /// No rule boots this host (no match, or an ignore profile) and it has no
+    /// record: nothing is kept for hosts Bootfleet does not boot.
+    NotBooted = 4,
+    /// The host has no record and rules.max_hosts records exist: new hosts
+    /// are not recorded until retention removes some or the cap is raised.
+    Capped = 5,
+    /// The recorder's queue is full (the store has been unreachable for a
+    /// while): this decision is not recorded.
+    Dropped = 6,
+}
+impl Recording {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RECORDING_UNSPECIFIED",
+            Self::Queued => "RECORDING_QUEUED",
+            Self::DryRun => "RECORDING_DRY_RUN",
+            Self::NoCredential => "RECORDING_NO_CREDENTIAL",
+            Self::NotBooted => "RECORDING_NOT_BOOTED",
+            Self::Capped => "RECORDING_CAPPED",
+            Self::Dropped => "RECORDING_DROPPED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RECORDING_UNSPECIFIED" => Some(Self::Unspecified),
+            "RECORDING_QUEUED" => Some(Self::Queued),
+            "RECORDING_DRY_RUN" => Some(Self::DryRun),
+            "RECORDING_NO_CREDENTIAL" => Some(Self::NoCredential),
+            "RECORDING_NOT_BOOTED" => Some(Self::NotBooted),
+            "RECORDING_CAPPED" => Some(Self::Capped),
+            "RECORDING_DROPPED" => Some(Self::Dropped),
+            _ => None,
+        }
+    }
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -2048,7 +2131,8 @@ pub mod rules_service_client {
         }
         /// How should this host boot? Answered from the replica's snapshot, also
         /// while etcd is down. Records the decision on the host's record unless
-        /// dry_run.
+        /// dry_run, or the caller lacks the service credential (then it is a dry
+        /// run: the same decision, nothing recorded); `recording` says which.
         pub async fn evaluate(
             &mut self,
             request: impl tonic::IntoRequest<super::EvaluateRequest>,
@@ -2338,7 +2422,8 @@ pub mod rules_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Hosts whose decision would change under a rule set (default: working),
-        /// compared with the decision last recorded for them.
+        /// compared with the decision last recorded for them; one page of hosts
+        /// checked per call.
         pub async fn test_compliance(
             &mut self,
             request: impl tonic::IntoRequest<super::TestComplianceRequest>,
@@ -2385,6 +2470,7 @@ pub mod rules_service_client {
                 .insert(GrpcMethod::new("bootfleet.v1.RulesService", "Repair"));
             self.inner.unary(req, path, codec).await
         }
+        /// Host records, one page per call, in MAC order.
         pub async fn list_hosts(
             &mut self,
             request: impl tonic::IntoRequest<super::ListHostsRequest>,
@@ -2472,7 +2558,8 @@ pub mod rules_service_server {
     pub trait RulesService: std::marker::Send + std::marker::Sync + 'static {
         /// How should this host boot? Answered from the replica's snapshot, also
         /// while etcd is down. Records the decision on the host's record unless
-        /// dry_run.
+        /// dry_run, or the caller lacks the service credential (then it is a dry
+        /// run: the same decision, nothing recorded); `recording` says which.
         async fn evaluate(
             &self,
             request: tonic::Request<super::EvaluateRequest>,
@@ -2544,7 +2631,8 @@ pub mod rules_service_server {
             tonic::Status,
         >;
         /// Hosts whose decision would change under a rule set (default: working),
-        /// compared with the decision last recorded for them.
+        /// compared with the decision last recorded for them; one page of hosts
+        /// checked per call.
         async fn test_compliance(
             &self,
             request: tonic::Request<super::TestComplianceRequest>,
@@ -2557,6 +2645,7 @@ pub mod rules_service_server {
             &self,
             request: tonic::Request<super::RepairRequest>,
         ) -> std::result::Result<tonic::Response<super::RepairResponse>, tonic::Status>;
+        /// Host records, one page per call, in MAC order.
         async fn list_hosts(
             &self,
             request: tonic::Request<super::ListHostsRequest>,

@@ -93,6 +93,11 @@ impl EncodedEvent {
     pub fn new(event: &HostEvent) -> Self {
         Self::from_parts(event.at_unix_ms, event.facts.as_ref(), event.decision.as_ref(), &event.decided_by)
     }
+
+    /// Bytes the encoded event holds.
+    pub fn encoded_len(&self) -> usize {
+        self.event.len()
+    }
 }
 
 /// A host record as encoded pieces.

@@ -3,18 +3,23 @@
 //! Reads come from watched snapshots (so they keep working while etcd is
 //! down); writes go to the store as compare-and-swap transactions (see
 //! [`writes`]); decisions are recorded on host records in the background
-//! ([`recorder`]). The active rule set is compiled into an [`Engine`] again
-//! whenever rules or profiles change.
+//! ([`recorder`]), within the bounds of [`limits`]: a cap on records, a
+//! retention after which absent hosts' records go ([`retention`]), and a
+//! bounded queue while the store is away ([`pending`]). The active rule set
+//! is compiled into an [`Engine`] again whenever rules or profiles change.
 
 pub mod host_wire;
+pub mod limits;
+pub mod pending;
 pub mod recorder;
+pub mod retention;
 pub mod writes;
 
 use std::sync::Arc;
 
 use bootfleet_core::snapshot::{CacheStatus, SnapshotCache};
 use bootfleet_core::store::{KeyValue, SharedStore};
-use bootfleet_proto::v1::{Decision, HostProfile, HostRecord, ImageProfile, Location, RuleSet};
+use bootfleet_proto::v1::{Decision, HostProfile, HostRecord, ImageProfile, Location, Recording, RuleSet};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +30,8 @@ use crate::facts::Facts;
 use crate::ruleset::CompiledRuleSet;
 use crate::staging::State;
 use host_wire::EncodedEvent;
+use limits::HostCap;
+pub use limits::HostLimits;
 
 /// Key of the working rule set.
 pub const WORKING_KEY: &str = "/bootfleet/v1/rules/working";
@@ -115,6 +122,7 @@ pub struct RulesState {
     pub(crate) hosts: SnapshotCache,
     engine: watch::Receiver<Arc<Engine>>,
     pub(crate) recorder: recorder::HostRecorder,
+    cap: Arc<HostCap>,
     pub(crate) options: StateOptions,
     /// Serializes this replica's admin writes: they are rare, and racing
     /// with ourselves would only cost retries.
@@ -128,8 +136,20 @@ impl std::fmt::Debug for RulesState {
 }
 
 impl RulesState {
-    /// Starts following the store; background tasks end with `stop`.
+    /// Starts following the store with the default [`HostLimits`] (no
+    /// retention sweep); background tasks end with `stop`.
     pub fn start(store: SharedStore, options: StateOptions, stop: &CancellationToken) -> Arc<Self> {
+        Self::start_with(store, options, HostLimits::default(), stop)
+    }
+
+    /// Starts following the store, keeping host records within `limits`
+    /// (and sweeping expired ones if it sets a retention).
+    pub fn start_with(
+        store: SharedStore,
+        options: StateOptions,
+        limits: HostLimits,
+        stop: &CancellationToken,
+    ) -> Arc<Self> {
         let rules = SnapshotCache::start(store.clone(), RULES_PREFIX, stop.clone());
         let profiles = SnapshotCache::start(store.clone(), PROFILES_PREFIX, stop.clone());
         let locations = SnapshotCache::start(store.clone(), LOCATION_PREFIX, stop.clone());
@@ -142,8 +162,23 @@ impl RulesState {
             engine_tx,
             stop.clone(),
         ));
-        let recorder =
-            recorder::HostRecorder::start(store.clone(), hosts.clone(), options.history_limit, stop.clone());
+        let cap = Arc::new(HostCap::new(limits.max_hosts));
+        let recorder = recorder::HostRecorder::start(
+            store.clone(),
+            hosts.clone(),
+            options.history_limit,
+            (Arc::clone(&cap), limits.queue),
+            stop.clone(),
+        );
+        if let Some(retention) = limits.retention {
+            tokio::spawn(retention::sweep_forever(
+                store.clone(),
+                hosts.clone(),
+                Arc::clone(&cap),
+                (retention, limits.sweep_interval),
+                stop.clone(),
+            ));
+        }
         Arc::new(Self {
             store,
             rules,
@@ -152,6 +187,7 @@ impl RulesState {
             hosts,
             engine,
             recorder,
+            cap,
             options,
             write_lock: tokio::sync::Mutex::new(()),
         })
@@ -188,13 +224,29 @@ impl RulesState {
     /// Decides for `facts` from the current snapshot and, unless `dry_run`,
     /// queues the decision for the host's record. Never waits on the store.
     pub fn evaluate(&self, facts: &Facts, now_unix_ms: i64, dry_run: bool) -> Decision {
-        let decision = self.engine().decide(facts, now_unix_ms);
-        let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
-        crate::service::metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
-        if !dry_run && self.worth_recording(facts, &decision) {
-            self.record(facts, &decision, now_unix_ms);
+        let decision = self.decide(facts, now_unix_ms);
+        if !dry_run {
+            self.record_decision(facts, &decision, now_unix_ms);
         }
         decision
+    }
+
+    /// Decides for `facts` from the current snapshot; records nothing.
+    pub fn decide(&self, facts: &Facts, now_unix_ms: i64) -> Decision {
+        let decision = self.engine().decide(facts, now_unix_ms);
+        let outcome = if decision.image_profile.is_some() { "decided" } else { "no_image_profile" };
+        crate::metrics::EVALUATIONS.with_label_values(&[outcome]).inc();
+        decision
+    }
+
+    /// Queues `decision` for the host's record if it is worth recording
+    /// (see [`Self::worth_recording`]); never waits.
+    pub fn record_decision(&self, facts: &Facts, decision: &Decision, now_unix_ms: i64) -> Recording {
+        if self.worth_recording(facts, decision) {
+            self.record(facts, decision, now_unix_ms)
+        } else {
+            Recording::NotBooted
+        }
     }
 
     /// A record is created only for a host some rule boots: a boot network
@@ -205,18 +257,30 @@ impl RulesState {
         use bootfleet_proto::v1::image_profile::Boot;
         let boots =
             decision.image_profile.as_ref().is_some_and(|p| !matches!(p.boot, Some(Boot::Ignore(_)) | None));
-        boots || self.hosts.get(&format!("{HOSTS_PREFIX}{}", facts.mac)).is_some()
+        boots || self.hosts.mod_revision(&format!("{HOSTS_PREFIX}{}", facts.mac)).is_some()
     }
 
-    /// Queues a decision for the host's record (never waits).
-    pub fn record(&self, facts: &Facts, decision: &Decision, now_unix_ms: i64) {
+    /// Queues a decision for the host's record (never waits): `Capped` for
+    /// a host without a record while the cap is reached, `Dropped` when the
+    /// queue's bounds refuse it.
+    pub fn record(&self, facts: &Facts, decision: &Decision, now_unix_ms: i64) -> Recording {
+        let known = self.hosts.mod_revision(&format!("{HOSTS_PREFIX}{}", facts.mac)).is_some();
+        if !known && !self.cap.admits_new(self.hosts.len()) {
+            crate::metrics::HOST_RECORDS_REFUSED.inc();
+            return Recording::Capped;
+        }
         let event = EncodedEvent::from_parts(
             now_unix_ms,
             Some(&facts.to_proto()),
             Some(decision),
             &self.options.member_id,
         );
-        self.recorder.record(facts.mac.clone(), event);
+        self.recorder.record(&facts.mac, event)
+    }
+
+    /// The recorder, for its statistics.
+    pub fn recorder(&self) -> &recorder::HostRecorder {
+        &self.recorder
     }
 
     /// The snapshots, for health reporting.
@@ -270,6 +334,13 @@ impl RulesState {
     pub fn all_hosts(&self) -> Result<Vec<HostRecord>, RulesError> {
         self.hosts.list(HOSTS_PREFIX).iter().map(decode).collect()
     }
+
+    /// Up to `limit` host records whose MACs sort after `after_mac` (all
+    /// from the first when empty), in MAC order.
+    pub fn hosts_after(&self, after_mac: &str, limit: usize) -> Result<Vec<HostRecord>, RulesError> {
+        let after = if after_mac.is_empty() { String::new() } else { format!("{HOSTS_PREFIX}{after_mac}") };
+        self.hosts.list_after(HOSTS_PREFIX, &after, limit).iter().map(decode).collect()
+    }
 }
 
 /// Recompiles the active set whenever rules, profiles or locations change.
@@ -300,10 +371,8 @@ async fn rebuild_engine(
         });
         match built {
             Ok(new) => {
-                crate::service::metrics::ACTIVE_VERSION
-                    .set(i64::try_from(new.rules.version).unwrap_or(i64::MAX));
-                crate::service::metrics::ACTIVE_RULES
-                    .set(i64::try_from(new.rules.rules.len()).unwrap_or(i64::MAX));
+                crate::metrics::ACTIVE_VERSION.set(i64::try_from(new.rules.version).unwrap_or(i64::MAX));
+                crate::metrics::ACTIVE_RULES.set(i64::try_from(new.rules.rules.len()).unwrap_or(i64::MAX));
                 engine.send_replace(Arc::new(new));
             }
             Err(e) => {

@@ -6,7 +6,7 @@ use bootfleet_proto::v1 as pb;
 use serde_json::json;
 use tonic::Code;
 
-use crate::{admin, anonymous, embedded, evaluate, image_name, kernel_profile, rule, within};
+use crate::{admin, anonymous, embedded, evaluate, image_name, kernel_profile, rule, service, within};
 
 async fn put_profiles(client: &mut bootfleet_rules_engine::client::Client) {
     for profile in [kernel_profile("img-a", "a"), kernel_profile("img-b", "b")] {
@@ -97,7 +97,10 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     );
 
     let compliance = c
-        .test_compliance(pb::TestComplianceRequest { macs: vec![], against: pb::RuleSetKind::Working.into() })
+        .test_compliance(pb::TestComplianceRequest {
+            against: pb::RuleSetKind::Working.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -114,8 +117,11 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     let v2 = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
     assert_eq!(v2.version, 2);
     within("v2 applied", server.state.caught_up(v2.revision)).await;
-    let against_active =
-        pb::TestComplianceRequest { macs: vec![HOST1.into()], against: pb::RuleSetKind::Active.into() };
+    let against_active = pb::TestComplianceRequest {
+        macs: vec![HOST1.into()],
+        against: pb::RuleSetKind::Active.into(),
+        ..Default::default()
+    };
     assert_eq!(c.test_compliance(against_active.clone()).await.unwrap().into_inner().non_compliant.len(), 1);
     let repaired = c.repair(pb::RepairRequest { macs: vec![] }).await.unwrap().into_inner();
     assert_eq!(repaired.repaired.len(), 1);
@@ -124,7 +130,7 @@ async fn apply_activate_evaluate_test_compliance_and_repair() {
     assert!(c.test_compliance(against_active).await.unwrap().into_inner().non_compliant.is_empty());
 
     // Hosts list without history; get with it.
-    let hosts = c.list_hosts(pb::ListHostsRequest {}).await.unwrap().into_inner().hosts;
+    let hosts = c.list_hosts(pb::ListHostsRequest::default()).await.unwrap().into_inner().hosts;
     assert_eq!(hosts.len(), 2);
     assert!(hosts.iter().all(|h| h.history.is_empty()));
 }
@@ -749,15 +755,15 @@ async fn only_hosts_a_rule_boots_get_a_record() {
     .unwrap();
     let activated = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
     within("active", server.state.caught_up(activated.revision)).await;
-    let mut anyone = anonymous(&server.url).await;
+    let mut boot_service = service(&server.url).await;
     for i in 0..300u32 {
         let [_, a, b, d] = i.wrapping_mul(2_654_435_761).to_be_bytes();
-        evaluate(&mut anyone, &format!("02:00:00:{a:02x}:{b:02x}:{d:02x}")).await;
+        evaluate(&mut boot_service, &format!("02:00:00:{a:02x}:{b:02x}:{d:02x}")).await;
     }
     for i in 0..20 {
-        evaluate(&mut anyone, &format!("52:54:00:ff:00:{i:02x}")).await;
+        evaluate(&mut boot_service, &format!("52:54:00:ff:00:{i:02x}")).await;
     }
-    evaluate(&mut anyone, HOST1).await;
+    evaluate(&mut boot_service, HOST1).await;
     recorded(&mut c, HOST1, "img-a").await;
     let hosts = server.state.store().range(bootfleet_rules_engine::store::HOSTS_PREFIX).await.unwrap();
     let keys: Vec<&str> = hosts.kvs.iter().map(|kv| kv.key.as_str()).collect();

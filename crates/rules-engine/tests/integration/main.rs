@@ -2,20 +2,24 @@
 //! store, and separate replica processes on a real etcd.
 
 mod api;
+mod hosts;
 mod replicas;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bootfleet_core::admin::Health;
+use bootfleet_core::auth::{Credentials, Role, Token};
 use bootfleet_core::store::SharedStore;
 use bootfleet_core::store::embedded::EmbeddedStore;
 use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::client::{Client, connect};
-use bootfleet_rules_engine::store::{RulesState, StateOptions};
+use bootfleet_rules_engine::store::{HostLimits, RulesState, StateOptions};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
+/// The boot services' token: Evaluate records with it, writes are refused.
+pub(crate) const SERVICE_TOKEN: &str = "test-service-token-0123456789";
 
 /// An in-process rules engine, stopped on drop.
 pub(crate) struct Server {
@@ -31,17 +35,27 @@ impl Drop for Server {
 }
 
 pub(crate) async fn start(store: SharedStore) -> Server {
+    start_with(store, HostLimits::default()).await
+}
+
+/// A server keeping host records within `limits`, accepting the admin
+/// token and the service token.
+pub(crate) async fn start_with(store: SharedStore, limits: HostLimits) -> Server {
     bootfleet_test_support::init_tracing();
     let stop = CancellationToken::new();
-    let state = RulesState::start(store, StateOptions { member_id: "test".into(), history_limit: 5 }, &stop);
+    let options = StateOptions { member_id: "test".into(), history_limit: 5 };
+    let state = RulesState::start_with(store, options, limits, &stop);
     state.ready().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let serve_state = Arc::clone(&state);
     let serve_stop = stop.clone();
+    let credentials = Credentials::new()
+        .grant(Role::Admin, Some(Token::new(TOKEN)), "rules.admin_token_file")
+        .grant(Role::Service, Some(Token::new(SERVICE_TOKEN)), "rules.service_token_file");
     tokio::spawn(async move {
         let health = Health::new();
-        bootfleet_rules_engine::server::serve(listener, serve_state, &health, Some(TOKEN.into()), serve_stop)
+        bootfleet_rules_engine::server::serve_with(listener, serve_state, &health, credentials, serve_stop)
             .await
     });
     Server { url, state, stop }
@@ -53,6 +67,10 @@ pub(crate) async fn embedded() -> Server {
 
 pub(crate) async fn admin(url: &str) -> Client {
     connect(url, Some(TOKEN)).await.unwrap()
+}
+
+pub(crate) async fn service(url: &str) -> Client {
+    connect(url, Some(SERVICE_TOKEN)).await.unwrap()
 }
 
 pub(crate) async fn anonymous(url: &str) -> Client {
