@@ -1,7 +1,7 @@
 //! What kind of boot client sent a request: plain DHCP, a PXE ROM, iPXE,
 //! or UEFI HTTP boot, and for which firmware architecture.
 
-use crate::wire::{Request, sub_options};
+use crate::wire::{Request, code, sub_options};
 
 /// Firmware architecture (RFC 4578 option 93, IANA "Processor
 /// Architecture Types"), as the rules engine names it.
@@ -102,7 +102,7 @@ fn user_class_is_ipxe(value: &[u8]) -> bool {
 
 /// Classifies a request.
 pub fn detect(request: &Request) -> Client {
-    let vendor_class = request.text(60).unwrap_or_default();
+    let vendor_class = request.text(code::VENDOR_CLASS).unwrap_or_default();
     let arch_codes = request.architectures();
     let code = arch_codes.first().copied().or_else(|| arch_from_vendor_class(&vendor_class));
     let (arch, http_arch) = match code.map(Arch::from_code) {
@@ -110,8 +110,8 @@ pub fn detect(request: &Request) -> Client {
         None => (None, false),
     };
     // iPXE identifies itself by user class "iPXE" or its option 175.
-    let is_ipxe = request.option(77).is_some_and(user_class_is_ipxe)
-        || request.option(175).is_some_and(|v| sub_options(v).is_ok());
+    let is_ipxe = request.option(code::USER_CLASS).is_some_and(user_class_is_ipxe)
+        || request.option(code::IPXE_ENCAP).is_some_and(|v| sub_options(v).is_ok());
     let loader = if is_ipxe {
         Loader::Ipxe
     } else if vendor_class.starts_with("HTTPClient") || http_arch {

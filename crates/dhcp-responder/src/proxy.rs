@@ -5,7 +5,10 @@
 use std::net::Ipv4Addr;
 
 use crate::client::{Arch, Client, Loader, detect};
-use crate::wire::{MessageType, Request};
+use crate::wire::{MessageType, Request, code};
+
+/// PXE vendor sub-option 6, discovery control.
+const PXE_DISCOVERY_CONTROL: u8 = 6;
 
 /// Loader file per architecture (PXE clients, over TFTP).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,16 +137,16 @@ pub fn boot_parts(request: &Request, client: &Client, ctx: &ProxyContext) -> Res
     let mut options = Vec::new();
     match client.loader {
         // UEFI HTTP boot only takes offers that echo its class.
-        Loader::Http => options.push((60, b"HTTPClient".to_vec())),
+        Loader::Http => options.push((code::VENDOR_CLASS, b"HTTPClient".to_vec())),
         _ => {
-            options.push((60, b"PXEClient".to_vec()));
+            options.push((code::VENDOR_CLASS, b"PXEClient".to_vec()));
             // PXE vendor options: discovery control = 8 (use the boot file
             // in this reply; no boot-server discovery).
-            options.push((43, vec![6, 1, 8, 255]));
+            options.push((code::VENDOR_SPECIFIC, vec![PXE_DISCOVERY_CONTROL, 1, 8, code::END]));
         }
     }
-    if let Some(uuid) = request.option(97) {
-        options.push((97, uuid.to_vec()));
+    if let Some(uuid) = request.option(code::CLIENT_UUID) {
+        options.push((code::CLIENT_UUID, uuid.to_vec()));
     }
     Ok(BootParts { file, next_server, options })
 }
@@ -172,10 +175,10 @@ pub fn decide(request: &Request, ctx: &ProxyContext) -> Result<Reply, Silence> {
     }
     let boot = boot_parts(request, &client, ctx)?;
     let mut options: Vec<(u8, Vec<u8>)> =
-        vec![(53, vec![kind.code()]), (54, ctx.server_ip.octets().to_vec())];
+        vec![(code::MESSAGE_TYPE, vec![kind.code()]), (code::SERVER_ID, ctx.server_ip.octets().to_vec())];
     options.extend(boot.options);
-    if let Some(relay) = request.option(82) {
-        options.push((82, relay.to_vec()));
+    if let Some(relay) = request.option(code::RELAY_AGENT_INFO) {
+        options.push((code::RELAY_AGENT_INFO, relay.to_vec()));
     }
     Ok(Reply { kind, yiaddr: Ipv4Addr::UNSPECIFIED, file: boot.file, next_server: boot.next_server, options })
 }
@@ -225,17 +228,17 @@ pub fn encode(request: &Request, reply: &Reply, server_ip: Ipv4Addr) -> Vec<u8> 
     b.extend_from_slice(&[99, 130, 83, 99]);
     let mut options = reply.options.clone();
     if !reply.file.is_empty() {
-        options.push((67, reply.file.as_bytes().to_vec()));
+        options.push((code::BOOTFILE_NAME, reply.file.as_bytes().to_vec()));
     }
-    for (code, value) in options {
+    for (option, value) in options {
         // RFC 3396: values over 255 bytes split across repeated options.
         for chunk in value.chunks(255) {
-            b.push(code);
+            b.push(option);
             b.push(u8::try_from(chunk.len()).unwrap_or(255));
             b.extend_from_slice(chunk);
         }
     }
-    b.push(255);
+    b.push(code::END);
     if b.len() < 300 {
         b.resize(300, 0);
     }

@@ -6,6 +6,8 @@
 
 mod config;
 mod full_shell;
+mod leadership;
+mod lease_records;
 mod lease_writer;
 mod liveness;
 mod router_adverts;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::config::{DhcpArgs, DhcpConfig, Mode};
 use crate::boot_servers::{Candidate, pick};
 use crate::client::{Loader, detect};
+use crate::full::FullConfig;
 use crate::proxy::{ProxyContext, Reply, ReplyType, Silence, Verdict, decide, encode};
 use crate::wire::{MessageType, Request};
 
@@ -154,11 +157,15 @@ impl Responder {
     /// watches, rules cache); answers once sockets feed [`Self::handle`].
     fn start(site: &Site, config: DhcpConfig) -> anyhow::Result<Self> {
         let leases = match &config.mode {
-            Mode::Full { pools, .. } => Some(full_shell::Leases::start(
+            Mode::Full { pools, reservations, lease_reuse } => Some(full_shell::Leases::start(
                 site.store.clone(),
                 site.member_id.clone(),
                 site.election_ttl,
-                pools,
+                FullConfig {
+                    pools: pools.clone(),
+                    reservations: reservations.clone(),
+                    lease_reuse: *lease_reuse,
+                },
                 site.stop.clone(),
             )),
             Mode::Proxy => None,
@@ -275,14 +282,10 @@ impl Responder {
         let started = Instant::now();
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;
         observe(&HOT.rules, started);
-        if let (Mode::Full { pools, reservations, lease_reuse }, Some(leases)) =
-            (&self.config.mode, &self.leases)
-        {
+        if let Some(leases) = &self.leases {
             let boot = self.proxy_context(verdict, request.mac);
             let leasing = Instant::now();
-            let Some(reply) =
-                full_shell::answer(&request, &client, &boot, pools, reservations, *lease_reuse, leases).await
-            else {
+            let Some(reply) = leases.answer(&request, &client, &boot).await else {
                 // Not ours to answer, a standby, a lost race or no store:
                 // the reason is in the log at debug/info/warn.
                 count("unanswered");

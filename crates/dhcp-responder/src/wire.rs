@@ -4,6 +4,55 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+/// DHCP option codes this crate reads or writes (RFC 2132; RFC 4578 for
+/// PXE; RFC 3046 relay information; iPXE's encapsulated options).
+pub mod code {
+    /// Padding.
+    pub const PAD: u8 = 0;
+    /// Subnet mask.
+    pub const SUBNET_MASK: u8 = 1;
+    /// Default gateways.
+    pub const ROUTER: u8 = 3;
+    /// DNS servers.
+    pub const DNS_SERVERS: u8 = 6;
+    /// The client's host name.
+    pub const HOSTNAME: u8 = 12;
+    /// Vendor-specific information (PXE sub-options).
+    pub const VENDOR_SPECIFIC: u8 = 43;
+    /// The address a client asks for.
+    pub const REQUESTED_IP: u8 = 50;
+    /// Lease time, seconds.
+    pub const LEASE_TIME: u8 = 51;
+    /// DHCP message type.
+    pub const MESSAGE_TYPE: u8 = 53;
+    /// Server identifier.
+    pub const SERVER_ID: u8 = 54;
+    /// Largest DHCP message the client accepts.
+    pub const MAX_MESSAGE_SIZE: u8 = 57;
+    /// Renewal (T1) time, seconds.
+    pub const RENEWAL_TIME: u8 = 58;
+    /// Rebinding (T2) time, seconds.
+    pub const REBINDING_TIME: u8 = 59;
+    /// Vendor class identifier (`PXEClient`, `HTTPClient`).
+    pub const VENDOR_CLASS: u8 = 60;
+    /// Boot file name.
+    pub const BOOTFILE_NAME: u8 = 67;
+    /// User class (iPXE says `iPXE`).
+    pub const USER_CLASS: u8 = 77;
+    /// Relay agent information.
+    pub const RELAY_AGENT_INFO: u8 = 82;
+    /// Client system architectures.
+    pub const CLIENT_ARCH: u8 = 93;
+    /// Client network device interface.
+    pub const CLIENT_NDI: u8 = 94;
+    /// Client machine identifier (UUID).
+    pub const CLIENT_UUID: u8 = 97;
+    /// iPXE's encapsulated options.
+    pub const IPXE_ENCAP: u8 = 175;
+    /// End of options.
+    pub const END: u8 = 255;
+}
+
 /// Size of the fixed BOOTP header before the magic cookie.
 const HEADER: usize = 236;
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
@@ -103,7 +152,7 @@ impl Request {
             return Err(WireError::NoCookie);
         }
         let options = parse_options(&bytes[HEADER + 4..])?;
-        let message_type = match options.get(&53).map(Vec::as_slice) {
+        let message_type = match options.get(&code::MESSAGE_TYPE).map(Vec::as_slice) {
             Some([1]) => MessageType::Discover,
             Some([3]) => MessageType::Request,
             Some([4]) => MessageType::Decline,
@@ -133,13 +182,13 @@ impl Request {
     /// Checks the options whose shape we rely on.
     fn validate(&self) -> Result<(), WireError> {
         let bad = |code| Err(WireError::BadOption { code });
-        for (code, value) in &self.options {
-            match code {
-                50 | 54 if value.len() != 4 => return bad(*code),
-                57 if value.len() != 2 => return bad(*code),
-                93 if value.is_empty() || value.len() % 2 != 0 => return bad(*code),
-                94 if value.len() != 3 => return bad(*code),
-                97 if !(value.len() == 17 && value[0] == 0) => return bad(*code),
+        for (&option, value) in &self.options {
+            match option {
+                code::REQUESTED_IP | code::SERVER_ID if value.len() != 4 => return bad(option),
+                code::MAX_MESSAGE_SIZE if value.len() != 2 => return bad(option),
+                code::CLIENT_ARCH if value.is_empty() || value.len() % 2 != 0 => return bad(option),
+                code::CLIENT_NDI if value.len() != 3 => return bad(option),
+                code::CLIENT_UUID if !(value.len() == 17 && value[0] == 0) => return bad(option),
                 _ => {}
             }
         }
@@ -158,24 +207,24 @@ impl Request {
 
     /// Requested IP address (option 50).
     pub fn requested_ip(&self) -> Option<Ipv4Addr> {
-        self.option(50).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+        self.option(code::REQUESTED_IP).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
     }
 
     /// Server identifier (option 54).
     pub fn server_id(&self) -> Option<Ipv4Addr> {
-        self.option(54).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+        self.option(code::SERVER_ID).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
     }
 
     /// Every architecture the client lists (option 93), in order.
     pub fn architectures(&self) -> Vec<u16> {
-        self.option(93)
+        self.option(code::CLIENT_ARCH)
             .map(|v| v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
             .unwrap_or_default()
     }
 
     /// Client machine UUID (option 97), lowercase with dashes.
     pub fn uuid(&self) -> Option<String> {
-        let v = self.option(97)?;
+        let v = self.option(code::CLIENT_UUID)?;
         let hex: String = v[1..].iter().map(|b| format!("{b:02x}")).collect();
         Some(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
     }
@@ -219,7 +268,7 @@ pub fn encode_request(mac: [u8; 6], xid: u32, giaddr: Option<Ipv4Addr>, options:
             b.extend_from_slice(chunk);
         }
     }
-    b.push(255);
+    b.push(code::END);
     b
 }
 
@@ -230,12 +279,12 @@ pub fn parse_options(area: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, WireError> {
     let mut i = 0;
     while i < area.len() {
         match area[i] {
-            0 => i += 1,
-            255 => return Ok(options),
-            code => {
-                let len = usize::from(*area.get(i + 1).ok_or(WireError::Overrun { code })?);
-                let value = area.get(i + 2..i + 2 + len).ok_or(WireError::Overrun { code })?;
-                options.entry(code).or_default().extend_from_slice(value);
+            code::PAD => i += 1,
+            code::END => return Ok(options),
+            option => {
+                let len = usize::from(*area.get(i + 1).ok_or(WireError::Overrun { code: option })?);
+                let value = area.get(i + 2..i + 2 + len).ok_or(WireError::Overrun { code: option })?;
+                options.entry(option).or_default().extend_from_slice(value);
                 i += 2 + len;
             }
         }
@@ -250,12 +299,12 @@ pub fn sub_options(value: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, WireError> {
     let mut i = 0;
     while i < value.len() {
         match value[i] {
-            0 => i += 1,
-            255 => break,
-            code => {
-                let len = usize::from(*value.get(i + 1).ok_or(WireError::Overrun { code })?);
-                let v = value.get(i + 2..i + 2 + len).ok_or(WireError::Overrun { code })?;
-                out.entry(code).or_default().extend_from_slice(v);
+            code::PAD => i += 1,
+            code::END => break,
+            option => {
+                let len = usize::from(*value.get(i + 1).ok_or(WireError::Overrun { code: option })?);
+                let v = value.get(i + 2..i + 2 + len).ok_or(WireError::Overrun { code: option })?;
+                out.entry(option).or_default().extend_from_slice(v);
                 i += 2 + len;
             }
         }

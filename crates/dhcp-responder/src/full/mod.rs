@@ -8,8 +8,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+mod machine;
 mod table;
 
+use crate::wire::code;
+
+pub use machine::{
+    Action, Event, FullConfig, FullMachine, LeaseRecord, OpId, Quiet, RequestId, Standing, StoreUnavailable,
+};
 pub use table::LeaseTable;
 
 /// How long an OFFER holds its address.
@@ -60,17 +66,17 @@ impl Pool {
     /// As [`Self::options`], for a lease with `lease_secs` left (`None`: no
     /// lease-time options, for INFORM).
     pub fn options_for(&self, lease_secs: Option<u32>) -> Vec<(u8, Vec<u8>)> {
-        let mut out = vec![(1, self.mask().to_be_bytes().to_vec())];
+        let mut out = vec![(code::SUBNET_MASK, self.mask().to_be_bytes().to_vec())];
         if let Some(router) = self.router {
-            out.push((3, router.octets().to_vec()));
+            out.push((code::ROUTER, router.octets().to_vec()));
         }
         if !self.dns.is_empty() {
-            out.push((6, self.dns.iter().flat_map(|d| d.octets()).collect()));
+            out.push((code::DNS_SERVERS, self.dns.iter().flat_map(|d| d.octets()).collect()));
         }
         if let Some(secs) = lease_secs {
-            out.push((51, secs.to_be_bytes().to_vec()));
-            out.push((58, (secs / 2).to_be_bytes().to_vec()));
-            out.push((59, (secs / 8 * 7).to_be_bytes().to_vec()));
+            out.push((code::LEASE_TIME, secs.to_be_bytes().to_vec()));
+            out.push((code::RENEWAL_TIME, (secs / 2).to_be_bytes().to_vec()));
+            out.push((code::REBINDING_TIME, (secs / 8 * 7).to_be_bytes().to_vec()));
         }
         out
     }

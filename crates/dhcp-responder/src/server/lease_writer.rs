@@ -14,13 +14,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use bootfleet_core::store::{Compare, CompareOp, SharedStore, StoreError, StoreResult, TxnOp, TxnRequest};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::full_shell::{LeaderToken, key};
+use super::leadership::{LeaderView, acting};
+use super::lease_records::key;
 
 /// One lease write waiting for the batch writer.
 pub(super) struct WriteJob {
@@ -46,14 +46,9 @@ const PIPELINE: usize = 8;
 /// Commits queued lease writes until the queue closes.
 pub(super) async fn write_batches(
     store: SharedStore,
-    leader: watch::Receiver<Option<Arc<LeaderToken>>>,
+    leader: LeaderView,
     mut queue: mpsc::Receiver<WriteJob>,
 ) {
-    let acting_guard = || {
-        let token = leader.borrow().clone()?;
-        let acting = *token.acting.borrow();
-        acting.then(|| token.guard.clone())
-    };
     let mut pending: VecDeque<WriteJob> = VecDeque::new();
     // Addresses with a write in a transaction in flight.
     let mut busy: HashSet<Ipv4Addr> = HashSet::new();
@@ -92,7 +87,7 @@ pub(super) async fn write_batches(
             if batch.is_empty() {
                 break;
             }
-            let Some(guard) = acting_guard() else {
+            let Some((_, guard)) = acting(&leader) else {
                 for job in batch {
                     let _ = job.done.send(Ok(None));
                 }
@@ -168,7 +163,12 @@ async fn commit(store: SharedStore, guard: Compare, batch: Vec<WriteJob>) {
 mod tests {
     use bootfleet_core::store::embedded::EmbeddedStore;
 
-    use super::super::full_shell::PREFIX;
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+
+    use super::super::leadership::LeaderToken;
+    use super::super::lease_records::PREFIX;
     use super::*;
 
     fn job(ip: Ipv4Addr, revision: i64) -> (WriteJob, oneshot::Receiver<StoreResult<Option<i64>>>) {
@@ -176,7 +176,7 @@ mod tests {
         (WriteJob { ip, op: Some(TxnOp::put(key(ip), b"lease".to_vec())), revision, done }, result)
     }
 
-    fn acting_leader(acting: bool) -> watch::Receiver<Option<Arc<LeaderToken>>> {
+    fn acting_leader(acting: bool) -> LeaderView {
         // A receiver keeps the last value after its sender is gone.
         let (_, acting) = watch::channel(acting);
         let (_, deadline) =

@@ -12,7 +12,7 @@ use bootfleet_core::store::SharedStore;
 use bootfleet_core::store::embedded::EmbeddedStore;
 use tokio_util::sync::CancellationToken;
 
-use super::{DhcpConfig, Mode, Responder, Site, full_shell};
+use super::{DhcpConfig, Mode, Responder, Site, full_shell, lease_records};
 use crate::full::Pool;
 use crate::proxy::Loaders;
 use crate::relays::{Subnet, TrustedRelays};
@@ -178,7 +178,7 @@ pub(super) fn release(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
 
 /// Whether the store holds a lease record for `ip`.
 async fn stored(store: &SharedStore, ip: Ipv4Addr) -> bool {
-    store.get(&full_shell::key(ip)).await.unwrap().is_some()
+    store.get(&lease_records::key(ip)).await.unwrap().is_some()
 }
 
 #[tokio::test]
