@@ -204,6 +204,9 @@ pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Resul
         ..HostLimits::default()
     };
     let state = RulesState::start_with(ctx.store.clone(), options, limits, &stop);
+    // Exported here, not by every replica's state: an image streamer in the
+    // same process keeps its own (default) limits.
+    crate::metrics::HOST_RECORDS_MAX.set(i64::try_from(config.max_hosts).unwrap_or(i64::MAX));
     for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(state.caches()) {
         ctx.health.track_snapshot(&format!("rules.{name}"), cache, stop.clone());
     }
@@ -274,7 +277,10 @@ mod tests {
 
     fn load(args: &RulesArgs, file: &str) -> Result<RulesConfig, ConfigError> {
         let defaults = Defaults { admin_listen: "127.0.0.1:9100", store: "memory" };
-        RulesConfig::load(args, &CoreConfig::from_parts(&CommonArgs::default(), parse_file(file)?, &defaults)?)
+        RulesConfig::load(
+            args,
+            &CoreConfig::from_parts(&CommonArgs::default(), parse_file(file)?, &defaults)?,
+        )
     }
 
     fn token_in(dir: &std::path::Path, name: &str, token: &str) -> PathBuf {
@@ -288,7 +294,8 @@ mod tests {
         let config = load(&RulesArgs::default(), "").unwrap();
         assert_eq!((config.host_retention, config.max_hosts), (DEFAULT_HOST_RETENTION, DEFAULT_MAX_HOSTS));
         assert!(config.service_token.is_none());
-        let config = load(&RulesArgs::default(), "[rules]\nhost_retention = \"168h\"\nmax_hosts = 10").unwrap();
+        let config =
+            load(&RulesArgs::default(), "[rules]\nhost_retention = \"168h\"\nmax_hosts = 10").unwrap();
         assert_eq!((config.host_retention, config.max_hosts), (Duration::from_secs(7 * 24 * 3600), 10));
         for (file, key) in [
             ("[rules]\nhost_retention = \"10m\"", "rules.host_retention"),
@@ -313,13 +320,17 @@ mod tests {
             request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
             config.credentials().caller(&request)
         };
-        assert_eq!(role("service-token-0123456789"), bootfleet_core::auth::Caller::Authenticated(Role::Service));
+        assert_eq!(
+            role("service-token-0123456789"),
+            bootfleet_core::auth::Caller::Authenticated(Role::Service)
+        );
 
         let flag = RulesArgs { service_token_file: Some(dir.join("missing")), ..RulesArgs::default() };
         let err = load(&flag, &file).unwrap_err();
         assert_eq!(err.key, "--rules-service-token-file / BOOTFLEET_RULES_SERVICE_TOKEN_FILE", "{err}");
         let short = token_in(&dir, "short", "short");
-        let err = load(&RulesArgs { service_token_file: Some(short), ..RulesArgs::default() }, "").unwrap_err();
+        let err =
+            load(&RulesArgs { service_token_file: Some(short), ..RulesArgs::default() }, "").unwrap_err();
         assert!(err.message.contains("too short"), "{err}");
         let same = RulesArgs { admin_token: Some("service-token-0123456789".into()), ..RulesArgs::default() };
         assert_eq!(load(&same, &file).unwrap_err().key, "rules.service_token_file");

@@ -8,12 +8,12 @@ use super::pending::QueueLimits;
 use crate::metrics;
 
 /// Default `rules.max_hosts`. Each record holds the host's facts and up to
-/// `history_limit` decisions (tens of KiB with the default history of 20),
-/// and every rules-engine and image-streamer replica keeps all of them in
-/// memory, as etcd does on disk. Ten thousand hosts cover a large site
-/// while their records stay well inside the shipped manifests' 512 MiB
-/// memory limit and etcd's default 2 GiB quota; bigger fleets raise the
-/// cap together with those.
+/// `history_limit` decisions (on the order of ten KiB with the default
+/// history of 20), and every rules-engine and image-streamer replica keeps
+/// all of them in memory, as etcd does on disk. Ten thousand hosts cover a
+/// large site while their records stay well inside the shipped manifests'
+/// 512 MiB memory limit and etcd's default 2 GiB quota; bigger fleets raise
+/// the cap together with those.
 pub const DEFAULT_MAX_HOSTS: usize = 10_000;
 
 /// Default `rules.host_retention`: 30 days. Long enough that a machine
@@ -83,7 +83,6 @@ pub(crate) struct HostCap {
 
 impl HostCap {
     pub(crate) fn new(max: usize) -> Self {
-        metrics::HOST_RECORDS_MAX.set(i64::try_from(max).unwrap_or(i64::MAX));
         Self { max, reached: AtomicBool::new(false) }
     }
 
