@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::{
-    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, Reservations, declined, held_until, may_hold,
-    millis, offline_lease_secs, pick_pool, released, reusable_lease,
+    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, Reservations, declined, held_until, lease_end,
+    may_hold, millis, offline_lease_secs, pick_pool, released, reusable_lease,
 };
 use crate::client::{Client, Loader};
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
@@ -221,6 +221,8 @@ pub enum Quiet {
     LostRace,
     /// The store could not be asked.
     StoreUnavailable,
+    /// The lease the store confirmed had ended by the time it said so.
+    TooLate,
     /// A RELEASE or DECLINE of an address the sender does not hold.
     NotHeld,
     /// A RELEASE was recorded.
@@ -272,8 +274,10 @@ enum Then {
     Offered { attempt: u8 },
     /// The read after an offer's write failed: retry the offer.
     OfferRetry { attempt: u8 },
-    /// A reused lease's confirmation: ACK it, or bind afresh.
-    Reused { secs: u32 },
+    /// A reused lease's confirmation: ACK it for the time it has left
+    /// when the confirmation comes back (not when it was sent), or bind
+    /// afresh.
+    Reused { expires: i64 },
     /// A read before binding.
     Bind { attempt: u8 },
     /// A binding write: ACK for the lease until `expires`.
@@ -510,12 +514,13 @@ impl FullMachine {
                     may_hold(pool, &pending.mac, ip, current.as_ref(), &self.config.reservations, now)
                 });
         if let (Some(secs), Some(lease)) = (reusable, current.clone()) {
+            let expires = lease.expires_unix_ms;
             if self.table.is_verified(ip, revision, pending.term) {
                 return Action::Send { id, reply: self.ack(&pending, ip, secs), reused: true };
             }
             let ticket = self.table.writes_begun(ip);
             let kind = OpKind::Confirm { entry: lease, revision, ticket };
-            let op = self.op(id, ip, kind, Then::Reused { secs });
+            let op = self.op(id, ip, kind, Then::Reused { expires });
             self.pending.insert(id, pending);
             return Action::Confirm { op, id, ip, revision };
         }
@@ -544,8 +549,7 @@ impl FullMachine {
             return Action::Send { id, reply, reused: false };
         }
         // Never ending sooner than the lease it renews.
-        let expires =
-            held_until(current.as_ref(), &pending.mac, now.saturating_add(millis(pool.lease_time)), now);
+        let expires = held_until(current.as_ref(), &pending.mac, lease_end(now, pool.lease_time), now);
         let bound =
             LeaseEntry { mac: pending.mac.clone(), state: LeaseState::Bound, expires_unix_ms: expires };
         self.write(id, pending, ip, Some(bound), revision, Then::Bound { attempt, expires })
@@ -629,8 +633,14 @@ impl FullMachine {
             }
             Then::Offered { attempt } => self.read(id, pending, ip, Then::OfferRetry { attempt }),
             Then::Bound { expires, .. } if committed => {
-                let secs = u32::try_from(expires.saturating_sub(self.now_ms) / 1000).unwrap_or(0);
-                Action::Send { id, reply: self.ack(&pending, ip, secs), reused: false }
+                // The lease as written, less the time the write took: a
+                // write slower than the lease leaves nothing to ACK.
+                match u32::try_from(expires.saturating_sub(self.now_ms) / 1000) {
+                    Ok(secs) if secs > 0 => {
+                        Action::Send { id, reply: self.ack(&pending, ip, secs), reused: false }
+                    }
+                    _ => Action::Finish { id, why: Quiet::TooLate },
+                }
             }
             Then::Bound { attempt: 0, .. } => self.read(id, pending, ip, Then::Bind { attempt: 1 }),
             Then::Recorded { why } if committed => Action::Finish { id, why },
@@ -641,14 +651,20 @@ impl FullMachine {
     fn on_confirmed(&mut self, op: OpId, outcome: Result<bool, StoreUnavailable>) -> Option<Action> {
         let (op, pending) = self.take(op)?;
         let (id, ip) = (op.id, op.ip);
-        let (OpKind::Confirm { entry, revision, ticket }, Then::Reused { secs }, Ok(confirmed)) =
+        let (OpKind::Confirm { entry, revision, ticket }, Then::Reused { expires }, Ok(confirmed)) =
             (op.kind, op.then, outcome)
         else {
             return Some(Action::Finish { id, why: Quiet::StoreUnavailable });
         };
+        let secs = u32::try_from(expires.saturating_sub(self.now_ms) / 1000).unwrap_or(0);
         if confirmed {
             self.table.verify(ip, &entry, revision, pending.term, ticket);
+        }
+        if confirmed && secs > 0 {
             return Some(Action::Send { id, reply: self.ack(&pending, ip, secs), reused: true });
+        }
+        if confirmed {
+            return Some(Action::Finish { id, why: Quiet::TooLate });
         }
         // Not as indexed: bound afresh, from a read of the store.
         Some(self.read(id, pending, ip, Then::Bind { attempt: 0 }))
@@ -749,3 +765,6 @@ fn complete(
     }
     reply
 }
+
+#[cfg(test)]
+mod tests;

@@ -214,6 +214,16 @@ pub fn held_until(current: Option<&LeaseEntry>, mac: &str, wanted: i64, now_ms: 
     }
 }
 
+/// Added to a lease's end when it is written, so that the ACK sent once
+/// the write committed can still promise the whole lease time: the ACK
+/// says what is left of the stored lease when it leaves, in whole seconds.
+pub const WRITE_ALLOWANCE: Duration = Duration::from_millis(999);
+
+/// Where a lease of `lease_time` granted at `now_ms` ends in the store.
+pub fn lease_end(now_ms: i64, lease_time: Duration) -> i64 {
+    now_ms.saturating_add(millis(lease_time)).saturating_add(millis(WRITE_ALLOWANCE))
+}
+
 /// Longest lease handed out offline: the client comes back soon, when
 /// the store may be there again.
 pub const OFFLINE_LEASE: Duration = Duration::from_secs(300);
@@ -290,9 +300,11 @@ pub fn reusable_lease(
     let full_ms = i64::try_from(lease_time.as_millis()).ok()?;
     let left_ms = lease.expires_unix_ms.saturating_sub(now_ms);
     let age_ms = full_ms.saturating_sub(left_ms);
-    // A negative age: granted under a longer lease time than configured
-    // now; writing gives it the current one.
-    let recent = age_ms >= 0 && (age_ms as f64) < reuse.clamp(0.0, MAX_LEASE_REUSE) * full_ms as f64;
+    // A negative age (beyond the write allowance every lease is written
+    // with): granted under a longer lease time than configured now;
+    // writing gives it the current one.
+    let recent = age_ms >= -millis(WRITE_ALLOWANCE)
+        && (age_ms as f64) < reuse.clamp(0.0, MAX_LEASE_REUSE) * full_ms as f64;
     (recent && left_ms >= 1000).then(|| u32::try_from(left_ms / 1000).unwrap_or(u32::MAX))
 }
 

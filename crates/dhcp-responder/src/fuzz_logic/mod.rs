@@ -1,6 +1,9 @@
-//! Fuzz entry point for the decide path, shared by `fuzz/` (cargo-fuzz)
-//! and the tests, which replay crafted boot requests and mutations of them
-//! on stable Rust.
+//! Fuzz entry points, shared by `fuzz/` (cargo-fuzz) and the tests, which
+//! replay seed inputs and random ones on stable Rust: [`decide_path`] for
+//! one datagram through the proxy decision, [`cluster::interleaving`] for
+//! full mode's machine in a simulated cluster.
+
+pub mod cluster;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -1,0 +1,123 @@
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::*;
+use crate::client::detect;
+use crate::proxy::Loaders;
+use crate::wire::encode_request;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const NOW: i64 = 1_800_000_000_000;
+
+fn machine() -> FullMachine {
+    let pool = Pool {
+        network: Ipv4Addr::new(198, 18, 0, 0),
+        prefix: 24,
+        start: Ipv4Addr::new(198, 18, 0, 10),
+        end: Ipv4Addr::new(198, 18, 0, 20),
+        router: None,
+        dns: Vec::new(),
+        lease_time: Duration::from_secs(60),
+    };
+    FullMachine::new(FullConfig {
+        pools: vec![pool],
+        reservations: Reservations::default(),
+        lease_reuse: 0.25,
+    })
+}
+
+fn boot() -> ProxyContext {
+    ProxyContext {
+        server_ip: SERVER,
+        tftp_server: SERVER,
+        loaders: Loaders { bios: None, efi_x64: None, efi_ia32: None, efi_arm64: None },
+        http_base: "http://198.18.0.1:8080".into(),
+        verdict: Verdict::Boot,
+        boot_unknown: false,
+    }
+}
+
+fn ask(
+    machine: &mut FullMachine,
+    id: RequestId,
+    options: &[(u8, &[u8])],
+    standing: Standing,
+    now: i64,
+) -> Action {
+    let request = Request::parse(&encode_request([0x52, 0x54, 0, 0, 0, 1], 7, None, options)).unwrap();
+    let client = detect(&request);
+    let event = Event::Request { id, request: &request, client: &client, boot: &boot(), standing };
+    machine.handle(event, now).pop().unwrap()
+}
+
+fn lease_secs(action: &Action) -> Option<u32> {
+    let Action::Send { reply, .. } = action else { return None };
+    let (_, v) = reply.options.iter().find(|(c, _)| *c == code::LEASE_TIME)?;
+    Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+}
+
+const LEADER: Standing = Standing::Leader { term: 1 };
+
+#[test]
+fn a_new_lease_is_acked_for_the_whole_lease_time_once_written() {
+    let mut m = machine();
+    let ip = Ipv4Addr::new(198, 18, 0, 10);
+    let select = [(code::MESSAGE_TYPE, &[3u8][..]), (code::REQUESTED_IP, &ip.octets())];
+    let Action::Write { op, record, revision: 0, .. } = ask(&mut m, 1, &select, LEADER, NOW) else {
+        panic!()
+    };
+    assert_eq!(record.unwrap().lease.state, LeaseState::Bound);
+    // The commit takes a moment: the ACK still says the whole minute.
+    let ack = m.handle(Event::Written { op, outcome: Ok(Some(5)) }, NOW + 40).pop().unwrap();
+    assert_eq!(lease_secs(&ack), Some(60), "{ack:?}");
+    // Asked again moments later: ACKed as it stands, from the leader's own
+    // write in this term, without another store operation.
+    let again = ask(&mut m, 2, &select, LEADER, NOW + 2_000);
+    assert!(matches!(again, Action::Send { reused: true, .. }), "{again:?}");
+    assert_eq!(lease_secs(&again), Some(58));
+    // In another term the same entry must be confirmed first.
+    let next_term = ask(&mut m, 3, &select, Standing::Leader { term: 2 }, NOW + 3_000);
+    assert!(matches!(next_term, Action::Confirm { revision: 5, .. }), "{next_term:?}");
+}
+
+#[test]
+fn a_write_slower_than_the_lease_or_unknown_acks_nothing() {
+    let mut m = machine();
+    let ip = Ipv4Addr::new(198, 18, 0, 11);
+    let select = [(code::MESSAGE_TYPE, &[3u8][..]), (code::REQUESTED_IP, &ip.octets())];
+    let Action::Write { op, .. } = ask(&mut m, 1, &select, LEADER, NOW) else { panic!() };
+    let late = m.handle(Event::Written { op, outcome: Ok(Some(3)) }, NOW + 61_000).pop().unwrap();
+    assert_eq!(late, Action::Finish { id: 1, why: Quiet::TooLate });
+    let Action::Write { op, .. } = ask(&mut m, 2, &select, LEADER, NOW + 62_000) else { panic!() };
+    let unknown =
+        m.handle(Event::Written { op, outcome: Err(StoreUnavailable) }, NOW + 62_000).pop().unwrap();
+    assert_eq!(unknown, Action::Finish { id: 2, why: Quiet::StoreUnavailable });
+    assert_eq!(m.in_flight(), 0);
+}
+
+#[test]
+fn standbys_stay_silent_and_offline_replicas_answer_only_from_a_bound_lease() {
+    let mut m = machine();
+    let ip = Ipv4Addr::new(198, 18, 0, 12);
+    let discover = [(code::MESSAGE_TYPE, &[1u8][..])];
+    assert_eq!(
+        ask(&mut m, 1, &discover, Standing::Standby, NOW),
+        Action::Finish { id: 1, why: Quiet::Standby }
+    );
+    assert_eq!(
+        ask(&mut m, 2, &discover, Standing::Offline, NOW),
+        Action::Finish { id: 2, why: Quiet::UnknownOffline }
+    );
+    let bound = LeaseEntry {
+        mac: "52:54:00:00:00:01".into(),
+        state: LeaseState::Bound,
+        expires_unix_ms: NOW + 30_000,
+    };
+    m.handle(Event::Watched { ip, lease: Some(bound), revision: 4 }, NOW);
+    let offer = ask(&mut m, 3, &discover, Standing::Offline, NOW);
+    assert!(matches!(&offer, Action::Send { reply, .. } if reply.yiaddr == ip), "{offer:?}");
+    assert_eq!(lease_secs(&offer), Some(25), "the lease's end less the clock margin");
+    // The clock going back does not lengthen it.
+    let later = ask(&mut m, 4, &discover, Standing::Offline, NOW - 60_000);
+    assert_eq!(lease_secs(&later), Some(25));
+}
