@@ -3,14 +3,16 @@
 //! [`wire`] turns a datagram into a validated [`wire::Request`] by walking
 //! the options itself instead of trusting a general-purpose decoder (which,
 //! for dhcproto 0.15, may drop every option after an undecodable one while
-//! still returning Ok, keeps only the first architecture of option 93, and
-//! trips a debug assertion on a malformed option 94). [`client`] tells PXE,
+//! still returning Ok, keeps only the first architecture of option 93 and
+//! the last piece of a split option, and trips a debug assertion on a
+//! malformed option 94); replies are written with dhcproto's encoder. [`client`] tells PXE,
 //! iPXE and UEFI HTTP-boot clients and their architecture apart. [`proxy`]
 //! decides and encodes proxyDHCP answers (boot file per architecture, the
 //! script URL for iPXE, a URL and the echoed class for HTTP boot, silence
 //! with a reason otherwise). [`relays`] decides whose relayed requests
 //! are believed.
-//! [`full`] allocates addresses from pools and tracks leases (pure);
+//! [`full`] is full mode's state machine: address pools, leases, and what
+//! to write, confirm, read and answer (pure);
 //! [`ndp`] builds the IPv6 router advertisement that ends iPXE's wait for
 //! IPv6. The `runtime` feature adds [`server`]: sockets bound to the
 //! configured interfaces, the rules-engine lookup, leases in the store and

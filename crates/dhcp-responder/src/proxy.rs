@@ -203,46 +203,48 @@ fn boot_file(request: &Request, client: &Client, ctx: &ProxyContext) -> Result<(
 }
 
 /// Encodes a reply to `request` (BOOTREPLY), padded to the 300-byte BOOTP
-/// minimum.
+/// minimum. dhcproto's encoder writes the header and each option (values
+/// over 255 bytes split as RFC 3396 says); the options go in the order the
+/// reply lists them (message type first, as clients have long seen it
+/// from ISC's servers), and the relay agent information echoed last (RFC
+/// 3046 §2.2). The options are not handed to dhcproto's option map: it
+/// sorts by code, and an option it holds as an unknown code under a code
+/// it knows (82, say) is written twice.
 pub fn encode(request: &Request, reply: &Reply, server_ip: Ipv4Addr) -> Vec<u8> {
-    let mut b = vec![0u8; 236];
-    b[0] = 2;
-    b[1] = 1;
-    b[2] = 6;
-    b[3] = request.hops;
-    b[4..8].copy_from_slice(&request.xid.to_be_bytes());
+    use dhcproto::v4::{self, Encodable, Encoder};
+    let mut message = v4::Message::new_with_id(
+        request.xid,
+        request.ciaddr,
+        reply.yiaddr,
+        reply.next_server,
+        request.giaddr,
+        &request.mac,
+    );
+    message.set_opcode(v4::Opcode::BootReply).set_hops(request.hops).set_sname_str(server_ip.to_string());
     if request.broadcast {
-        b[10] = 0x80;
+        message.set_flags(v4::Flags::default().set_broadcast());
     }
-    b[12..16].copy_from_slice(&request.ciaddr.octets());
-    b[16..20].copy_from_slice(&reply.yiaddr.octets());
-    b[20..24].copy_from_slice(&reply.next_server.octets());
-    b[24..28].copy_from_slice(&request.giaddr.octets());
-    b[28..34].copy_from_slice(&request.mac);
-    let sname = server_ip.to_string();
-    b[44..44 + sname.len()].copy_from_slice(sname.as_bytes());
-    // The file field holds 127 bytes + NUL; longer names go in option 67.
+    // The file field holds 127 bytes and a NUL; longer names only in option 67.
     if reply.file.len() < 128 {
-        b[108..108 + reply.file.len()].copy_from_slice(reply.file.as_bytes());
+        message.set_fname_str(&reply.file);
     }
-    b.extend_from_slice(&[99, 130, 83, 99]);
-    let mut options = reply.options.clone();
-    if !reply.file.is_empty() {
-        options.push((code::BOOTFILE_NAME, reply.file.as_bytes().to_vec()));
-    }
-    for (option, value) in options {
-        // RFC 3396: values over 255 bytes split across repeated options.
-        for chunk in value.chunks(255) {
-            b.push(option);
-            b.push(u8::try_from(chunk.len()).unwrap_or(255));
-            b.extend_from_slice(chunk);
+    let file = (!reply.file.is_empty()).then(|| (code::BOOTFILE_NAME, reply.file.as_bytes().to_vec()));
+    let (relay, options): (Vec<_>, Vec<_>) =
+        reply.options.iter().chain(file.as_ref()).partition(|(option, _)| *option == code::RELAY_AGENT_INFO);
+    let mut bytes = Vec::with_capacity(576);
+    let mut encoder = Encoder::new(&mut bytes);
+    // Writing to a Vec cannot fail.
+    let written = message.encode(&mut encoder).and_then(|()| {
+        for (option, value) in options.into_iter().chain(relay) {
+            v4::encode_long_opt_bytes((*option).into(), value, &mut encoder)?;
         }
+        encoder.write_u8(code::END)
+    });
+    debug_assert!(written.is_ok(), "{written:?}");
+    if bytes.len() < 300 {
+        bytes.resize(300, 0);
     }
-    b.push(code::END);
-    if b.len() < 300 {
-        b.resize(300, 0);
-    }
-    b
+    bytes
 }
 
 #[cfg(test)]
@@ -332,5 +334,38 @@ mod tests {
         assert_eq!(sub_options(&options[&43]).unwrap()[&6], [8]);
         assert_eq!(options[&82], [1, 4, b'p', b'o', b'r', b't'], "relay info echoed");
         assert_eq!(options[&67], b"undionly.kpxe");
+        // Message type first; relay information last (RFC 3046 §2.2).
+        assert_eq!(&bytes[240..243], &[53, 1, 2]);
+        let end = bytes.iter().rposition(|b| *b == 255).unwrap();
+        assert_eq!(&bytes[end - 8..end], &[82, 6, 1, 4, b'p', b'o', b'r', b't']);
+    }
+
+    #[test]
+    fn dhcproto_reads_our_replies_as_we_meant_them() {
+        use dhcproto::v4::{Decodable, Decoder, DhcpOption, Message, MessageType, Opcode, OptionCode};
+        let req = request(&[(53, &[1]), (60, b"PXEClient:Arch:00000:UNDI:002001"), (77, b"iPXE")]);
+        let mut reply = decide(&req, &ctx(Verdict::Boot)).unwrap();
+        // A boot URL longer than one option holds: split in two (RFC 3396).
+        reply.file =
+            format!("http://198.18.0.3:8080/boot.ipxe?mac=52:54:00:00:00:01&pad={}", "x".repeat(300));
+        reply.yiaddr = Ipv4Addr::new(198, 18, 0, 77);
+        let bytes = encode(&req, &reply, SERVER);
+        let theirs = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(
+            (theirs.opcode(), theirs.xid(), theirs.yiaddr()),
+            (Opcode::BootReply, req.xid, reply.yiaddr)
+        );
+        assert_eq!(theirs.chaddr()[..6], MAC);
+        assert_eq!(
+            theirs.opts().get(OptionCode::MessageType),
+            Some(&DhcpOption::MessageType(MessageType::Offer))
+        );
+        assert_eq!(theirs.fname(), None, "too long for the file field");
+        let ours = parse_options(&bytes[240..]).unwrap();
+        assert_eq!(ours[&67], reply.file.as_bytes(), "the long option, reassembled");
+        assert_eq!(
+            theirs.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(reply.file.as_bytes().to_vec()))
+        );
     }
 }

@@ -383,6 +383,53 @@ pub(crate) mod tests {
         assert_eq!(Request::parse(&d).unwrap().text(60).as_deref(), Some("PXEClient"));
     }
 
+    /// The dhcproto 0.15 behaviours this parser exists for (the README's
+    /// reason for keeping it points here). Should dhcproto change, this
+    /// test says so, and the reason needs rewriting.
+    #[test]
+    fn dhcproto_misreads_requests_that_this_parser_reads_right() {
+        use dhcproto::v4::{Decodable, Decoder, DhcpOption, Message, OptionCode};
+        let decode = |d: &[u8]| Message::decode(&mut Decoder::new(d)).expect("dhcproto says Ok");
+        let has = |m: &Message, option: u8| m.opts().get(OptionCode::from(option)).is_some();
+        // One malformed option (a subnet mask of 3 bytes, a requested
+        // address of 3) and dhcproto drops every option after it, and still
+        // says Ok: the PXE vendor class is gone, a PXE ROM looks like a
+        // plain DHCP client. Here the vendor class stays (an option we do
+        // not read is carried as it is), or the datagram is refused (one we
+        // rely on is malformed).
+        let mask = datagram(MAC, &[(53, &[1]), (1, &[255, 255, 0]), (60, b"PXEClient")]);
+        let requested = datagram(MAC, &[(53, &[1]), (50, &[198, 18, 0]), (60, b"PXEClient")]);
+        for d in [&mask, &requested] {
+            assert!(!has(&decode(d), 60), "a malformed option no longer hides what follows");
+        }
+        assert_eq!(Request::parse(&mask).unwrap().text(60).as_deref(), Some("PXEClient"));
+        assert_eq!(Request::parse(&requested), Err(WireError::BadOption { code: 50 }));
+        // Option 93 lists every architecture the firmware boots; dhcproto
+        // keeps the first.
+        let d = datagram(MAC, &[(53, &[1]), (93, &[0, 7, 0, 0])]);
+        let Some(DhcpOption::ClientSystemArchitecture(first)) =
+            decode(&d).opts().get(OptionCode::ClientSystemArchitecture).cloned()
+        else {
+            panic!("no architecture")
+        };
+        assert_eq!(u16::from(first), 7);
+        assert_eq!(Request::parse(&d).unwrap().architectures(), [7, 0]);
+        // A long option in pieces with another between them (RFC 3396
+        // concatenates them): dhcproto keeps the last piece.
+        let d = datagram(MAC, &[(53, &[1]), (77, b"iP"), (60, b"PXEClient"), (77, b"XE")]);
+        assert_eq!(
+            decode(&d).opts().get(OptionCode::UserClass),
+            Some(&DhcpOption::UserClass(b"XE".to_vec()))
+        );
+        assert_eq!(Request::parse(&d).unwrap().option(77), Some(&b"iPXE"[..]));
+        // A malformed option 94 (2 bytes, not 3) trips a debug assertion in
+        // dhcproto's decoder: a panic in debug builds.
+        let d = datagram(MAC, &[(53, &[1]), (94, &[1, 2]), (60, b"PXEClient")]);
+        #[cfg(debug_assertions)]
+        assert!(std::panic::catch_unwind(|| decode(&d)).is_err(), "no longer panics");
+        assert_eq!(Request::parse(&d), Err(WireError::BadOption { code: 94 }));
+    }
+
     proptest::proptest! {
         #[test]
         fn any_bytes_parse_or_fail_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {

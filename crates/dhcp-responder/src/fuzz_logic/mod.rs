@@ -1,9 +1,12 @@
 //! Fuzz entry points, shared by `fuzz/` (cargo-fuzz) and the tests, which
 //! replay seed inputs and random ones on stable Rust: [`decide_path`] for
 //! one datagram through the proxy decision, [`cluster::interleaving`] for
-//! full mode's machine in a simulated cluster.
+//! full mode's machine in a simulated cluster, and
+//! [`differential::parsers_agree`] for the request parser against
+//! dhcproto's.
 
 pub mod cluster;
+pub mod differential;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -73,7 +76,7 @@ fn check_reply(bytes: &[u8], request: &Request, kind: u8) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -81,7 +84,7 @@ mod tests {
 
     /// Requests as real clients send them: PXE BIOS and UEFI, UEFI HTTP
     /// boot, iPXE, relayed, renewing, with odd but valid options.
-    fn seeds() -> Vec<Vec<u8>> {
+    pub(crate) fn seeds() -> Vec<Vec<u8>> {
         let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
         let relay = Some(Ipv4Addr::new(198, 18, 9, 1));
         let uuid = [0u8; 17];
