@@ -257,3 +257,38 @@ fn render_settings(core: &CoreConfig, services: &Services) -> String {
     }
     out.text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up_args() -> UpArgs {
+        let dir = std::env::temp_dir();
+        UpArgs {
+            common: CommonArgs::default(),
+            rules: RulesArgs::default(),
+            tftp: TftpArgs { root: Some(dir), ..TftpArgs::default() },
+            streamer: StreamerArgs::default(),
+            dhcp: DhcpArgs::default(),
+        }
+    }
+
+    #[test]
+    fn the_dhcp_responder_gets_the_rules_engines_service_token() {
+        let file = "[dhcp]\ninterfaces = [\"lo\"]\nserver_ip = \"198.18.0.1\"\n\
+                    http_base = \"http://198.18.0.1:8080\"\nrules_url = \"http://127.0.0.1:7070\"\n";
+        let core = CoreConfig::from_parts(
+            &CommonArgs::default(),
+            bootfleet_core::config::parse_file(file).unwrap(),
+            &DEFAULTS,
+        )
+        .unwrap();
+        let services = load(&up_args(), &core).unwrap();
+        let dhcp = services.dhcp.expect("[dhcp] configured");
+        let token = services.rules.service_token.expect("a generated service token");
+        assert_eq!(dhcp.service_token.as_ref(), Some(&token));
+        // Each start generates its own.
+        let again = load(&up_args(), &core).unwrap().rules.service_token.unwrap();
+        assert_ne!(again, token);
+    }
+}

@@ -114,9 +114,13 @@ async fn evaluate_records_only_with_the_service_credential() {
         "same decision either way"
     );
     assert_eq!(evaluate_as(&mut operator, &mac(5), false).await.recording(), pb::Recording::Queued);
+    // The boot services' lazily connecting client sends its token too.
+    let token = bootfleet_core::auth::Token::new(crate::SERVICE_TOKEN);
+    let mut responder = bootfleet_rules_engine::client::connect_lazy_with(&server.url, Some(&token)).unwrap();
+    assert_eq!(evaluate_as(&mut responder, &mac(6), false).await.recording(), pb::Recording::Queued);
 
     recorder_idle(&server.state).await;
-    assert_eq!(stored_macs(server.state.store()).await, [mac(4), mac(5)]);
+    assert_eq!(stored_macs(server.state.store()).await, [mac(4), mac(5), mac(6)]);
     // The anonymous evaluation of the same host left no history entry.
     let (record, _) = server.state.host(&mac(4)).unwrap().unwrap();
     assert_eq!(record.history.len(), 1);
