@@ -23,213 +23,20 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use super::{
-    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, Reservations, declined, held_until, lease_end,
-    may_hold, millis, offline_lease_secs, pick_pool, released, reusable_lease,
+mod events;
+
+pub use events::{
+    Action, Event, FullConfig, LeaseRecord, OpId, Quiet, RequestId, Standing, StoreUnavailable,
 };
-use crate::client::{Client, Loader};
-use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict, boot_parts};
+
+use super::reply::{complete, reply};
+use super::{
+    LeaseEntry, LeaseState, LeaseTable, OFFER_HOLD, Pool, declined, held_until, lease_end, may_hold, millis,
+    offline_lease_secs, pick_pool, released, reusable_lease,
+};
+use crate::client::Client;
+use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict};
 use crate::wire::{MessageType, Request, code};
-
-/// Full-mode settings.
-#[derive(Clone, Debug, Default)]
-pub struct FullConfig {
-    /// Pools, one per subnet.
-    pub pools: Vec<Pool>,
-    /// Fixed addresses by MAC.
-    pub reservations: Reservations,
-    /// Fraction of the lease time within which a lease is ACKed again as
-    /// it stands (see [`super::reusable_lease`]).
-    pub lease_reuse: f64,
-}
-
-/// A request, numbered by the shell.
-pub type RequestId = u64;
-
-/// One store operation the machine asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OpId(u64);
-
-/// A lease as written to the store: the allocator's view, plus the host
-/// name the client gave.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseRecord {
-    /// Holder, state and end.
-    pub lease: LeaseEntry,
-    /// Option 12 of the request that wrote it.
-    pub hostname: String,
-}
-
-/// Where this replica stands when a request arrives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Standing {
-    /// The acting leader of this term, by the election and by its clock.
-    Leader {
-        /// This replica's count of its leaderships.
-        term: u64,
-    },
-    /// Not leading, the store reachable: stay silent.
-    Standby,
-    /// The store unreachable: answer known hosts from the watched copy.
-    Offline,
-}
-
-/// The store could not be asked (or did not say whether it committed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("lease store unavailable")]
-pub struct StoreUnavailable;
-
-/// Something that happened.
-#[derive(Clone, Debug)]
-pub enum Event<'a> {
-    /// A request to answer.
-    Request {
-        /// Its number (the shell's; unique among those in flight).
-        id: RequestId,
-        /// The request.
-        request: &'a Request,
-        /// What kind of client sent it.
-        client: &'a Client,
-        /// The boot answer's inputs, and the rules' verdict.
-        boot: &'a ProxyContext,
-        /// This replica's standing now.
-        standing: Standing,
-    },
-    /// A [`Action::Write`] ended: committed at this revision, not
-    /// committed (a compare failed), or unknown.
-    Written {
-        /// The operation.
-        op: OpId,
-        /// Its outcome.
-        outcome: Result<Option<i64>, StoreUnavailable>,
-    },
-    /// A [`Action::Confirm`] ended: whether the lease and the leadership
-    /// still stand.
-    Confirmed {
-        /// The operation.
-        op: OpId,
-        /// Its outcome.
-        outcome: Result<bool, StoreUnavailable>,
-    },
-    /// A [`Action::Read`] ended: the lease (if any) and its revision (0:
-    /// none).
-    Read {
-        /// The operation.
-        op: OpId,
-        /// Its outcome.
-        outcome: Result<(Option<LeaseEntry>, i64), StoreUnavailable>,
-    },
-    /// The watch saw the lease of `ip` change (`None`: deleted).
-    Watched {
-        /// The address.
-        ip: Ipv4Addr,
-        /// The lease now.
-        lease: Option<LeaseEntry>,
-        /// Its revision.
-        revision: i64,
-    },
-    /// A fresh copy of every lease (start, or the watch fell behind).
-    Reloaded {
-        /// Address, lease, revision.
-        leases: Vec<(Ipv4Addr, LeaseEntry, i64)>,
-    },
-    /// The shell gave up on a request (its operations' outcomes will not
-    /// come).
-    Abandoned {
-        /// The request.
-        id: RequestId,
-    },
-}
-
-/// Something to do.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Send this reply; the request is done.
-    Send {
-        /// The request.
-        id: RequestId,
-        /// The reply.
-        reply: Reply,
-        /// ACKed as the lease stood, without a write.
-        reused: bool,
-    },
-    /// Nothing to send; the request is done.
-    Finish {
-        /// The request.
-        id: RequestId,
-        /// Why.
-        why: Quiet,
-    },
-    /// Write (or with `None` delete) the lease of `ip` if its revision is
-    /// still `revision` (0: absent) and this replica still leads; report
-    /// with [`Event::Written`].
-    Write {
-        /// The operation.
-        op: OpId,
-        /// The request it serves.
-        id: RequestId,
-        /// The address.
-        ip: Ipv4Addr,
-        /// The lease to write.
-        record: Option<LeaseRecord>,
-        /// The revision it must still have.
-        revision: i64,
-    },
-    /// Check, with the same compares as a write and writing nothing, that
-    /// the lease of `ip` is still at `revision` and this replica still
-    /// leads; report with [`Event::Confirmed`].
-    Confirm {
-        /// The operation.
-        op: OpId,
-        /// The request it serves.
-        id: RequestId,
-        /// The address.
-        ip: Ipv4Addr,
-        /// The revision.
-        revision: i64,
-    },
-    /// Read the lease of `ip`; report with [`Event::Read`].
-    Read {
-        /// The operation.
-        op: OpId,
-        /// The request it serves.
-        id: RequestId,
-        /// The address.
-        ip: Ipv4Addr,
-    },
-}
-
-/// Why a request got no reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Quiet {
-    /// The rules do not boot this host.
-    NotBooted,
-    /// No pool serves the request's subnet.
-    NoPool,
-    /// Another replica leads.
-    Standby,
-    /// Offline, and the copy holds no lease to give this host again.
-    UnknownOffline,
-    /// The client chose another server.
-    OtherServer,
-    /// A REQUEST or DECLINE naming no address.
-    NoAddress,
-    /// Every address in the pool is taken.
-    PoolExhausted,
-    /// The lease changed under every attempt (or leadership was lost).
-    LostRace,
-    /// The store could not be asked.
-    StoreUnavailable,
-    /// The lease the store confirmed had ended by the time it said so.
-    TooLate,
-    /// A RELEASE or DECLINE of an address the sender does not hold.
-    NotHeld,
-    /// A RELEASE was recorded.
-    Released,
-    /// A DECLINE was recorded.
-    Declined,
-}
 
 /// A request waiting for a store operation.
 #[derive(Debug)]
@@ -726,44 +533,6 @@ fn asked_address(request: &Request) -> Option<Ipv4Addr> {
 
 fn pool_secs(pool: &Pool) -> u32 {
     u32::try_from(pool.lease_time.as_secs()).unwrap_or(u32::MAX)
-}
-
-/// The head of a full-mode reply: message type, server id, relay
-/// information echoed.
-fn reply(kind: ReplyType, yiaddr: Ipv4Addr, request: &Request, boot: &ProxyContext) -> Reply {
-    let mut options =
-        vec![(code::MESSAGE_TYPE, vec![kind.code()]), (code::SERVER_ID, boot.server_ip.octets().to_vec())];
-    if let Some(relay) = request.option(code::RELAY_AGENT_INFO) {
-        options.push((code::RELAY_AGENT_INFO, relay.to_vec()));
-    }
-    Reply { kind, yiaddr, file: String::new(), next_server: Ipv4Addr::UNSPECIFIED, options }
-}
-
-/// iPXE's "no proxyDHCP" setting (encapsulated option 175.176 = 1): this
-/// answer is complete, do not wait for a proxyDHCP server.
-const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
-
-/// Adds the pool and boot parts to an OFFER or ACK.
-fn complete(
-    mut reply: Reply,
-    request: &Request,
-    client: &Client,
-    boot: &ProxyContext,
-    pool: &Pool,
-    lease_secs: Option<u32>,
-) -> Reply {
-    reply.options.extend(pool.options_for(lease_secs));
-    if client.loader != Loader::None {
-        if let Ok(parts) = boot_parts(request, client, boot) {
-            reply.file = parts.file;
-            reply.next_server = parts.next_server;
-            reply.options.extend(parts.options);
-        }
-        if client.loader == Loader::Ipxe {
-            reply.options.push((code::IPXE_ENCAP, IPXE_NO_PXEDHCP.to_vec()));
-        }
-    }
-    reply
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 mod machine;
+mod reply;
 mod table;
 
 use crate::wire::code;

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::client::detect;
+use crate::full::Reservations;
 use crate::proxy::Loaders;
 use crate::wire::encode_request;
 
