@@ -12,6 +12,23 @@ use crate::{curl, start_replica};
 const EMBEDDED: &[&str] = &["--store", "embedded"];
 
 /// Reads until the server closes; true when it did within `within`.
+/// Waits until the streamer's gauge of open HTTP connections reads `want`.
+fn wait_open_connections(admin: u16, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = bootfleet_test_support::http_get(admin, "/metrics");
+        let open = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("bootfleet_streamer_http_connections "))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if open == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "open HTTP connections stayed at {open:?}, not {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     stream.set_read_timeout(Some(within)).unwrap();
     let mut buf = [0u8; 512];
@@ -75,9 +92,13 @@ fn slow_and_silent_connections_are_closed_and_the_cap_refuses_with_503() {
     }
     drip.join().unwrap();
 
-    // The cap: 60 connections open, the next one is told 503 and closed.
+    // The cap: 60 connections admitted, the next one is told 503 and
+    // closed. Waits for exactly those states on the streamer's own gauge
+    // (a connection still closing, or one not yet accepted, would
+    // otherwise take the slot the test means for `over`).
+    wait_open_connections(replica.admin, 0);
     let held: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_open_connections(replica.admin, 60);
     let mut over = TcpStream::connect(&addr).unwrap();
     over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
