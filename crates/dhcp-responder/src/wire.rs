@@ -414,14 +414,17 @@ pub(crate) mod tests {
         };
         assert_eq!(u16::from(first), 7);
         assert_eq!(Request::parse(&d).unwrap().architectures(), [7, 0]);
-        // A long option in pieces with another between them (RFC 3396
-        // concatenates them): dhcproto keeps the last piece.
-        let d = datagram(MAC, &[(53, &[1]), (77, b"iP"), (60, b"PXEClient"), (77, b"XE")]);
-        assert_eq!(
-            decode(&d).opts().get(OptionCode::UserClass),
-            Some(&DhcpOption::UserClass(b"XE".to_vec()))
-        );
-        assert_eq!(Request::parse(&d).unwrap().option(77), Some(&b"iPXE"[..]));
+        // A long option in pieces with another, or padding, between them
+        // (RFC 3396 concatenates them): dhcproto keeps the last piece.
+        let mut padded = datagram(MAC, &[(53, &[1])]);
+        padded.pop();
+        padded.extend([77, 2, b'i', b'P', 0, 77, 2, b'X', b'E', 255]);
+        let apart = datagram(MAC, &[(53, &[1]), (77, b"iP"), (60, b"PXEClient"), (77, b"XE")]);
+        for d in [&apart, &padded] {
+            let user_class = decode(d).opts().get(OptionCode::UserClass).cloned();
+            assert_eq!(user_class, Some(DhcpOption::UserClass(b"XE".to_vec())));
+            assert_eq!(Request::parse(d).unwrap().option(77), Some(&b"iPXE"[..]));
+        }
         // A malformed option 94 (2 bytes, not 3) trips a debug assertion in
         // dhcproto's decoder: a panic in debug builds.
         let d = datagram(MAC, &[(53, &[1]), (94, &[1, 2]), (60, b"PXEClient")]);

@@ -3,8 +3,8 @@
 //! the same values for the options the responder reads — except where
 //! dhcproto is known to read less (the test in `wire.rs` shows each case):
 //! it keeps only the first architecture of option 93, keeps the last piece
-//! of an option split with others in between, and drops the options after
-//! one it cannot decode. Datagrams carrying an option whose length trips a
+//! of an option split with others (or padding) in between, and drops the
+//! options after one it cannot decode. Datagrams carrying an option whose length trips a
 //! debug assertion in dhcproto 0.15 (80, 81, 94, 152-155) are left out:
 //! that is a panic in dhcproto, not a disagreement.
 
@@ -65,13 +65,17 @@ fn encoded_value(option: &DhcpOption) -> Vec<u8> {
     options.into_values().next().unwrap_or_default()
 }
 
-/// The options of `area` as the walker meets them: code and length.
+/// The options of `area` as the walker meets them, padding included:
+/// code and length.
 fn walk(area: &[u8]) -> Vec<(u8, usize)> {
     let mut seen = Vec::new();
     let mut i = 0;
     while let Some(&option) = area.get(i) {
         match option {
-            code::PAD => i += 1,
+            code::PAD => {
+                seen.push((code::PAD, 0));
+                i += 1;
+            }
             code::END => break,
             _ => {
                 let len = usize::from(area.get(i + 1).copied().unwrap_or(0));
@@ -94,7 +98,8 @@ fn trips_dhcproto(area: &[u8]) -> bool {
     })
 }
 
-/// Whether `option` comes in pieces with other options between them.
+/// Whether `option` comes in pieces with other options, or padding,
+/// between them (dhcproto then keeps the last piece).
 fn split_apart(area: &[u8], option: u8) -> bool {
     let codes: Vec<u8> = walk(area).into_iter().map(|(code, _)| code).collect();
     let runs = codes.windows(2).filter(|w| w[1] == option && w[0] != option).count()
@@ -114,6 +119,13 @@ mod tests {
         for seed in seeds() {
             parsers_agree(&seed);
         }
+        // Found by the fuzz target: option 43 in two pieces with padding
+        // between them (dhcproto keeps the second piece).
+        let mut padded = crate::wire::encode_request([2; 6], 9, None, &[(53, &[1])]);
+        padded.pop();
+        padded.extend([43, 2, 1, 2, 0, 0, 43, 1, 3, 255]);
+        assert_eq!(Request::parse(&padded).unwrap().option(43), Some(&[1, 2, 3][..]));
+        parsers_agree(&padded);
     }
 
     proptest! {
