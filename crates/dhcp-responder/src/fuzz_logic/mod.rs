@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::client::detect;
 use crate::full::{Pool, pick_pool};
 use crate::proxy::{Loaders, ProxyContext, Verdict, boot_parts, decide, encode};
-use crate::wire::{Request, parse_options};
+use crate::wire::{Request, code, parse_options};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
@@ -72,7 +72,7 @@ fn check_reply(bytes: &[u8], request: &Request, kind: u8) {
     assert_eq!(bytes[28..34], request.mac, "client hardware address not echoed");
     assert_eq!(bytes[236..240], [99, 130, 83, 99], "magic cookie");
     let options = parse_options(&bytes[240..]).expect("reply options well formed");
-    assert_eq!(options.get(&53).map(Vec::as_slice), Some(&[kind][..]), "message type");
+    assert_eq!(options.get(&code::MESSAGE_TYPE).map(Vec::as_slice), Some(&[kind][..]), "message type");
 }
 
 #[cfg(test)]

@@ -156,6 +156,9 @@ impl Leases {
                     if reused {
                         LEASES_REUSED.inc();
                     }
+                    if standing == Standing::Offline {
+                        tracing::info!(mac = %request.mac_text(), ip = %reply.yiaddr, "store unreachable: answered from the watched lease (offline)");
+                    }
                     return Some(reply);
                 }
                 Action::Finish { why, .. } => {
