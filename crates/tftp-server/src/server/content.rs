@@ -102,7 +102,7 @@ impl Source {
     /// Length once converted to netascii: one pass, through one chunk.
     async fn netascii_len(&self) -> std::io::Result<u64> {
         match self {
-            Self::Memory(bytes) => Ok(netascii::converted_len(bytes)),
+            Self::Memory(bytes) => Ok(count_netascii(bytes)),
             Self::File { file, size, .. } => {
                 let (file, size) = (Arc::clone(file), *size);
                 tokio::task::spawn_blocking(move || {
@@ -143,15 +143,18 @@ impl Content {
     /// counted here (one pass over a file on disk, keeping nothing), so
     /// tsize stays exact.
     async fn in_mode(source: Source, mode: Mode) -> Result<Self, ContentError> {
-        let netascii = match mode {
+        let netascii_len = match mode {
             Mode::Octet => None,
-            Mode::Netascii => Some(Netascii {
-                len: source.netascii_len().await.map_err(|_| ContentError::Io)?,
-                checkpoints: Checkpoints::new(2),
-                out: Vec::new(),
-            }),
+            Mode::Netascii => Some(source.netascii_len().await.map_err(|_| ContentError::Io)?),
         };
-        Ok(Self { source, netascii })
+        Ok(Self::with_netascii_len(source, netascii_len))
+    }
+
+    /// `source`, in netascii if its converted length is given.
+    fn with_netascii_len(source: Source, netascii_len: Option<u64>) -> Self {
+        let netascii =
+            netascii_len.map(|len| Netascii { len, checkpoints: Checkpoints::new(2), out: Vec::new() });
+        Self { source, netascii }
     }
 
     /// Shared bytes in `mode`.
@@ -220,15 +223,66 @@ impl Content {
 }
 
 struct Cached {
-    bytes: Arc<[u8]>,
+    hot: Arc<Hot>,
     len: u64,
     modified: Option<SystemTime>,
+}
+
+/// A file held in memory, shared by every transfer of it.
+struct Hot {
+    bytes: Arc<[u8]>,
+    /// Its length in netascii, counted once, off the async threads, when
+    /// the first netascii transfer asks: a request costs no pass over the
+    /// file of its own (forged netascii requests for a large file would
+    /// otherwise each buy a full count, on the threads that serve
+    /// everything else in the process).
+    netascii_len: tokio::sync::OnceCell<u64>,
+}
+
+impl Hot {
+    /// The file as a transfer's content in `mode`.
+    async fn content(&self, mode: Mode) -> Result<Content, ContentError> {
+        let netascii_len = match mode {
+            Mode::Octet => None,
+            Mode::Netascii => Some(
+                *self
+                    .netascii_len
+                    .get_or_try_init(|| {
+                        let bytes = Arc::clone(&self.bytes);
+                        async move {
+                            tokio::task::spawn_blocking(move || count_netascii(&bytes))
+                                .await
+                                .map_err(|_| ContentError::Io)
+                        }
+                    })
+                    .await?,
+            ),
+        };
+        Ok(Content::with_netascii_len(Source::Memory(Arc::clone(&self.bytes)), netascii_len))
+    }
+}
+
+/// How often an in-memory file of each length was counted for netascii
+/// (tests only; by length, as tests run side by side).
+#[cfg(test)]
+static NETASCII_COUNTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// The netascii length of a file held in memory.
+fn count_netascii(bytes: &[u8]) -> u64 {
+    #[cfg(test)]
+    NETASCII_COUNTS.lock().unwrap_or_else(PoisonError::into_inner).push(bytes.len());
+    netascii::converted_len(bytes)
 }
 
 /// Files under a root, with a cache of small hot files.
 pub(crate) struct Files {
     root: PathBuf,
     cache: Mutex<HashMap<PathBuf, Cached>>,
+    /// Held while a file is read into the cache: requests that arrive
+    /// together for a file not cached yet (a boot storm, or forged
+    /// requests) wait for that one read and share its bytes, instead of
+    /// each reading a private copy of the whole file.
+    filling: tokio::sync::Mutex<()>,
     cache_bytes: u64,
     cache_file_limit: u64,
 }
@@ -239,7 +293,13 @@ impl Files {
         if !root.is_dir() {
             return Err(std::io::Error::other(format!("{} is not a directory", root.display())));
         }
-        Ok(Self { root, cache: Mutex::default(), cache_bytes, cache_file_limit })
+        Ok(Self {
+            root,
+            cache: Mutex::default(),
+            filling: tokio::sync::Mutex::new(()),
+            cache_bytes,
+            cache_file_limit,
+        })
     }
 
     /// Opens what `name` asks for, refusing anything outside the root.
@@ -268,19 +328,26 @@ impl Files {
         .map_err(|_| ContentError::Io)??;
         let (path, file, meta) = resolved;
         let len = meta.len();
-        let source = if len <= self.cache_file_limit {
-            let modified = meta.modified().ok();
-            if let Some(hit) = self.lookup(&path, len, modified) {
-                Source::Memory(hit)
-            } else {
+        if len > self.cache_file_limit {
+            let source = Source::File { file: Arc::new(file), size: len, chunk_at: 0, chunk: Vec::new() };
+            return Content::in_mode(source, mode).await;
+        }
+        let modified = meta.modified().ok();
+        if let Some(hot) = self.lookup(&path, len, modified) {
+            return hot.content(mode).await;
+        }
+        let filling = self.filling.lock().await;
+        let hot = match self.lookup(&path, len, modified) {
+            Some(hot) => hot,
+            None => {
                 let bytes: Arc<[u8]> = self.read_whole(file, len).await?.into();
-                self.insert(path, Arc::clone(&bytes), len, modified);
-                Source::Memory(bytes)
+                let hot = Arc::new(Hot { bytes, netascii_len: tokio::sync::OnceCell::new() });
+                self.insert(path, Arc::clone(&hot), len, modified);
+                hot
             }
-        } else {
-            Source::File { file: Arc::new(file), size: len, chunk_at: 0, chunk: Vec::new() }
         };
-        Content::in_mode(source, mode).await
+        drop(filling);
+        hot.content(mode).await
     }
 
     async fn read_whole(&self, file: File, len: u64) -> Result<Vec<u8>, ContentError> {
@@ -293,21 +360,21 @@ impl Files {
         .map_err(|_| ContentError::Io)?
     }
 
-    fn lookup(&self, path: &Path, len: u64, modified: Option<SystemTime>) -> Option<Arc<[u8]>> {
+    fn lookup(&self, path: &Path, len: u64, modified: Option<SystemTime>) -> Option<Arc<Hot>> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.get(path).filter(|c| c.len == len && c.modified == modified).map(|c| Arc::clone(&c.bytes))
+        cache.get(path).filter(|c| c.len == len && c.modified == modified).map(|c| Arc::clone(&c.hot))
     }
 
     /// Caches a file; when full, drops everything (simple, and a boot storm
     /// re-fills it with the few loaders that matter within one round).
-    fn insert(&self, path: PathBuf, bytes: Arc<[u8]>, len: u64, modified: Option<SystemTime>) {
+    fn insert(&self, path: PathBuf, hot: Arc<Hot>, len: u64, modified: Option<SystemTime>) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let used: u64 = cache.values().map(|c| c.len).sum();
         if used + len > self.cache_bytes {
             cache.clear();
         }
         if len <= self.cache_bytes {
-            cache.insert(path, Cached { bytes, len, modified });
+            cache.insert(path, Cached { hot, len, modified });
         }
     }
 }
@@ -377,5 +444,67 @@ mod tests {
         let (got, most) = stream(&mut rendered, 512).await;
         assert_eq!(got, to_netascii(&text[..9000]));
         assert!(most <= bound);
+    }
+
+    /// Requests that arrive together for a file not cached yet share one
+    /// copy of it: one read, not one per request.
+    #[tokio::test]
+    async fn opens_of_a_file_not_cached_yet_share_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("loader.efi"), vec![7u8; 200_000]).unwrap();
+        let files = Files::new(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let opens = (0..16).map(|_| files.open("loader.efi", Mode::Octet));
+        let mut copies: Vec<Arc<[u8]>> = Vec::new();
+        for content in join_all(opens).await {
+            let Source::Memory(bytes) = content.unwrap().source else {
+                panic!("a hot file is held in memory")
+            };
+            if !copies.iter().any(|c| Arc::ptr_eq(c, &bytes)) {
+                copies.push(bytes);
+            }
+        }
+        assert_eq!(copies.len(), 1, "16 opens held {} copies of the file", copies.len());
+    }
+
+    /// Netascii transfers of a file held in memory count its converted
+    /// length once between them, not once each.
+    #[tokio::test]
+    async fn a_hot_file_is_counted_for_netascii_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // A length no other test's file has.
+        let text = b"one\ntwo\r\nthree\n".repeat(1001);
+        std::fs::write(dir.path().join("notes.txt"), &text).unwrap();
+        let files = Files::new(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let opens = (0..8).map(|_| files.open("notes.txt", Mode::Netascii));
+        for content in join_all(opens).await {
+            assert_eq!(content.unwrap().len(), netascii::converted_len(&text));
+        }
+        let counts = NETASCII_COUNTS.lock().unwrap_or_else(PoisonError::into_inner);
+        let counted = counts.iter().filter(|&&len| len == text.len()).count();
+        assert_eq!(counted, 1, "8 netascii opens counted the file {counted} times");
+    }
+
+    /// Polls every future on this task until all are done (their awaits
+    /// interleave, as concurrent requests' do).
+    async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+        let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut waiting = false;
+            for (future, output) in pending.iter_mut().zip(done.iter_mut()) {
+                if let Some(f) = future {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(value) => {
+                            *output = Some(value);
+                            *future = None;
+                        }
+                        std::task::Poll::Pending => waiting = true,
+                    }
+                }
+            }
+            if waiting { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        })
+        .await;
+        done.into_iter().map(|o| o.expect("every future finished")).collect()
     }
 }
