@@ -1,0 +1,114 @@
+#!/bin/busybox sh
+# Bootfleet's vDisk initramfs module: the /init of a busybox initramfs that
+# runs a diskless Linux from a read-only golden disk streamed over NBD.
+#
+# Kernel command line (the boot script's profile puts it there):
+#   bootfleet.nbd=HOST:PORT[,HOST:PORT...]  NBD replicas holding the image,
+#                                           tried in this order
+#   bootfleet.export=NAME                   the export, e.g. debian/12/root.ext4
+#   bootfleet.cache=client-ram              the write cache (PVS's names); the
+#                                           only mode this module runs so far
+#   bootfleet.rootfstype=ext4               the root filesystem (default ext4)
+#
+# client-ram: the export is read-only, every write lands in a tmpfs overlaid
+# on it (overlayfs), so nothing is stored on the server, any replica can
+# serve any client, and the writes are gone at the next boot.
+#
+# The initramfs holds busybox (/bin/busybox), nbd-client with its libraries,
+# and the kernel modules under /lib/modules in load order
+# (/lib/modules/order, dependencies first). scripts/boot-assets.sh builds it.
+bb=/bin/busybox
+
+$bb mount -t proc proc /proc
+$bb mount -t devtmpfs devtmpfs /dev
+$bb mount -t sysfs sysfs /sys
+# The kernel starts /init with no console open (the initramfs has no
+# /dev/console node); everything from here on, the root's init included,
+# writes to it.
+exec </dev/console >/dev/console 2>&1
+
+say() { echo "bootfleet-vdisk: $*"; }
+
+# Stops the boot where it failed: the console says why, and the machine
+# powers off rather than spin (a diskless machine has nothing else to boot).
+fail() {
+  say "FAILED: $*"
+  $bb sleep 2
+  $bb poweroff -f
+}
+
+replicas=
+export_name=
+cache=client-ram
+fstype=ext4
+for word in $($bb cat /proc/cmdline); do
+  case "$word" in
+    bootfleet.nbd=*) replicas="${word#bootfleet.nbd=}" ;;
+    bootfleet.export=*) export_name="${word#bootfleet.export=}" ;;
+    bootfleet.cache=*) cache="${word#bootfleet.cache=}" ;;
+    bootfleet.rootfstype=*) fstype="${word#bootfleet.rootfstype=}" ;;
+  esac
+done
+[ -n "$replicas" ] || fail "no bootfleet.nbd= on the kernel command line"
+[ -n "$export_name" ] || fail "no bootfleet.export= on the kernel command line"
+case "$cache" in
+  client-ram) ;;
+  *) fail "write cache '$cache' is not supported by this initramfs (client-ram only)" ;;
+esac
+
+# Modules in the order the build wrote (dependencies first). nbds_max=1:
+# one device is all a diskless root needs.
+while read -r module; do
+  case "$module" in
+    nbd) $bb insmod "/lib/modules/$module.ko" nbds_max=1 ;;
+    *) $bb insmod "/lib/modules/$module.ko" ;;
+  esac || fail "cannot load $module.ko"
+done < /lib/modules/order
+
+# The network: DHCP on eth0, retried (bounded: about a minute) while the
+# link comes up or the boot services answer late.
+$bb ifconfig lo 127.0.0.1 up
+$bb ifconfig eth0 up || fail "no eth0"
+leased=
+for attempt in $($bb seq 20); do
+  if $bb udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/dhcp-script >/dev/null 2>&1; then
+    leased=yes
+    break
+  fi
+done
+[ -n "$leased" ] || fail "no DHCP lease on eth0"
+
+# Attach /dev/nbd0 to the first replica that answers. nbd-client hands the
+# connected socket to the kernel over netlink and exits; -R (the export is
+# read-only anyway) makes the block device read-only. The timeout bounds a
+# replica that is gone without a TCP reset.
+attached=
+for replica in $(echo "$replicas" | $bb tr ',' ' '); do
+  host="${replica%:*}"
+  port="${replica##*:}"
+  [ "$host" != "$replica" ] || port=10809
+  if $bb timeout 15 /sbin/nbd-client "$host" "$port" /dev/nbd0 -N "$export_name" -R -t 30 \
+      >/dev/null 2>&1; then
+    attached="$host:$port"
+    break
+  fi
+  say "replica $host:$port did not serve $export_name; trying the next"
+done
+[ -n "$attached" ] || fail "no replica in '$replicas' serves $export_name"
+say "attached $export_name from $attached"
+
+# The golden disk read-only below, a RAM upper layer above: client-ram.
+$bb mkdir -p /run/lower /run/ram /run/root
+$bb mount -t "$fstype" -o ro /dev/nbd0 /run/lower || fail "cannot mount $export_name ($fstype)"
+$bb mount -t tmpfs -o mode=0755 tmpfs /run/ram
+$bb mkdir -p /run/ram/upper /run/ram/work
+$bb mount -t overlay -o lowerdir=/run/lower,upperdir=/run/ram/upper,workdir=/run/ram/work overlay /run/root ||
+  fail "cannot put the RAM overlay on $export_name"
+
+init=/sbin/init
+[ -x "/run/root$init" ] || fail "$export_name has no $init"
+for fs in dev proc sys; do
+  $bb mkdir -p "/run/root/$fs"
+  $bb mount --move "/$fs" "/run/root/$fs"
+done
+exec $bb switch_root /run/root "$init"
