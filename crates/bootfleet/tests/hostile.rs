@@ -93,8 +93,10 @@ fn boot_scripts_for_random_macs_stay_within_the_host_cap() {
 /// fails if any attack did. `BOOTFLEET_HOSTILE_ONLY=text` runs only the
 /// attacks whose name has it.
 fn run_attacks(report: &str, attacks: &[Attack<'_>]) {
-    static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _alone = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Held until the lab is gone, across test processes too (nextest runs
+    // each test in its own).
+    let alone = std::fs::File::create(std::env::temp_dir().join("bootfleet-hostile-lab.lock")).unwrap();
+    alone.lock().unwrap();
     let lab = Lab::start();
     // A first boot: the host's record, boot status and lease exist from here
     // on, so the attacks' boots add no key.
@@ -112,6 +114,8 @@ fn run_attacks(report: &str, attacks: &[Attack<'_>]) {
     report::write(report, &table);
     let failed: Vec<String> =
         rows.iter().filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.attack))).collect();
+    drop(lab);
+    drop(alone);
     assert!(failed.is_empty(), "{} attacks failed:\n{}", failed.len(), failed.join("\n"));
 }
 

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::assets;
 use crate::lab::{BOOT_IF, BOOT_MAC, HTTP_PORT, LOADER, Lab, SERVER_IP};
 
 /// Boots of the one host start at least this far apart.
@@ -55,7 +54,7 @@ pub(crate) fn boot(lab: &Lab) -> Result<(), String> {
     }
     let loader = work.join("loader");
     curl(lab, &format!("tftp://{server}/{file}"), &loader)?;
-    same_file(&loader, &assets().join(LOADER), "the loader over TFTP")?;
+    same_file(&loader, &lab.original(LOADER), "the loader over TFTP")?;
     // iPXE says who it is with user class "iPXE" (option 77).
     let ipxe = lease(lab, &["-x", "0x4d:69505845"])?;
     let script_url = format!("http://{SERVER_IP}:{HTTP_PORT}/boot.ipxe?mac={BOOT_MAC}");
@@ -70,8 +69,8 @@ pub(crate) fn boot(lab: &Lab) -> Result<(), String> {
         let path = work.join(&command);
         curl(lab, &url, &path)?;
         match command.as_str() {
-            "kernel" => same_file(&path, &assets().join("vmlinuz"), "the kernel")?,
-            "initrd" => same_file(&path, &assets().join("initrd.img"), "the initrd")?,
+            "kernel" => same_file(&path, &lab.original("vmlinuz"), "the kernel")?,
+            "initrd" => same_file(&path, &lab.original("initrd.img"), "the initrd")?,
             _ => {}
         }
         fetched.push(command);

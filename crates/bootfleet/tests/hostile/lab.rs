@@ -117,6 +117,17 @@ impl Lab {
         lab
     }
 
+    /// The lab's own copy of a boot file it serves (the loader, or a file
+    /// of the image), taken at its start: the shared boot assets may be
+    /// rebuilt while the suite runs.
+    pub(crate) fn original(&self, name: &str) -> PathBuf {
+        if name == LOADER {
+            self.dir.path().join("tftp").join(name)
+        } else {
+            self.dir.path().join("image").join(name)
+        }
+    }
+
     /// Records how a boot went.
     pub(crate) fn record_boot(&self, result: Result<(), String>) {
         let mut boots = self.boots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

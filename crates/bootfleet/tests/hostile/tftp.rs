@@ -12,7 +12,6 @@ use bootfleet_tftp_server::wire::{ErrorCode, Mode, Packet, Request};
 use tokio::net::UdpSocket;
 
 use crate::boot::boot_during;
-use crate::common::assets;
 use crate::lab::{BIG_TEXT, CLIENT_NS, LOADER, Lab, in_netns, runtime, wait_for};
 
 /// Source addresses of the unacknowledged requests, and requests from each.
@@ -129,7 +128,7 @@ fn never_acknowledge(begun: &AtomicBool, drained: &AtomicBool) -> BTreeMap<Strin
 /// so every client gets the loader in the end.
 pub(crate) fn behind_one_address(lab: &Lab) -> String {
     lab.add_client_address(NAT_ADDRESS);
-    let want = std::fs::read(assets().join(LOADER)).unwrap();
+    let want = std::fs::read(lab.original(LOADER)).unwrap();
     let results = boot_during(lab, |begun| {
         in_netns(CLIENT_NS, || {
             runtime().block_on(async {
