@@ -173,7 +173,9 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         tracing::warn!("no admin token configured: uploads and catalog writes are refused");
     }
     let nbd_addr = match nbd_listener {
-        Some(listener) => Some(serve_nbd(listener, Arc::clone(&streamer), &ctx, stop.clone())?),
+        Some(listener) => {
+            Some(serve_nbd(listener, Arc::clone(&streamer), &config.data_dir, &ctx, stop.clone())?)
+        }
         None => None,
     };
     // Bound, and its snapshots registered: ready as soon as they load.
@@ -202,12 +204,15 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
 fn serve_nbd(
     listener: TcpListener,
     streamer: Arc<Streamer>,
+    data_dir: &std::path::Path,
     ctx: &ServiceContext,
     stop: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let address = listener.local_addr()?;
-    let exports = Arc::new(nbd::CatalogExports::new(streamer));
     let metrics = Arc::new(bootfleet_nbd::metrics::NbdMetrics::default());
+    let exports = nbd::CatalogExports::new(streamer, data_dir, Arc::clone(&metrics))
+        .with_context(|| format!("opening the write caches in {}", data_dir.display()))?;
+    let exports = Arc::new(exports);
     let server =
         bootfleet_nbd::server::NbdServer::new(bootfleet_nbd::server::NbdConfig::default(), exports, metrics);
     ctx.shutdown.spawn(async move {

@@ -1,5 +1,7 @@
 //! The streamer's NBD exports: every file of every catalog version this
-//! replica holds, read-only, named `<image>/<version>/<file>`.
+//! replica holds, read-only, named `<image>/<version>/<file>`, and each
+//! machine's own `host/<mac>` export with its `server` write cache
+//! ([`host`]).
 //!
 //! The catalog has no notion of which files are disks, so every held file
 //! is listed (a kernel is a valid, if useless, read-only block device).
@@ -8,64 +10,55 @@
 //! opened, so a version replaced or removed meanwhile does not change
 //! under a running client.
 
+mod host;
+
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bootfleet_nbd::export::{Client, Export, Exports, FileExport};
+use bootfleet_nbd::metrics::NbdMetrics;
 use bootfleet_nbd::options::ExportInfo;
+use bootfleet_nbd::overlay::{WriteCaches, cow_info};
 use bootfleet_nbd::session::{Listing, Refusal};
+use bootfleet_proto::v1::{FileRef, HostFacts, image_profile};
+use bootfleet_rules_engine::facts::Facts;
 
+use self::host::{HostCaches, HostName};
 use super::Streamer;
 use crate::blobs::Lookup;
+
+/// Cap on one host's `server` write cache. Not configurable yet.
+const HOST_CACHE_CAP_BYTES: u64 = 16 << 30;
+/// Hosts with a `server` write cache on one replica. Not configurable yet.
+const MAX_HOST_CACHES: usize = 4096;
 
 /// Exports resolved from the catalog and this replica's files.
 pub(crate) struct CatalogExports {
     streamer: Arc<Streamer>,
+    hosts: HostCaches,
 }
 
 impl CatalogExports {
-    pub(crate) fn new(streamer: Arc<Streamer>) -> Self {
-        Self { streamer }
+    /// Exports of `streamer`, hosts' write caches in `data_dir/write-caches`
+    /// (those of an earlier run are deleted: their boots' sessions are gone).
+    pub(crate) fn new(
+        streamer: Arc<Streamer>,
+        data_dir: &Path,
+        metrics: Arc<NbdMetrics>,
+    ) -> std::io::Result<Self> {
+        let caches =
+            WriteCaches::new(&data_dir.join("write-caches"), HOST_CACHE_CAP_BYTES, MAX_HOST_CACHES, metrics)?;
+        Ok(Self { streamer, hosts: HostCaches::new(caches) })
     }
-}
 
-/// `<image>/<version>/<file>`, split; `None` for anything else.
-fn split_name(name: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = name.split('/');
-    let parts = (parts.next()?, parts.next()?, parts.next()?, parts.next());
-    match parts {
-        (image, version, file, None) if ![image, version, file].contains(&"") => Some((image, version, file)),
-        _ => None,
-    }
-}
-
-#[async_trait]
-impl Exports for CatalogExports {
-    async fn list(&self, _client: &Client) -> Vec<Listing> {
+    /// Opens a catalog file read-only (`name` is for the log).
+    async fn open_file(&self, file: &FileRef, name: &str) -> Result<Arc<dyn Export>, Refusal> {
         let catalog = self.streamer.catalog();
-        let blobs = &self.streamer.blobs;
-        catalog
-            .versions()
-            .flat_map(|version| version.files.iter().map(move |file| (version, file)))
-            // Verified files, and complete ones not hashed since start (an
-            // open verifies them first).
-            .filter(|(_, file)| blobs.is_verified(&file.sha256) || blobs.is_complete(&file.sha256))
-            .map(|(version, file)| Listing {
-                name: format!("{}/{}/{}", version.image, version.version, file.name),
-                description: version.description.clone(),
-            })
-            .collect()
-    }
-
-    async fn describe(&self, name: &str, client: &Client) -> Result<ExportInfo, Refusal> {
-        Ok(self.open(name, client).await?.info())
-    }
-
-    async fn open(&self, name: &str, _client: &Client) -> Result<Arc<dyn Export>, Refusal> {
-        let (image, version, file) = split_name(name).ok_or(Refusal::Unknown)?;
-        let catalog = self.streamer.catalog();
-        let entry = catalog.resolve(image, version, file).ok_or(Refusal::Unknown)?;
-        let description = catalog.version(image, version).map(|v| v.description.clone()).unwrap_or_default();
+        let entry = catalog.resolve_ref(file).ok_or(Refusal::Unknown)?;
+        let description =
+            catalog.version(&file.image, &file.version).map(|v| v.description.clone()).unwrap_or_default();
         let (blobs, sha) = (Arc::clone(&self.streamer.blobs), entry.sha256.clone());
         // A file not hashed since start is hashed now (blocking, and as
         // long as the file is large): never serve unverified bytes.
@@ -88,6 +81,91 @@ impl Exports for CatalogExports {
                 Err(Refusal::Unknown)
             }
         }
+    }
+
+    /// The golden disk `host` boots from now: the vDisk of the `nbd` image
+    /// profile its rules decision names, opened read-only.
+    async fn host_base(&self, host: &HostName<'_>, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
+        let facts = HostFacts { mac: host.mac.clone(), ipv4: client_ipv4(client), ..HostFacts::default() };
+        let facts = Facts::from_proto(&facts).map_err(|_| Refusal::Unknown)?;
+        let decision = self.streamer.rules.decide(&facts, now_ms());
+        let vdisk = match decision.image_profile.and_then(|p| p.boot) {
+            Some(image_profile::Boot::Nbd(nbd)) => nbd.vdisk,
+            _ => None,
+        };
+        let Some(vdisk) = vdisk else {
+            return Err(Refusal::Policy(format!("the rules do not boot {} from a vDisk", host.mac)));
+        };
+        let name = format!("{}/{}/{}", vdisk.image, vdisk.version, vdisk.file);
+        self.open_file(&vdisk, &name).await
+    }
+}
+
+fn client_ipv4(client: &Client) -> String {
+    match client.peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_default(),
+    }
+}
+
+/// `<image>/<version>/<file>`, split; `None` for anything else.
+fn split_name(name: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = name.split('/');
+    let parts = (parts.next()?, parts.next()?, parts.next()?, parts.next());
+    match parts {
+        (image, version, file, None) if ![image, version, file].contains(&"") => Some((image, version, file)),
+        _ => None,
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[async_trait]
+impl Exports for CatalogExports {
+    async fn list(&self, _client: &Client) -> Vec<Listing> {
+        let catalog = self.streamer.catalog();
+        let blobs = &self.streamer.blobs;
+        catalog
+            .versions()
+            .flat_map(|version| version.files.iter().map(move |file| (version, file)))
+            // Verified files, and complete ones not hashed since start (an
+            // open verifies them first).
+            .filter(|(_, file)| blobs.is_verified(&file.sha256) || blobs.is_complete(&file.sha256))
+            .map(|(version, file)| Listing {
+                name: format!("{}/{}/{}", version.image, version.version, file.name),
+                description: version.description.clone(),
+            })
+            .collect()
+    }
+
+    async fn describe(&self, name: &str, client: &Client) -> Result<ExportInfo, Refusal> {
+        if let Some(host) = host::parse(name) {
+            let host = host?;
+            if let Some(cache) = self.hosts.current(&host) {
+                return Ok(cache.info());
+            }
+            let base = self.host_base(&host, client).await?;
+            return Ok(cow_info(base.info(), self.hosts.cluster_size()));
+        }
+        Ok(self.open(name, client).await?.info())
+    }
+
+    async fn open(&self, name: &str, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
+        if let Some(host) = host::parse(name) {
+            let host = host?;
+            if let Some(cache) = self.hosts.current(&host) {
+                return Ok(cache);
+            }
+            let base = self.host_base(&host, client).await?;
+            return Ok(self.hosts.open(&host, base)?);
+        }
+        let (image, version, file) = split_name(name).ok_or(Refusal::Unknown)?;
+        let file = FileRef { image: image.to_owned(), version: version.to_owned(), file: file.to_owned() };
+        self.open_file(&file, name).await
     }
 }
 
