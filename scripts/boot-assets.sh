@@ -19,8 +19,8 @@
 #   vdisk-initrd.img                     the vDisk initramfs: /init is
 #                                        boot/initramfs/bootfleet-vdisk.sh,
 #                                        with nbd-client and nbd.ko, ext4.ko,
-#                                        overlay.ko (root over NBD, writes in
-#                                        RAM)
+#                                        overlay.ko (root over NBD; writes in
+#                                        RAM or the streamer's write cache)
 #   vdisk-root.ext4                      a golden root filesystem for it: its
 #                                        /sbin/init prints "BOOTFLEET-VDISK
 #                                        <value of /etc/bootfleet-vdisk-value>
@@ -179,8 +179,8 @@ rm -rf "$stage"
 # 4 KiB blocks (as NBD devices have), holding busybox, a value random per
 # build (so only this image can print it) and an /sbin/init that prints it.
 # With bootfleet.then=write-reboot it then writes /var/bootfleet-scratch and
-# reboots if the file was absent (in client-ram mode it is absent again
-# after every reboot), and powers off otherwise.
+# reboots if the file was absent (with the client-ram and server write
+# caches it is absent again after every reboot), and powers off otherwise.
 stage=$(mktemp -d)
 mkdir -p "$stage"/{bin,sbin,etc,dev,proc,sys,run,tmp,var}
 cp /bin/busybox "$stage/bin/busybox"

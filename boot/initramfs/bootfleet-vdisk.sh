@@ -5,14 +5,19 @@
 # Kernel command line (the boot script's profile puts it there):
 #   bootfleet.nbd=HOST:PORT[,HOST:PORT...]  NBD replicas holding the image,
 #                                           tried in this order
-#   bootfleet.export=NAME                   the export, e.g. debian/12/root.ext4
-#   bootfleet.cache=client-ram              the write cache (PVS's names); the
-#                                           only mode this module runs so far
+#   bootfleet.export=NAME                   the export: a catalog file for
+#                                           client-ram (debian/12/root.ext4),
+#                                           host/<mac> for server
+#   bootfleet.cache=client-ram|server       the write cache (PVS's names)
 #   bootfleet.rootfstype=ext4               the root filesystem (default ext4)
 #
 # client-ram: the export is read-only, every write lands in a tmpfs overlaid
 # on it (overlayfs), so nothing is stored on the server, any replica can
 # serve any client, and the writes are gone at the next boot.
+# server: the streamer keeps this boot's writes in the host's write cache;
+# the root is mounted read-write straight from the export. The module adds
+# the kernel's boot id to the name (host/<mac>/<boot id>), which tells the
+# streamer a new boot (a fresh cache) from a reconnect.
 #
 # The initramfs holds busybox (/bin/busybox), nbd-client with its libraries,
 # and the kernel modules under /lib/modules in load order
@@ -52,8 +57,12 @@ done
 [ -n "$replicas" ] || fail "no bootfleet.nbd= on the kernel command line"
 [ -n "$export_name" ] || fail "no bootfleet.export= on the kernel command line"
 case "$cache" in
-  client-ram) ;;
-  *) fail "write cache '$cache' is not supported by this initramfs (client-ram only)" ;;
+  client-ram) readonly=-R ;;
+  server)
+    readonly=
+    export_name="$export_name/$($bb cat /proc/sys/kernel/random/boot_id)"
+    ;;
+  *) fail "write cache '$cache' is not supported by this initramfs (client-ram or server)" ;;
 esac
 
 # Modules in the order the build wrote (dependencies first). nbds_max=1:
@@ -79,15 +88,15 @@ done
 [ -n "$leased" ] || fail "no DHCP lease on eth0"
 
 # Attach /dev/nbd0 to the first replica that answers. nbd-client hands the
-# connected socket to the kernel over netlink and exits; -R (the export is
-# read-only anyway) makes the block device read-only. The timeout bounds a
-# replica that is gone without a TCP reset.
+# connected socket to the kernel over netlink and exits; in client-ram mode
+# -R (the export is read-only anyway) makes the block device read-only. The
+# timeout bounds a replica that is gone without a TCP reset.
 attached=
 for replica in $(echo "$replicas" | $bb tr ',' ' '); do
   host="${replica%:*}"
   port="${replica##*:}"
   [ "$host" != "$replica" ] || port=10809
-  if $bb timeout 15 /sbin/nbd-client "$host" "$port" /dev/nbd0 -N "$export_name" -R -t 30 \
+  if $bb timeout 15 /sbin/nbd-client "$host" "$port" /dev/nbd0 -N "$export_name" $readonly -t 30 \
       >/dev/null 2>&1; then
     attached="$host:$port"
     break
@@ -97,13 +106,18 @@ done
 [ -n "$attached" ] || fail "no replica in '$replicas' serves $export_name"
 say "attached $export_name from $attached"
 
-# The golden disk read-only below, a RAM upper layer above: client-ram.
-$bb mkdir -p /run/lower /run/ram /run/root
-$bb mount -t "$fstype" -o ro /dev/nbd0 /run/lower || fail "cannot mount $export_name ($fstype)"
-$bb mount -t tmpfs -o mode=0755 tmpfs /run/ram
-$bb mkdir -p /run/ram/upper /run/ram/work
-$bb mount -t overlay -o lowerdir=/run/lower,upperdir=/run/ram/upper,workdir=/run/ram/work overlay /run/root ||
-  fail "cannot put the RAM overlay on $export_name"
+$bb mkdir -p /run/root
+if [ "$cache" = client-ram ]; then
+  # The golden disk read-only below, a RAM upper layer above.
+  $bb mkdir -p /run/lower /run/ram
+  $bb mount -t "$fstype" -o ro /dev/nbd0 /run/lower || fail "cannot mount $export_name ($fstype)"
+  $bb mount -t tmpfs -o mode=0755 tmpfs /run/ram
+  $bb mkdir -p /run/ram/upper /run/ram/work
+  $bb mount -t overlay -o lowerdir=/run/lower,upperdir=/run/ram/upper,workdir=/run/ram/work overlay /run/root ||
+    fail "cannot put the RAM overlay on $export_name"
+else
+  $bb mount -t "$fstype" /dev/nbd0 /run/root || fail "cannot mount $export_name ($fstype)"
+fi
 
 init=/sbin/init
 [ -x "/run/root$init" ] || fail "$export_name has no $init"

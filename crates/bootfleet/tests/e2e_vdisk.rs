@@ -7,6 +7,13 @@
 //! the VM prints a value only the golden image holds, writes a file,
 //! reboots, and the file is gone; the golden file is unchanged.
 //!
+//! Then the `server` write cache: a VM whose rules decision is an `nbd`
+//! profile naming the same golden disk runs from its own export,
+//! `host/<mac>`, read-write through the kernel's NBD client; its writes
+//! land in its cache on the streamer, and a reboot (a new boot id) starts
+//! an empty cache. This VM boots its kernel directly (QEMU `-kernel`): an
+//! `nbd` profile's boot script does not boot a kernel yet.
+//!
 //! The lab: Bootfleet in one network namespace, the VM's tap on a bridge in
 //! another, joined by a veth pair in 198.18.68.0/24. Boot assets come from
 //! `scripts/boot-assets.sh` (`vmlinuz`, `vdisk-initrd.img`,
@@ -39,21 +46,28 @@ const ROOT_FILE: &str = "vdisk-root.ext4";
 /// Two TCG boots (SeaBIOS, iPXE, the kernel, the NBD root) and a reboot
 /// between them, on a busy 2-core machine.
 const TWO_BOOTS_WITHIN: Duration = Duration::from_secs(300);
+/// The VM booted by iPXE, its root in client-ram mode.
+const CLIENT_RAM_MAC: &str = "52:54:00:00:68:01";
+/// The VM running from `host/<mac>` with a `server` write cache.
+const SERVER_CACHE_MAC: &str = "52:54:00:00:68:02";
 
-/// The rules: every VM of this lab boots the kernel with the vDisk
-/// initramfs, its root from the golden disk over NBD in client-ram mode;
-/// its init writes a file and reboots.
+/// The rules: the client-ram VM boots the kernel with the vDisk
+/// initramfs, its root from the golden disk over NBD; its init writes a
+/// file and reboots. The server-cache VM's export is the golden disk.
 fn manifest() -> String {
     format!(
         r#"
 image_profiles:
+  - name: vdisk-server
+    nbd: {IMAGE}/{VERSION}/{ROOT_FILE}
   - name: diskless
     kernel:
       kernel: {IMAGE}/{VERSION}/vmlinuz
       initrds: [{IMAGE}/{VERSION}/vdisk-initrd.img]
       cmdline: "console=ttyS0 quiet bootfleet.nbd={NBD_DEAD},{NBD} bootfleet.export={IMAGE}/{VERSION}/{ROOT_FILE} bootfleet.cache=client-ram bootfleet.then=write-reboot"
 rules:
-  - {{ name: diskless-vms, match: {{ mac: "52:54:00:00:68:*" }}, image_profile: diskless }}
+  - {{ name: server-cache, match: {{ mac: "{SERVER_CACHE_MAC}" }}, image_profile: vdisk-server }}
+  - {{ name: client-ram, match: {{ mac: "{CLIENT_RAM_MAC}" }}, image_profile: diskless }}
 "#
     )
 }
@@ -166,23 +180,26 @@ lease_time = "10m"
     /// The file the streamer keeps for content `sha256` (its blob store is
     /// named by hash), found under the data directory.
     fn blob(&self, sha256: &str) -> PathBuf {
-        find_file(&self.dir.path().join("data"), sha256)
+        let found = find_files(&self.dir.path().join("data"), &|path| path.ends_with(sha256));
+        found
+            .into_iter()
+            .next()
             .unwrap_or_else(|| panic!("no blob {sha256} under the streamer's data directory"))
     }
 }
 
-fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+/// Files under `dir` (recursively) for which `wanted` holds.
+fn find_files(dir: &Path, wanted: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
         if path.is_dir() {
-            if let Some(found) = find_file(&path, name) {
-                return Some(found);
-            }
-        } else if entry.file_name() == name {
-            return Some(path);
+            found.extend(find_files(&path, wanted));
+        } else if wanted(&path) {
+            found.push(path);
         }
     }
-    None
+    found
 }
 
 fn sha256(path: &Path) -> String {
@@ -208,20 +225,107 @@ fn vdisk_markers(console: &str) -> Vec<&str> {
     console.lines().map(str::trim_end).filter(|l| l.starts_with("BOOTFLEET-VDISK ")).collect()
 }
 
-#[test]
-fn bios_vm_runs_diskless_from_a_catalog_vdisk_and_its_ram_writes_are_gone_after_a_reboot() {
-    let golden = assets().join(ROOT_FILE);
-    let value = golden_value(&golden);
-    let golden_sha = sha256(&golden);
-    let lab = Lab::start();
-    lab.push_image();
-    lab.apply_rules();
-    // The streamer exports the golden disk over NBD (a real client asks).
-    let exports = lab.server.run("nbdinfo", &["--list", "--json", &format!("nbd://{NBD}")]).unwrap();
-    let export = format!("{IMAGE}/{VERSION}/{ROOT_FILE}");
-    assert!(exports.contains(&format!("\"{export}\"")), "{export} is not listed: {exports}");
+/// Waits until `console()` shows `count` marker lines; returns it.
+fn wait_markers(name: &str, console: impl Fn() -> String, count: usize, within: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let text = console();
+        if vdisk_markers(&text).len() >= count {
+            eprintln!("{name}: marker {count} after {:.1} s more", started.elapsed().as_secs_f64());
+            return text;
+        }
+        assert!(started.elapsed() < within, "{name}: no marker {count} within {within:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
-    let mut vm = Vm::start(&lab.client, lab.dir.path(), "vm", "52:54:00:00:68:01", Firmware::Bios);
+/// A VM that boots the kernel and vDisk initramfs from the boot assets
+/// directly (no firmware boot path), on a tap in `client`'s bridge; QEMU
+/// is killed when it drops. A reboot starts the same kernel again.
+struct DirectVm {
+    name: String,
+    _process: ChildGuard,
+    serial: PathBuf,
+    started: Instant,
+}
+
+impl DirectVm {
+    fn start(client: &Netns, dir: &Path, name: &str, mac: &str, cmdline: &str) -> Self {
+        let tap = format!("tap-{name}");
+        client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
+        client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
+        client.ip(&["link", "set", &tap, "up"]).unwrap();
+        let serial = dir.join(format!("{name}.serial"));
+        let assets = assets();
+        let accel = std::env::var("BOOTFLEET_LAB_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let args = [
+            "-accel".into(),
+            accel,
+            "-nodefaults".into(),
+            "-vga".into(),
+            "none".into(),
+            "-display".into(),
+            "none".into(),
+            "-m".into(),
+            "256".into(),
+            "-serial".into(),
+            format!("file:{}", serial.display()),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("e1000,netdev=n0,mac={mac}"),
+            "-kernel".into(),
+            assets.join("vmlinuz").display().to_string(),
+            "-initrd".into(),
+            assets.join("vdisk-initrd.img").display().to_string(),
+            "-append".into(),
+            cmdline.to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = ChildGuard(client.spawn("qemu-system-x86_64", &args).unwrap());
+        Self { name: name.to_owned(), _process: process, serial, started: Instant::now() }
+    }
+
+    fn serial(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console shows `text`; returns the console so far.
+    fn wait_for(&self, text: &str, within: Duration) -> String {
+        loop {
+            let console = self.serial();
+            if console.contains(text) {
+                eprintln!("{}: {text:?} after {:.1} s", self.name, self.started.elapsed().as_secs_f64());
+                return console;
+            }
+            assert!(
+                self.started.elapsed() < within,
+                "{}: no {text:?} within {within:?}:\n{console}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Bytes the streamer's hosts' write caches (`write-caches/*.overlay`)
+/// hold on disk.
+fn write_cache_bytes(lab: &Lab) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let is_cache = |path: &Path| {
+        path.extension().is_some_and(|e| e == "overlay")
+            && path.parent().is_some_and(|dir| dir.ends_with("write-caches"))
+    };
+    let caches = find_files(&lab.dir.path().join("data"), &is_cache);
+    assert!(!caches.is_empty(), "no write cache under the streamer's data directory");
+    caches.iter().filter_map(|path| std::fs::metadata(path).ok()).map(|meta| meta.blocks() * 512).sum()
+}
+
+/// client-ram: iPXE boots the VM, its root is the golden disk read-only
+/// under a RAM overlay; what it writes is gone after a reboot.
+fn client_ram_vm_forgets_its_writes(lab: &Lab, value: &str) {
+    let export = format!("{IMAGE}/{VERSION}/{ROOT_FILE}");
+    let mut vm = Vm::start(&lab.client, lab.dir.path(), "ram", CLIENT_RAM_MAC, Firmware::Bios);
     // First boot: the root is the overlay on the golden disk, the value
     // comes from it, the scratch file is not there yet; init writes it
     // (into RAM) and reboots.
@@ -238,21 +342,51 @@ fn bios_vm_runs_diskless_from_a_catalog_vdisk_and_its_ram_writes_are_gone_after_
 
     // Second boot (the guest rebooted itself: SeaBIOS, iPXE, the same
     // script): the file written before is gone.
-    let deadline = Instant::now() + TWO_BOOTS_WITHIN;
-    let console = loop {
-        let console = vm.serial();
-        if vdisk_markers(&console).len() >= 2 {
-            break console;
-        }
-        assert!(Instant::now() < deadline, "no second boot within {TWO_BOOTS_WITHIN:?}:\n{console}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    eprintln!("vm: second boot's marker after {:.1} s", vm.elapsed().as_secs_f64());
+    let console = wait_markers("ram", || vm.serial(), 2, TWO_BOOTS_WITHIN);
     assert_eq!(vdisk_markers(&console)[1], expected, "second boot:\n{console}");
     // The guest's kernel logs none (its console shows warnings and errors).
     assert!(!console.contains("I/O error"), "{console}");
     // It would write and reboot again: stop it here (the guard kills QEMU).
-    drop(vm);
+}
+
+/// server: the VM runs read-write from `host/<mac>`; its writes reach its
+/// write cache on the streamer, and its next boot starts with an empty one.
+fn server_cache_vm_writes_to_its_cache_until_it_reboots(lab: &Lab, value: &str) {
+    let cmdline = format!(
+        "console=ttyS0 quiet bootfleet.nbd={NBD} bootfleet.export=host/{SERVER_CACHE_MAC} \
+         bootfleet.cache=server bootfleet.then=write-reboot"
+    );
+    let vm = DirectVm::start(&lab.client, lab.dir.path(), "srv", SERVER_CACHE_MAC, &cmdline);
+    let console = vm.wait_for("BOOTFLEET-VDISK-WROTE", TWO_BOOTS_WITHIN);
+    assert!(console.contains(&format!("attached host/{SERVER_CACHE_MAC}/")), "{console}");
+    // The root is the export itself, mounted read-write.
+    let expected = format!("BOOTFLEET-VDISK {value} root=ext4 scratch=absent");
+    assert_eq!(vdisk_markers(&console), [expected.as_str()], "first boot:\n{console}");
+    // The guest synced its write: the streamer's write cache holds it.
+    assert!(write_cache_bytes(lab) > 0, "nothing reached the write cache");
+
+    // The guest rebooted (same kernel, a new boot id): a new cache, the
+    // file is gone.
+    let console = wait_markers("srv", || vm.serial(), 2, TWO_BOOTS_WITHIN);
+    assert_eq!(vdisk_markers(&console)[1], expected, "second boot:\n{console}");
+    assert!(!console.contains("I/O error"), "{console}");
+}
+
+#[test]
+fn diskless_vms_run_from_a_catalog_vdisk_with_client_ram_and_server_write_caches() {
+    let golden = assets().join(ROOT_FILE);
+    let value = golden_value(&golden);
+    let golden_sha = sha256(&golden);
+    let lab = Lab::start();
+    lab.push_image();
+    lab.apply_rules();
+    // The streamer exports the golden disk over NBD (a real client asks).
+    let exports = lab.server.run("nbdinfo", &["--list", "--json", &format!("nbd://{NBD}")]).unwrap();
+    let export = format!("{IMAGE}/{VERSION}/{ROOT_FILE}");
+    assert!(exports.contains(&format!("\"{export}\"")), "{export} is not listed: {exports}");
+
+    client_ram_vm_forgets_its_writes(&lab, &value);
+    server_cache_vm_writes_to_its_cache_until_it_reboots(&lab, &value);
 
     // The golden file on the streamer is the file pushed.
     let blob = lab.blob(&golden_sha);
