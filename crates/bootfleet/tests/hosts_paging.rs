@@ -18,15 +18,6 @@ const TOKEN: &str = "paging-test-token-0123456789";
 /// 13 MiB in all.
 const HOSTS: u32 = 1_100;
 
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn cli(server: &str, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
@@ -66,7 +57,8 @@ fn the_cli_pages_through_more_hosts_than_one_message_holds() {
     let (admin, rules) = (bootfleet_test_support::free_port(), bootfleet_test_support::free_port());
     let images = bootfleet_test_support::free_port();
     let ports = UpPorts { admin, rules, images, ..UpPorts::default() };
-    let _up = Up(up_command(dir.path(), ports, TOKEN).spawn().unwrap());
+    let _up =
+        bootfleet_test_support::process::ChildGuard(up_command(dir.path(), ports, TOKEN).spawn().unwrap());
     wait_serving(admin, Duration::from_secs(20));
     let server = format!("http://127.0.0.1:{rules}");
     let applied = cli(&server, &["apply", "-f", &manifest(dir.path(), "img-a"), "--activate"]);
