@@ -200,9 +200,9 @@ fn render_settings(core: &CoreConfig, services: &Services) -> String {
     out.set("listen", rules.listen)
         .set("admin_token", secret(&rules.admin_token))
         .set("service_token", "<set> (shared with the DHCP responder)")
-        .set("history_limit", rules.history_limit)
-        .set("host_retention", seconds(rules.host_retention))
-        .set("max_hosts", rules.max_hosts)
+        .set("history_limit", rules.records.history_limit)
+        .set("host_retention", seconds(rules.records.host_retention))
+        .set("max_hosts", rules.records.max_hosts)
         .end("rules");
     let tftp = &services.tftp;
     out.set("listen", tftp.listen)

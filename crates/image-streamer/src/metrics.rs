@@ -113,11 +113,22 @@ pub static REPORTS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
-/// Boot reports dropped because too many hosts were pending.
-pub static REPORTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+/// Boot reports dropped, by reason: `queue_full` (too many hosts had
+/// reports pending), `no_host_record` (the host got no record in time).
+pub static REPORTS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
         "bootfleet_streamer_boot_reports_dropped_total",
-        "Boot reports dropped because too many hosts had reports pending"
+        "Boot reports dropped: queue_full (too many hosts pending), no_host_record (the host got no record)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Hosts with boot reports not written yet.
+pub static REPORTS_PENDING_HOSTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "bootfleet_streamer_boot_reports_pending_hosts",
+        "Hosts whose boot reports wait to be written (store unreachable, or their record not written yet)"
     )
     .expect("metric registers once")
 });

@@ -6,14 +6,21 @@
 //! Requests hand reports to a pending map and return; one task writes them,
 //! coalescing everything pending for a host into one compare-and-swap, so a
 //! boot storm costs one write per host per round rather than one per request.
+//!
+//! A status is kept only beside a host record: the write is fenced on the
+//! record existing, so boot-script requests for made-up MACs (anyone can
+//! send them) leave no status behind the host-record cap. A new host's
+//! first report usually arrives before the recorder has written its
+//! record; reports wait for it, up to [`HOST_RECORD_WAIT`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bootfleet_core::backoff::Backoff;
 use bootfleet_core::store::{Compare, CompareOp, SharedStore, StoreError, TxnOp, TxnRequest};
 use bootfleet_proto::v1::{BootReport, BootStatus};
+use bootfleet_rules_engine::store::{HOSTS_PREFIX, RulesState};
 use prost::Message;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +32,12 @@ use crate::metrics;
 pub const REPORTS_KEPT: usize = 20;
 /// Hosts with unwritten reports kept (while the store is down, say).
 const MAX_PENDING_HOSTS: usize = 100_000;
+/// How long reports wait for their host's record before they are dropped:
+/// far longer than the recorder takes to write one, short enough that
+/// reports for hosts the cap refused do not linger.
+pub const HOST_RECORD_WAIT: Duration = Duration::from_secs(120);
+/// How often reports waiting for a record look again.
+const RECORD_RECHECK: Duration = Duration::from_secs(1);
 
 /// Applies reports to a status (pure).
 pub fn apply(status: &mut BootStatus, reports: &[BootReport]) {
@@ -45,18 +58,34 @@ pub fn apply(status: &mut BootStatus, reports: &[BootReport]) {
     status.reports.drain(..excess);
 }
 
+/// Reports of one host not written yet.
+#[derive(Debug)]
+struct Pending {
+    reports: Vec<BootReport>,
+    /// When the oldest of them was queued.
+    since: Instant,
+}
+
 /// Queues reports and writes them in the background.
 #[derive(Clone)]
 pub struct Reporter {
-    pending: Arc<Mutex<HashMap<String, Vec<BootReport>>>>,
+    pending: Arc<Mutex<HashMap<String, Pending>>>,
     wake: Arc<Notify>,
 }
 
+/// What one round of writes left: hosts whose write failed (retried after
+/// a backoff) and hosts still without a record (looked at again shortly).
+#[derive(Debug, Default)]
+struct Round {
+    failed: Vec<(String, Pending)>,
+    waiting: Vec<(String, Pending)>,
+}
+
 impl Reporter {
-    /// Starts the writer.
-    pub fn start(store: SharedStore, stop: CancellationToken) -> Self {
+    /// Starts the writer; `rules` tells which hosts have a record.
+    pub fn start(store: SharedStore, rules: Arc<RulesState>, stop: CancellationToken) -> Self {
         let reporter = Self { pending: Arc::default(), wake: Arc::new(Notify::new()) };
-        tokio::spawn(reporter.clone().run(store, stop));
+        tokio::spawn(reporter.clone().run(store, rules, stop));
         reporter
     }
 
@@ -65,51 +94,63 @@ impl Reporter {
     pub fn report(&self, mac: String, report: BootReport) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= MAX_PENDING_HOSTS && !pending.contains_key(&mac) {
-            metrics::REPORTS_DROPPED.inc();
+            metrics::REPORTS_DROPPED.with_label_values(&["queue_full"]).inc();
             return false;
         }
-        let reports = pending.entry(mac).or_default();
-        reports.push(report);
-        let excess = reports.len().saturating_sub(REPORTS_KEPT);
-        reports.drain(..excess);
+        let host =
+            pending.entry(mac).or_insert_with(|| Pending { reports: Vec::new(), since: Instant::now() });
+        host.reports.push(report);
+        let excess = host.reports.len().saturating_sub(REPORTS_KEPT);
+        host.reports.drain(..excess);
+        let hosts = pending.len();
         drop(pending);
+        metrics::REPORTS_PENDING_HOSTS.set(i64::try_from(hosts).unwrap_or(i64::MAX));
         self.wake.notify_one();
         true
     }
 
-    fn take_pending(&self) -> HashMap<String, Vec<BootReport>> {
+    fn take_pending(&self) -> HashMap<String, Pending> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Returns unwritten reports to the queue, ahead of anything newer.
-    fn put_back(&self, failed: Vec<(String, Vec<BootReport>)>) {
+    fn put_back(&self, unwritten: impl IntoIterator<Item = (String, Pending)>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        for (mac, mut reports) in failed {
-            let newer = pending.remove(&mac).unwrap_or_default();
-            reports.extend(newer);
-            pending.insert(mac, reports);
+        for (mac, mut host) in unwritten {
+            if let Some(newer) = pending.remove(&mac) {
+                host.reports.extend(newer.reports);
+                let excess = host.reports.len().saturating_sub(REPORTS_KEPT);
+                host.reports.drain(..excess);
+            }
+            pending.insert(mac, host);
         }
+        metrics::REPORTS_PENDING_HOSTS.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
     }
 
-    async fn run(self, store: SharedStore, stop: CancellationToken) {
+    async fn run(self, store: SharedStore, rules: Arc<RulesState>, stop: CancellationToken) {
         let mut backoff = Backoff::default();
+        let mut waiting = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => {
                     // One last attempt so reports taken just before shutdown are kept.
                     let batch = self.take_pending();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), write_all(&store, batch)).await;
+                    let last = write_round(&store, &rules, batch, Instant::now());
+                    let _ = tokio::time::timeout(Duration::from_secs(2), last).await;
                     return;
                 }
                 () = self.wake.notified() => {}
+                () = tokio::time::sleep(RECORD_RECHECK), if waiting => {}
             }
             let batch = self.take_pending();
-            let failed = write_all(&store, batch).await;
-            if failed.is_empty() {
+            let round = write_round(&store, &rules, batch, Instant::now()).await;
+            waiting = !round.waiting.is_empty();
+            let failed = !round.failed.is_empty();
+            self.put_back(round.failed.into_iter().chain(round.waiting));
+            if !failed {
                 backoff.reset();
                 continue;
             }
-            self.put_back(failed);
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -119,26 +160,43 @@ impl Reporter {
     }
 }
 
-/// Writes each host's reports; returns those that could not be written.
-async fn write_all(
+/// Writes the reports of each host that has a record; keeps those of
+/// hosts without one until [`HOST_RECORD_WAIT`] has passed, then drops
+/// them (counted).
+async fn write_round(
     store: &SharedStore,
-    batch: HashMap<String, Vec<BootReport>>,
-) -> Vec<(String, Vec<BootReport>)> {
-    let mut failed = Vec::new();
-    for (mac, reports) in batch {
-        match write_one(store, &mac, &reports).await {
-            Ok(()) => metrics::REPORTS_WRITTEN.inc_by(reports.len() as u64),
+    rules: &RulesState,
+    batch: HashMap<String, Pending>,
+    now: Instant,
+) -> Round {
+    let mut round = Round::default();
+    for (mac, host) in batch {
+        // The snapshot first: a flood of made-up MACs costs no store call.
+        let written =
+            if rules.has_host(&mac) { write_one(store, &mac, &host.reports).await } else { Ok(false) };
+        match written {
+            Ok(true) => metrics::REPORTS_WRITTEN.inc_by(host.reports.len() as u64),
+            Ok(false) if now.duration_since(host.since) < HOST_RECORD_WAIT => round.waiting.push((mac, host)),
+            Ok(false) => {
+                metrics::REPORTS_DROPPED
+                    .with_label_values(&["no_host_record"])
+                    .inc_by(host.reports.len() as u64);
+                tracing::debug!(mac = %mac, "boot reports dropped: the host got no record (rules.max_hosts?)");
+            }
             Err(e) => {
                 tracing::warn!(mac = %mac, error = %e, "boot report not written yet; will retry");
-                failed.push((mac, reports));
+                round.failed.push((mac, host));
             }
         }
     }
-    failed
+    round
 }
 
-async fn write_one(store: &SharedStore, mac: &str, reports: &[BootReport]) -> Result<(), StoreError> {
+/// Adds `reports` to the host's status; false (nothing written) when the
+/// host has no record.
+async fn write_one(store: &SharedStore, mac: &str, reports: &[BootReport]) -> Result<bool, StoreError> {
     let key = format!("{BOOTS_PREFIX}{mac}");
+    let record = format!("{HOSTS_PREFIX}{mac}");
     for _ in 0..5 {
         let current = store.get(&key).await?;
         let (mut status, revision) = match &current {
@@ -148,12 +206,18 @@ async fn write_one(store: &SharedStore, mac: &str, reports: &[BootReport]) -> Re
         status.mac = mac.to_owned();
         apply(&mut status, reports);
         let txn = TxnRequest {
-            compares: vec![Compare::mod_revision(&key, CompareOp::Equal, revision)],
+            compares: vec![
+                Compare::mod_revision(&key, CompareOp::Equal, revision),
+                Compare::create_revision(&record, CompareOp::Greater, 0),
+            ],
             then: vec![TxnOp::put(&key, status.encode_to_vec())],
             otherwise: vec![],
         };
         if store.txn(txn).await?.succeeded {
-            return Ok(());
+            return Ok(true);
+        }
+        if store.get(&record).await?.is_none() {
+            return Ok(false);
         }
     }
     Err(StoreError::Unavailable(format!("{key}: too many concurrent writers")))
@@ -165,6 +229,24 @@ mod tests {
 
     fn report(stage: &str, source: &str, at: i64) -> BootReport {
         BootReport { at_unix_ms: at, stage: stage.into(), source: source.into(), ..Default::default() }
+    }
+
+    /// Made-up MACs in boot-script requests must not grow the store: the
+    /// status is written only beside a host record, even when the caller
+    /// thought the host had one (a record swept meanwhile).
+    #[tokio::test]
+    async fn a_status_is_written_only_beside_a_host_record() {
+        use bootfleet_core::store::embedded::EmbeddedStore;
+        let store: SharedStore = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let mac = "52:54:00:00:00:01";
+        let reports = [report("script", "", 1)];
+        assert!(!write_one(&store, mac, &reports).await.unwrap());
+        assert!(store.get(&format!("{BOOTS_PREFIX}{mac}")).await.unwrap().is_none());
+
+        store.put(&format!("{HOSTS_PREFIX}{mac}"), b"record".to_vec(), None).await.unwrap();
+        assert!(write_one(&store, mac, &reports).await.unwrap());
+        let kv = store.get(&format!("{BOOTS_PREFIX}{mac}")).await.unwrap().expect("status written");
+        assert_eq!(BootStatus::decode(kv.value.as_slice()).unwrap().reports.len(), 1);
     }
 
     #[test]

@@ -134,11 +134,15 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     };
     let public_url = config.public_url.clone().unwrap_or(format!("http://{}", http_listener.local_addr()?));
     let stop = ctx.shutdown.token();
-    let options = StateOptions { member_id: ctx.config.member_id.clone(), history_limit: 20 };
-    let rules = RulesState::start(ctx.store.clone(), options, &stop);
+    let options =
+        StateOptions { member_id: ctx.config.member_id.clone(), history_limit: config.records.history_limit };
+    // The rules engines sweep expired records; this replica only keeps to
+    // the cap and the history length.
+    let rules = RulesState::start_with(ctx.store.clone(), options, config.records.limits(false), &stop);
     for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(rules.caches()) {
         ctx.health.track_snapshot(&format!("streamer.{name}"), cache, stop.clone());
     }
+    let reporter = Reporter::start(ctx.store.clone(), Arc::clone(&rules), stop.clone());
     let images = SnapshotCache::start(ctx.store.clone(), IMAGES_PREFIX, stop.clone());
     ctx.health.track_snapshot("streamer.images", &images, stop.clone());
     let members = SnapshotCache::start(ctx.store.clone(), &service_prefix(SERVICE), stop.clone());
@@ -153,7 +157,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         templates: config.templates.clone(),
         loaders: config.loaders_dir.clone().map(|dir| Arc::new(loaders::Loaders::new(dir))),
         record_decisions: config.record_decisions,
-        reporter: Reporter::start(ctx.store.clone(), stop.clone()),
+        reporter,
         admin_token: config.admin_token.clone(),
         replication_wake: Notify::new(),
         catalog: RwLock::default(),

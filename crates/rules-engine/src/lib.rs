@@ -13,6 +13,8 @@ pub mod client;
 pub mod decide;
 pub mod error;
 pub mod facts;
+#[cfg(feature = "runtime")]
+pub mod host_settings;
 pub mod manifest;
 pub mod matcher;
 #[cfg(feature = "runtime")]

@@ -11,7 +11,7 @@ use anyhow::Context;
 use bootfleet_core::admin::Health;
 use bootfleet_core::auth::{Credentials, Role, Token};
 use bootfleet_core::config::{
-    ConfigError, CoreConfig, MIN_TOKEN_LEN, listen_address, parse_duration, service_section, token_file,
+    ConfigError, CoreConfig, MIN_TOKEN_LEN, listen_address, service_section, token_file,
 };
 use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
@@ -19,14 +19,13 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::host_settings::DEFAULT_HISTORY_LIMIT;
+use crate::host_settings::HostRecordSettings;
 use crate::service::RulesApi;
-use crate::store::limits::{DEFAULT_HOST_RETENTION, DEFAULT_MAX_HOSTS, MIN_HOST_RETENTION, sweep_interval};
-use crate::store::{HostLimits, RulesState, StateOptions};
+use crate::store::{RulesState, StateOptions};
 
 /// Default gRPC address of the rules engine.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
-/// Default number of entries kept in a host's history.
-pub const DEFAULT_HISTORY_LIMIT: usize = 20;
 
 /// Rules-engine flags.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -70,9 +69,14 @@ struct RulesSection {
     admin_token_file: Option<PathBuf>,
     admin_token: Option<String>,
     service_token_file: Option<PathBuf>,
-    history_limit: Option<usize>,
-    host_retention: Option<String>,
-    max_hosts: Option<usize>,
+    // Read by `HostRecordSettings::load`; declared so that the section's
+    // unknown keys are refused and these are not.
+    #[expect(dead_code, reason = "read by HostRecordSettings")]
+    history_limit: Option<toml::Value>,
+    #[expect(dead_code, reason = "read by HostRecordSettings")]
+    host_retention: Option<toml::Value>,
+    #[expect(dead_code, reason = "read by HostRecordSettings")]
+    max_hosts: Option<toml::Value>,
 }
 
 /// Validated rules-engine settings.
@@ -85,12 +89,8 @@ pub struct RulesConfig {
     /// Token that lets Evaluate record (the boot services'); `None`: only
     /// the admin token records.
     pub service_token: Option<Token>,
-    /// Host history length.
-    pub history_limit: usize,
-    /// Records of hosts not seen for this long are removed.
-    pub host_retention: Duration,
-    /// Host records kept at most.
-    pub max_hosts: usize,
+    /// History length, retention and cap of host records.
+    pub records: HostRecordSettings,
 }
 
 impl bootfleet_core::process::Components for RulesConfig {
@@ -105,9 +105,7 @@ impl std::fmt::Debug for RulesConfig {
             .field("listen", &self.listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("service_token", &self.service_token.as_ref().map(|_| "<set>"))
-            .field("history_limit", &self.history_limit)
-            .field("host_retention", &self.host_retention)
-            .field("max_hosts", &self.max_hosts)
+            .field("records", &self.records)
             .finish()
     }
 }
@@ -158,25 +156,8 @@ impl RulesConfig {
                  leaked from a boot server cannot change rules",
             ));
         }
-        let history_limit = section.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-        if history_limit == 0 || history_limit > 1000 {
-            return Err(ConfigError::new("rules.history_limit", "must be between 1 and 1000"));
-        }
-        let host_retention = match &section.host_retention {
-            Some(text) => parse_duration(text).map_err(|m| ConfigError::new("rules.host_retention", m))?,
-            None => DEFAULT_HOST_RETENTION,
-        };
-        if host_retention < MIN_HOST_RETENTION {
-            return Err(ConfigError::new(
-                "rules.host_retention",
-                "must be at least 1h (e.g. 720h for 30 days): a host between two boots is not gone",
-            ));
-        }
-        let max_hosts = section.max_hosts.unwrap_or(DEFAULT_MAX_HOSTS);
-        if max_hosts == 0 {
-            return Err(ConfigError::new("rules.max_hosts", "must be at least 1"));
-        }
-        Ok(Self { listen, admin_token, service_token, history_limit, host_retention, max_hosts })
+        let records = HostRecordSettings::load(core)?;
+        Ok(Self { listen, admin_token, service_token, records })
     }
 
     /// The credentials the gRPC API accepts, each with its role.
@@ -196,17 +177,9 @@ pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Resul
     let registration = ctx.register("rules-engine", vec![addr.to_string()]);
     let stop = ctx.shutdown.token();
     let options =
-        StateOptions { member_id: ctx.config.member_id.clone(), history_limit: config.history_limit };
-    let limits = HostLimits {
-        max_hosts: config.max_hosts,
-        retention: Some(config.host_retention),
-        sweep_interval: sweep_interval(config.host_retention),
-        ..HostLimits::default()
-    };
-    let state = RulesState::start_with(ctx.store.clone(), options, limits, &stop);
-    // Exported here, not by every replica's state: an image streamer in the
-    // same process keeps its own (default) limits.
-    crate::metrics::HOST_RECORDS_MAX.set(i64::try_from(config.max_hosts).unwrap_or(i64::MAX));
+        StateOptions { member_id: ctx.config.member_id.clone(), history_limit: config.records.history_limit };
+    let state = RulesState::start_with(ctx.store.clone(), options, config.records.limits(true), &stop);
+    crate::metrics::HOST_RECORDS_MAX.set(i64::try_from(config.records.max_hosts).unwrap_or(i64::MAX));
     for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(state.caches()) {
         ctx.health.track_snapshot(&format!("rules.{name}"), cache, stop.clone());
     }
@@ -292,11 +265,14 @@ mod tests {
     #[test]
     fn host_record_settings_have_defaults_and_limits() {
         let config = load(&RulesArgs::default(), "").unwrap();
-        assert_eq!((config.host_retention, config.max_hosts), (DEFAULT_HOST_RETENTION, DEFAULT_MAX_HOSTS));
+        assert_eq!(config.records, HostRecordSettings::default());
         assert!(config.service_token.is_none());
         let config =
             load(&RulesArgs::default(), "[rules]\nhost_retention = \"168h\"\nmax_hosts = 10").unwrap();
-        assert_eq!((config.host_retention, config.max_hosts), (Duration::from_secs(7 * 24 * 3600), 10));
+        assert_eq!(
+            (config.records.host_retention, config.records.max_hosts),
+            (Duration::from_secs(7 * 24 * 3600), 10)
+        );
         for (file, key) in [
             ("[rules]\nhost_retention = \"10m\"", "rules.host_retention"),
             ("[rules]\nhost_retention = \"soon\"", "rules.host_retention"),

@@ -72,7 +72,8 @@ pub(crate) fn slowloris(lab: &Lab) -> String {
 
 /// Boot-script requests for random MACs a rule boots (anyone on the boot
 /// network can send them): the streamer records such hosts up to
-/// `rules.max_hosts`, and keeps a boot status only for hosts it records.
+/// `rules.max_hosts` (the `[rules]` setting, not its own default), and
+/// keeps a boot status only for hosts with a record.
 pub(crate) fn boot_script_flood(lab: &Lab) -> String {
     let mut random = Xorshift(0x5851_f42d_4c95_7f2d ^ u64::from(std::process::id()));
     let macs: Vec<String> = (0..BOOT_SCRIPTS)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bootfleet_core::config::{
     ConfigError, CoreConfig, check_url, listen_address, parse_duration, service_section,
 };
+use bootfleet_rules_engine::host_settings::HostRecordSettings;
 use serde::Deserialize;
 
 use crate::script::Templates;
@@ -135,6 +136,9 @@ pub struct StreamerConfig {
     pub templates: Templates,
     /// Connection limits of the HTTP port.
     pub http_limits: HttpLimits,
+    /// The `[rules]` host-record settings, which bind the host records this
+    /// replica writes for the boot scripts it serves.
+    pub records: HostRecordSettings,
 }
 
 impl bootfleet_core::process::Components for StreamerConfig {
@@ -158,6 +162,7 @@ impl std::fmt::Debug for StreamerConfig {
             .field("scrub_interval", &self.scrub_interval)
             .field("record_decisions", &self.record_decisions)
             .field("http_limits", &self.http_limits)
+            .field("records", &self.records)
             .finish_non_exhaustive()
     }
 }
@@ -269,6 +274,7 @@ impl StreamerConfig {
             record_decisions: section.record_decisions.unwrap_or(true),
             templates,
             http_limits,
+            records: HostRecordSettings::load(core)?,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bootfleet_core::http_limits::{Admission, ConnectionSlots, HttpLimits};
-use bootfleet_proto::v1::BootReport;
+use bootfleet_proto::v1::{BootReport, Recording};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
@@ -162,19 +162,25 @@ fn boot_script(streamer: &Arc<Streamer>, query: &str, peer: SocketAddr) -> Respo
     let request = script::Request { decision: &decision, facts: &facts, self_url: &streamer.public_url };
     match script::render(&streamer.templates, &request, streamer.as_ref()) {
         script::Answer::Script(body) => {
-            if streamer.record_decisions {
-                streamer.rules.record(&facts, &decision, now);
+            let recording = if streamer.record_decisions {
+                streamer.rules.record(&facts, &decision, now)
+            } else {
+                Recording::NotBooted
+            };
+            // A status only for a host with a record, or one on its way:
+            // anyone can ask for the script of any MAC.
+            if recording == Recording::Queued || streamer.rules.has_host(&facts.mac) {
+                streamer.reporter.report(
+                    facts.mac.clone(),
+                    BootReport {
+                        at_unix_ms: now,
+                        stage: "script".into(),
+                        replica: streamer.member_id.clone(),
+                        source: String::new(),
+                        client: client_ip(peer).unwrap_or_default(),
+                    },
+                );
             }
-            streamer.reporter.report(
-                facts.mac.clone(),
-                BootReport {
-                    at_unix_ms: now,
-                    stage: "script".into(),
-                    replica: streamer.member_id.clone(),
-                    source: String::new(),
-                    client: client_ip(peer).unwrap_or_default(),
-                },
-            );
             let mut r = Response::new(full(body));
             let headers = r.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -257,14 +257,14 @@ impl RulesState {
         use bootfleet_proto::v1::image_profile::Boot;
         let boots =
             decision.image_profile.as_ref().is_some_and(|p| !matches!(p.boot, Some(Boot::Ignore(_)) | None));
-        boots || self.hosts.mod_revision(&format!("{HOSTS_PREFIX}{}", facts.mac)).is_some()
+        boots || self.has_host(&facts.mac)
     }
 
     /// Queues a decision for the host's record (never waits): `Capped` for
     /// a host without a record while the cap is reached, `Dropped` when the
     /// queue's bounds refuse it.
     pub fn record(&self, facts: &Facts, decision: &Decision, now_unix_ms: i64) -> Recording {
-        let known = self.hosts.mod_revision(&format!("{HOSTS_PREFIX}{}", facts.mac)).is_some();
+        let known = self.has_host(&facts.mac);
         if !known && !self.cap.admits_new(self.hosts.len()) {
             crate::metrics::HOST_RECORDS_REFUSED.inc();
             return Recording::Capped;
@@ -320,6 +320,11 @@ impl RulesState {
         let (state, _) = self.working_state()?;
         let rules = CompiledRuleSet::compile_rules(&state.rules, 0)?;
         Ok(Engine { rules, catalog: state.catalog(), built_at: 0 })
+    }
+
+    /// Whether `mac` has a record in the snapshot.
+    pub fn has_host(&self, mac: &str) -> bool {
+        self.hosts.mod_revision(&format!("{HOSTS_PREFIX}{mac}")).is_some()
     }
 
     /// One host record from the snapshot.
