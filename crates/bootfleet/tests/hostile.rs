@@ -8,6 +8,7 @@
 //!   attack's stated allowance (none for every random-MAC attack);
 //! - a real boot (udhcpc, TFTP and HTTP with real clients; see `boot.rs`)
 //!   running at the same time succeeds, every time it is tried.
+//! The upload attack also starts a second image streamer (see `upload.rs`).
 //!
 //! The measurements end up in a table, printed and written to
 //! `target/hostile-report.md`. Nothing here leaves the namespaces.
@@ -34,6 +35,8 @@ mod spellings;
 mod templates;
 #[path = "hostile/tftp.rs"]
 mod tftp;
+#[path = "hostile/upload.rs"]
+mod upload;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
@@ -66,6 +69,13 @@ fn a_hostile_boot_network_neither_grows_the_process_or_the_store_nor_fails_a_boo
             ("2,048 idle WatchDecisions streams", 0, &grpc::idle_watches),
             // Two hosts with hostile facts: each gets its record and boot status.
             ("hostile facts in templates (serial, hostname, label)", 4, &templates::hostile_facts),
+            // On a second streamer replica, which deregisters at the end;
+            // the version is deleted again.
+            (
+                "SIGKILL halfway through a 48 MiB upload, restart, push again",
+                0,
+                &upload::sigkill_during_upload,
+            ),
             // It fills the host-record cap. Hosts a rule boots are recorded,
             // by the service, up to rules.max_hosts and no further.
             ("Evaluate, service token: 2,000 random MACs a rule boots", cap, &grpc::evaluate_booted),

@@ -200,6 +200,11 @@ impl Lab {
         }
     }
 
+    /// The lab's etcd endpoint.
+    pub(crate) fn etcd_endpoint(&self) -> String {
+        self.etcd.endpoint(0)
+    }
+
     /// The process's resident memory (VmRSS), in bytes.
     pub(crate) fn rss(&self) -> u64 {
         rss_of(self.up_pid)
