@@ -1,11 +1,13 @@
 //! Issue 20's hostile boot network: one lab (`bootfleet up` on a real etcd
 //! in one network namespace, the attackers in another, the host that boots
 //! for real in a third, all on one segment in 198.18.80.0/24; see `lab.rs`)
-//! and a sequence of attacks, each bounded in count and time. For each attack three things are asserted:
+//! and a sequence of attacks, each bounded in count and time. For each attack four things are asserted:
 //! - the process's resident memory, sampled every 20 ms while it runs,
 //!   stays within 64 MiB of its level before;
 //! - the store (every key in etcd) gains no more new keys than the
 //!   attack's stated allowance (none for every random-MAC attack);
+//! - the process logs at most a few dozen lines (a warning per packet would
+//!   let the attacker write the log);
 //! - a real boot (udhcpc, TFTP and HTTP with real clients; see `boot.rs`)
 //!   running at the same time succeeds, every time it is tried.
 //! The upload attack also starts a second image streamer (see `upload.rs`).
@@ -47,6 +49,10 @@ use report::Row;
 
 /// Memory an attack may add to the process, at its peak.
 const RSS_GROWTH_LIMIT: u64 = 64 << 20;
+/// Log lines (at the default level, warnings) an attack may cause: each
+/// call site the network can reach logs a few lines a minute at most, so
+/// an attack's volume does not decide the log's.
+const LOG_LINES_LIMIT: usize = 40;
 
 /// One attack: its name in the table, the keys it may add, and the attack,
 /// which asserts what it checks itself, records the boots it runs in the
@@ -112,6 +118,9 @@ fn run_attacks(report: &str, attacks: &[Attack<'_>]) {
     report::write(report, &table);
     let failed: Vec<String> =
         rows.iter().filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.attack))).collect();
+    if !failed.is_empty() {
+        eprintln!("the last lines of bootfleet up's log:\n{}", lab.log_tail(40));
+    }
     drop(lab);
     drop(alone);
     assert!(failed.is_empty(), "{} attacks failed:\n{}", failed.len(), failed.join("\n"));
@@ -125,6 +134,7 @@ fn measure(lab: &Lab, name: &str, allowance: usize, attack: &dyn Fn(&Lab) -> Str
     lab.settle();
     lab.take_boots();
     let keys_before = lab.keys();
+    let log_before = lab.log_lines();
     let rss_before = lab.rss();
     let sampler = RssSampler::start(lab.up_pid);
     let started = Instant::now();
@@ -133,6 +143,7 @@ fn measure(lab: &Lab, name: &str, allowance: usize, attack: &dyn Fn(&Lab) -> Str
     let rss_peak = sampler.finish();
     let settled = catch_unwind(AssertUnwindSafe(|| lab.settle()));
     let keys_after = lab.keys();
+    let log_lines = lab.log_lines().saturating_sub(log_before);
     let rss_after = lab.rss();
     let mut failures = Vec::new();
     let boots = lab.take_boots();
@@ -159,6 +170,12 @@ fn measure(lab: &Lab, name: &str, allowance: usize, attack: &dyn Fn(&Lab) -> Str
             keys_after.len()
         ));
     }
+    if lab.log_filter_is_default && log_lines > LOG_LINES_LIMIT {
+        failures.push(format!(
+            "{log_lines} log lines (allowed: {LOG_LINES_LIMIT}); the last: {}",
+            lab.log_tail(3)
+        ));
+    }
     if boots.ok == 0 && boots.failures.is_empty() && failures.is_empty() {
         failures.push("no boot ran beside the attack".into());
     }
@@ -177,6 +194,7 @@ fn measure(lab: &Lab, name: &str, allowance: usize, attack: &dyn Fn(&Lab) -> Str
         keys_before: keys_before.len(),
         keys_after: keys_after.len(),
         allowance,
+        log_lines,
         boots_ok: boots.ok,
         boots: boots.total(),
         took,

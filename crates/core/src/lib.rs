@@ -19,6 +19,7 @@ pub mod config;
 pub mod election;
 pub mod grpc;
 pub mod http_limits;
+pub mod log_limit;
 pub mod membership;
 pub mod metrics;
 pub mod process;

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use bootfleet_core::log_limit::LogLimit;
 use bootfleet_proto::v1::{Decision, FileRef, image_profile};
 use bootfleet_rules_engine::facts::Facts;
 use bootfleet_rules_engine::render::{self, Vars};
@@ -253,11 +254,19 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
     if !text.ends_with('\n') {
         text.push('\n');
     }
+    // Host facts come from the network: whoever sends them must not be
+    // able to write the log at will.
+    static REJECTED: LogLimit = LogLimit::default_limit();
+    static OLD_SPELLING: LogLimit = LogLimit::default_limit();
     for left_out in &report.rejected {
-        tracing::warn!(mac = %mac, profile = %profile.name, variable = %left_out.variable, reason = %left_out.reason, "value left out of the boot script: it cannot be made safe there");
+        if let Some(similar_left_out) = REJECTED.admit() {
+            tracing::warn!(mac = %mac, profile = %profile.name, variable = %left_out.variable, reason = %left_out.reason, similar_left_out, "value left out of the boot script: it cannot be made safe there");
+        }
     }
     for old in &report.old_spellings {
-        tracing::warn!(mac = %mac, profile = %profile.name, variable = %old, "profile template uses the old ${{…}} spelling, passed through as text; apply it again with {{{{…}}}}");
+        if let Some(similar_left_out) = OLD_SPELLING.admit() {
+            tracing::warn!(mac = %mac, profile = %profile.name, variable = %old, similar_left_out, "profile template uses the old ${{…}} spelling, passed through as text; apply it again with {{{{…}}}}");
+        }
     }
     Answer::Script(text)
 }

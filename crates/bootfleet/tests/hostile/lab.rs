@@ -49,6 +49,8 @@ pub(crate) const HTTP_MAX_CONNECTIONS: usize = 2_500;
 /// The loader PXE clients get, and a file netascii transfers convert.
 pub(crate) const LOADER: &str = "undionly.kpxe";
 pub(crate) const BIG_TEXT: &str = "big.txt";
+/// `bootfleet up`'s log filter in the lab.
+const LOG_FILTER: &str = "warn";
 
 /// Everything the lab started; fields drop in order: the process, etcd,
 /// then the namespaces (which kill anything left inside by PID).
@@ -62,6 +64,11 @@ pub(crate) struct Lab {
     pub(crate) dir: tempfile::TempDir,
     /// Reports sent by [`Self::settle`] so far.
     settles: AtomicU64,
+    /// `bootfleet up`'s log (its stderr).
+    pub(crate) log: PathBuf,
+    /// Whether the process logs at [`LOG_FILTER`], the level the
+    /// attacks' log-line bound assumes.
+    pub(crate) log_filter_is_default: bool,
     /// Boots since the last [`Self::take_boots`].
     boots: std::sync::Mutex<Boots>,
 }
@@ -92,10 +99,18 @@ impl Lab {
         std::fs::write(dir.path().join("service.token"), SERVICE_TOKEN).unwrap();
         let config = dir.path().join("lab.toml");
         std::fs::write(&config, config_text(dir.path(), &etcd.endpoint(0))).unwrap();
-        // BOOTFLEET_HOSTILE_LOG sets the process's log filter (default: warnings).
-        let log = std::env::var("BOOTFLEET_HOSTILE_LOG").unwrap_or_else(|_| "warn".into());
-        let up =
-            ChildGuard(server.spawn(BIN, &["up", "-c", config.to_str().unwrap(), "--log", &log]).unwrap());
+        // BOOTFLEET_HOSTILE_LOG sets the process's log filter (default:
+        // warnings, which the attacks' log-line bound is about).
+        let filter = std::env::var("BOOTFLEET_HOSTILE_LOG").unwrap_or_else(|_| LOG_FILTER.into());
+        let log = dir.path().join("up.log");
+        let up = server
+            .command(BIN)
+            .args(["up", "-c", config.to_str().unwrap(), "--log", &filter])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let up = ChildGuard(up);
         // `ip netns exec` execs the program: the PID is bootfleet's own.
         let up_pid = up.0.id();
         wait_serving_in(&server, ADMIN_PORT, "dhcp: serving", Duration::from_secs(60));
@@ -109,6 +124,8 @@ impl Lab {
             client,
             dir,
             settles: AtomicU64::new(0),
+            log,
+            log_filter_is_default: filter == LOG_FILTER,
             booter,
             boots: Default::default(),
         };
@@ -198,6 +215,18 @@ impl Lab {
             assert!(Instant::now() < deadline, "the rules never became active");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Lines in `bootfleet up`'s log so far.
+    pub(crate) fn log_lines(&self) -> usize {
+        std::fs::read(&self.log).map_or(0, |text| text.iter().filter(|b| **b == b'\n').count())
+    }
+
+    /// The last `n` lines of `bootfleet up`'s log.
+    pub(crate) fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// The lab's etcd endpoint.

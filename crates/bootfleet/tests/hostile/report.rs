@@ -14,6 +14,8 @@ pub(crate) struct Row {
     pub(crate) keys_before: usize,
     pub(crate) keys_after: usize,
     pub(crate) allowance: usize,
+    /// Lines the process logged while the attack ran.
+    pub(crate) log_lines: usize,
     pub(crate) boots_ok: u32,
     pub(crate) boots: usize,
     pub(crate) took: Duration,
@@ -31,7 +33,7 @@ impl Row {
             Some(why) => format!("**FAILED**: {}", why.replace('\n', " ")),
         };
         format!(
-            "| {} | {} | {} / {} | {} → {} (≤ +{}) | {boot} ({}/{}) | {:.1} s | {} | {verdict} |",
+            "| {} | {} | {} / {} | {} → {} (≤ +{}) | {} | {boot} ({}/{}) | {:.1} s | {} | {verdict} |",
             self.attack,
             mib(self.rss_before),
             mib(self.rss_peak),
@@ -39,6 +41,7 @@ impl Row {
             self.keys_before,
             self.keys_after,
             self.allowance,
+            self.log_lines,
             self.boots_ok,
             self.boots,
             self.took.as_secs_f64(),
@@ -62,9 +65,10 @@ pub(crate) fn table(rows: &[Row], took: Duration) -> String {
         "# Hostile boot network (issue 20)\n\n`bootfleet up` ({build} build) on a one-member etcd in \
          one network namespace, the attackers in a second, a host booting for real (udhcpc → TFTP \
          → HTTP, every file compared) in a third, all on one segment; the boot runs beside each \
-         attack, at most every 2 s. RSS: VmRSS of `bootfleet up`, sampled every 20 ms.\n\n\
-         | attack | RSS before | RSS peak / after | store keys before → after | parallel boot ok | took | seen | result |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         attack, at most every 2 s. RSS: VmRSS of `bootfleet up`, sampled every 20 ms. Log \
+         lines: what the process logged (warnings and errors) while the attack ran.\n\n\
+         | attack | RSS before | RSS peak / after | store keys before → after | log lines | parallel boot ok | took | seen | result |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
         let _ = writeln!(text, "{}", row.line());

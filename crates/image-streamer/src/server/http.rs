@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bootfleet_core::http_limits::{Admission, ConnectionSlots, HttpLimits};
+use bootfleet_core::log_limit::LogLimit;
 use bootfleet_proto::v1::{BootReport, Recording};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -81,7 +82,10 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let Admission::Admitted(permit, stream) = slots.admit(stream) else {
             metrics::HTTP_CONNECTIONS_REFUSED.inc();
-            tracing::warn!(%peer, limit = limits.max_connections, "too many HTTP connections; refused one with 503");
+            static REFUSED: LogLimit = LogLimit::default_limit();
+            if let Some(left_out) = REFUSED.admit() {
+                tracing::warn!(%peer, limit = limits.max_connections, similar_left_out = left_out, "too many HTTP connections; refused one with 503");
+            }
             continue;
         };
         metrics::HTTP_CONNECTIONS_OPEN.set(i64::try_from(slots.open()).unwrap_or(i64::MAX));

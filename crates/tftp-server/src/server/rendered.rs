@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bootfleet_core::log_limit::LogLimit;
 use bootfleet_proto::v1 as pb;
 use bootfleet_rules_engine::client::{Client, connect_lazy};
 use bootfleet_rules_engine::facts::Facts;
@@ -169,11 +170,18 @@ impl Renderer {
                 let mut last_good = self.last_good.lock().unwrap_or_else(PoisonError::into_inner);
                 match text {
                     Some(rendered) => {
+                        // Facts come from the network: bounded log lines.
+                        static REJECTED: LogLimit = LogLimit::default_limit();
+                        static OLD_SPELLING: LogLimit = LogLimit::default_limit();
                         for left_out in &rendered.rejected {
-                            tracing::warn!(file = name, mac = %facts.mac, variable = %left_out.variable, reason = %left_out.reason, "value left out of a rendered file: it cannot be made safe there");
+                            if let Some(similar_left_out) = REJECTED.admit() {
+                                tracing::warn!(file = name, mac = %facts.mac, variable = %left_out.variable, reason = %left_out.reason, similar_left_out, "value left out of a rendered file: it cannot be made safe there");
+                            }
                         }
                         for old in &rendered.old_spellings {
-                            tracing::warn!(file = name, mac = %facts.mac, variable = %old, "profile template uses the old ${{…}} spelling, passed through as text; apply it again with {{{{…}}}}");
+                            if let Some(similar_left_out) = OLD_SPELLING.admit() {
+                                tracing::warn!(file = name, mac = %facts.mac, variable = %old, similar_left_out, "profile template uses the old ${{…}} spelling, passed through as text; apply it again with {{{{…}}}}");
+                            }
                         }
                         let bytes: Arc<[u8]> = rendered.text.into_bytes().into();
                         last_good.insert(key, Arc::clone(&bytes));
