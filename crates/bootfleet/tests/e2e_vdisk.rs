@@ -1,18 +1,19 @@
-//! End to end, diskless (issue 23): a QEMU VM with SeaBIOS and the iPXE NIC
-//! ROM boots through `bootfleet up` — DHCP → iPXE → boot script → kernel
-//! and the vDisk initramfs over HTTP — and runs from a golden ext4 root
-//! filesystem in the catalog, streamed over NBD by the image streamer. The
-//! initramfs module (`boot/initramfs/bootfleet-vdisk.sh`) attaches it with
-//! the kernel's NBD client, read-only, under a RAM overlay (`client-ram`):
-//! the VM prints a value only the golden image holds, writes a file,
-//! reboots, and the file is gone; the golden file is unchanged.
+//! End to end, diskless (issue 23): QEMU VMs with SeaBIOS and the iPXE NIC
+//! ROM boot through `bootfleet up` — DHCP → iPXE → boot script → kernel
+//! and the vDisk initramfs over HTTP — and run from a golden ext4 root
+//! filesystem in the catalog, streamed over NBD by the image streamer. Both
+//! are `vdisk` profiles: the boot script names the NBD replicas, the export
+//! and the write cache on the kernel's command line, and the initramfs
+//! module (`boot/initramfs/bootfleet-vdisk.sh`) attaches the disk with the
+//! kernel's NBD client.
 //!
-//! Then the `server` write cache: a VM whose rules decision is an `nbd`
-//! profile naming the same golden disk runs from its own export,
-//! `host/<mac>`, read-write through the kernel's NBD client; its writes
-//! land in its cache on the streamer, and a reboot (a new boot id) starts
-//! an empty cache. This VM boots its kernel directly (QEMU `-kernel`): an
-//! `nbd` profile's boot script does not boot a kernel yet.
+//! `client-ram`: the golden disk read-only under a RAM overlay; the VM
+//! prints a value only the golden image holds, writes a file, reboots, and
+//! the file is gone. `server`: the VM runs read-write from its own export,
+//! `host/<mac>`; its writes land in its cache on the streamer, a reboot (a
+//! new boot id) starts an empty cache, and no other address than the one
+//! holding the VM's lease may open that export. The golden file is
+//! unchanged.
 //!
 //! The lab: Bootfleet in one network namespace, the VM's tap on a bridge in
 //! another, joined by a veth pair in 198.18.68.0/24. Boot assets come from
@@ -36,9 +37,6 @@ const IMAGES: &str = "http://127.0.0.1:7072";
 const SERVER_IP: &str = "198.18.68.1";
 /// The streamer's NBD listener in the lab.
 const NBD: &str = "198.18.68.1:10809";
-/// Nothing listens here: the first replica on the command line, which the
-/// initramfs must skip for the next.
-const NBD_DEAD: &str = "198.18.68.1:10808";
 /// The catalog version holding the kernel, the initramfs and the root disk.
 const IMAGE: &str = "vdisk";
 const VERSION: &str = "1";
@@ -46,29 +44,32 @@ const ROOT_FILE: &str = "vdisk-root.ext4";
 /// Two TCG boots (SeaBIOS, iPXE, the kernel, the NBD root) and a reboot
 /// between them, on a busy 2-core machine.
 const TWO_BOOTS_WITHIN: Duration = Duration::from_secs(300);
-/// The VM booted by iPXE, its root in client-ram mode.
+/// The VM whose root is in client-ram mode.
 const CLIENT_RAM_MAC: &str = "52:54:00:00:68:01";
 /// The VM running from `host/<mac>` with a `server` write cache.
 const SERVER_CACHE_MAC: &str = "52:54:00:00:68:02";
 
-/// The rules: the client-ram VM boots the kernel with the vDisk
-/// initramfs, its root from the golden disk over NBD; its init writes a
-/// file and reboots. The server-cache VM's export is the golden disk.
+/// The rules: both VMs run diskless from the golden disk, one per write
+/// cache; the golden image's init writes a file and reboots
+/// (`bootfleet.then=write-reboot`).
 fn manifest() -> String {
+    let profile = |name: &str, cache: &str| {
+        format!(
+            "  - name: {name}\n    vdisk:\n      disk: {IMAGE}/{VERSION}/{ROOT_FILE}\n      \
+             kernel: {IMAGE}/{VERSION}/vmlinuz\n      initrds: [{IMAGE}/{VERSION}/vdisk-initrd.img]\n      \
+             cmdline: \"console=ttyS0 quiet bootfleet.then=write-reboot\"\n      write_cache: {cache}\n"
+        )
+    };
     format!(
         r#"
 image_profiles:
-  - name: vdisk-server
-    nbd: {IMAGE}/{VERSION}/{ROOT_FILE}
-  - name: diskless
-    kernel:
-      kernel: {IMAGE}/{VERSION}/vmlinuz
-      initrds: [{IMAGE}/{VERSION}/vdisk-initrd.img]
-      cmdline: "console=ttyS0 quiet bootfleet.nbd={NBD_DEAD},{NBD} bootfleet.export={IMAGE}/{VERSION}/{ROOT_FILE} bootfleet.cache=client-ram bootfleet.then=write-reboot"
+{}{}
 rules:
   - {{ name: server-cache, match: {{ mac: "{SERVER_CACHE_MAC}" }}, image_profile: vdisk-server }}
   - {{ name: client-ram, match: {{ mac: "{CLIENT_RAM_MAC}" }}, image_profile: diskless }}
-"#
+"#,
+        profile("vdisk-server", "server"),
+        profile("diskless", "client-ram")
     )
 }
 
@@ -239,75 +240,6 @@ fn wait_markers(name: &str, console: impl Fn() -> String, count: usize, within: 
     }
 }
 
-/// A VM that boots the kernel and vDisk initramfs from the boot assets
-/// directly (no firmware boot path), on a tap in `client`'s bridge; QEMU
-/// is killed when it drops. A reboot starts the same kernel again.
-struct DirectVm {
-    name: String,
-    _process: ChildGuard,
-    serial: PathBuf,
-    started: Instant,
-}
-
-impl DirectVm {
-    fn start(client: &Netns, dir: &Path, name: &str, mac: &str, cmdline: &str) -> Self {
-        let tap = format!("tap-{name}");
-        client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
-        client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
-        client.ip(&["link", "set", &tap, "up"]).unwrap();
-        let serial = dir.join(format!("{name}.serial"));
-        let assets = assets();
-        let accel = std::env::var("BOOTFLEET_LAB_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let args = [
-            "-accel".into(),
-            accel,
-            "-nodefaults".into(),
-            "-vga".into(),
-            "none".into(),
-            "-display".into(),
-            "none".into(),
-            "-m".into(),
-            "256".into(),
-            "-serial".into(),
-            format!("file:{}", serial.display()),
-            "-netdev".into(),
-            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            "-device".into(),
-            format!("e1000,netdev=n0,mac={mac}"),
-            "-kernel".into(),
-            assets.join("vmlinuz").display().to_string(),
-            "-initrd".into(),
-            assets.join("vdisk-initrd.img").display().to_string(),
-            "-append".into(),
-            cmdline.to_owned(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = ChildGuard(client.spawn("qemu-system-x86_64", &args).unwrap());
-        Self { name: name.to_owned(), _process: process, serial, started: Instant::now() }
-    }
-
-    fn serial(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits until the console shows `text`; returns the console so far.
-    fn wait_for(&self, text: &str, within: Duration) -> String {
-        loop {
-            let console = self.serial();
-            if console.contains(text) {
-                eprintln!("{}: {text:?} after {:.1} s", self.name, self.started.elapsed().as_secs_f64());
-                return console;
-            }
-            assert!(
-                self.started.elapsed() < within,
-                "{}: no {text:?} within {within:?}:\n{console}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
 /// Bytes the streamer's hosts' write caches (`write-caches/*.overlay`)
 /// hold on disk.
 fn write_cache_bytes(lab: &Lab) -> u64 {
@@ -330,12 +262,6 @@ fn client_ram_vm_forgets_its_writes(lab: &Lab, value: &str) {
     // comes from it, the scratch file is not there yet; init writes it
     // (into RAM) and reboots.
     let console = vm.wait_for("BOOTFLEET-VDISK-WROTE", TWO_BOOTS_WITHIN);
-    assert!(
-        console.contains(&format!(
-            "bootfleet-vdisk: replica {NBD_DEAD} did not serve {export}; trying the next"
-        )),
-        "the dead first replica was not tried first:\n{console}"
-    );
     assert!(console.contains(&format!("attached {export} from {NBD}")), "{console}");
     let expected = format!("BOOTFLEET-VDISK {value} root=overlay scratch=absent");
     assert_eq!(vdisk_markers(&console), [expected.as_str()], "first boot:\n{console}");
@@ -351,12 +277,9 @@ fn client_ram_vm_forgets_its_writes(lab: &Lab, value: &str) {
 
 /// server: the VM runs read-write from `host/<mac>`; its writes reach its
 /// write cache on the streamer, and its next boot starts with an empty one.
+/// Only the address holding the VM's lease opens that export.
 fn server_cache_vm_writes_to_its_cache_until_it_reboots(lab: &Lab, value: &str) {
-    let cmdline = format!(
-        "console=ttyS0 quiet bootfleet.nbd={NBD} bootfleet.export=host/{SERVER_CACHE_MAC} \
-         bootfleet.cache=server bootfleet.then=write-reboot"
-    );
-    let vm = DirectVm::start(&lab.client, lab.dir.path(), "srv", SERVER_CACHE_MAC, &cmdline);
+    let mut vm = Vm::start(&lab.client, lab.dir.path(), "srv", SERVER_CACHE_MAC, Firmware::Bios);
     let console = vm.wait_for("BOOTFLEET-VDISK-WROTE", TWO_BOOTS_WITHIN);
     assert!(console.contains(&format!("attached host/{SERVER_CACHE_MAC}/")), "{console}");
     // The root is the export itself, mounted read-write.
@@ -364,6 +287,13 @@ fn server_cache_vm_writes_to_its_cache_until_it_reboots(lab: &Lab, value: &str) 
     assert_eq!(vdisk_markers(&console), [expected.as_str()], "first boot:\n{console}");
     // The guest synced its write: the streamer's write cache holds it.
     assert!(write_cache_bytes(lab) > 0, "nothing reached the write cache");
+    // Anyone else naming the VM's MAC is refused: the server's address
+    // holds no lease, and the VM's lease is elsewhere.
+    let url = format!("nbd://{NBD}/host/{SERVER_CACHE_MAC}/someone-else");
+    let stolen = lab.server.command("nbdinfo").arg(&url).env("LIBNBD_DEBUG", "1").output().unwrap();
+    let refusal = String::from_utf8_lossy(&stolen.stderr);
+    assert!(!stolen.status.success(), "another address opened the VM's export:\n{refusal}");
+    assert!(refusal.contains(&format!("the lease of {SERVER_CACHE_MAC} is held at")), "{refusal}");
 
     // The guest rebooted (same kernel, a new boot id): a new cache, the
     // file is gone.

@@ -10,6 +10,7 @@
 //!   let the attacker write the log);
 //! - a real boot (udhcpc, TFTP and HTTP with real clients; see `boot.rs`)
 //!   running at the same time succeeds, every time it is tried.
+//!
 //! The upload attack also starts a second image streamer (see `upload.rs`).
 //!
 //! The measurements end up in a table, printed and written to

@@ -18,6 +18,11 @@ pub use bootfleet_rules_engine::store::{BOOTS_PREFIX, IMAGES_PREFIX};
 pub const SERVICE: &str = "image-streamer";
 /// Member attribute prefix naming a held file: `blob.<sha256>` = state.
 pub const BLOB_ATTRIBUTE: &str = "blob.";
+/// Member attribute: the replica's NBD address (`host:port`), when it
+/// serves NBD.
+pub const NBD_ATTRIBUTE: &str = "nbd";
+/// Member attribute: the replica's open NBD sessions, as last published.
+pub const NBD_SESSIONS_ATTRIBUTE: &str = "nbd_sessions";
 
 /// Key of an image version.
 pub fn version_key(image: &str, version: &str) -> String {
@@ -83,6 +88,10 @@ pub struct Replica {
     pub url: String,
     /// Files by digest.
     pub files: HashMap<String, FileState>,
+    /// NBD address, when it serves NBD.
+    pub nbd: Option<String>,
+    /// Open NBD sessions, as last published.
+    pub nbd_sessions: u64,
 }
 
 impl Replica {
@@ -94,7 +103,10 @@ impl Replica {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(BLOB_ATTRIBUTE)?.to_owned(), FileState::parse(v)?)))
             .collect();
-        Some(Self { id: member.id.clone(), url, files })
+        let nbd = member.attributes.get(NBD_ATTRIBUTE).cloned();
+        let nbd_sessions =
+            member.attributes.get(NBD_SESSIONS_ATTRIBUTE).and_then(|n| n.parse().ok()).unwrap_or(0);
+        Some(Self { id: member.id.clone(), url, files, nbd, nbd_sessions })
     }
 
     /// Whether it serves `sha`.
@@ -162,7 +174,9 @@ pub fn profile_files(boot: Option<&image_profile::Boot>) -> Vec<&FileRef> {
     match boot {
         Some(image_profile::Boot::Kernel(k)) => k.kernel.iter().chain(k.initrds.iter()).collect(),
         Some(image_profile::Boot::Sanboot(s)) => s.disk.iter().collect(),
-        Some(image_profile::Boot::Nbd(n)) => n.vdisk.iter().collect(),
+        Some(image_profile::Boot::Vdisk(v)) => {
+            v.disk.iter().chain(v.kernel.iter()).chain(v.initrds.iter()).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -292,7 +306,13 @@ mod tests {
     fn version_state_is_the_worst_file() {
         let c = catalog();
         let v = c.version("tiny", "1").unwrap();
-        let mut replica = Replica { id: "r".into(), url: "http://x".into(), files: HashMap::new() };
+        let mut replica = Replica {
+            id: "r".into(),
+            url: "http://x".into(),
+            files: HashMap::new(),
+            nbd: None,
+            nbd_sessions: 0,
+        };
         replica.files.insert("a".repeat(64), FileState::Present);
         assert_eq!(version_state(v, &replica), (FileState::Missing, 1));
         replica.files.insert("b".repeat(64), FileState::Pulling);

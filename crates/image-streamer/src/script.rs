@@ -15,13 +15,14 @@
 use std::collections::HashMap;
 
 use bootfleet_core::log_limit::LogLimit;
-use bootfleet_proto::v1::{Decision, FileRef, image_profile};
+use bootfleet_proto::v1::{Decision, FileRef, VdiskBoot, WriteCache, image_profile};
 use bootfleet_rules_engine::facts::Facts;
+use bootfleet_rules_engine::manifest::write_cache_name;
 use bootfleet_rules_engine::render::{self, Vars};
 use bootfleet_rules_engine::template::{self, Loader, Rendered, Value};
 
 /// Profile kinds with a template.
-pub const KINDS: [&str; 4] = ["kernel", "script", "sanboot", "local"];
+pub const KINDS: [&str; 5] = ["kernel", "script", "sanboot", "local", "vdisk"];
 
 const KERNEL: &str = "#!ipxe
 # Bootfleet: {{profile}} for {{mac}} (rule set v{{rule_set_version}})
@@ -58,7 +59,7 @@ exit 1
 fn placeholders(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
     const COMMON: &[&str] = &["profile", "mac", "rule_set_version", "failed", "report_loaded"];
     match kind {
-        "kernel" => (&["fetch_kernel"], &["fetch_initrds", "cmdline"]),
+        "kernel" | "vdisk" => (&["fetch_kernel"], &["fetch_initrds", "cmdline"]),
         "script" => (&["script"], &[]),
         "sanboot" => (&["sanboot"], &[]),
         _ => (&[], COMMON),
@@ -79,10 +80,18 @@ pub struct Templates {
 
 impl Default for Templates {
     fn default() -> Self {
-        let by_kind = [("kernel", KERNEL), ("script", SCRIPT), ("sanboot", SANBOOT), ("local", LOCAL)]
-            .into_iter()
-            .map(|(k, t)| (k, t.to_owned()))
-            .collect();
+        // A vDisk boots a kernel too: its script differs in the command
+        // line the kernel gets.
+        let by_kind = [
+            ("kernel", KERNEL),
+            ("script", SCRIPT),
+            ("sanboot", SANBOOT),
+            ("local", LOCAL),
+            ("vdisk", KERNEL),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k, t.to_owned()))
+        .collect();
         Self { by_kind }
     }
 }
@@ -136,6 +145,10 @@ pub fn check(kind: &str, text: &str) -> Result<(), String> {
 pub trait Sources {
     /// Base URLs of replicas serving `file`, in the order to try.
     fn sources(&self, file: &FileRef) -> Vec<String>;
+
+    /// NBD addresses (`host:port`) of replicas serving `file` over NBD,
+    /// least-loaded first.
+    fn nbd_sources(&self, file: &FileRef) -> Vec<String>;
 }
 
 /// What to answer a boot-script request with.
@@ -176,6 +189,54 @@ fn file_urls(sources: &dyn Sources, file: &FileRef, fallback: &str) -> Vec<Strin
     bases.iter().map(|b| url(b, file)).collect()
 }
 
+/// The kernel and initrd fetches, each from every replica serving it.
+fn insert_kernel(
+    values: &mut HashMap<&str, Value>,
+    sources: &dyn Sources,
+    base: &str,
+    (kernel, initrds): (&FileRef, &[FileRef]),
+    cmdline: String,
+) {
+    let names: String = (0..initrds.len()).map(|i| format!(" initrd=initrd{i}")).collect();
+    let args = format!(" {cmdline}{names}");
+    values.insert("cmdline", Value::Script(cmdline));
+    values.insert(
+        "fetch_kernel",
+        Value::Script(with_failover("kernel --name kernel", &file_urls(sources, kernel, base), &args)),
+    );
+    let initrds: Vec<String> = initrds
+        .iter()
+        .enumerate()
+        .map(|(i, f)| with_failover(&format!("initrd --name initrd{i}"), &file_urls(sources, f, base), ""))
+        .collect();
+    values.insert("fetch_initrds", Value::Script(initrds.join("\n")));
+}
+
+/// The vDisk initramfs's arguments (see `boot/initramfs/bootfleet-vdisk.sh`):
+/// the replicas to attach, the export and the write cache. In `client-ram`
+/// every replica holding the disk is listed, least-loaded first, and the
+/// initramfs may move between them; a `server` cache lives on one replica,
+/// so only that one is named. `None` when no replica serves the disk.
+fn vdisk_arguments(v: &VdiskBoot, disk: &FileRef, mac: &str, sources: &dyn Sources) -> Option<String> {
+    let mut replicas = sources.nbd_sources(disk);
+    let cache = write_cache_name(v.write_cache);
+    let export = match WriteCache::try_from(v.write_cache) {
+        Ok(WriteCache::ClientRam) => format!("{}/{}/{}", disk.image, disk.version, disk.file),
+        _ => {
+            replicas.truncate(1);
+            format!("host/{mac}")
+        }
+    };
+    if replicas.is_empty() {
+        return None;
+    }
+    let fs = if v.root_fs_type.is_empty() { "ext4" } else { v.root_fs_type.as_str() };
+    Some(format!(
+        "bootfleet.nbd={} bootfleet.export={export} bootfleet.cache={cache} bootfleet.rootfstype={fs}",
+        replicas.join(",")
+    ))
+}
+
 /// Renders the script for a request. Values that cannot be made safe in
 /// the script are left out, each with a warning naming the host and the
 /// variable.
@@ -203,27 +264,8 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
         None | Some(image_profile::Boot::Ignore(_)) => return Answer::Silent,
         Some(image_profile::Boot::Kernel(k)) => {
             let Some(kernel) = k.kernel.as_ref() else { return Answer::Silent };
-            let names: String = (0..k.initrds.len()).map(|i| format!(" initrd=initrd{i}")).collect();
             let cmdline = report.absorb(render::kernel_cmdline(&k.cmdline, Loader::Ipxe, &vars));
-            let args = format!(" {cmdline}{names}");
-            values.insert("cmdline", Value::Script(cmdline));
-            values.insert(
-                "fetch_kernel",
-                Value::Script(with_failover(
-                    "kernel --name kernel",
-                    &file_urls(sources, kernel, base),
-                    &args,
-                )),
-            );
-            let initrds: Vec<String> = k
-                .initrds
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    with_failover(&format!("initrd --name initrd{i}"), &file_urls(sources, f, base), "")
-                })
-                .collect();
-            values.insert("fetch_initrds", Value::Script(initrds.join("\n")));
+            insert_kernel(&mut values, sources, base, (kernel, &k.initrds), cmdline);
             "kernel"
         }
         Some(image_profile::Boot::Script(s)) => {
@@ -240,13 +282,21 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
             "sanboot"
         }
         Some(image_profile::Boot::Local(_)) => "local",
-        Some(image_profile::Boot::Nbd(_)) => {
-            // NBD vDisks are not served yet: boot the local disk rather than hang.
-            return Answer::Script(format!(
-                "#!ipxe\n# Bootfleet: {} for {mac}\necho Bootfleet: NBD vDisk boot is not available; \
-                 booting from the local disk\nexit 1\n",
-                profile.name
-            ));
+        Some(image_profile::Boot::Vdisk(v)) => {
+            let (Some(kernel), Some(disk)) = (v.kernel.as_ref(), v.disk.as_ref()) else {
+                return Answer::Silent;
+            };
+            let Some(vdisk) = vdisk_arguments(v, disk, &mac, sources) else {
+                let disk = format!("{}/{}/{}", disk.image, disk.version, disk.file);
+                return Answer::Script(format!(
+                    "#!ipxe\n# Bootfleet: {} for {mac}\necho Bootfleet: no replica serves {disk} over NBD\n{FAILED}",
+                    profile.name
+                ));
+            };
+            let user = report.absorb(render::kernel_cmdline(&v.cmdline, Loader::Ipxe, &vars));
+            let cmdline = if user.is_empty() { vdisk } else { format!("{user} {vdisk}") };
+            insert_kernel(&mut values, sources, base, (kernel, &v.initrds), cmdline);
+            "vdisk"
         }
     };
     let lookup = |name: &str| values.get(name).cloned().or_else(|| vars.value(name).map(Value::Text));
@@ -275,6 +325,7 @@ pub fn render(templates: &Templates, request: &Request<'_>, sources: &dyn Source
 mod tests {
     use bootfleet_proto::v1::{
         HostFacts, HostProfile, IgnoreHost, ImageProfile, KernelBoot, LocalBoot, SanBoot, ScriptBoot,
+        VdiskBoot, WriteCache,
     };
 
     use super::*;
@@ -283,6 +334,10 @@ mod tests {
     impl Sources for TwoReplicas {
         fn sources(&self, _file: &FileRef) -> Vec<String> {
             vec!["http://198.18.0.2:8080".into(), "http://198.18.0.3:8080".into()]
+        }
+
+        fn nbd_sources(&self, _file: &FileRef) -> Vec<String> {
+            vec!["198.18.0.3:10809".into(), "198.18.0.2:10809".into()]
         }
     }
 
@@ -337,6 +392,41 @@ mod tests {
              {REPORT}boot || goto failed\n{FAILED}"
         );
         assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn vdisk_script_golden() {
+        let vdisk = |cache: WriteCache| {
+            script(image_profile::Boot::Vdisk(VdiskBoot {
+                disk: Some(file("root.ext4")),
+                kernel: Some(file("vmlinuz")),
+                initrds: vec![file("vdisk-initrd.img")],
+                cmdline: "console=ttyS0 marker={{host.marker}}".into(),
+                write_cache: cache.into(),
+                root_fs_type: String::new(),
+            }))
+        };
+        // Any replica serves client-ram, least-loaded first.
+        let args = "console=ttyS0 marker=m1 bootfleet.nbd=198.18.0.3:10809,198.18.0.2:10809 \
+                    bootfleet.export=tiny/1/root.ext4 bootfleet.cache=client-ram bootfleet.rootfstype=ext4 \
+                    initrd=initrd0";
+        let expected = format!(
+            "#!ipxe\n# Bootfleet: p for 52:54:00:00:00:01 (rule set v3)\nimgfree\n\
+             kernel --name kernel http://198.18.0.2:8080/images/tiny/1/vmlinuz {args} \
+             || kernel --name kernel http://198.18.0.3:8080/images/tiny/1/vmlinuz {args} || goto failed\n\
+             initrd --name initrd0 http://198.18.0.2:8080/images/tiny/1/vdisk-initrd.img \
+             || initrd --name initrd0 http://198.18.0.3:8080/images/tiny/1/vdisk-initrd.img || goto failed\n\
+             {REPORT}boot || goto failed\n{FAILED}"
+        );
+        assert_eq!(vdisk(WriteCache::ClientRam), expected);
+        // A server cache lives on one replica: the host's own export there.
+        let server = vdisk(WriteCache::Server);
+        assert!(
+            server.contains(
+                " bootfleet.nbd=198.18.0.3:10809 bootfleet.export=host/52:54:00:00:00:01 bootfleet.cache=server "
+            ),
+            "{server}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{StreamerArgs, StreamerConfig};
 use crate::blobs::BlobStore;
-use crate::catalog::{Catalog, IMAGES_PREFIX, Replica, SERVICE, replicas_of};
+use crate::catalog::{Catalog, IMAGES_PREFIX, NBD_ATTRIBUTE, Replica, SERVICE, replicas_of};
 use crate::reports::Reporter;
 use crate::script::{Sources, Templates};
 
@@ -44,9 +44,19 @@ pub(crate) struct Streamer {
     pub(crate) admin_token: Option<String>,
     /// Wakes the replication loop (an upload finished, say).
     pub(crate) replication_wake: Notify,
+    /// The NBD service, when `streamer.nbd_listen` is set.
+    pub(crate) nbd: Option<NbdEndpoint>,
     catalog: RwLock<Arc<Catalog>>,
     replicas: RwLock<Arc<Vec<Replica>>>,
     peer_turn: std::sync::atomic::AtomicUsize,
+}
+
+/// This replica's NBD service as boot scripts name it.
+pub(crate) struct NbdEndpoint {
+    /// `host:port` clients reach it at: the public URL's host, the NBD port.
+    pub(crate) address: String,
+    /// Its sessions and bytes.
+    pub(crate) metrics: Arc<bootfleet_nbd::metrics::NbdMetrics>,
 }
 
 impl Streamer {
@@ -111,6 +121,38 @@ impl Sources for Streamer {
         }
         urls
     }
+
+    /// Replicas holding the file that serve NBD, by open sessions (this
+    /// replica's counted now, the others' as they last published them),
+    /// this one first among equals.
+    fn nbd_sources(&self, file: &FileRef) -> Vec<String> {
+        let catalog = self.catalog();
+        let Some(entry) = catalog.resolve_ref(file) else { return Vec::new() };
+        let mut candidates: Vec<(u64, bool, String)> = Vec::new();
+        if let Some(nbd) = &self.nbd
+            && self.blobs.is_verified(&entry.sha256)
+        {
+            candidates.push((nbd.metrics.snapshot().sessions_active, false, nbd.address.clone()));
+        }
+        for r in self.replicas().iter().filter(|r| r.id != self.member_id && r.has(&entry.sha256)) {
+            if let Some(address) = &r.nbd
+                && !candidates.iter().any(|(_, _, a)| a == address)
+            {
+                candidates.push((r.nbd_sessions, true, address.clone()));
+            }
+        }
+        candidates.sort_by_key(|(sessions, other, _)| (*sessions, *other));
+        candidates.into_iter().map(|(_, _, address)| address).collect()
+    }
+}
+
+/// `host:port` of the NBD service: the host clients already reach this
+/// replica by (its public URL's), the port it listens on.
+fn nbd_public_address(public_url: &str, port: u16) -> anyhow::Result<String> {
+    let uri: ::http::Uri =
+        public_url.parse().with_context(|| format!("streamer.public_url {public_url:?}"))?;
+    let host = uri.host().with_context(|| format!("streamer.public_url {public_url:?} names no host"))?;
+    Ok(format!("{host}:{port}"))
 }
 
 /// Binds the HTTP and gRPC ports and serves until shutdown.
@@ -143,6 +185,13 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         ctx.health.track_snapshot(&format!("streamer.{name}"), cache, stop.clone());
     }
     let reporter = Reporter::start(ctx.store.clone(), Arc::clone(&rules), stop.clone());
+    let nbd = match &nbd_listener {
+        Some(listener) => Some(NbdEndpoint {
+            address: nbd_public_address(&public_url, listener.local_addr()?.port())?,
+            metrics: Arc::default(),
+        }),
+        None => None,
+    };
     let images = SnapshotCache::start(ctx.store.clone(), IMAGES_PREFIX, stop.clone());
     ctx.health.track_snapshot("streamer.images", &images, stop.clone());
     let members = SnapshotCache::start(ctx.store.clone(), &service_prefix(SERVICE), stop.clone());
@@ -158,6 +207,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         loaders: config.loaders_dir.clone().map(|dir| Arc::new(loaders::Loaders::new(dir))),
         record_decisions: config.record_decisions,
         reporter,
+        nbd,
         admin_token: config.admin_token.clone(),
         replication_wake: Notify::new(),
         catalog: RwLock::default(),
@@ -166,6 +216,12 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     });
     // The member record carries the base URL first, then the gRPC address.
     let registration = ctx.register(SERVICE, vec![public_url.clone(), grpc_addr.to_string()]);
+    if let Some(nbd) = &streamer.nbd {
+        let address = nbd.address.clone();
+        registration.update(|m| {
+            m.attributes.insert(NBD_ATTRIBUTE.to_owned(), address);
+        });
+    }
     ctx.shutdown.spawn(Arc::clone(&streamer).follow(stop.clone()));
     ctx.shutdown.spawn(replicate::run(
         Arc::clone(&streamer),
@@ -213,8 +269,10 @@ fn serve_nbd(
     stop: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let address = listener.local_addr()?;
-    let metrics = Arc::new(bootfleet_nbd::metrics::NbdMetrics::default());
-    let exports = nbd::CatalogExports::new(streamer, data_dir, Arc::clone(&metrics))
+    let metrics = streamer.nbd.as_ref().map(|nbd| Arc::clone(&nbd.metrics)).unwrap_or_default();
+    let leases = SnapshotCache::start(ctx.store.clone(), nbd::LEASES_PREFIX, stop.clone());
+    ctx.health.track_snapshot("streamer.leases", &leases, stop.clone());
+    let exports = nbd::CatalogExports::new(streamer, data_dir, Arc::clone(&metrics), leases)
         .with_context(|| format!("opening the write caches in {}", data_dir.display()))?;
     let exports = Arc::new(exports);
     let server =

@@ -33,7 +33,8 @@ use std::collections::BTreeMap;
 
 use bootfleet_proto::v1::{
     Condition, FileRef, HostProfile, IgnoreHost, ImageProfile, KernelBoot, LocalBoot, Location, Match,
-    MatchList, NbdBoot, Rule, SanBoot, ScriptBoot, StringSet, ValueRange, condition, image_profile, r#match,
+    MatchList, Rule, SanBoot, ScriptBoot, StringSet, ValueRange, VdiskBoot, WriteCache, condition,
+    image_profile, r#match,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -90,11 +91,27 @@ struct ImageProfileSpec {
     kernel: Option<KernelSpec>,
     script: Option<String>,
     sanboot: Option<String>,
-    nbd: Option<String>,
+    vdisk: Option<VdiskSpec>,
+    /// The first wave's spelling, refused with a pointer to `vdisk`.
+    nbd: Option<Value>,
     #[serde(default)]
     local: bool,
     #[serde(default)]
     ignore: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VdiskSpec {
+    disk: String,
+    kernel: String,
+    #[serde(default)]
+    initrds: Vec<String>,
+    #[serde(default)]
+    cmdline: String,
+    write_cache: String,
+    #[serde(default)]
+    root_fs_type: String,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +168,27 @@ pub fn parse_file_ref(text: &str, path: &str) -> Result<FileRef, RulesError> {
             Ok(FileRef { image: image.into(), version: version.into(), file: file.into() })
         }
         _ => Err(RulesError::invalid(path, format!("{text:?} is not IMAGE/VERSION/FILE"))),
+    }
+}
+
+/// A write cache by its manifest name (PVS's names, hyphenated).
+pub fn parse_write_cache(name: &str) -> Option<WriteCache> {
+    match name {
+        "client-ram" => Some(WriteCache::ClientRam),
+        "server" => Some(WriteCache::Server),
+        "server-persistent" => Some(WriteCache::ServerPersistent),
+        _ => None,
+    }
+}
+
+/// The manifest name of a write cache (also what the boot script passes
+/// to the vDisk initramfs as `bootfleet.cache=`); records stored before
+/// write caches had a mode are `server`.
+pub fn write_cache_name(cache: i32) -> &'static str {
+    match WriteCache::try_from(cache) {
+        Ok(WriteCache::ClientRam) => "client-ram",
+        Ok(WriteCache::ServerPersistent) => "server-persistent",
+        Ok(WriteCache::Server | WriteCache::Unspecified) | Err(_) => "server",
     }
 }
 
@@ -225,8 +263,35 @@ fn image_profile(p: ImageProfileSpec, path: &str) -> Result<ImageProfile, RulesE
     if let Some(disk) = p.sanboot {
         boots.push(Boot::Sanboot(SanBoot { disk: Some(parse_file_ref(&disk, &format!("{path}.sanboot"))?) }));
     }
-    if let Some(vdisk) = p.nbd {
-        boots.push(Boot::Nbd(NbdBoot { vdisk: Some(parse_file_ref(&vdisk, &format!("{path}.nbd"))?) }));
+    if p.nbd.is_some() {
+        return Err(RulesError::invalid(
+            format!("{path}.nbd"),
+            "nbd: became vdisk: { disk: IMAGE/VERSION/FILE, kernel: …, initrds: [the vDisk initramfs], \
+             write_cache: client-ram|server }",
+        ));
+    }
+    if let Some(v) = p.vdisk {
+        let at = |field: &str| format!("{path}.vdisk.{field}");
+        let initrds = v
+            .initrds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| parse_file_ref(f, &at(&format!("initrds[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let Some(write_cache) = parse_write_cache(&v.write_cache) else {
+            return Err(RulesError::invalid(
+                at("write_cache"),
+                format!("{:?}: use client-ram, server or server-persistent", v.write_cache),
+            ));
+        };
+        boots.push(Boot::Vdisk(VdiskBoot {
+            disk: Some(parse_file_ref(&v.disk, &at("disk"))?),
+            kernel: Some(parse_file_ref(&v.kernel, &at("kernel"))?),
+            initrds,
+            cmdline: v.cmdline,
+            write_cache: write_cache.into(),
+            root_fs_type: v.root_fs_type,
+        }));
     }
     if p.local {
         boots.push(Boot::Local(LocalBoot {}));
@@ -237,7 +302,7 @@ fn image_profile(p: ImageProfileSpec, path: &str) -> Result<ImageProfile, RulesE
     if boots.len() != 1 {
         return Err(RulesError::invalid(
             path,
-            "give exactly one of kernel, script, sanboot, nbd, local: true, ignore: true",
+            "give exactly one of kernel, script, sanboot, vdisk, local: true, ignore: true",
         ));
     }
     Ok(ImageProfile { name: p.name, description: p.description, boot: boots.pop() })
@@ -423,6 +488,15 @@ host_profile = "db"
             ("image_profiles: [{name: a, local: true, ignore: true}]", "image_profiles[0]"),
             ("image_profiles: [{name: a, lcoal: true}]", "image_profiles[0].lcoal"),
             ("colour: red", "colour"),
+            ("image_profiles: [{name: a, nbd: d/1/root.ext4}]", "image_profiles[0].nbd"),
+            (
+                "image_profiles: [{name: a, vdisk: {disk: d/1/r, kernel: d/1/k, write_cache: ram}}]",
+                "image_profiles[0].vdisk.write_cache",
+            ),
+            (
+                "image_profiles: [{name: a, vdisk: {disk: r, kernel: d/1/k, write_cache: server}}]",
+                "image_profiles[0].vdisk.disk",
+            ),
         ];
         for (text, path) in cases {
             match parse(text, Format::Yaml) {
@@ -431,6 +505,23 @@ host_profile = "db"
                 }
                 other => panic!("{text}: expected an error at {path}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_vdisk_profile_names_its_disk_kernel_and_write_cache() {
+        use bootfleet_proto::v1::WriteCache;
+        let text = "image_profiles:\n  - name: desktops\n    vdisk:\n      disk: win/7/root.ext4\n      \
+                    kernel: win/7/vmlinuz\n      initrds: [win/7/vdisk-initrd.img]\n      \
+                    cmdline: console=ttyS0\n      write_cache: client-ram\n";
+        let m = parse(text, Format::Yaml).unwrap();
+        let Some(image_profile::Boot::Vdisk(v)) = &m.image_profiles[0].boot else { panic!("{m:?}") };
+        assert_eq!(v.disk.as_ref().unwrap().file, "root.ext4");
+        assert_eq!(v.initrds.len(), 1);
+        assert_eq!(v.write_cache(), WriteCache::ClientRam);
+        assert_eq!(write_cache_name(v.write_cache), "client-ram");
+        for name in ["client-ram", "server", "server-persistent"] {
+            assert_eq!(write_cache_name(parse_write_cache(name).unwrap().into()), name);
         }
     }
 

@@ -180,7 +180,15 @@ pub fn file_refs(profile: &ImageProfile) -> Vec<(FileRef, String)> {
             refs
         }
         Some(Boot::Sanboot(s)) => s.disk.iter().map(|f| (f.clone(), "sanboot.disk".to_owned())).collect(),
-        Some(Boot::Nbd(n)) => n.vdisk.iter().map(|f| (f.clone(), "nbd.vdisk".to_owned())).collect(),
+        Some(Boot::Vdisk(v)) => {
+            let mut refs: Vec<(FileRef, String)> =
+                v.disk.iter().map(|f| (f.clone(), "vdisk.disk".to_owned())).collect();
+            refs.extend(v.kernel.iter().map(|f| (f.clone(), "vdisk.kernel".to_owned())));
+            for (i, initrd) in v.initrds.iter().enumerate() {
+                refs.push((initrd.clone(), format!("vdisk.initrds[{i}]")));
+            }
+            refs
+        }
         _ => Vec::new(),
     }
 }
@@ -198,6 +206,49 @@ pub fn combine(source: &str, mut problems: Vec<RulesError>) -> Option<RulesError
             Some(RulesError::invalid(source, format!("{n} problems:\n{}", lines.join("\n"))))
         }
     }
+}
+
+/// A vDisk profile: its files, its command line, and a write cache this
+/// release serves.
+fn check_vdisk(v: &bootfleet_proto::v1::VdiskBoot) -> Result<(), RulesError> {
+    use bootfleet_proto::v1::WriteCache;
+    check_file_ref(v.disk.as_ref(), "vdisk.disk")?;
+    check_file_ref(v.kernel.as_ref(), "vdisk.kernel")?;
+    if v.initrds.is_empty() {
+        return Err(RulesError::invalid(
+            "vdisk.initrds",
+            "needs Bootfleet's vDisk initramfs (scripts/boot-assets.sh builds vdisk-initrd.img)",
+        ));
+    }
+    for (i, initrd) in v.initrds.iter().enumerate() {
+        check_file_ref(Some(initrd), &format!("vdisk.initrds[{i}]"))?;
+    }
+    check_cmdline_template(&v.cmdline, "vdisk.cmdline")?;
+    const OWN: [&str; 4] =
+        ["bootfleet.nbd=", "bootfleet.export=", "bootfleet.cache=", "bootfleet.rootfstype="];
+    if let Some(word) = v.cmdline.split_whitespace().find(|word| OWN.iter().any(|own| word.starts_with(own)))
+    {
+        return Err(RulesError::invalid(
+            "vdisk.cmdline",
+            format!("{word}: the boot script sets bootfleet.nbd, .export, .cache and .rootfstype itself"),
+        ));
+    }
+    match WriteCache::try_from(v.write_cache) {
+        Ok(WriteCache::ClientRam | WriteCache::Server) => {}
+        Ok(WriteCache::ServerPersistent) => {
+            return Err(RulesError::invalid(
+                "vdisk.write_cache",
+                "server-persistent is not available yet: use client-ram or server",
+            ));
+        }
+        Ok(WriteCache::Unspecified) | Err(_) => {
+            return Err(RulesError::invalid("vdisk.write_cache", "use client-ram or server"));
+        }
+    }
+    if !v.root_fs_type.is_empty() && !v.root_fs_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(RulesError::invalid("vdisk.root_fs_type", "a filesystem type such as ext4 or xfs"));
+    }
+    Ok(())
 }
 
 fn check_file_ref(f: Option<&FileRef>, path: &str) -> Result<(), RulesError> {
@@ -233,7 +284,7 @@ pub fn check_object(object: &ProfileObject) -> Result<(ProfileKind, String), Rul
                 None => {
                     return Err(RulesError::invalid(
                         "boot",
-                        "give kernel, script, sanboot, nbd, local or ignore",
+                        "give kernel, script, sanboot, vdisk, local or ignore",
                     ));
                 }
                 Some(Boot::Kernel(k)) => {
@@ -250,7 +301,7 @@ pub fn check_object(object: &ProfileObject) -> Result<(ProfileKind, String), Rul
                     check_template(&s.script, "script")?;
                 }
                 Some(Boot::Sanboot(s)) => check_file_ref(s.disk.as_ref(), "sanboot.disk")?,
-                Some(Boot::Nbd(n)) => check_file_ref(n.vdisk.as_ref(), "nbd.vdisk")?,
+                Some(Boot::Vdisk(v)) => check_vdisk(v)?,
                 Some(Boot::Local(_) | Boot::Ignore(_)) => {}
             }
             Ok((ProfileKind::Image, p.name.clone()))
@@ -392,6 +443,46 @@ mod tests {
             })),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_vdisk_profile_needs_its_initramfs_and_a_write_cache_served_today() {
+        use bootfleet_proto::v1::{ProfileObject, VdiskBoot, WriteCache, profile_object};
+        let file = |f: &str| FileRef { image: "golden".into(), version: "1".into(), file: f.into() };
+        let check = |change: &dyn Fn(&mut VdiskBoot)| {
+            let mut vdisk = VdiskBoot {
+                disk: Some(file("root.ext4")),
+                kernel: Some(file("vmlinuz")),
+                initrds: vec![file("vdisk-initrd.img")],
+                cmdline: "console=ttyS0".into(),
+                write_cache: WriteCache::ClientRam.into(),
+                root_fs_type: String::new(),
+            };
+            change(&mut vdisk);
+            let profile = ImageProfile {
+                name: "p".into(),
+                boot: Some(image_profile::Boot::Vdisk(vdisk)),
+                ..Default::default()
+            };
+            let object =
+                ProfileObject { object: Some(profile_object::Object::Image(profile)), ..Default::default() };
+            check_object(&object).map(drop).map_err(|e| match e {
+                RulesError::Invalid { field, .. } => field,
+                other => other.to_string(),
+            })
+        };
+        assert_eq!(check(&|_| {}), Ok(()));
+        assert_eq!(check(&|v| v.write_cache = WriteCache::Server.into()), Ok(()));
+        assert_eq!(check(&|v| v.initrds.clear()), Err("vdisk.initrds".into()));
+        assert_eq!(check(&|v| v.disk = None), Err("vdisk.disk".into()));
+        assert_eq!(
+            check(&|v| v.write_cache = WriteCache::ServerPersistent.into()),
+            Err("vdisk.write_cache".into())
+        );
+        assert_eq!(check(&|v| v.write_cache = 0), Err("vdisk.write_cache".into()));
+        assert_eq!(check(&|v| v.cmdline = "quiet bootfleet.nbd=x:1".into()), Err("vdisk.cmdline".into()));
+        assert_eq!(check(&|v| v.cmdline = "bootfleet.then=reboot".into()), Ok(()));
+        assert_eq!(check(&|v| v.root_fs_type = "ext4 rw".into()), Err("vdisk.root_fs_type".into()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One-line descriptions of rules and decisions for tables.
 
 use bootfleet_proto::v1 as pb;
+use bootfleet_rules_engine::manifest::write_cache_name;
 use pb::{condition, image_profile, r#match};
 
 /// A match expression in compact text: `mac=52:54:00:* & arch in {bios,efi-x64}`.
@@ -63,7 +64,12 @@ pub(crate) fn boot(profile: &pb::ImageProfile) -> String {
         Some(image_profile::Boot::Kernel(k)) => format!("kernel {}", file(&k.kernel)),
         Some(image_profile::Boot::Script(_)) => "ipxe script".into(),
         Some(image_profile::Boot::Sanboot(s)) => format!("sanboot {}", file(&s.disk)),
-        Some(image_profile::Boot::Nbd(n)) => format!("nbd {}", file(&n.vdisk)),
+        Some(image_profile::Boot::Vdisk(v)) => format!(
+            "vdisk {} ({}, kernel {})",
+            file(&v.disk),
+            write_cache_name(v.write_cache),
+            file(&v.kernel)
+        ),
         Some(image_profile::Boot::Local(_)) => "local disk".into(),
         Some(image_profile::Boot::Ignore(_)) => "ignore".into(),
         None => "-".into(),

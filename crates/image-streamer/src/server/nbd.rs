@@ -11,19 +11,23 @@
 //! under a running client.
 
 mod host;
+mod lease_check;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bootfleet_core::log_limit::LogLimit;
+use bootfleet_core::snapshot::SnapshotCache;
 use bootfleet_nbd::export::{Client, Export, Exports, FileExport};
 use bootfleet_nbd::metrics::NbdMetrics;
 use bootfleet_nbd::options::ExportInfo;
 use bootfleet_nbd::overlay::{WriteCaches, cow_info};
 use bootfleet_nbd::session::{Listing, Refusal};
-use bootfleet_proto::v1::{FileRef, HostFacts, image_profile};
+use bootfleet_proto::v1::{FileRef, HostFacts, Lease, WriteCache, image_profile};
 use bootfleet_rules_engine::facts::Facts;
+use prost::Message;
 
 use self::host::{HostCaches, HostName};
 use super::Streamer;
@@ -34,10 +38,15 @@ const HOST_CACHE_CAP_BYTES: u64 = 16 << 30;
 /// Hosts with a `server` write cache on one replica. Not configurable yet.
 const MAX_HOST_CACHES: usize = 4096;
 
+/// Where the DHCP leader keeps leases (full mode), keyed by address.
+pub(crate) const LEASES_PREFIX: &str = "/bootfleet/v1/leases/";
+
 /// Exports resolved from the catalog and this replica's files.
 pub(crate) struct CatalogExports {
     streamer: Arc<Streamer>,
     hosts: HostCaches,
+    /// DHCP leases: who may open a `host/<mac>` export ([`lease_check`]).
+    leases: SnapshotCache,
 }
 
 impl CatalogExports {
@@ -47,10 +56,29 @@ impl CatalogExports {
         streamer: Arc<Streamer>,
         data_dir: &Path,
         metrics: Arc<NbdMetrics>,
+        leases: SnapshotCache,
     ) -> std::io::Result<Self> {
         let caches =
             WriteCaches::new(&data_dir.join("write-caches"), HOST_CACHE_CAP_BYTES, MAX_HOST_CACHES, metrics)?;
-        Ok(Self { streamer, hosts: HostCaches::new(caches) })
+        Ok(Self { streamer, hosts: HostCaches::new(caches), leases })
+    }
+
+    /// Refuses `host` to a client whose address does not hold its lease,
+    /// where leases are known.
+    fn check_lease(&self, host: &HostName<'_>, client: &Client) -> Result<(), Refusal> {
+        let leases: Vec<Lease> = self
+            .leases
+            .list(LEASES_PREFIX)
+            .iter()
+            .filter_map(|kv| Lease::decode(kv.value.as_slice()).ok())
+            .collect();
+        lease_check::check(&leases, &host.mac, client.peer.ip(), now_ms()).map_err(|reason| {
+            static REFUSED: LogLimit = LogLimit::default_limit();
+            if let Some(similar_left_out) = REFUSED.admit() {
+                tracing::warn!(host = %host.mac, peer = %client.peer, %reason, similar_left_out, "host export refused");
+            }
+            Refusal::Policy(format!("host/{}: {reason}", host.mac))
+        })
     }
 
     /// Opens a catalog file read-only (`name` is for the log).
@@ -83,18 +111,23 @@ impl CatalogExports {
         }
     }
 
-    /// The golden disk `host` boots from now: the vDisk of the `nbd` image
-    /// profile its rules decision names, opened read-only.
+    /// The golden disk `host` boots from now: the disk of the `vdisk` image
+    /// profile its rules decision names, with a `server` write cache,
+    /// opened read-only.
     async fn host_base(&self, host: &HostName<'_>, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
         let facts = HostFacts { mac: host.mac.clone(), ipv4: client_ipv4(client), ..HostFacts::default() };
         let facts = Facts::from_proto(&facts).map_err(|_| Refusal::Unknown)?;
         let decision = self.streamer.rules.decide(&facts, now_ms());
         let vdisk = match decision.image_profile.and_then(|p| p.boot) {
-            Some(image_profile::Boot::Nbd(nbd)) => nbd.vdisk,
+            // client-ram hosts open the golden disk itself, read-only.
+            Some(image_profile::Boot::Vdisk(v)) if v.write_cache() != WriteCache::ClientRam => v.disk,
             _ => None,
         };
         let Some(vdisk) = vdisk else {
-            return Err(Refusal::Policy(format!("the rules do not boot {} from a vDisk", host.mac)));
+            return Err(Refusal::Policy(format!(
+                "the rules do not boot {} from a vDisk with a server write cache",
+                host.mac
+            )));
         };
         let name = format!("{}/{}/{}", vdisk.image, vdisk.version, vdisk.file);
         self.open_file(&vdisk, &name).await
@@ -145,6 +178,7 @@ impl Exports for CatalogExports {
     async fn describe(&self, name: &str, client: &Client) -> Result<ExportInfo, Refusal> {
         if let Some(host) = host::parse(name) {
             let host = host?;
+            self.check_lease(&host, client)?;
             if let Some(cache) = self.hosts.current(&host) {
                 return Ok(cache.info());
             }
@@ -157,6 +191,7 @@ impl Exports for CatalogExports {
     async fn open(&self, name: &str, client: &Client) -> Result<Arc<dyn Export>, Refusal> {
         if let Some(host) = host::parse(name) {
             let host = host?;
+            self.check_lease(&host, client)?;
             if let Some(cache) = self.hosts.current(&host) {
                 return Ok(cache);
             }

@@ -1075,8 +1075,8 @@ pub struct KernelBoot {
     pub kernel: ::core::option::Option<FileRef>,
     #[prost(message, repeated, tag = "2")]
     pub initrds: ::prost::alloc::vec::Vec<FileRef>,
-    /// Command line template: ${host.KEY} (host profile values),
-    /// ${location.KEY}, ${facts.mac|uuid|serial|hostname|arch}.
+    /// Command line template: {{host.KEY}} (host profile values),
+    /// {{location.KEY}}, {{facts.FIELD}}; iPXE's own ${…} passes through.
     #[prost(string, tag = "3")]
     pub cmdline: ::prost::alloc::string::String,
 }
@@ -1098,14 +1098,32 @@ pub struct SanBoot {
     #[prost(message, optional, tag = "1")]
     pub disk: ::core::option::Option<FileRef>,
 }
-/// Serve a read-only vDisk over NBD with a per-client write overlay.
+/// Run diskless from a golden disk over NBD (PVS's vDisk): iPXE loads the
+/// kernel and Bootfleet's vDisk initramfs over HTTP; the initramfs attaches
+/// the disk over NBD and mounts it as the root.
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct NbdBoot {
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VdiskBoot {
+    /// The golden disk: a root filesystem image of the catalog.
     #[prost(message, optional, tag = "1")]
-    pub vdisk: ::core::option::Option<FileRef>,
+    pub disk: ::core::option::Option<FileRef>,
+    #[prost(message, optional, tag = "2")]
+    pub kernel: ::core::option::Option<FileRef>,
+    /// Bootfleet's vDisk initramfs first (scripts/boot-assets.sh builds one).
+    #[prost(message, repeated, tag = "3")]
+    pub initrds: ::prost::alloc::vec::Vec<FileRef>,
+    /// More kernel arguments (template, as KernelBoot.cmdline); the boot
+    /// script adds bootfleet.nbd=, bootfleet.export=, bootfleet.cache= and
+    /// bootfleet.rootfstype=.
+    #[prost(string, tag = "4")]
+    pub cmdline: ::prost::alloc::string::String,
+    #[prost(enumeration = "WriteCache", tag = "5")]
+    pub write_cache: i32,
+    /// The root filesystem's type; empty means ext4.
+    #[prost(string, tag = "6")]
+    pub root_fs_type: ::prost::alloc::string::String,
 }
 /// Exit to firmware: boot the local (cached) disk.
 #[allow(clippy::all)]
@@ -1146,7 +1164,7 @@ pub mod image_profile {
         #[prost(message, tag = "5")]
         Sanboot(super::SanBoot),
         #[prost(message, tag = "6")]
-        Nbd(super::NbdBoot),
+        Vdisk(super::VdiskBoot),
         #[prost(message, tag = "7")]
         Local(super::LocalBoot),
         #[prost(message, tag = "8")]
@@ -1386,6 +1404,49 @@ pub struct HostRecord {
     /// record: kept under /bootfleet/v1/boots/<mac> and joined when read.
     #[prost(message, optional, tag = "5")]
     pub boot_status: ::core::option::Option<BootStatus>,
+}
+/// Where a diskless machine's writes go (PVS's write-cache types).
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum WriteCache {
+    /// Stored before write caches had a mode: `server`.
+    Unspecified = 0,
+    /// Read-only export; writes stay in the machine's RAM (an overlay in the
+    /// initramfs). Any replica serves any client.
+    ClientRam = 1,
+    /// A copy-on-write cache per client and boot on the serving replica's
+    /// disk, discarded at the next boot (PVS's "standard image").
+    Server = 2,
+    /// As `server`, kept across boots and mirrored to a second replica (PVS's
+    /// "private image"). Not available yet: apply refuses it.
+    ServerPersistent = 3,
+}
+impl WriteCache {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "WRITE_CACHE_UNSPECIFIED",
+            Self::ClientRam => "WRITE_CACHE_CLIENT_RAM",
+            Self::Server => "WRITE_CACHE_SERVER",
+            Self::ServerPersistent => "WRITE_CACHE_SERVER_PERSISTENT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "WRITE_CACHE_UNSPECIFIED" => Some(Self::Unspecified),
+            "WRITE_CACHE_CLIENT_RAM" => Some(Self::ClientRam),
+            "WRITE_CACHE_SERVER" => Some(Self::Server),
+            "WRITE_CACHE_SERVER_PERSISTENT" => Some(Self::ServerPersistent),
+            _ => None,
+        }
+    }
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
