@@ -287,6 +287,25 @@ fn server_cache_vm_writes_to_its_cache_until_it_reboots(lab: &Lab, value: &str) 
     assert_eq!(vdisk_markers(&console), [expected.as_str()], "first boot:\n{console}");
     // The guest synced its write: the streamer's write cache holds it.
     assert!(write_cache_bytes(lab) > 0, "nothing reached the write cache");
+    // The operator sees the cache, and the streamer's NBD service.
+    let caches = lab.cli(&["images", "caches", "--images-server", IMAGES, "-o", "json"]);
+    let caches: serde_json::Value = serde_json::from_slice(&caches.stdout).unwrap();
+    let host = caches["caches"].as_array().unwrap().iter().find(|c| c["mac"] == SERVER_CACHE_MAC);
+    assert!(host.is_some_and(|c| c["bytes"].as_u64() > Some(0)), "{caches}");
+    let status = lab.cli(&["images", "status", "--images-server", IMAGES, "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let nbd = &status["nbd"][0];
+    assert_eq!(nbd["address"], NBD, "{status}");
+    assert!(nbd["sessions"].as_u64() >= Some(1) && nbd["bytes_read"].as_u64() > Some(0), "{status}");
+    let metrics = lab.server.run("curl", &["-sf", "http://127.0.0.1:9100/metrics"]).unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value("bootfleet_streamer_nbd_write_caches") >= 1.0, "{metrics}");
+    assert!(value("bootfleet_streamer_nbd_written_bytes_total") > 0.0, "{metrics}");
     // Anyone else naming the VM's MAC is refused: the server's address
     // holds no lease, and the VM's lease is elsewhere.
     let url = format!("nbd://{NBD}/host/{SERVER_CACHE_MAC}/someone-else");

@@ -21,8 +21,56 @@ pub const BLOB_ATTRIBUTE: &str = "blob.";
 /// Member attribute: the replica's NBD address (`host:port`), when it
 /// serves NBD.
 pub const NBD_ATTRIBUTE: &str = "nbd";
-/// Member attribute: the replica's open NBD sessions, as last published.
-pub const NBD_SESSIONS_ATTRIBUTE: &str = "nbd_sessions";
+// Member attributes: the replica's NBD counters, as last published
+// ([`NbdPublished`]).
+const NBD_SESSIONS_ATTRIBUTE: &str = "nbd_sessions";
+const NBD_READ_ATTRIBUTE: &str = "nbd_read_bytes";
+const NBD_WRITTEN_ATTRIBUTE: &str = "nbd_written_bytes";
+const NBD_CACHE_BYTES_ATTRIBUTE: &str = "nbd_write_cache_bytes";
+const NBD_CACHES_ATTRIBUTE: &str = "nbd_write_caches";
+
+/// A replica's NBD service as its member record shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NbdPublished {
+    /// `host:port`.
+    pub address: String,
+    /// Sessions open.
+    pub sessions: u64,
+    /// Bytes read from its exports, ever.
+    pub bytes_read: u64,
+    /// Bytes written to its exports, ever.
+    pub bytes_written: u64,
+    /// Bytes its hosts' write caches hold.
+    pub cache_bytes: u64,
+    /// Hosts with a write cache there.
+    pub caches: u64,
+}
+
+impl NbdPublished {
+    /// The attributes that publish it.
+    pub fn attributes(&self) -> [(&'static str, String); 6] {
+        [
+            (NBD_ATTRIBUTE, self.address.clone()),
+            (NBD_SESSIONS_ATTRIBUTE, self.sessions.to_string()),
+            (NBD_READ_ATTRIBUTE, self.bytes_read.to_string()),
+            (NBD_WRITTEN_ATTRIBUTE, self.bytes_written.to_string()),
+            (NBD_CACHE_BYTES_ATTRIBUTE, self.cache_bytes.to_string()),
+            (NBD_CACHES_ATTRIBUTE, self.caches.to_string()),
+        ]
+    }
+
+    fn from_attributes(attributes: &HashMap<String, String>) -> Option<Self> {
+        let number = |key: &str| attributes.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(Self {
+            address: attributes.get(NBD_ATTRIBUTE)?.clone(),
+            sessions: number(NBD_SESSIONS_ATTRIBUTE),
+            bytes_read: number(NBD_READ_ATTRIBUTE),
+            bytes_written: number(NBD_WRITTEN_ATTRIBUTE),
+            cache_bytes: number(NBD_CACHE_BYTES_ATTRIBUTE),
+            caches: number(NBD_CACHES_ATTRIBUTE),
+        })
+    }
+}
 
 /// Key of an image version.
 pub fn version_key(image: &str, version: &str) -> String {
@@ -88,10 +136,8 @@ pub struct Replica {
     pub url: String,
     /// Files by digest.
     pub files: HashMap<String, FileState>,
-    /// NBD address, when it serves NBD.
-    pub nbd: Option<String>,
-    /// Open NBD sessions, as last published.
-    pub nbd_sessions: u64,
+    /// Its NBD service, when it serves NBD.
+    pub nbd: Option<NbdPublished>,
 }
 
 impl Replica {
@@ -103,10 +149,8 @@ impl Replica {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(BLOB_ATTRIBUTE)?.to_owned(), FileState::parse(v)?)))
             .collect();
-        let nbd = member.attributes.get(NBD_ATTRIBUTE).cloned();
-        let nbd_sessions =
-            member.attributes.get(NBD_SESSIONS_ATTRIBUTE).and_then(|n| n.parse().ok()).unwrap_or(0);
-        Some(Self { id: member.id.clone(), url, files, nbd, nbd_sessions })
+        let nbd = NbdPublished::from_attributes(&member.attributes);
+        Some(Self { id: member.id.clone(), url, files, nbd })
     }
 
     /// Whether it serves `sha`.
@@ -306,13 +350,8 @@ mod tests {
     fn version_state_is_the_worst_file() {
         let c = catalog();
         let v = c.version("tiny", "1").unwrap();
-        let mut replica = Replica {
-            id: "r".into(),
-            url: "http://x".into(),
-            files: HashMap::new(),
-            nbd: None,
-            nbd_sessions: 0,
-        };
+        let mut replica =
+            Replica { id: "r".into(), url: "http://x".into(), files: HashMap::new(), nbd: None };
         replica.files.insert("a".repeat(64), FileState::Present);
         assert_eq!(version_state(v, &replica), (FileState::Missing, 1));
         replica.files.insert("b".repeat(64), FileState::Pulling);

@@ -132,3 +132,98 @@ pub static REPORTS_PENDING_HOSTS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Exports the NBD service's counters (kept by `bootfleet-nbd` as plain
+/// atomics) and its write caches at each scrape. Registered once, when the
+/// replica serves NBD.
+pub(crate) fn register_nbd(
+    metrics: std::sync::Arc<bootfleet_nbd::metrics::NbdMetrics>,
+    hosts: std::sync::Arc<crate::server::nbd::HostCaches>,
+) {
+    let collector = NbdCollector { metrics, hosts };
+    if let Err(e) = prometheus::register(Box::new(collector)) {
+        tracing::warn!(error = %e, "NBD metrics not registered");
+    }
+}
+
+struct NbdCollector {
+    metrics: std::sync::Arc<bootfleet_nbd::metrics::NbdMetrics>,
+    hosts: std::sync::Arc<crate::server::nbd::HostCaches>,
+}
+
+/// The collector's metrics: name, help, and whether it is a counter.
+const NBD_METRICS: [(&str, &str, bool); 8] = [
+    ("bootfleet_streamer_nbd_sessions", "NBD sessions open now", false),
+    ("bootfleet_streamer_nbd_sessions_total", "NBD sessions opened", true),
+    (
+        "bootfleet_streamer_nbd_connections_refused_total",
+        "NBD connections refused at the connection cap",
+        true,
+    ),
+    ("bootfleet_streamer_nbd_read_bytes_total", "Bytes read from NBD exports", true),
+    ("bootfleet_streamer_nbd_written_bytes_total", "Bytes written to NBD exports", true),
+    ("bootfleet_streamer_nbd_request_errors_total", "NBD requests answered with an error", true),
+    ("bootfleet_streamer_nbd_write_cache_bytes", "Bytes the hosts' write caches hold on disk", false),
+    ("bootfleet_streamer_nbd_write_caches", "Hosts with a write cache on this replica", false),
+];
+
+impl prometheus::core::Collector for NbdCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        static DESCS: LazyLock<Vec<prometheus::core::Desc>> = LazyLock::new(|| {
+            NBD_METRICS
+                .iter()
+                .map(|(name, help, _)| {
+                    prometheus::core::Desc::new(
+                        (*name).into(),
+                        (*help).into(),
+                        Vec::new(),
+                        Default::default(),
+                    )
+                    .expect("valid metric description")
+                })
+                .collect()
+        });
+        DESCS.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = self.metrics.snapshot();
+        let usage = self.hosts.usage();
+        let cache_bytes: u64 = usage.iter().map(|(_, _, bytes)| bytes).sum();
+        let values = [
+            now.sessions_active,
+            now.sessions_opened,
+            now.connections_refused,
+            now.bytes_read,
+            now.bytes_written,
+            now.request_errors,
+            cache_bytes,
+            usage.len() as u64,
+        ];
+        NBD_METRICS
+            .iter()
+            .zip(values)
+            .map(|((name, help, counter), value)| {
+                let mut metric = prometheus::proto::Metric::default();
+                let mut family = prometheus::proto::MetricFamily::default();
+                family.set_name((*name).into());
+                family.set_help((*help).into());
+                #[allow(clippy::cast_precision_loss, reason = "Prometheus values are floats")]
+                let value = value as f64;
+                if *counter {
+                    let mut c = prometheus::proto::Counter::default();
+                    c.set_value(value);
+                    metric.set_counter(c);
+                    family.set_field_type(prometheus::proto::MetricType::COUNTER);
+                } else {
+                    let mut g = prometheus::proto::Gauge::default();
+                    g.set_value(value);
+                    metric.set_gauge(g);
+                    family.set_field_type(prometheus::proto::MetricType::GAUGE);
+                }
+                family.mut_metric().push(metric);
+                family
+            })
+            .collect()
+    }
+}

@@ -5,7 +5,7 @@ mod api;
 pub mod config;
 mod http;
 mod loaders;
-mod nbd;
+pub(crate) mod nbd;
 mod replicate;
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::config::{StreamerArgs, StreamerConfig};
 use crate::blobs::BlobStore;
 use crate::catalog::{Catalog, IMAGES_PREFIX, NBD_ATTRIBUTE, Replica, SERVICE, replicas_of};
+use crate::metrics;
 use crate::reports::Reporter;
 use crate::script::{Sources, Templates};
 
@@ -51,12 +52,30 @@ pub(crate) struct Streamer {
     peer_turn: std::sync::atomic::AtomicUsize,
 }
 
+impl NbdEndpoint {
+    /// What the member record publishes of it.
+    pub(crate) fn published(&self) -> crate::catalog::NbdPublished {
+        let now = self.metrics.snapshot();
+        let usage = self.hosts.usage();
+        crate::catalog::NbdPublished {
+            address: self.address.clone(),
+            sessions: now.sessions_active,
+            bytes_read: now.bytes_read,
+            bytes_written: now.bytes_written,
+            cache_bytes: usage.iter().map(|(_, _, bytes)| bytes).sum(),
+            caches: usage.len() as u64,
+        }
+    }
+}
+
 /// This replica's NBD service as boot scripts name it.
 pub(crate) struct NbdEndpoint {
     /// `host:port` clients reach it at: the public URL's host, the NBD port.
     pub(crate) address: String,
     /// Its sessions and bytes.
     pub(crate) metrics: Arc<bootfleet_nbd::metrics::NbdMetrics>,
+    /// The hosts' `server` write caches.
+    pub(crate) hosts: Arc<nbd::HostCaches>,
 }
 
 impl Streamer {
@@ -135,10 +154,10 @@ impl Sources for Streamer {
             candidates.push((nbd.metrics.snapshot().sessions_active, false, nbd.address.clone()));
         }
         for r in self.replicas().iter().filter(|r| r.id != self.member_id && r.has(&entry.sha256)) {
-            if let Some(address) = &r.nbd
-                && !candidates.iter().any(|(_, _, a)| a == address)
+            if let Some(nbd) = &r.nbd
+                && !candidates.iter().any(|(_, _, a)| *a == nbd.address)
             {
-                candidates.push((r.nbd_sessions, true, address.clone()));
+                candidates.push((nbd.sessions, true, nbd.address.clone()));
             }
         }
         candidates.sort_by_key(|(sessions, other, _)| (*sessions, *other));
@@ -186,10 +205,16 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     }
     let reporter = Reporter::start(ctx.store.clone(), Arc::clone(&rules), stop.clone());
     let nbd = match &nbd_listener {
-        Some(listener) => Some(NbdEndpoint {
-            address: nbd_public_address(&public_url, listener.local_addr()?.port())?,
-            metrics: Arc::default(),
-        }),
+        Some(listener) => {
+            let metrics = Arc::default();
+            let hosts = nbd::open_host_caches(&config.data_dir, config.write_caches, Arc::clone(&metrics))
+                .with_context(|| format!("opening the write caches in {}", config.data_dir.display()))?;
+            Some(NbdEndpoint {
+                address: nbd_public_address(&public_url, listener.local_addr()?.port())?,
+                metrics,
+                hosts: Arc::new(hosts),
+            })
+        }
         None => None,
     };
     let images = SnapshotCache::start(ctx.store.clone(), IMAGES_PREFIX, stop.clone());
@@ -233,9 +258,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         tracing::warn!("no admin token configured: uploads and catalog writes are refused");
     }
     let nbd_addr = match nbd_listener {
-        Some(listener) => {
-            Some(serve_nbd(listener, Arc::clone(&streamer), &config.data_dir, &ctx, stop.clone())?)
-        }
+        Some(listener) => Some(serve_nbd(listener, Arc::clone(&streamer), &ctx, stop.clone())?),
         None => None,
     };
     // Bound, and its snapshots registered: ready as soon as they load.
@@ -264,17 +287,16 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
 fn serve_nbd(
     listener: TcpListener,
     streamer: Arc<Streamer>,
-    data_dir: &std::path::Path,
     ctx: &ServiceContext,
     stop: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let address = listener.local_addr()?;
-    let metrics = streamer.nbd.as_ref().map(|nbd| Arc::clone(&nbd.metrics)).unwrap_or_default();
+    let endpoint = streamer.nbd.as_ref().context("NBD served without its endpoint")?;
+    let (metrics, hosts) = (Arc::clone(&endpoint.metrics), Arc::clone(&endpoint.hosts));
+    metrics::register_nbd(Arc::clone(&metrics), Arc::clone(&hosts));
     let leases = SnapshotCache::start(ctx.store.clone(), nbd::LEASES_PREFIX, stop.clone());
     ctx.health.track_snapshot("streamer.leases", &leases, stop.clone());
-    let exports = nbd::CatalogExports::new(streamer, data_dir, Arc::clone(&metrics), leases)
-        .with_context(|| format!("opening the write caches in {}", data_dir.display()))?;
-    let exports = Arc::new(exports);
+    let exports = Arc::new(nbd::CatalogExports::new(streamer, hosts, leases));
     let server =
         bootfleet_nbd::server::NbdServer::new(bootfleet_nbd::server::NbdConfig::default(), exports, metrics);
     ctx.shutdown.spawn(async move {

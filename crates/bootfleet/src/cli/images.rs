@@ -1,5 +1,6 @@
 //! `bootfleet images …`: push image versions to a streamer, list the
-//! catalog, show replication status per replica, delete versions.
+//! catalog, show replication status and NBD service per replica, list a
+//! replica's vDisk write caches, delete versions.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -39,8 +40,10 @@ enum ImagesAction {
         #[arg(add = ArgValueCandidates::new(complete::image_names))]
         image: Option<String>,
     },
-    /// Which versions each replica holds: present, pulling, missing or corrupt.
+    /// Which versions each replica holds (present, pulling, missing or corrupt), and each replica's NBD service.
     Status,
+    /// The hosts' vDisk write caches on the replica asked (`--images-server`).
+    Caches,
     /// Delete a version from the catalog (refused while the active rules use it).
     Rm {
         /// Image name.
@@ -133,6 +136,42 @@ pub(crate) async fn run(command: ImagesCommand, args: &ClientArgs) -> anyhow::Re
                         })
                         .collect();
                     print_table(&["REPLICA", "URL", "VERSION", "STATE", "FILES", "NEEDED"], &rows);
+                    if !status.nbd.is_empty() {
+                        super::say("");
+                        let rows: Vec<Vec<String>> = status
+                            .nbd
+                            .iter()
+                            .map(|n| {
+                                vec![
+                                    n.member_id.clone(),
+                                    n.address.clone(),
+                                    n.sessions.to_string(),
+                                    mib(n.bytes_read),
+                                    mib(n.bytes_written),
+                                    n.write_caches.to_string(),
+                                    mib(n.write_cache_bytes),
+                                ]
+                            })
+                            .collect();
+                        let header =
+                            ["REPLICA", "NBD", "SESSIONS", "READ", "WRITTEN", "CACHES", "CACHE BYTES"];
+                        print_table(&header, &rows);
+                    }
+                }
+            }
+        }
+        ImagesAction::Caches => {
+            let caches = client.list_write_caches(pb::ListWriteCachesRequest {}).await.map_err(explain)?;
+            let caches = caches.into_inner();
+            match args.output {
+                Output::Json | Output::Yaml => print_structured(args.output, &caches)?,
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = caches
+                        .caches
+                        .iter()
+                        .map(|c| vec![caches.member_id.clone(), c.mac.clone(), c.boot.clone(), mib(c.bytes)])
+                        .collect();
+                    print_table(&["REPLICA", "HOST", "BOOT", "BYTES"], &rows);
                 }
             }
         }

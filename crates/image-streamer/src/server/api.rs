@@ -307,6 +307,44 @@ impl ImageService for ImageApi {
             }
         }
         let needed = needs(&self.streamer.rules.engine(), &catalog).versions;
-        Ok(Response::new(pb::StatusResponse { states, needed }))
+        let mut nbd: Vec<pb::ReplicaNbd> = replicas
+            .iter()
+            .filter(|r| r.id != self.streamer.member_id)
+            .filter_map(|r| r.nbd.as_ref().map(|n| replica_nbd(&r.id, n)))
+            .collect();
+        // This replica's own figures are current, not as last published.
+        if let Some(own) = &self.streamer.nbd {
+            nbd.push(replica_nbd(&self.streamer.member_id, &own.published()));
+        }
+        nbd.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        Ok(Response::new(pb::StatusResponse { states, needed, nbd }))
+    }
+
+    async fn list_write_caches(
+        &self,
+        _request: Request<pb::ListWriteCachesRequest>,
+    ) -> Result<Response<pb::ListWriteCachesResponse>, Status> {
+        let caches = self
+            .streamer
+            .nbd
+            .as_ref()
+            .map(|nbd| nbd.hosts.usage())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(mac, boot, bytes)| pb::WriteCacheState { mac, boot, bytes })
+            .collect();
+        Ok(Response::new(pb::ListWriteCachesResponse { member_id: self.streamer.member_id.clone(), caches }))
+    }
+}
+
+fn replica_nbd(member_id: &str, n: &crate::catalog::NbdPublished) -> pb::ReplicaNbd {
+    pb::ReplicaNbd {
+        member_id: member_id.to_owned(),
+        address: n.address.clone(),
+        sessions: n.sessions,
+        bytes_read: n.bytes_read,
+        bytes_written: n.bytes_written,
+        write_cache_bytes: n.cache_bytes,
+        write_caches: n.caches,
     }
 }

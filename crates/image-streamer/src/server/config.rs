@@ -104,6 +104,8 @@ struct StreamerSection {
     http_header_timeout: Option<String>,
     http_idle_timeout: Option<String>,
     http_max_connections: Option<usize>,
+    nbd_write_cache_mib: Option<u64>,
+    nbd_max_write_caches: Option<usize>,
 }
 
 /// Validated streamer settings.
@@ -139,6 +141,30 @@ pub struct StreamerConfig {
     /// The `[rules]` host-record settings, which bind the host records this
     /// replica writes for the boot scripts it serves.
     pub records: HostRecordSettings,
+    /// Bounds on the hosts' `server` write caches on this replica.
+    pub write_caches: WriteCacheLimits,
+}
+
+/// Bounds on the hosts' `server` write caches of one replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteCacheLimits {
+    /// Bytes one host's cache may hold (`streamer.nbd_write_cache_mib`);
+    /// its writes past that fail with ENOSPC.
+    pub bytes_per_host: u64,
+    /// Hosts with a cache at once (`streamer.nbd_max_write_caches`); more
+    /// are refused their export.
+    pub hosts: usize,
+}
+
+impl WriteCacheLimits {
+    /// 16 GiB per host: a desktop's writes between two boots (logs, temp
+    /// files, updates) with room to spare, while a runaway writer cannot
+    /// fill the replica's disk alone.
+    pub const DEFAULT_MIB_PER_HOST: u64 = 16 << 10;
+    /// 4,096 hosts: a replica's disk at the default per-host cap is the
+    /// operator's to size; this bounds the open files and the memory
+    /// (one cluster map per host).
+    pub const DEFAULT_HOSTS: usize = 4096;
 }
 
 impl bootfleet_core::process::Components for StreamerConfig {
@@ -163,6 +189,7 @@ impl std::fmt::Debug for StreamerConfig {
             .field("record_decisions", &self.record_decisions)
             .field("http_limits", &self.http_limits)
             .field("records", &self.records)
+            .field("write_caches", &self.write_caches)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +209,7 @@ impl StreamerConfig {
     ) -> Result<Self, ConfigError> {
         let section: StreamerSection = service_section(core.file.streamer.as_ref(), "streamer")?;
         let http_limits = http_limits(&section)?;
+        let write_caches = write_cache_limits(&section)?;
         let listen = listen_address(
             args.listen.as_ref(),
             section.listen.as_ref(),
@@ -275,8 +303,22 @@ impl StreamerConfig {
             templates,
             http_limits,
             records: HostRecordSettings::load(core)?,
+            write_caches,
         })
     }
+}
+
+/// The write caches' bounds from `[streamer]`; errors name the key.
+fn write_cache_limits(section: &StreamerSection) -> Result<WriteCacheLimits, ConfigError> {
+    let mib = section.nbd_write_cache_mib.unwrap_or(WriteCacheLimits::DEFAULT_MIB_PER_HOST);
+    if mib == 0 || mib > 1 << 30 {
+        return Err(ConfigError::new("streamer.nbd_write_cache_mib", "must be between 1 and 1073741824"));
+    }
+    let hosts = section.nbd_max_write_caches.unwrap_or(WriteCacheLimits::DEFAULT_HOSTS);
+    if hosts == 0 {
+        return Err(ConfigError::new("streamer.nbd_max_write_caches", "must be at least 1"));
+    }
+    Ok(WriteCacheLimits { bytes_per_host: mib << 20, hosts })
 }
 
 /// The NBD address from the flag or `streamer.nbd_listen`: `IP:PORT`, or
@@ -353,5 +395,30 @@ mod tests {
         );
         let err = nbd_address(None, s("nbd.example:10809").as_ref()).unwrap_err();
         assert_eq!(err.key, "streamer.nbd_listen");
+    }
+
+    #[test]
+    fn write_cache_limits_have_defaults_and_bounds() {
+        let section = |mib: Option<u64>, hosts: Option<usize>| StreamerSection {
+            nbd_write_cache_mib: mib,
+            nbd_max_write_caches: hosts,
+            ..StreamerSection::default()
+        };
+        assert_eq!(
+            write_cache_limits(&section(None, None)).unwrap(),
+            WriteCacheLimits { bytes_per_host: 16 << 30, hosts: 4096 }
+        );
+        assert_eq!(
+            write_cache_limits(&section(Some(64), Some(2))).unwrap(),
+            WriteCacheLimits { bytes_per_host: 64 << 20, hosts: 2 }
+        );
+        assert_eq!(
+            write_cache_limits(&section(Some(0), None)).unwrap_err().key,
+            "streamer.nbd_write_cache_mib"
+        );
+        assert_eq!(
+            write_cache_limits(&section(None, Some(0))).unwrap_err().key,
+            "streamer.nbd_max_write_caches"
+        );
     }
 }

@@ -29,14 +29,23 @@ use bootfleet_proto::v1::{FileRef, HostFacts, Lease, WriteCache, image_profile};
 use bootfleet_rules_engine::facts::Facts;
 use prost::Message;
 
-use self::host::{HostCaches, HostName};
+pub(crate) use self::host::HostCaches;
+use self::host::HostName;
 use super::Streamer;
+use super::config::WriteCacheLimits;
 use crate::blobs::Lookup;
 
-/// Cap on one host's `server` write cache. Not configurable yet.
-const HOST_CACHE_CAP_BYTES: u64 = 16 << 30;
-/// Hosts with a `server` write cache on one replica. Not configurable yet.
-const MAX_HOST_CACHES: usize = 4096;
+/// The hosts' write caches in `data_dir/write-caches` (those of an earlier
+/// run are deleted: their boots' sessions are gone).
+pub(crate) fn open_host_caches(
+    data_dir: &Path,
+    limits: WriteCacheLimits,
+    metrics: Arc<NbdMetrics>,
+) -> std::io::Result<HostCaches> {
+    let caches =
+        WriteCaches::new(&data_dir.join("write-caches"), limits.bytes_per_host, limits.hosts, metrics)?;
+    Ok(HostCaches::new(caches))
+}
 
 /// Where the DHCP leader keeps leases (full mode), keyed by address.
 pub(crate) const LEASES_PREFIX: &str = "/bootfleet/v1/leases/";
@@ -44,23 +53,15 @@ pub(crate) const LEASES_PREFIX: &str = "/bootfleet/v1/leases/";
 /// Exports resolved from the catalog and this replica's files.
 pub(crate) struct CatalogExports {
     streamer: Arc<Streamer>,
-    hosts: HostCaches,
+    hosts: Arc<HostCaches>,
     /// DHCP leases: who may open a `host/<mac>` export ([`lease_check`]).
     leases: SnapshotCache,
 }
 
 impl CatalogExports {
-    /// Exports of `streamer`, hosts' write caches in `data_dir/write-caches`
-    /// (those of an earlier run are deleted: their boots' sessions are gone).
-    pub(crate) fn new(
-        streamer: Arc<Streamer>,
-        data_dir: &Path,
-        metrics: Arc<NbdMetrics>,
-        leases: SnapshotCache,
-    ) -> std::io::Result<Self> {
-        let caches =
-            WriteCaches::new(&data_dir.join("write-caches"), HOST_CACHE_CAP_BYTES, MAX_HOST_CACHES, metrics)?;
-        Ok(Self { streamer, hosts: HostCaches::new(caches), leases })
+    /// Exports of `streamer`, whose NBD endpoint holds the hosts' caches.
+    pub(crate) fn new(streamer: Arc<Streamer>, hosts: Arc<HostCaches>, leases: SnapshotCache) -> Self {
+        Self { streamer, hosts, leases }
     }
 
     /// Refuses `host` to a client whose address does not hold its lease,

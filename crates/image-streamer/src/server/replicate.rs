@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Streamer;
 use crate::blobs::{BlobStore, Resume};
-use crate::catalog::{BLOB_ATTRIBUTE, FileState, NBD_SESSIONS_ATTRIBUTE, needs};
+use crate::catalog::{BLOB_ATTRIBUTE, FileState, needs};
 use crate::metrics;
 
 /// Files pulled at once.
@@ -55,10 +55,10 @@ pub(super) async fn run(
         let mut attributes: BTreeMap<String, String> =
             states.iter().map(|(sha, s)| (format!("{BLOB_ATTRIBUTE}{sha}"), s.as_str().to_owned())).collect();
         // Boot scripts on every replica list NBD replicas least-loaded
-        // first: published at most once a round, when it changed.
+        // first, and `images status` shows each replica's NBD service:
+        // published at most once a round, when it changed.
         if let Some(nbd) = &streamer.nbd {
-            let sessions = nbd.metrics.snapshot().sessions_active;
-            attributes.insert(NBD_SESSIONS_ATTRIBUTE.to_owned(), sessions.to_string());
+            attributes.extend(nbd.published().attributes().map(|(k, v)| (k.to_owned(), v)));
         }
         if attributes != published {
             registration.update(|m| {

@@ -211,6 +211,63 @@ pub struct StatusResponse {
     /// Versions the active rule set needs.
     #[prost(string, repeated, tag = "2")]
     pub needed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Replicas serving NBD, as each last published (every few seconds).
+    #[prost(message, repeated, tag = "3")]
+    pub nbd: ::prost::alloc::vec::Vec<ReplicaNbd>,
+}
+/// One replica's NBD service.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplicaNbd {
+    #[prost(string, tag = "1")]
+    pub member_id: ::prost::alloc::string::String,
+    /// host:port, as boot scripts name it.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub sessions: u64,
+    #[prost(uint64, tag = "4")]
+    pub bytes_read: u64,
+    #[prost(uint64, tag = "5")]
+    pub bytes_written: u64,
+    /// Bytes the hosts' write caches hold on its disk.
+    #[prost(uint64, tag = "6")]
+    pub write_cache_bytes: u64,
+    #[prost(uint64, tag = "7")]
+    pub write_caches: u64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListWriteCachesRequest {}
+/// One host's write cache.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteCacheState {
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+    /// The boot it belongs to (the kernel's boot id the client named).
+    #[prost(string, tag = "2")]
+    pub boot: ::prost::alloc::string::String,
+    /// Bytes it holds on disk (allocated clusters).
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListWriteCachesResponse {
+    /// This replica.
+    #[prost(string, tag = "1")]
+    pub member_id: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub caches: ::prost::alloc::vec::Vec<WriteCacheState>,
 }
 /// Generated client implementations.
 pub mod image_service_client {
@@ -424,7 +481,8 @@ pub mod image_service_client {
                 .insert(GrpcMethod::new("bootfleet.v1.ImageService", "DeleteVersion"));
             self.inner.unary(req, path, codec).await
         }
-        /// Per replica and version: present, pulling, missing or corrupt.
+        /// Per replica and version: present, pulling, missing or corrupt; and
+        /// each replica's NBD service.
         pub async fn status(
             &mut self,
             request: impl tonic::IntoRequest<super::StatusRequest>,
@@ -444,6 +502,31 @@ pub mod image_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("bootfleet.v1.ImageService", "Status"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The hosts' `server` write caches on this replica.
+        pub async fn list_write_caches(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListWriteCachesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWriteCachesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.ImageService/ListWriteCaches",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.ImageService", "ListWriteCaches"));
             self.inner.unary(req, path, codec).await
         }
     }
@@ -495,11 +578,20 @@ pub mod image_service_server {
             tonic::Response<super::DeleteVersionResponse>,
             tonic::Status,
         >;
-        /// Per replica and version: present, pulling, missing or corrupt.
+        /// Per replica and version: present, pulling, missing or corrupt; and
+        /// each replica's NBD service.
         async fn status(
             &self,
             request: tonic::Request<super::StatusRequest>,
         ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+        /// The hosts' `server` write caches on this replica.
+        async fn list_write_caches(
+            &self,
+            request: tonic::Request<super::ListWriteCachesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWriteCachesResponse>,
+            tonic::Status,
+        >;
     }
     /// Uploads and catalog queries; served by every image-streamer replica.
     /// Writes need the admin bearer token.
@@ -834,6 +926,52 @@ pub mod image_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.ImageService/ListWriteCaches" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListWriteCachesSvc<T: ImageService>(pub Arc<T>);
+                    impl<
+                        T: ImageService,
+                    > tonic::server::UnaryService<super::ListWriteCachesRequest>
+                    for ListWriteCachesSvc<T> {
+                        type Response = super::ListWriteCachesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListWriteCachesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ImageService>::list_write_caches(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListWriteCachesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

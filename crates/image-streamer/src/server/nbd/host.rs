@@ -1,5 +1,5 @@
 //! A machine's own export, `host/<mac>[/<boot>]`: the vDisk its rules
-//! decision names (an `nbd` image profile), under that host's `server`
+//! decision names (a `vdisk` image profile), under that host's `server`
 //! write cache on this replica (PVS's "standard image": a copy-on-write
 //! overlay per host and per boot, the golden file never written).
 //!
@@ -13,10 +13,7 @@
 //! one. The server cannot tell boots apart by connections: a machine that
 //! resets leaves its old connection half-open.
 //!
-//! Trust: not checked yet. Anyone on the boot network who knows a MAC can
-//! open that host's export, read its writes, and by naming another boot
-//! discard them; the lease check (the source address must hold the MAC's
-//! current lease) is still to come.
+//! Who may open it is checked before (`lease_check`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -76,6 +73,19 @@ impl HostCaches {
     /// Cluster size of the caches.
     pub(crate) fn cluster_size(&self) -> u64 {
         self.caches.cluster_size()
+    }
+
+    /// Each host's cache: MAC, the boot it belongs to, bytes it holds.
+    pub(crate) fn usage(&self) -> Vec<(String, String, u64)> {
+        let boots = self.boots.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        self.caches
+            .usage()
+            .into_iter()
+            .map(|(mac, bytes)| {
+                let boot = boots.get(&mac).cloned().unwrap_or_default();
+                (mac, boot, bytes)
+            })
+            .collect()
     }
 
     /// The cache `host` reconnects to: its current one, if `host` names no
