@@ -18,7 +18,8 @@
 #                                        images load, and their load order
 #   vdisk-initrd.img                     the vDisk initramfs: /init is
 #                                        boot/initramfs/bootfleet-vdisk.sh,
-#                                        with nbd-client and nbd.ko, ext4.ko,
+#                                        with bootfleet-nbd-attach (built
+#                                        here) and nbd.ko, ext4.ko,
 #                                        overlay.ko (root over NBD; writes in
 #                                        RAM or the streamer's write cache)
 #   vdisk-root.ext4                      a golden root filesystem for it: its
@@ -36,7 +37,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need=()
 for pkg in qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio syslinux mtools dosfstools \
-  kmod nbd-client e2fsprogs; do
+  kmod e2fsprogs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -149,16 +150,20 @@ chmod 755 "$stage/init"
 (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -9 > "$out/initrd.img")
 rm -rf "$stage"
 
-# The vDisk initramfs: busybox, nbd-client, the modules, and Bootfleet's
-# module as /init. nbd-client is Debian's, copied with the libraries ldd
-# names: a real, maintained client that negotiates NBD_OPT_GO and hands the
-# socket to the kernel over netlink; the price is its libraries (GnuTLS and
-# what it pulls in) in the initramfs.
+# The vDisk initramfs: busybox, bootfleet-nbd-attach, the modules, and
+# Bootfleet's module as /init. bootfleet-nbd-attach (crates/nbd) negotiates
+# the export, hands the socket to the kernel over netlink and moves it to
+# another replica when the connection dies; it is copied with the
+# libraries ldd names.
+cargo build --release --quiet -p bootfleet-nbd --bin bootfleet-nbd-attach
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+attach_bin=$target_dir/release/bootfleet-nbd-attach
 stage=$(mktemp -d)
 mkdir -p "$stage"/{bin,sbin,dev,proc,sys,run,lib/modules}
 cp /bin/busybox "$stage/bin/busybox"
-cp /usr/sbin/nbd-client "$stage/sbin/nbd-client"
-for lib in $(ldd /usr/sbin/nbd-client | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+cp "$attach_bin" "$stage/sbin/bootfleet-nbd-attach"
+strip "$stage/sbin/bootfleet-nbd-attach" 2>/dev/null || true
+for lib in $(ldd "$attach_bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
   mkdir -p "$stage$(dirname "$lib")"
   cp -L "$lib" "$stage$lib"
 done

@@ -10,6 +10,14 @@
 #                                           host/<mac> for server
 #   bootfleet.cache=client-ram|server       the write cache (PVS's names)
 #   bootfleet.rootfstype=ext4               the root filesystem (default ext4)
+#   bootfleet.nbd-timeout=SECONDS           a request unanswered this long
+#                                           means its connection is dead
+#                                           (default 1)
+#   bootfleet.nbd-dead-timeout=SECONDS      how long I/O waits for any
+#                                           replica before it fails
+#                                           (default 3600)
+#   bootfleet.ip=ADDRESS/PREFIX             a static address for eth0
+#                                           instead of DHCP
 #
 # client-ram: the export is read-only, every write lands in a tmpfs overlaid
 # on it (overlayfs), so nothing is stored on the server, any replica can
@@ -19,8 +27,17 @@
 # the kernel's boot id to the name (host/<mac>/<boot id>), which tells the
 # streamer a new boot (a fresh cache) from a reconnect.
 #
-# The initramfs holds busybox (/bin/busybox), nbd-client with its libraries,
-# and the kernel modules under /lib/modules in load order
+# Replicas: /sbin/bootfleet-nbd-attach attaches /dev/nbd0 to the first
+# replica that serves the export and stays in the background (it outlives
+# switch_root). When the connection dies, the kernel holds the device's
+# I/O and tells it (NBD_CMD_LINK_DEAD over netlink); it negotiates the
+# export with the next replica and hands the kernel the new socket
+# (NBD_CMD_RECONFIGURE), so applications see a pause, not an I/O error.
+# client-ram moves to any replica (they all hold the same read-only
+# file); server stays with its replica, where its write cache is.
+#
+# The initramfs holds busybox (/bin/busybox), bootfleet-nbd-attach with its
+# libraries, and the kernel modules under /lib/modules in load order
 # (/lib/modules/order, dependencies first). scripts/boot-assets.sh builds it.
 bb=/bin/busybox
 
@@ -46,20 +63,26 @@ replicas=
 export_name=
 cache=client-ram
 fstype=ext4
+nbd_timeout=1
+nbd_dead_timeout=3600
+static_ip=
 for word in $($bb cat /proc/cmdline); do
   case "$word" in
     bootfleet.nbd=*) replicas="${word#bootfleet.nbd=}" ;;
     bootfleet.export=*) export_name="${word#bootfleet.export=}" ;;
     bootfleet.cache=*) cache="${word#bootfleet.cache=}" ;;
     bootfleet.rootfstype=*) fstype="${word#bootfleet.rootfstype=}" ;;
+    bootfleet.nbd-timeout=*) nbd_timeout="${word#bootfleet.nbd-timeout=}" ;;
+    bootfleet.nbd-dead-timeout=*) nbd_dead_timeout="${word#bootfleet.nbd-dead-timeout=}" ;;
+    bootfleet.ip=*) static_ip="${word#bootfleet.ip=}" ;;
   esac
 done
 [ -n "$replicas" ] || fail "no bootfleet.nbd= on the kernel command line"
 [ -n "$export_name" ] || fail "no bootfleet.export= on the kernel command line"
 case "$cache" in
-  client-ram) readonly=-R ;;
+  client-ram) attach_mode=--read-only ;;
   server)
-    readonly=
+    attach_mode=--same-replica
     export_name="$export_name/$($bb cat /proc/sys/kernel/random/boot_id)"
     ;;
   *) fail "write cache '$cache' is not supported by this initramfs (client-ram or server)" ;;
@@ -74,37 +97,30 @@ while read -r module; do
   esac || fail "cannot load $module.ko"
 done < /lib/modules/order
 
-# The network: DHCP on eth0, retried (bounded: about a minute) while the
-# link comes up or the boot services answer late.
+# The network: the static address if the command line gives one, else
+# DHCP on eth0, retried (bounded: about a minute) while the link comes up
+# or the boot services answer late.
 $bb ifconfig lo 127.0.0.1 up
 $bb ifconfig eth0 up || fail "no eth0"
-leased=
-for attempt in $($bb seq 20); do
-  if $bb udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/dhcp-script >/dev/null 2>&1; then
-    leased=yes
-    break
-  fi
-done
-[ -n "$leased" ] || fail "no DHCP lease on eth0"
+if [ -n "$static_ip" ]; then
+  $bb ip addr add "$static_ip" dev eth0 || fail "cannot give eth0 the address $static_ip"
+else
+  leased=
+  for attempt in $($bb seq 20); do
+    if $bb udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/dhcp-script >/dev/null 2>&1; then
+      leased=yes
+      break
+    fi
+  done
+  [ -n "$leased" ] || fail "no DHCP lease on eth0"
+fi
 
-# Attach /dev/nbd0 to the first replica that answers. nbd-client hands the
-# connected socket to the kernel over netlink and exits; in client-ram mode
-# -R (the export is read-only anyway) makes the block device read-only. The
-# timeout bounds a replica that is gone without a TCP reset.
-attached=
-for replica in $(echo "$replicas" | $bb tr ',' ' '); do
-  host="${replica%:*}"
-  port="${replica##*:}"
-  [ "$host" != "$replica" ] || port=10809
-  if $bb timeout 15 /sbin/nbd-client "$host" "$port" /dev/nbd0 -N "$export_name" $readonly -t 30 \
-      >/dev/null 2>&1; then
-    attached="$host:$port"
-    break
-  fi
-  say "replica $host:$port did not serve $export_name; trying the next"
-done
-[ -n "$attached" ] || fail "no replica in '$replicas' serves $export_name"
-say "attached $export_name from $attached"
+# Attach /dev/nbd0 to the first replica that serves the export (it says
+# which on the console, and why it skipped the others); in client-ram mode
+# the device is read-only.
+/sbin/bootfleet-nbd-attach --replicas "$replicas" --export "$export_name" --device 0 $attach_mode \
+  --request-timeout "$nbd_timeout" --dead-timeout "$nbd_dead_timeout" ||
+  fail "no replica in '$replicas' serves $export_name"
 
 $bb mkdir -p /run/root
 if [ "$cache" = client-ram ]; then

@@ -4,18 +4,27 @@
 //! encoders, [`options`] the handshake's parsing and export descriptions,
 //! [`request`] the checks a transmission request must pass, and
 //! [`session`] the per-connection state machine (bytes and events in,
-//! bytes and actions out). The `runtime` feature (default) adds the
+//! bytes and actions out). For the client side, [`client`] is the
+//! handshake a client that hands its socket to the kernel performs, and
+//! [`netlink`] the messages that drive the Linux kernel's NBD client
+//! ([`attach`] holds the rest of its decisions; all used by
+//! `bootfleet-nbd-attach`, the `attach` feature's binary,
+//! which moves a diskless machine's root to another replica when its
+//! connection dies). The `runtime` feature (default) adds the
 //! [`export`]s (read-only files), the copy-on-write write cache
 //! ([`overlay`]), a fixed table of exports ([`static_exports`]), counters
 //! ([`metrics`]) and the tokio [`server`].
 #![warn(missing_docs)]
 
+pub mod attach;
+pub mod client;
 #[cfg(feature = "runtime")]
 pub mod export;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz_logic;
 #[cfg(feature = "runtime")]
 pub mod metrics;
+pub mod netlink;
 pub mod options;
 #[cfg(feature = "runtime")]
 pub mod overlay;
