@@ -7,7 +7,8 @@ use prometheus::{
     register_int_gauge, register_int_gauge_vec,
 };
 
-/// Response body bytes sent.
+/// Response body bytes sent (a streamed body's as it is handed to the
+/// connection, so a client that leaves early is not counted for the rest).
 pub static BYTES_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("bootfleet_streamer_bytes_served_total", "Response body bytes sent")
         .expect("metric registers once")

@@ -425,8 +425,9 @@ fn body_of(blob: &Blob, segments: Vec<Segment>) -> Body {
             Segment::File(r) => r.len(),
         })
         .sum();
-    metrics::BYTES_SERVED.inc_by(total);
     if let Some(cached) = &blob.cached {
+        // Handed to hyper whole: counted as sent.
+        metrics::BYTES_SERVED.inc_by(total);
         // In memory: zero-copy slices of the verified content. One piece
         // goes as a `Full` body, which hyper writes together with the
         // headers and ends without polling again.
@@ -443,6 +444,7 @@ fn body_of(blob: &Blob, segments: Vec<Segment>) -> Body {
         return StreamBody::new(futures_util::stream::iter(frames)).boxed();
     }
     if total <= INLINE_READ {
+        metrics::BYTES_SERVED.inc_by(total);
         // Small reads (sanboot's block reads, say) come from the page cache
         // in microseconds: read them here, as nginx does, rather than pay
         // for a hop to the blocking pool.
@@ -495,9 +497,11 @@ async fn stream_segments(
     for segment in segments {
         match segment {
             Segment::Literal(b) => {
+                let len = b.len() as u64;
                 if tx.send(Ok(Frame::data(b))).await.is_err() {
                     return;
                 }
+                metrics::BYTES_SERVED.inc_by(len);
             }
             Segment::File(range) => {
                 let mut at = range.start;
@@ -515,6 +519,9 @@ async fn stream_segments(
                     if tx.send(read.map(Frame::data)).await.is_err() || failed {
                         return;
                     }
+                    // Counted as it goes: a client that leaves halfway
+                    // was not served the rest.
+                    metrics::BYTES_SERVED.inc_by(n as u64);
                     at += n as u64;
                 }
             }

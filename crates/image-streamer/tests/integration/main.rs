@@ -8,6 +8,7 @@ mod http;
 mod nbd;
 mod replication;
 mod templates;
+mod vdisk_replication;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

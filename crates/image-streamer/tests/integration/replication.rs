@@ -27,7 +27,7 @@ rules:
 "#;
 
 /// A rules engine on the shared store, in this process; returns its URL.
-async fn rules_engine(store: SharedStore, stop: &CancellationToken) -> String {
+pub(crate) async fn rules_engine(store: SharedStore, stop: &CancellationToken) -> String {
     let state = RulesState::start(store, StateOptions { member_id: "rules".into(), history_limit: 5 }, stop);
     state.ready().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -40,13 +40,18 @@ async fn rules_engine(store: SharedStore, stop: &CancellationToken) -> String {
 }
 
 async fn apply(url: &str) {
+    apply_rules(url, RULES).await;
+}
+
+/// Applies and activates the manifest `rules` (YAML).
+pub(crate) async fn apply_rules(url: &str, rules: &str) {
     let mut admin = bootfleet_rules_engine::client::connect(url, Some(TOKEN)).await.unwrap();
-    let manifest = parse(RULES, Format::Yaml).unwrap();
+    let manifest = parse(rules, Format::Yaml).unwrap();
     let options = bootfleet_rules_engine::client::ApplyOptions { activate: true, ..Default::default() };
     bootfleet_rules_engine::client::apply_manifest(&mut admin, manifest, options).await.unwrap();
 }
 
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
