@@ -10,7 +10,8 @@
 //! decides and encodes proxyDHCP answers (boot file per architecture, the
 //! script URL for iPXE, a URL and the echoed class for HTTP boot, silence
 //! with a reason otherwise). [`relays`] decides whose relayed requests
-//! are believed.
+//! are believed. [`shares`] says which replica answers which client
+//! in load-balancing mode.
 //! [`full`] is full mode's state machine: address pools, leases, and what
 //! to write, confirm, read and answer (pure);
 //! [`ndp`] builds the IPv6 router advertisement that ends iPXE's wait for
@@ -28,4 +29,5 @@ pub mod proxy;
 pub mod relays;
 #[cfg(feature = "runtime")]
 pub mod server;
+pub mod shares;
 pub mod wire;
