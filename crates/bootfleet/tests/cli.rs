@@ -123,6 +123,22 @@ fn operator_session() {
         let out = ok(&server, &["evaluate", "--mac", HOST1, "--dry-run"]);
         if out.contains("image=img-a") { Ok(()) } else { Err(out) }
     });
+    // Garbage collection: a version no profile names goes, with its own
+    // file; the dry run says so first and removes nothing.
+    let other = dir.path().join("tiny2");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("vmlinuz"), b"another kernel").unwrap();
+    let push2 = ["images", "push", other.to_str().unwrap(), "--image", "tiny", "--version", "2"];
+    ok(&server, &[&push2[..], &["--token-file", token_file, "--images-server", &images]].concat());
+    let gc =
+        ["images", "gc", "--versions-unused-for", "0s", "--min-file-age", "0s", "--images-server", &images];
+    let gc = [&gc[..], &["--token-file", token_file]].concat();
+    let dry = ok(&server, &[&gc[..], &["--dry-run"]].concat());
+    assert!(dry.contains("would remove 1 versions and 1 files") && dry.contains("tiny/2"), "{dry}");
+    let done = ok(&server, &gc);
+    assert!(done.contains("removed 1 versions and 1 files") && done.contains("tiny/2"), "{done}");
+    let listed = ok(&server, &["images", "list", "--images-server", &images, "-o", "json"]);
+    assert!(listed.contains("\"1\"") && !listed.contains("\"2\""), "{listed}");
     // A client with no Bootfleet code learns the API by reflection and calls it.
     let generic = generic_client(rules_port, HOST1);
     assert_eq!(

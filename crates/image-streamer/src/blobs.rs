@@ -568,6 +568,29 @@ impl BlobStore {
         Self::forget(&mut self.state(), sha);
         let _ = fs::remove_file(self.blob_path(sha));
     }
+
+    /// Removes a file for garbage collection, unless a reader has it open
+    /// (a download, an NBD session: they hold the verified file), a
+    /// writer is writing it, or it arrived less than `min_age` ago.
+    /// Whether it was removed.
+    pub fn collect(&self, sha: &str, min_age: std::time::Duration) -> bool {
+        if check_digest(sha).is_err() {
+            return false;
+        }
+        let mut state = self.state();
+        let open = state.verified.get(sha).is_some_and(|v| Arc::strong_count(&v.file) > 1);
+        if open || state.writing.contains(sha) {
+            return false;
+        }
+        let young = fs::metadata(self.blob_path(sha))
+            .and_then(|m| m.modified())
+            .map_or(true, |at| at.elapsed().unwrap_or_default() < min_age);
+        if young {
+            return false;
+        }
+        Self::forget(&mut state, sha);
+        fs::remove_file(self.blob_path(sha)).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +608,27 @@ mod tests {
         drop(f);
         store.finish(&digest, data.len() as u64).unwrap();
         digest
+    }
+
+    #[test]
+    fn collection_spares_open_young_and_written_files() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path(), 1 << 20, 1 << 30).unwrap());
+        let digest = put(&store, b"golden disk");
+        assert!(
+            !store.collect(&digest, Duration::from_secs(3600)),
+            "a file younger than the minimum age went"
+        );
+        let Lookup::Ready(reader) = store.lookup(&digest).unwrap() else { panic!("not ready") };
+        assert!(!store.collect(&digest, Duration::ZERO), "a file open for a reader went");
+        drop(reader);
+        let claim = BlobStore::claim(&store, &digest).unwrap();
+        assert!(!store.collect(&digest, Duration::ZERO), "a file being written went");
+        drop(claim);
+        assert!(store.collect(&digest, Duration::ZERO));
+        assert!(matches!(store.lookup(&digest).unwrap(), Lookup::Absent));
+        assert!(!store.collect(&digest, Duration::ZERO), "removed twice");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod blobs;
 pub mod catalog;
 pub mod client;
 pub mod conditional;
+pub mod gc;
 pub mod metrics;
 pub mod query;
 pub mod reports;

@@ -125,6 +125,12 @@ pub static REPORTS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Files garbage collection removed from this replica.
+pub static GC_FILES_REMOVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("bootfleet_streamer_gc_files_removed_total", "Files garbage collection removed")
+        .expect("metric registers once")
+});
+
 /// Hosts with boot reports not written yet.
 pub static REPORTS_PENDING_HOSTS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(

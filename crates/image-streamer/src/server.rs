@@ -3,6 +3,7 @@
 
 mod api;
 pub mod config;
+mod gc;
 mod http;
 mod loaders;
 pub(crate) mod nbd;
@@ -37,6 +38,8 @@ pub(crate) struct Streamer {
     pub(crate) blobs: Arc<BlobStore>,
     pub(crate) rules: Arc<RulesState>,
     pub(crate) images: SnapshotCache,
+    /// The latest garbage-collection order ([`gc`]).
+    pub(crate) gc_orders: SnapshotCache,
     pub(crate) members: SnapshotCache,
     pub(crate) templates: Templates,
     pub(crate) loaders: Option<Arc<loaders::Loaders>>,
@@ -220,6 +223,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     let images = SnapshotCache::start(ctx.store.clone(), IMAGES_PREFIX, stop.clone());
     ctx.health.track_snapshot("streamer.images", &images, stop.clone());
     let members = SnapshotCache::start(ctx.store.clone(), &service_prefix(SERVICE), stop.clone());
+    let gc_orders = SnapshotCache::start(ctx.store.clone(), &gc::order_key(), stop.clone());
     let streamer = Arc::new(Streamer {
         member_id: ctx.config.member_id.clone(),
         public_url: public_url.clone(),
@@ -227,6 +231,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         blobs: Arc::new(blobs),
         rules,
         images,
+        gc_orders,
         members,
         templates: config.templates.clone(),
         loaders: config.loaders_dir.clone().map(|dir| Arc::new(loaders::Loaders::new(dir))),

@@ -44,6 +44,23 @@ enum ImagesAction {
     Status,
     /// The hosts' vDisk write caches on the replica asked (`--images-server`).
     Caches,
+    /// Remove files no catalog version references from every replica, and
+    /// with --versions-unused-for also versions no active or working
+    /// profile has named for that long. Never a file a profile names, one
+    /// being written, or one a client is reading.
+    Gc {
+        /// Say what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove versions no profile has named for this long (e.g.
+        /// 720h); 0s: any version no profile names now.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        versions_unused_for: Option<std::time::Duration>,
+        /// Keep files that arrived on a replica less than this long ago (an
+        /// upload not yet committed is referenced by nothing).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration_arg)]
+        min_file_age: std::time::Duration,
+    },
     /// Delete a version from the catalog (refused while the active rules use it).
     Rm {
         /// Image name.
@@ -55,6 +72,10 @@ enum ImagesAction {
         #[arg(long)]
         ignore_not_found: bool,
     },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    bootfleet_core::config::parse_duration(text)
 }
 
 fn mib(bytes: u64) -> String {
@@ -156,6 +177,42 @@ pub(crate) async fn run(command: ImagesCommand, args: &ClientArgs) -> anyhow::Re
                         let header =
                             ["REPLICA", "NBD", "SESSIONS", "READ", "WRITTEN", "CACHES", "CACHE BYTES"];
                         print_table(&header, &rows);
+                    }
+                }
+            }
+        }
+        ImagesAction::Gc { dry_run, versions_unused_for, min_file_age } => {
+            let request = pb::CollectGarbageRequest {
+                dry_run: *dry_run,
+                remove_versions: versions_unused_for.is_some(),
+                versions_unused_for_seconds: versions_unused_for.map_or(0, |d| d.as_secs()),
+                min_file_age_seconds: min_file_age.as_secs(),
+                any_file_age: min_file_age.is_zero(),
+            };
+            let answer = client.collect_garbage(request).await.map_err(explain)?.into_inner();
+            match args.output {
+                Output::Json | Output::Yaml => print_structured(args.output, &answer)?,
+                Output::Table => {
+                    let verb = if answer.dry_run { "would remove" } else { "removed" };
+                    let mut rows: Vec<Vec<String>> = answer
+                        .versions
+                        .iter()
+                        .map(|v| vec!["version".into(), v.clone(), String::new()])
+                        .collect();
+                    rows.extend(
+                        answer
+                            .files
+                            .iter()
+                            .map(|f| vec!["file".into(), f.sha256.clone(), f.replicas.join(",")]),
+                    );
+                    super::say(&format!(
+                        "{verb} {} versions and {} files (replicas remove files in their next round; \
+                         each checks again that nothing uses it)",
+                        answer.versions.len(),
+                        answer.files.len()
+                    ));
+                    if !rows.is_empty() {
+                        print_table(&["KIND", "NAME", "REPLICAS"], &rows);
                     }
                 }
             }

@@ -218,6 +218,7 @@ impl ImageService for ImageApi {
             description: r.description,
             created_at_unix_ms: now_ms(),
             pushed_to: self.streamer.member_id.clone(),
+            last_named_unix_ms: 0,
         };
         let key = version_key(&r.image, &r.version);
         let txn = TxnRequest {
@@ -318,6 +319,14 @@ impl ImageService for ImageApi {
         }
         nbd.sort_by(|a, b| a.member_id.cmp(&b.member_id));
         Ok(Response::new(pb::StatusResponse { states, needed, nbd }))
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        self.authorize(&request)?;
+        super::gc::collect(&self.streamer, request.into_inner()).await.map(Response::new)
     }
 
     async fn list_write_caches(

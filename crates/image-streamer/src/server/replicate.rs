@@ -50,7 +50,10 @@ pub(super) async fn run(
     report_corrupt(&corrupt);
     let mut published: BTreeMap<String, String> = BTreeMap::new();
     let mut next_scrub = tokio::time::Instant::now() + scrub_interval;
+    let mut gc_applied = 0;
     loop {
+        super::gc::apply_order(&streamer, &mut gc_applied);
+        super::gc::refresh_last_named(&streamer).await;
         let states = round(&streamer, &pulling, &client, &stop);
         let mut attributes: BTreeMap<String, String> =
             states.iter().map(|(sha, s)| (format!("{BLOB_ATTRIBUTE}{sha}"), s.as_str().to_owned())).collect();

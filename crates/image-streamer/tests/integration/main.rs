@@ -3,6 +3,7 @@
 //! between each other.
 
 mod durable;
+mod gc;
 mod hostile;
 mod http;
 mod nbd;

@@ -33,6 +33,11 @@ pub struct ImageVersion {
     /// Replica the files were first pushed to.
     #[prost(string, tag = "6")]
     pub pushed_to: ::prost::alloc::string::String,
+    /// When an active or working profile last named it, as the replicas saw
+    /// (refreshed every few minutes while named); garbage collection's
+    /// measure of disuse.
+    #[prost(int64, tag = "7")]
+    pub last_named_unix_ms: i64,
 }
 /// One step of a boot, reported by iPXE or the booted OS.
 #[allow(clippy::all)]
@@ -268,6 +273,67 @@ pub struct ListWriteCachesResponse {
     pub member_id: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]
     pub caches: ::prost::alloc::vec::Vec<WriteCacheState>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CollectGarbageRequest {
+    /// Say what would go; remove nothing.
+    #[prost(bool, tag = "1")]
+    pub dry_run: bool,
+    /// Also remove versions no active or working profile has named for this
+    /// long; 0 with remove_versions set means any unnamed version.
+    #[prost(bool, tag = "2")]
+    pub remove_versions: bool,
+    #[prost(uint64, tag = "3")]
+    pub versions_unused_for_seconds: u64,
+    /// Files younger than this on a replica stay there (an upload not yet
+    /// committed is referenced by nothing); 0 means the default, 1 h.
+    #[prost(uint64, tag = "4")]
+    pub min_file_age_seconds: u64,
+    /// Set to remove files younger than the default too (with
+    /// min_file_age_seconds 0: any age).
+    #[prost(bool, tag = "5")]
+    pub any_file_age: bool,
+}
+/// One file to remove, and the replicas that hold it.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GarbageFile {
+    #[prost(string, tag = "1")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub replicas: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CollectGarbageResponse {
+    /// image/version of each version removed (or, dry run, to remove).
+    #[prost(string, repeated, tag = "1")]
+    pub versions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "2")]
+    pub files: ::prost::alloc::vec::Vec<GarbageFile>,
+    #[prost(bool, tag = "3")]
+    pub dry_run: bool,
+}
+/// The last collection's order, kept at /bootfleet/v1/gc/order: every
+/// replica removes its copies of these files, checking each again first.
+#[allow(clippy::all)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GcOrder {
+    #[prost(int64, tag = "1")]
+    pub issued_at_unix_ms: i64,
+    #[prost(string, repeated, tag = "2")]
+    pub files: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "3")]
+    pub min_file_age_seconds: u64,
 }
 /// Generated client implementations.
 pub mod image_service_client {
@@ -529,6 +595,32 @@ pub mod image_service_client {
                 .insert(GrpcMethod::new("bootfleet.v1.ImageService", "ListWriteCaches"));
             self.inner.unary(req, path, codec).await
         }
+        /// Removes files no version references from every replica, and (opt-in)
+        /// versions no profile has named for a while. Admin.
+        pub async fn collect_garbage(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CollectGarbageRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CollectGarbageResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bootfleet.v1.ImageService/CollectGarbage",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("bootfleet.v1.ImageService", "CollectGarbage"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -590,6 +682,15 @@ pub mod image_service_server {
             request: tonic::Request<super::ListWriteCachesRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListWriteCachesResponse>,
+            tonic::Status,
+        >;
+        /// Removes files no version references from every replica, and (opt-in)
+        /// versions no profile has named for a while. Admin.
+        async fn collect_garbage(
+            &self,
+            request: tonic::Request<super::CollectGarbageRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CollectGarbageResponse>,
             tonic::Status,
         >;
     }
@@ -972,6 +1073,51 @@ pub mod image_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListWriteCachesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bootfleet.v1.ImageService/CollectGarbage" => {
+                    #[allow(non_camel_case_types)]
+                    struct CollectGarbageSvc<T: ImageService>(pub Arc<T>);
+                    impl<
+                        T: ImageService,
+                    > tonic::server::UnaryService<super::CollectGarbageRequest>
+                    for CollectGarbageSvc<T> {
+                        type Response = super::CollectGarbageResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CollectGarbageRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ImageService>::collect_garbage(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CollectGarbageSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
