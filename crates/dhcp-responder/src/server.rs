@@ -5,6 +5,7 @@
 //! outages); a per-MAC flood limit; metrics.
 
 mod config;
+mod fencing;
 mod full_shell;
 mod leadership;
 mod lease_records;
@@ -31,7 +32,7 @@ use prost::Message;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::{DhcpArgs, DhcpConfig, Mode};
+pub use self::config::{DhcpArgs, DhcpConfig, Ha, Mode};
 use crate::boot_servers::{Candidate, pick};
 use crate::client::{Loader, detect};
 use crate::full::FullConfig;
@@ -157,15 +158,18 @@ impl Responder {
     /// watches, rules cache); answers once sockets feed [`Self::handle`].
     fn start(site: &Site, config: DhcpConfig) -> anyhow::Result<Self> {
         let leases = match &config.mode {
-            Mode::Full { pools, reservations, lease_reuse } => Some(full_shell::Leases::start(
+            Mode::Full { pools, reservations, lease_reuse, ha } => Some(full_shell::Leases::start(
                 site.store.clone(),
                 site.member_id.clone(),
                 site.election_ttl,
-                FullConfig {
-                    pools: pools.clone(),
-                    reservations: reservations.clone(),
-                    lease_reuse: *lease_reuse,
-                },
+                (
+                    FullConfig {
+                        pools: pools.clone(),
+                        reservations: reservations.clone(),
+                        lease_reuse: *lease_reuse,
+                    },
+                    *ha,
+                ),
                 site.stop.clone(),
             )),
             Mode::Proxy => None,
@@ -454,10 +458,16 @@ pub async fn run(ctx: Arc<ServiceContext>, config: DhcpConfig) -> anyhow::Result
             sockets.push((socket, boot_server));
         }
     }
-    let registration = ctx.register("dhcp-responder", vec![config.server_ip.to_string()]);
+    // In load-balancing mode this record is also the membership that
+    // gives the replica its share and fences its lease writes.
+    let registration = ctx.register(fencing::SERVICE, vec![config.server_ip.to_string()]);
     ctx.health.set("dhcp", bootfleet_core::admin::ComponentHealth::Serving).await;
-    let mode = if matches!(config.mode, Mode::Full { .. }) { "full" } else { "proxy" };
-    tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, mode, "DHCP answering");
+    let (mode, ha) = match config.mode {
+        Mode::Full { ha: Ha::LoadBalancing, .. } => ("full", "load-balancing"),
+        Mode::Full { .. } => ("full", "hot-standby"),
+        Mode::Proxy => ("proxy", "every replica"),
+    };
+    tracing::info!(interfaces = ?config.interfaces, server_ip = %config.server_ip, mode, ha, "DHCP answering");
     if config.trusted_relays.is_empty() {
         tracing::info!("no dhcp.trusted_relays: relayed requests are dropped");
     }

@@ -36,6 +36,7 @@ use super::{
 };
 use crate::client::Client;
 use crate::proxy::{ProxyContext, Reply, ReplyType, Verdict};
+use crate::shares::Place;
 use crate::wire::{MessageType, Request, code};
 
 /// A request waiting for a store operation.
@@ -47,6 +48,9 @@ struct Pending {
     pool: usize,
     mac: String,
     term: u64,
+    /// Load-balancing: this member's place, for its slice of the pool.
+    /// `None`: hot standby, where the leader's term is the only writer.
+    place: Option<Place>,
 }
 
 /// A store operation on its way, and what to do with its outcome.
@@ -152,6 +156,7 @@ impl FullMachine {
                 self.table.reload(leases);
                 Vec::new()
             }
+            Event::Time => Vec::new(),
             Event::Abandoned { id } => {
                 self.pending.remove(&id);
                 let mine: Vec<OpId> =
@@ -186,8 +191,14 @@ impl FullMachine {
         else {
             return finish(Quiet::NoPool);
         };
-        let term = match standing {
-            Standing::Leader { term } => term,
+        let (term, place) = match standing {
+            Standing::Leader { term } => (term, None),
+            Standing::Member { term, owner, place } => {
+                if !owner && !addressed_here(request, boot.server_ip) {
+                    return finish(Quiet::NotOwner);
+                }
+                (term, Some(place))
+            }
             Standing::Standby => return finish(Quiet::Standby),
             Standing::Offline => {
                 return match self.offline_answer(request, client, boot, pool) {
@@ -204,6 +215,7 @@ impl FullMachine {
             pool,
             mac,
             term,
+            place,
         };
         match request.message_type {
             MessageType::Discover => self.offer(id, pending(mac), 0),
@@ -269,7 +281,8 @@ impl FullMachine {
     fn offer(&mut self, id: RequestId, pending: Pending, attempt: u8) -> Action {
         let pool = &self.config.pools[pending.pool];
         let now = self.now_ms;
-        let Some(ip) = self.table.offer(pool, &pending.mac, &self.config.reservations, now) else {
+        let slice = pending.place.and_then(|place| place.slice(u32::from(pool.start), u32::from(pool.end)));
+        let Some(ip) = self.table.offer(pool, &pending.mac, &self.config.reservations, now, slice) else {
             return Action::Finish { id, why: Quiet::PoolExhausted };
         };
         let current = self.table.get(ip).cloned();
@@ -322,7 +335,9 @@ impl FullMachine {
                 });
         if let (Some(secs), Some(lease)) = (reusable, current.clone()) {
             let expires = lease.expires_unix_ms;
-            if self.table.is_verified(ip, revision, pending.term) {
+            // Load-balancing: other members write leases too, so the index
+            // is never the store's for sure; every reuse is confirmed.
+            if pending.place.is_none() && self.table.is_verified(ip, revision, pending.term) {
                 return Action::Send { id, reply: self.ack(&pending, ip, secs), reused: true };
             }
             let ticket = self.table.writes_begun(ip);
@@ -523,6 +538,29 @@ impl FullMachine {
             }
             _ => Action::Finish { id, why: Quiet::StoreUnavailable },
         })
+    }
+}
+
+/// Whether the client addressed this replica itself, so that it answers
+/// even when another member owns the client (load-balancing): a message
+/// naming it as the server (a REQUEST after its OFFER, a RELEASE), or an
+/// unrelayed one from a client with an address and naming no server — a
+/// RENEWING REQUEST (unicast to the server of the client's last ACK,
+/// which only that replica receives), a REBINDING one (broadcast: every
+/// replica on the link answers it, each renewal a compare-and-swap on the
+/// same lease), an INFORM. Without this, a client whose owner changed
+/// while it held a lease would not be renewed until it rebinds.
+fn addressed_here(request: &Request, server_ip: Ipv4Addr) -> bool {
+    match request.server_id() {
+        Some(server) => server == server_ip,
+        None => {
+            request.giaddr.is_unspecified()
+                && !request.ciaddr.is_unspecified()
+                && matches!(
+                    request.message_type,
+                    MessageType::Request | MessageType::Release | MessageType::Inform
+                )
+        }
     }
 }
 

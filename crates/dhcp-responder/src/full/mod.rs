@@ -321,7 +321,7 @@ pub fn offer(
     for (ip, lease) in leases {
         table.apply(*ip, Some(lease.clone()), 1);
     }
-    table.offer(pool, mac, reservations, now_ms)
+    table.offer(pool, mac, reservations, now_ms, None)
 }
 
 #[cfg(test)]

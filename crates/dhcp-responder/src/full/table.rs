@@ -217,12 +217,15 @@ impl LeaseTable {
     /// The address to offer `mac`: its reservation, else the address it
     /// already holds, else the next address without a record after the
     /// last one handed out, else the one whose record ended longest ago.
+    /// With `slice` (load-balancing: this member's run of the pool, as
+    /// numbers), addresses in it come first, then the rest of the pool.
     pub fn offer(
         &mut self,
         pool: &Pool,
         mac: &str,
         reservations: &Reservations,
         now_ms: i64,
+        slice: Option<(u32, u32)>,
     ) -> Option<Ipv4Addr> {
         let lease = |table: &Self, ip: Ipv4Addr| table.by_ip.get(&ip).map(|(l, _)| l.clone());
         if let Some(ip) = reservations.for_mac(mac) {
@@ -243,11 +246,22 @@ impl LeaseTable {
         if start > end {
             return None;
         }
+        if let Some((low, high)) = slice.filter(|(low, high)| start <= *low && low <= high && *high <= end) {
+            let first = if (low..=high).contains(&self.cursor) { self.cursor } else { low };
+            let mine = self
+                .unrecorded(first, high, mac, reservations)
+                .or_else(|| self.unrecorded(low, first.checked_sub(1)?, mac, reservations))
+                .or_else(|| self.longest_ended(pool, mac, reservations, now_ms, Some((low, high))));
+            if let Some(chosen) = mine {
+                self.cursor = u32::from(chosen).saturating_add(1);
+                return Some(chosen);
+            }
+        }
         let first = if (start..=end).contains(&self.cursor) { self.cursor } else { start };
         let never_recorded = self
             .unrecorded(first, end, mac, reservations)
             .or_else(|| self.unrecorded(start, first.checked_sub(1)?, mac, reservations));
-        let chosen = never_recorded.or_else(|| self.longest_ended(pool, mac, reservations, now_ms))?;
+        let chosen = never_recorded.or_else(|| self.longest_ended(pool, mac, reservations, now_ms, None))?;
         self.cursor = u32::from(chosen).saturating_add(1);
         Some(chosen)
     }
@@ -273,22 +287,29 @@ impl LeaseTable {
         None
     }
 
-    /// The address in `pool` whose record ended longest ago and that `mac`
-    /// may hold now.
+    /// The address in `pool` (with `within`, in that run of it) whose
+    /// record ended longest ago and that `mac` may hold now. Within a run,
+    /// at most [`ENDED_PROBES`] ended records are looked at: the rest of
+    /// the pool is the fallback.
     fn longest_ended(
         &mut self,
         pool: &Pool,
         mac: &str,
         reservations: &Reservations,
         now_ms: i64,
+        within: Option<(u32, u32)>,
     ) -> Option<Ipv4Addr> {
         let (start, end) = (u32::from(pool.start), u32::from(pool.end));
         let index = self.expiring.iter().position(|p| p.start == start && p.end == end)?;
         let mut probes = 0;
         let mut chosen = None;
         for (expires, ip) in &self.expiring[index].by_expiry {
-            if *expires > now_ms {
+            if *expires > now_ms || (within.is_some() && probes >= ENDED_PROBES) {
                 break;
+            }
+            if within.is_some_and(|(low, high)| !(low..=high).contains(ip)) {
+                probes += 1;
+                continue;
             }
             probes += 1;
             let ip = Ipv4Addr::from(*ip);
@@ -302,6 +323,10 @@ impl LeaseTable {
         chosen
     }
 }
+
+/// Ended records looked at for one in this member's slice before the
+/// rest of the pool is tried (load-balancing).
+const ENDED_PROBES: u64 = 32;
 
 /// Sets of `u32` kept as maximal runs of consecutive values (start → end,
 /// inclusive): membership, insertion, removal and "the first value not in

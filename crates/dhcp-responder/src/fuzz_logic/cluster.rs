@@ -424,7 +424,12 @@ impl Cluster {
         self.leader = None;
     }
 
-    /// The clock moves: a little, a lot, or back.
+    /// The clock moves: a little, a lot, or back. Every replica is told,
+    /// as a real one learns the time with every packet and watch event:
+    /// each holds the latest time it saw, and one left idle before a jump
+    /// back would otherwise lag the others by up to the jump — replicas
+    /// must agree within a few seconds (`CLOCK_MARGIN`), and ACK times
+    /// compared across replicas only mean something if they do.
     fn tick(&mut self, how: u8, amount: u8) {
         let amount = i64::from(amount);
         self.now_ms += match how % 8 {
@@ -432,6 +437,9 @@ impl Cluster {
             6 => amount * 1_000,
             _ => -amount * 1_000,
         };
+        for replica in 0..self.replicas.len() {
+            self.feed(replica, Event::Time);
+        }
     }
 
     fn abandon(&mut self, replica: usize, which: u8) {

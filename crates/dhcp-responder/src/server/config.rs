@@ -95,6 +95,7 @@ struct DhcpSection {
     streamers_from_members: Option<bool>,
     rules_cache: Option<String>,
     lease_reuse: Option<f64>,
+    ha: Option<String>,
     trusted_relays: Option<Vec<String>>,
     #[serde(default)]
     loaders: LoaderSection,
@@ -115,7 +116,22 @@ pub enum Mode {
         /// fraction of the lease time ago is acknowledged for the time it
         /// has left, without a store write (0: always write).
         lease_reuse: f64,
+        /// How the replicas share the work.
+        ha: Ha,
     },
+}
+
+/// How full-mode replicas share the work (`dhcp.ha`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ha {
+    /// One elected leader answers everyone; the others watch the leases
+    /// and take over when its election lease lapses.
+    #[default]
+    HotStandby,
+    /// Every live member answers its share of the clients (see
+    /// [`crate::shares`]), all allocating from the same pools, each lease
+    /// write fenced by the writer's membership.
+    LoadBalancing,
 }
 
 /// Validated DHCP settings.
@@ -177,11 +193,7 @@ impl DhcpConfig {
             return Ok(None);
         }
         let section: DhcpSection = service_section(core.file.dhcp.as_ref(), "dhcp")?;
-        let mode = match section.mode.as_deref().unwrap_or("proxy") {
-            "proxy" => Mode::Proxy,
-            "full" => full_mode(&section)?,
-            other => return Err(ConfigError::new("dhcp.mode", format!("{other:?}: expected proxy or full"))),
-        };
+        let mode = mode(&section)?;
         let interfaces = args.interfaces.clone().or(section.interfaces).unwrap_or_default();
         if interfaces.is_empty() || interfaces.iter().any(String::is_empty) {
             return Err(ConfigError::new(
@@ -275,6 +287,35 @@ fn trusted_relays(entries: &[String]) -> Result<TrustedRelays, ConfigError> {
     Ok(TrustedRelays::new(subnets))
 }
 
+/// `dhcp.mode` (and `dhcp.ha`, which only full mode takes).
+fn mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
+    match section.mode.as_deref().unwrap_or("proxy") {
+        "proxy" => {
+            if ha(section.ha.as_deref())? == Ha::LoadBalancing {
+                return Err(ConfigError::new(
+                    "dhcp.ha",
+                    "\"load-balancing\" is for full mode: in proxy mode every replica answers every client already (it writes nothing, and a client takes the first answer)",
+                ));
+            }
+            Ok(Mode::Proxy)
+        }
+        "full" => full_mode(section),
+        other => Err(ConfigError::new("dhcp.mode", format!("{other:?}: expected proxy or full"))),
+    }
+}
+
+/// `dhcp.ha`: `"hot-standby"` (the default) or `"load-balancing"`.
+fn ha(value: Option<&str>) -> Result<Ha, ConfigError> {
+    match value.unwrap_or("hot-standby") {
+        "hot-standby" => Ok(Ha::HotStandby),
+        "load-balancing" => Ok(Ha::LoadBalancing),
+        other => Err(ConfigError::new(
+            "dhcp.ha",
+            format!("{other:?}: expected \"hot-standby\" or \"load-balancing\""),
+        )),
+    }
+}
+
 /// Default `dhcp.lease_reuse`: a quarter of the lease time (an hour's
 /// lease is written at most every 15 minutes per client, and always when
 /// the client renews at T1).
@@ -348,12 +389,42 @@ fn full_mode(section: &DhcpSection) -> Result<Mode, ConfigError> {
             format!("{lease_reuse} is not a fraction from 0 to {MAX_LEASE_REUSE} of the lease time"),
         ));
     }
-    Ok(Mode::Full { pools, reservations, lease_reuse })
+    Ok(Mode::Full { pools, reservations, lease_reuse, ha: ha(section.ha.as_deref())? })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ha_is_hot_standby_unless_load_balancing_is_asked_for_in_full_mode() {
+        assert_eq!(ha(None).unwrap(), Ha::HotStandby);
+        assert_eq!(ha(Some("hot-standby")).unwrap(), Ha::HotStandby);
+        assert_eq!(ha(Some("load-balancing")).unwrap(), Ha::LoadBalancing);
+        let error = ha(Some("active-active")).unwrap_err().to_string();
+        assert!(error.contains("dhcp.ha") && error.contains("active-active"), "{error}");
+        let section = |mode: &str, ha: &str| DhcpSection {
+            mode: Some(mode.into()),
+            ha: Some(ha.into()),
+            pools: vec![PoolSection {
+                subnet: "198.18.0.0/24".into(),
+                start: "198.18.0.10".into(),
+                end: "198.18.0.20".into(),
+                router: None,
+                dns: Vec::new(),
+                lease_time: None,
+            }],
+            ..DhcpSection::default()
+        };
+        let Mode::Full { ha: chosen, .. } = mode(&section("full", "load-balancing")).unwrap() else {
+            panic!("full mode")
+        };
+        assert_eq!(chosen, Ha::LoadBalancing);
+        assert!(matches!(mode(&section("full", "hot-standby")), Ok(Mode::Full { ha: Ha::HotStandby, .. })));
+        let error = mode(&section("proxy", "load-balancing")).unwrap_err().to_string();
+        assert!(error.contains("dhcp.ha") && error.contains("full mode"), "{error}");
+        assert!(matches!(mode(&section("proxy", "hot-standby")), Ok(Mode::Proxy)));
+    }
 
     #[test]
     fn trusted_relays_are_addresses_or_subnets_and_never_everyone() {

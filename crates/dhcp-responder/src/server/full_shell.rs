@@ -6,10 +6,15 @@
 //! on this replica's election key, and nothing is ACKed before its write
 //! committed — or, for a lease got or renewed moments ago and ACKed as it
 //! stands, before a transaction with the same two compares confirmed it.
-//! Only the acting leader answers (hot standby): a standby stays silent but
-//! watches the leases, and takes over when the leader's lease lapses. A
-//! deposed leader's writes fail, so two replicas that both believe they
-//! lead still cannot hand out one address twice. While the store is
+//! Hot standby (the default): only the acting leader answers; a standby
+//! stays silent but watches the leases, and takes over when the leader's
+//! lease lapses. A deposed leader's writes fail, so two replicas that both
+//! believe they lead still cannot hand out one address twice.
+//! Load-balancing: every live member answers the clients the shares give
+//! it (and what clients address to it), each write fenced by its own
+//! membership instead (see [`super::fencing`]); every write is still a
+//! compare-and-swap on the lease's revision, so members racing for one
+//! address cannot both have it. While the store is
 //! unreachable nothing new is allocated or written: a host whose bound
 //! lease is in the watched copy gets that same address again (offline mode;
 //! see `full::offline_lease_secs` for why that is safe).
@@ -23,7 +28,9 @@ use bootfleet_core::store::{EventKind, SharedStore, StoreResult, TxnOp};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::leadership::{LeaderView, acting, campaign};
+use super::config::Ha;
+use super::fencing::{Fence, Members};
+use super::leadership::campaign;
 use super::lease_records::{PREFIX, address, decode, key, put};
 use super::lease_writer::{WriteJob, write_batches};
 use crate::client::Client;
@@ -51,7 +58,7 @@ fn now_ms() -> i64 {
 pub(super) struct Leases {
     store: SharedStore,
     member_id: String,
-    leader: LeaderView,
+    fence: Fence,
     writes: mpsc::Sender<WriteJob>,
     machine: Arc<Mutex<FullMachine>>,
     /// The watched copy (its status tells whether the store is reachable).
@@ -102,22 +109,37 @@ impl Leases {
         store: SharedStore,
         member_id: String,
         ttl: Duration,
-        config: FullConfig,
+        (config, ha): (FullConfig, Ha),
         stop: CancellationToken,
     ) -> Self {
         let cache = SnapshotCache::start(store.clone(), PREFIX, stop.clone());
-        let leader = campaign(store.clone(), member_id.clone(), ttl, stop);
+        let fence = match ha {
+            Ha::HotStandby => Fence::Leader(campaign(store.clone(), member_id.clone(), ttl, stop)),
+            // The membership itself is the process's registration (see `run`).
+            Ha::LoadBalancing => Fence::Member(Members::start(store.clone(), &member_id, stop)),
+        };
         let (writes, queue) = mpsc::channel(1024);
-        tokio::spawn(write_batches(store.clone(), leader.clone(), queue));
+        tokio::spawn(write_batches(store.clone(), fence.clone(), queue));
         let machine = Arc::new(Mutex::new(FullMachine::new(config)));
         tokio::spawn(follow_leases(cache.clone(), Arc::clone(&machine)));
-        Self { store, member_id, leader, writes, machine, cache, next_request: AtomicU64::new(0) }
+        Self { store, member_id, fence, writes, machine, cache, next_request: AtomicU64::new(0) }
     }
 
-    /// Whether this replica acts as the DHCP leader now.
+    /// Whether this replica may write leases now (acts as the DHCP leader,
+    /// or is a live member).
     #[cfg(test)]
     pub(super) fn acts_as_leader(&self) -> bool {
-        acting(&self.leader).is_some()
+        self.fence.guard().is_some()
+    }
+
+    /// The live members this replica sees (load-balancing; empty in hot
+    /// standby).
+    #[cfg(test)]
+    pub(super) fn members_seen(&self) -> Vec<String> {
+        match &self.fence {
+            Fence::Member(members) => members.shares().members().to_vec(),
+            Fence::Leader(_) => Vec::new(),
+        }
     }
 
     /// Whether the watched copy is all this replica has (the store is
@@ -127,12 +149,22 @@ impl Leases {
         self.cache.status() == CacheStatus::Degraded
     }
 
-    /// Where this replica stands now.
-    fn standing(&self) -> Standing {
-        match acting(&self.leader) {
-            Some((term, _)) => Standing::Leader { term },
-            None if self.cache.status() == CacheStatus::Degraded => Standing::Offline,
-            None => Standing::Standby,
+    /// Where this replica stands now, for `client`.
+    fn standing(&self, client: &[u8; 6]) -> Standing {
+        let offline = self.cache.status() == CacheStatus::Degraded;
+        match &self.fence {
+            Fence::Leader(_) => match self.fence.guard() {
+                Some((term, _)) => Standing::Leader { term },
+                None if offline => Standing::Offline,
+                None => Standing::Standby,
+            },
+            // A member cut off from the store cannot write: it answers
+            // known hosts from its copy like any replica offline.
+            Fence::Member(_) if offline => Standing::Offline,
+            Fence::Member(members) => match members.standing(client) {
+                Some((term, owner, place)) => Standing::Member { term, owner, place },
+                None => Standing::Standby,
+            },
         }
     }
 
@@ -145,7 +177,7 @@ impl Leases {
         boot: &ProxyContext,
     ) -> Option<Reply> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let standing = self.standing();
+        let standing = self.standing(&request.mac);
         let event = Event::Request { id, request, client, boot, standing };
         let mut action = lock(&self.machine).handle(event, now_ms()).pop();
         let mut abandon = Abandon { machine: &self.machine, id, done: false };

@@ -1,7 +1,9 @@
 //! The lease writer: queued lease writes committed in batches, several
 //! batches in flight at once. One transaction per batch, guarded by the
-//! leader's election key and by each lease's revision, so nothing commits
-//! for a deposed leader or over a lease someone else changed.
+//! writer's fence (the leader's election key, or in load-balancing its
+//! membership) and by each lease's revision, so nothing commits for a
+//! deposed leader or a lapsed member, or over a lease someone else
+//! changed.
 //!
 //! Why pipelined: a commit waits for the disk (embedded store: fdatasync)
 //! or for raft (etcd). With one batch at a time, throughput was capped at
@@ -19,7 +21,7 @@ use bootfleet_core::store::{Compare, CompareOp, SharedStore, StoreError, StoreRe
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::leadership::{LeaderView, acting};
+use super::fencing::Fence;
 use super::lease_records::key;
 
 /// One lease write waiting for the batch writer.
@@ -27,7 +29,8 @@ pub(super) struct WriteJob {
     pub(super) ip: Ipv4Addr,
     /// `None`: write nothing, only confirm (in the same transaction as the
     /// writes batched with it) that the lease is still at `revision` and
-    /// this replica still leads — for a lease acknowledged as it stands.
+    /// this replica may still write — for a lease acknowledged as it
+    /// stands.
     pub(super) op: Option<TxnOp>,
     pub(super) revision: i64,
     /// The lease's revision once committed (unchanged for a confirmation);
@@ -44,11 +47,7 @@ const BATCH: usize = 100;
 const PIPELINE: usize = 8;
 
 /// Commits queued lease writes until the queue closes.
-pub(super) async fn write_batches(
-    store: SharedStore,
-    leader: LeaderView,
-    mut queue: mpsc::Receiver<WriteJob>,
-) {
+pub(super) async fn write_batches(store: SharedStore, fence: Fence, mut queue: mpsc::Receiver<WriteJob>) {
     let mut pending: VecDeque<WriteJob> = VecDeque::new();
     // Addresses with a write in a transaction in flight.
     let mut busy: HashSet<Ipv4Addr> = HashSet::new();
@@ -87,7 +86,7 @@ pub(super) async fn write_batches(
             if batch.is_empty() {
                 break;
             }
-            let Some((_, guard)) = acting(&leader) else {
+            let Some((_, guard)) = fence.guard() else {
                 for job in batch {
                     let _ = job.done.send(Ok(None));
                 }
@@ -176,14 +175,14 @@ mod tests {
         (WriteJob { ip, op: Some(TxnOp::put(key(ip), b"lease".to_vec())), revision, done }, result)
     }
 
-    fn acting_leader(acting: bool) -> LeaderView {
+    fn acting_leader(acting: bool) -> Fence {
         // A receiver keeps the last value after its sender is gone.
         let (_, acting) = watch::channel(acting);
         let (_, deadline) =
             watch::channel(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
         let token =
             LeaderToken { guard: Compare::absent("/bootfleet/v1/test/nobody"), acting, deadline, term: 1 };
-        watch::channel(Some(Arc::new(token))).1
+        Fence::Leader(watch::channel(Some(Arc::new(token))).1)
     }
 
     #[tokio::test]

@@ -12,7 +12,9 @@ use bootfleet_core::store::SharedStore;
 use bootfleet_core::store::embedded::EmbeddedStore;
 use tokio_util::sync::CancellationToken;
 
-use super::{DhcpConfig, Mode, Responder, Site, full_shell, lease_records};
+use super::{DhcpConfig, Ha, Mode, Responder, Site, full_shell, lease_records};
+
+mod load_balancing;
 use crate::full::Pool;
 use crate::proxy::Loaders;
 use crate::relays::{Subnet, TrustedRelays};
@@ -37,7 +39,7 @@ pub(super) fn pool(third: u8, size: u8) -> Pool {
 /// Full mode over `pools`, answering unknown hosts, trusting `relays`.
 pub(super) fn config(pools: Vec<Pool>, relays: &[&str]) -> DhcpConfig {
     DhcpConfig {
-        mode: Mode::Full { pools, reservations: Default::default(), lease_reuse: 0.25 },
+        mode: Mode::Full { pools, reservations: Default::default(), lease_reuse: 0.25, ha: Ha::HotStandby },
         interfaces: vec!["unused".into()],
         server_ip: SERVER,
         tftp_server: SERVER,

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use super::super::{LeaseEntry, Pool, Reservations};
 use crate::client::Client;
 use crate::proxy::{ProxyContext, Reply};
+use crate::shares::Place;
 use crate::wire::Request;
 
 /// Full-mode settings.
@@ -44,7 +45,19 @@ pub enum Standing {
         /// This replica's count of its leaderships.
         term: u64,
     },
-    /// Not leading, the store reachable: stay silent.
+    /// A live member in load-balancing mode (`dhcp.ha =
+    /// "load-balancing"`), its writes fenced by its membership.
+    Member {
+        /// Its membership (the member record's creation revision): index
+        /// entries are verified per membership.
+        term: u64,
+        /// Whether the shares give it this request's client.
+        owner: bool,
+        /// Its place among the live members, for its slice of the pool.
+        place: Place,
+    },
+    /// Not leading (or, load-balancing, not a live member), the store
+    /// reachable: stay silent.
     Standby,
     /// The store unreachable: answer known hosts from the watched copy.
     Offline,
@@ -109,6 +122,11 @@ pub enum Event<'a> {
         /// Address, lease, revision.
         leases: Vec<(Ipv4Addr, LeaseEntry, i64)>,
     },
+    /// Time passed, and nothing else happened. Every other event carries
+    /// the time too; this one keeps an idle replica's clock with the rest
+    /// (the fuzz cluster sends it to every replica when its clock moves:
+    /// replicas must agree on the time within a few seconds).
+    Time,
     /// The shell gave up on a request (its operations' outcomes will not
     /// come).
     Abandoned {
@@ -183,8 +201,12 @@ pub enum Quiet {
     NotBooted,
     /// No pool serves the request's subnet.
     NoPool,
-    /// Another replica leads.
+    /// Another replica leads (or, load-balancing, this one is not a live
+    /// member).
     Standby,
+    /// Load-balancing: another member owns the client, and the client did
+    /// not address this replica.
+    NotOwner,
     /// Offline, and the copy holds no lease to give this host again.
     UnknownOffline,
     /// The client chose another server.

@@ -122,3 +122,57 @@ fn standbys_stay_silent_and_offline_replicas_answer_only_from_a_bound_lease() {
     let later = ask(&mut m, 4, &discover, Standing::Offline, NOW - 60_000);
     assert_eq!(lease_secs(&later), Some(25));
 }
+
+const PLACE: Place = Place { index: 1, of: 2 };
+
+#[test]
+fn a_member_answers_its_own_clients_and_what_is_addressed_to_it() {
+    let mut m = machine();
+    let owner = Standing::Member { term: 7, owner: true, place: PLACE };
+    let other = Standing::Member { term: 7, owner: false, place: PLACE };
+    let discover = [(code::MESSAGE_TYPE, &[1u8][..])];
+    // Its own client: offered from its slice (.16-.20 of .10-.20).
+    let Action::Write { record, .. } = ask(&mut m, 1, &discover, owner, NOW) else { panic!() };
+    let _ = record.unwrap();
+    let offered = m.table().get(Ipv4Addr::new(198, 18, 0, 16));
+    assert!(offered.is_some(), "not offered from its slice: {:?}", m.table());
+    // Another member's client: silence, unless the client named this
+    // replica as its server, or renews from its address without a relay.
+    assert_eq!(ask(&mut m, 2, &discover, other, NOW), Action::Finish { id: 2, why: Quiet::NotOwner });
+    let ip = Ipv4Addr::new(198, 18, 0, 17);
+    let server = SERVER.octets();
+    let selecting =
+        [(code::MESSAGE_TYPE, &[3u8][..]), (code::REQUESTED_IP, &ip.octets()), (code::SERVER_ID, &server)];
+    assert!(matches!(ask(&mut m, 3, &selecting, other, NOW), Action::Write { .. }));
+    let elsewhere = Ipv4Addr::new(198, 18, 0, 2).octets();
+    let to_another =
+        [(code::MESSAGE_TYPE, &[3u8][..]), (code::REQUESTED_IP, &ip.octets()), (code::SERVER_ID, &elsewhere)];
+    assert_eq!(ask(&mut m, 4, &to_another, other, NOW), Action::Finish { id: 4, why: Quiet::NotOwner });
+    let init_reboot = [(code::MESSAGE_TYPE, &[3u8][..]), (code::REQUESTED_IP, &ip.octets())];
+    assert_eq!(ask(&mut m, 5, &init_reboot, other, NOW), Action::Finish { id: 5, why: Quiet::NotOwner });
+    let mut renewing = encode_request([0x52, 0x54, 0, 0, 0, 1], 7, None, &[(code::MESSAGE_TYPE, &[3u8][..])]);
+    renewing[12..16].copy_from_slice(&ip.octets());
+    let request = Request::parse(&renewing).unwrap();
+    let client = detect(&request);
+    let event = Event::Request { id: 6, request: &request, client: &client, boot: &boot(), standing: other };
+    assert!(matches!(m.handle(event, NOW).pop().unwrap(), Action::Write { .. }));
+    // Relayed, the same renewal is the owner's (a relay reaches every replica).
+    renewing[24..28].copy_from_slice(&[198, 18, 0, 5]);
+    let request = Request::parse(&renewing).unwrap();
+    let event = Event::Request { id: 7, request: &request, client: &client, boot: &boot(), standing: other };
+    assert_eq!(m.handle(event, NOW).pop().unwrap(), Action::Finish { id: 7, why: Quiet::NotOwner });
+}
+
+#[test]
+fn a_member_confirms_every_reused_lease_since_other_members_write_too() {
+    let mut m = machine();
+    let member = Standing::Member { term: 7, owner: true, place: PLACE };
+    let ip = Ipv4Addr::new(198, 18, 0, 10);
+    let select = [(code::MESSAGE_TYPE, &[3u8][..]), (code::REQUESTED_IP, &ip.octets())];
+    let Action::Write { op, .. } = ask(&mut m, 1, &select, member, NOW) else { panic!() };
+    let ack = m.handle(Event::Written { op, outcome: Ok(Some(5)) }, NOW + 40).pop().unwrap();
+    assert_eq!(lease_secs(&ack), Some(60));
+    // A leader would ACK this from its own write; a member asks the store.
+    let again = ask(&mut m, 2, &select, member, NOW + 2_000);
+    assert!(matches!(again, Action::Confirm { revision: 5, .. }), "{again:?}");
+}

@@ -128,7 +128,7 @@ fn a_full_pool_is_found_full_in_a_few_probes_not_a_scan() {
     let none = Reservations::default();
     for newcomer in 0..10 {
         let before = table.probes();
-        assert_eq!(table.offer(&pool, &format!("new{newcomer}"), &none, NOW), None);
+        assert_eq!(table.offer(&pool, &format!("new{newcomer}"), &none, NOW, None), None);
         let probes = table.probes() - before;
         // A scan looks at all 4096; the index at most a couple.
         assert!(probes <= 2, "{probes} probes to find the pool full");
@@ -137,7 +137,7 @@ fn a_full_pool_is_found_full_in_a_few_probes_not_a_scan() {
     // without a scan.
     let later = NOW + 3_500;
     let before = table.probes();
-    let ip = table.offer(&pool, "new", &none, later).expect("expired leases free their address");
+    let ip = table.offer(&pool, "new", &none, later, None).expect("expired leases free their address");
     assert!(table.probes() - before <= 2);
     let (ended, _) = table.get(ip).unwrap();
     assert!(ended.expires_unix_ms == NOW + 1_000, "not the longest ended: {ended:?}");
@@ -149,14 +149,14 @@ fn a_hole_in_a_nearly_full_pool_is_found_without_a_scan() {
     let hole = Ipv4Addr::new(198, 18, 20, 7);
     table.apply(hole, None, 2);
     let before = table.probes();
-    assert_eq!(table.offer(&pool, "new", &Reservations::default(), NOW), Some(hole));
+    assert_eq!(table.offer(&pool, "new", &Reservations::default(), NOW, None), Some(hole));
     assert!(table.probes() - before <= 2);
     // Reserved for someone else: skipped (one probe more), never offered.
     table.apply(Ipv4Addr::new(198, 18, 20, 9), None, 3);
     table.apply(Ipv4Addr::new(198, 18, 20, 10), None, 3);
     table.apply(hole, Some(lease("new", LeaseState::Offered, NOW + 5_000)), 4);
     let reserved = Reservations::new([("other".to_owned(), Ipv4Addr::new(198, 18, 20, 9))]).unwrap();
-    assert_eq!(table.offer(&pool, "third", &reserved, NOW), Some(Ipv4Addr::new(198, 18, 20, 10)));
+    assert_eq!(table.offer(&pool, "third", &reserved, NOW, None), Some(Ipv4Addr::new(198, 18, 20, 10)));
 }
 
 #[test]
@@ -167,23 +167,45 @@ fn allocation_goes_round_the_pool_from_the_last_address_handed_out() {
     let mut offered = Vec::new();
     for i in 0..4 {
         let mac = format!("m{i}");
-        let ip = table.offer(&pool, &mac, &none, NOW).unwrap();
+        let ip = table.offer(&pool, &mac, &none, NOW, None).unwrap();
         table.apply(ip, Some(lease(&mac, LeaseState::Offered, NOW + 10)), 1);
         offered.push(ip.octets()[3]);
     }
     assert_eq!(offered, [10, 11, 12, 13]);
     // .11 released (no record): found even though the cursor is past it.
     table.apply(Ipv4Addr::new(198, 18, 0, 11), None, 2);
-    assert_eq!(table.offer(&pool, "m9", &none, NOW), Some(Ipv4Addr::new(198, 18, 0, 11)));
+    assert_eq!(table.offer(&pool, "m9", &none, NOW, None), Some(Ipv4Addr::new(198, 18, 0, 11)));
     // A reload keeps the pools: expired records are found again.
     table.reload((10..=13).map(|last| {
         (Ipv4Addr::new(198, 18, 0, last), lease("x", LeaseState::Offered, NOW - i64::from(last)), 3)
     }));
     assert_eq!(
-        table.offer(&pool, "m9", &none, NOW),
+        table.offer(&pool, "m9", &none, NOW, None),
         Some(Ipv4Addr::new(198, 18, 0, 13)),
         "ended longest ago"
     );
+}
+
+#[test]
+fn a_members_slice_comes_first_then_the_rest_of_the_pool() {
+    let pool = pool(Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 19));
+    let mut table = LeaseTable::new(std::slice::from_ref(&pool));
+    let none = Reservations::default();
+    let slice = Some((u32::from(Ipv4Addr::new(198, 18, 0, 14)), u32::from(Ipv4Addr::new(198, 18, 0, 15))));
+    let mut offered = Vec::new();
+    for i in 0..4 {
+        let mac = format!("m{i}");
+        let ip = table.offer(&pool, &mac, &none, NOW, slice).unwrap();
+        table.apply(ip, Some(lease(&mac, LeaseState::Offered, NOW + 10)), 1);
+        offered.push(ip.octets()[3]);
+    }
+    assert_eq!(offered, [14, 15, 16, 17], "its own slice, then on round the pool");
+    // Once its slice's leases end, their addresses come before free ones elsewhere.
+    let ip = table.offer(&pool, "m9", &none, NOW + 20, slice).unwrap();
+    assert!([14, 15].contains(&ip.octets()[3]), "{ip}");
+    // A slice that is not the pool's is ignored.
+    let outside = Some((1, 2));
+    assert_eq!(table.offer(&pool, "m8", &none, NOW, outside), Some(Ipv4Addr::new(198, 18, 0, 18)));
 }
 
 #[test]
