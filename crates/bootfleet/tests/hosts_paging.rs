@@ -69,7 +69,7 @@ fn the_cli_pages_through_more_hosts_than_one_message_holds() {
     runtime.block_on(async {
         let mut client = bootfleet_rules_engine::client::connect(&server, Some(TOKEN)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let probe = pb::EvaluateRequest { facts: Some(facts(&mac(0))), dry_run: true };
+        let probe = pb::EvaluateRequest { facts: Some(facts(&mac(0))), dry_run: true, ..Default::default() };
         while client
             .evaluate(probe.clone())
             .await
@@ -84,7 +84,8 @@ fn the_cli_pages_through_more_hosts_than_one_message_holds() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for i in 0..HOSTS {
-            let request = pb::EvaluateRequest { facts: Some(facts(&mac(i))), dry_run: false };
+            let request =
+                pb::EvaluateRequest { facts: Some(facts(&mac(i))), dry_run: false, ..Default::default() };
             let answer = client.evaluate(request).await.unwrap().into_inner();
             assert_eq!(answer.recording(), pb::Recording::Queued, "{}", mac(i));
         }

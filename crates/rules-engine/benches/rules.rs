@@ -246,8 +246,11 @@ async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
                     return latencies;
                 }
                 let mut client = client.clone();
-                let request =
-                    pb::EvaluateRequest { facts: Some(facts[i % facts.len()].clone()), dry_run: false };
+                let request = pb::EvaluateRequest {
+                    facts: Some(facts[i % facts.len()].clone()),
+                    dry_run: false,
+                    ..Default::default()
+                };
                 let sent = Instant::now();
                 client.evaluate(request).await.unwrap();
                 latencies.push(sent.elapsed());
@@ -275,7 +278,11 @@ async fn grpc_table(url: String, state: Arc<RulesState>, pinned: bool) {
         let (clients, facts) = (clients.clone(), Arc::clone(&facts));
         move |i: usize| {
             let mut client = clients[i % clients.len()].clone();
-            let request = pb::EvaluateRequest { facts: Some(facts[i % facts.len()].clone()), dry_run };
+            let request = pb::EvaluateRequest {
+                facts: Some(facts[i % facts.len()].clone()),
+                dry_run,
+                ..Default::default()
+            };
             async move {
                 client.evaluate(request).await.unwrap();
             }

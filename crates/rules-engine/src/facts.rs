@@ -67,6 +67,14 @@ impl Field {
     pub const NAMES: &'static str =
         "mac, uuid, serial, asset_tag, vendor, model, arch, ipv4, relay, hostname, domain, label.<key>";
 
+    /// Whether a DHCP server knows this field when a machine first asks
+    /// (MAC, client UUID, architecture, address, relay); the rest —
+    /// serial, asset tag, manufacturer, product, host name, domain and
+    /// labels — reach Bootfleet only with iPXE's request for its script.
+    pub fn known_to_dhcp(&self) -> bool {
+        matches!(self, Self::Mac | Self::Uuid | Self::Arch | Self::Ipv4 | Self::Relay)
+    }
+
     /// Whether values of this field are IPv4 addresses.
     pub fn is_address(&self) -> bool {
         matches!(self, Self::Ipv4 | Self::Relay)

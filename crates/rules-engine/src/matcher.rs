@@ -241,6 +241,42 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// Evaluates against facts of which only the fields `known` accepts
+    /// are known (three-valued: `None` when the outcome depends on an
+    /// unknown field). With every field known it is [`Self::eval`].
+    pub fn eval_partial(&self, facts: &Facts, known: &dyn Fn(&Field) -> bool) -> Option<bool> {
+        match self {
+            Self::All(items) => {
+                let mut unknown = false;
+                for item in items {
+                    match item.eval_partial(facts, known) {
+                        Some(false) => return Some(false),
+                        None => unknown = true,
+                        Some(true) => {}
+                    }
+                }
+                (!unknown).then_some(true)
+            }
+            Self::Any(items) => {
+                let mut unknown = false;
+                for item in items {
+                    match item.eval_partial(facts, known) {
+                        Some(true) => return Some(true),
+                        None => unknown = true,
+                        Some(false) => {}
+                    }
+                }
+                (!unknown).then_some(false)
+            }
+            Self::Not(item) => item.eval_partial(facts, known).map(|v| !v),
+            Self::Always => Some(true),
+            Self::Cond(field, _) if !known(field) => None,
+            Self::Cond(..) => Some(self.eval(facts)),
+        }
+    }
+}
+
 /// Normalizes a literal for comparison with a normalized fact.
 fn normalize_value(field: &Field, value: &str, path: &str) -> Result<String, RulesError> {
     Ok(match field {

@@ -285,6 +285,21 @@ impl CompiledRuleSet {
         outcome
     }
 
+    /// Whether the image profile for `facts` depends on fields `known`
+    /// does not accept: the first rule assigning an image profile that can
+    /// still match is one whose match needs an unknown field. (Rules that
+    /// certainly match or fail on the known fields decide as usual.)
+    pub fn image_undecided(&self, facts: &Facts, known: &dyn Fn(&Field) -> bool) -> bool {
+        for rule in self.rules.iter().filter(|r| r.assigns.image_profile.is_some()) {
+            match rule.expr.eval_partial(facts, known) {
+                Some(true) => return false,
+                None => return true,
+                Some(false) => {}
+            }
+        }
+        false
+    }
+
     /// Reference evaluation: every rule in order (for tests and checks).
     pub fn evaluate_linear(&self, facts: &Facts) -> Outcome {
         let mut outcome = Outcome::default();
@@ -548,5 +563,50 @@ mod tests {
                 prop_assert_eq!(outcome.location, first(|a| a.location.is_some()));
             }
         }
+
+        /// What DHCP learns of a host (no serial, manufacturer, …) decides
+        /// its image profile exactly when every host that could send those
+        /// facts later gets the same one; with every field known, partial
+        /// evaluation is evaluation.
+        #[test]
+        fn a_decision_on_dhcp_facts_stands_whatever_the_rest_turns_out(
+            rules in arb_rules(),
+            hosts in proptest::collection::vec(arb_facts(), 1..8),
+        ) {
+            let set = CompiledRuleSet::compile_rules(&rules, 0).unwrap();
+            for full in &hosts {
+                for rule in &set.rules {
+                    prop_assert_eq!(rule.expr.eval_partial(full, &|_| true), Some(rule.expr.eval(full)));
+                }
+                let mut seen = full.to_proto();
+                seen.serial.clear();
+                seen.vendor.clear();
+                seen.model.clear();
+                seen.asset_tag.clear();
+                let seen = Facts::from_proto(&seen).unwrap();
+                if !set.image_undecided(&seen, &Field::known_to_dhcp) {
+                    prop_assert_eq!(set.evaluate(full).image_profile, set.evaluate(&seen).image_profile);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rule_on_the_serial_leaves_dhcp_undecided_until_it_cannot_match() {
+        use serde_json::json;
+        let set = CompiledRuleSet::compile_rules(
+            &[
+                rule("other-rack", json!({"mac": "52:54:01:*", "serial": "A*"}), "a", "", ""),
+                rule("serial-a", json!({"mac": "52:54:00:*", "serial": "A*"}), "a", "", ""),
+                rule("rest", json!({"mac": "52:54:00:*"}), "b", "", ""),
+            ],
+            0,
+        )
+        .unwrap();
+        let dhcp = |mac: &str| set.image_undecided(&facts(mac, |_| {}), &Field::known_to_dhcp);
+        assert!(dhcp("52:54:00:00:00:01"), "serial-a may match: only the serial can tell");
+        assert!(!dhcp("52:54:02:00:00:01"), "no rule can match");
+        let all = |f: &Facts| set.image_undecided(f, &|_| true);
+        assert!(!all(&facts("52:54:00:00:00:01", |f| f.serial = "B1".into())));
     }
 }

@@ -242,6 +242,7 @@ fn recording_label(recording: pb::Recording) -> &'static str {
         pb::Recording::NotBooted => "not_booted",
         pb::Recording::Capped => "capped",
         pb::Recording::Dropped => "dropped",
+        pb::Recording::Undecided => "undecided",
     }
 }
 
@@ -329,7 +330,11 @@ impl RulesService for RulesApi {
         let built_at_revision = self.state.engine().built_at;
         let now = now_ms();
         let decision = self.state.decide(&facts, now);
-        let recording = if request.dry_run {
+        let undecided = request.partial_facts
+            && self.state.engine().rules.image_undecided(&facts, &crate::facts::Field::known_to_dhcp);
+        let recording = if undecided {
+            pb::Recording::Undecided
+        } else if request.dry_run {
             pb::Recording::DryRun
         } else if !may_record {
             pb::Recording::NoCredential
@@ -342,6 +347,7 @@ impl RulesService for RulesApi {
             degraded: self.state.degraded(),
             built_at_revision,
             recording: recording.into(),
+            undecided,
         }))
     }
 

@@ -184,7 +184,7 @@ pub(crate) async fn run_evaluate(args: EvaluateArgs, client: &ClientArgs) -> any
     let output = client.output;
     let mut client = client.connect().await?;
     let response = client
-        .evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: args.dry_run })
+        .evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: args.dry_run, ..Default::default() })
         .await
         .map_err(explain)?
         .into_inner();

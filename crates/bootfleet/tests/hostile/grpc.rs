@@ -101,7 +101,7 @@ async fn evaluate_all(
         let mut client = client.clone();
         calls.spawn(async move {
             let facts = pb::HostFacts { mac: mac.clone(), arch: "bios".into(), ..Default::default() };
-            let request = pb::EvaluateRequest { facts: Some(facts), dry_run: false };
+            let request = pb::EvaluateRequest { facts: Some(facts), dry_run: false, ..Default::default() };
             let answer = client.evaluate(request).await.unwrap_or_else(|e| panic!("Evaluate {mac}: {e}"));
             answer.into_inner().recording()
         });

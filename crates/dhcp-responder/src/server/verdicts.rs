@@ -111,6 +111,11 @@ pub(super) struct Verdicts {
 }
 
 fn verdict_of(response: pb::EvaluateResponse) -> Verdict {
+    if response.undecided {
+        // The facts iPXE sends with its script request decide: answer, so
+        // that it gets to ask.
+        return Verdict::Boot;
+    }
     let decision = response.decision.unwrap_or_default();
     match decision.image_profile.as_ref().and_then(|p| p.boot.as_ref()) {
         None => Verdict::Unknown,
@@ -281,7 +286,11 @@ async fn evaluate(
     discover: bool,
     limit: Duration,
 ) -> Option<pb::EvaluateResponse> {
-    let asked = client.evaluate(pb::EvaluateRequest { facts: Some(facts(mac, key)), dry_run: !discover });
+    // What DHCP knows is partial: a rule on the serial, say, is decided
+    // when iPXE asks for its script (the answer says `undecided`).
+    let request =
+        pb::EvaluateRequest { facts: Some(facts(mac, key)), dry_run: !discover, partial_facts: true };
+    let asked = client.evaluate(request);
     match tokio::time::timeout(limit, asked).await {
         Ok(Ok(response)) => {
             let response = response.into_inner();

@@ -1742,6 +1742,11 @@ pub struct EvaluateRequest {
     /// Decide without recording on the host record.
     #[prost(bool, tag = "2")]
     pub dry_run: bool,
+    /// The facts are what a DHCP server knows (MAC, UUID, architecture,
+    /// address, relay); serial, manufacturer, product, asset tag, host name,
+    /// domain and labels are unknown, not empty. See EvaluateResponse.undecided.
+    #[prost(bool, tag = "3")]
+    pub partial_facts: bool,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -1760,6 +1765,12 @@ pub struct EvaluateResponse {
     /// What became of the decision on the host's record.
     #[prost(enumeration = "Recording", tag = "4")]
     pub recording: i32,
+    /// With partial_facts: the image profile depends on facts not known yet
+    /// (a rule on the serial, say, may still match). The boot services then
+    /// hand the host to iPXE, whose script request carries every fact and is
+    /// decided then; the decision here is provisional and not recorded.
+    #[prost(bool, tag = "5")]
+    pub undecided: bool,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
@@ -2288,6 +2299,9 @@ pub enum Recording {
     /// The recorder's queue is full (the store has been unreachable for a
     /// while): this decision is not recorded.
     Dropped = 6,
+    /// Undecided on partial facts: nothing recorded (the script request
+    /// that decides records).
+    Undecided = 7,
 }
 impl Recording {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2303,6 +2317,7 @@ impl Recording {
             Self::NotBooted => "RECORDING_NOT_BOOTED",
             Self::Capped => "RECORDING_CAPPED",
             Self::Dropped => "RECORDING_DROPPED",
+            Self::Undecided => "RECORDING_UNDECIDED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2315,6 +2330,7 @@ impl Recording {
             "RECORDING_NOT_BOOTED" => Some(Self::NotBooted),
             "RECORDING_CAPPED" => Some(Self::Capped),
             "RECORDING_DROPPED" => Some(Self::Dropped),
+            "RECORDING_UNDECIDED" => Some(Self::Undecided),
             _ => None,
         }
     }

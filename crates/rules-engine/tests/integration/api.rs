@@ -148,7 +148,9 @@ async fn host_history_keeps_the_newest_entries_up_to_its_limit() {
     let serial = |e: &pb::HostEvent| e.facts.as_ref().map(|f| f.serial.clone()).unwrap_or_default();
     for i in 0..8 {
         let facts = pb::HostFacts { serial: format!("s{i}"), ..crate::facts(HOST1) };
-        c.evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: false }).await.unwrap();
+        c.evaluate(pb::EvaluateRequest { facts: Some(facts), dry_run: false, ..Default::default() })
+            .await
+            .unwrap();
         within("evaluation recorded", async {
             loop {
                 let host = c.get_host(pb::GetHostRequest { mac: HOST1.into() }).await.map(|h| h.into_inner());
@@ -245,7 +247,11 @@ async fn writes_are_validated_and_need_the_token() {
 
     // Bad facts are named.
     let bad = c
-        .evaluate(pb::EvaluateRequest { facts: Some(crate::facts("nope")), dry_run: true })
+        .evaluate(pb::EvaluateRequest {
+            facts: Some(crate::facts("nope")),
+            dry_run: true,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -393,7 +399,11 @@ async fn activation_is_atomic_for_evaluations() {
             let mut client = anonymous(&url).await;
             let mut evaluations = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let request = pb::EvaluateRequest { facts: Some(crate::facts(HOST1)), dry_run: true };
+                let request = pb::EvaluateRequest {
+                    facts: Some(crate::facts(HOST1)),
+                    dry_run: true,
+                    ..Default::default()
+                };
                 let d = client.evaluate(request).await.unwrap().into_inner().decision.unwrap();
                 let pair = (
                     d.image_profile.map(|p| p.name).unwrap_or_default(),
@@ -428,7 +438,8 @@ async fn activation_is_atomic_for_evaluations() {
         replace(&mut c, set(image, host)).await.unwrap();
         let v = c.activate(pb::ActivateRequest { expected_revision: 0 }).await.unwrap().into_inner();
         within("activation applied", server.state.caught_up(v.revision)).await;
-        let request = pb::EvaluateRequest { facts: Some(crate::facts(HOST1)), dry_run: true };
+        let request =
+            pb::EvaluateRequest { facts: Some(crate::facts(HOST1)), dry_run: true, ..Default::default() };
         let d = c.evaluate(request).await.unwrap().into_inner().decision.unwrap();
         assert_eq!(image_name(&d), Some(image));
         assert_eq!(d.host_profile.map(|p| p.name).as_deref(), Some(host));

@@ -50,7 +50,11 @@ async fn boot_everyone(server: &crate::Server, image: &str) {
 }
 
 async fn evaluate_as(client: &mut Client, mac: &str, dry_run: bool) -> pb::EvaluateResponse {
-    client.evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run }).await.unwrap().into_inner()
+    client
+        .evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Waits until the recorder has written everything it queued and this

@@ -116,7 +116,7 @@ pub(crate) fn image_name(decision: &pb::Decision) -> Option<&str> {
 
 pub(crate) async fn evaluate(client: &mut Client, mac: &str) -> pb::EvaluateResponse {
     client
-        .evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run: false })
+        .evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run: false, ..Default::default() })
         .await
         .unwrap()
         .into_inner()

@@ -56,7 +56,7 @@ fn spawn(id: &str, endpoints: &[String]) -> Replica {
 async fn image_on(url: &str, mac: &str) -> (Option<String>, bool) {
     let mut c = admin(url).await;
     let r = c
-        .evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run: true })
+        .evaluate(pb::EvaluateRequest { facts: Some(facts(mac)), dry_run: true, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

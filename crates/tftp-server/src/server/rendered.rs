@@ -155,7 +155,7 @@ impl Renderer {
             },
             ..Default::default()
         };
-        let request = pb::EvaluateRequest { facts: Some(facts.clone()), dry_run: true };
+        let request = pb::EvaluateRequest { facts: Some(facts.clone()), dry_run: true, ..Default::default() };
         let mut client = self.client.clone();
         match client.evaluate(request).await {
             Ok(response) => {
