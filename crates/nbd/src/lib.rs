@@ -13,7 +13,8 @@
 //! connection dies). The `runtime` feature (default) adds the
 //! [`export`]s (read-only files), the copy-on-write write cache
 //! ([`overlay`]), a fixed table of exports ([`static_exports`]), counters
-//! ([`metrics`]) and the tokio [`server`].
+//! ([`metrics`]), the tokio [`server`], and [`mirror`]: a write cache
+//! whose changes reach a second replica before they are acknowledged.
 #![warn(missing_docs)]
 
 pub mod attach;
@@ -24,6 +25,8 @@ pub mod export;
 pub mod fuzz_logic;
 #[cfg(feature = "runtime")]
 pub mod metrics;
+#[cfg(feature = "runtime")]
+pub mod mirror;
 pub mod netlink;
 pub mod options;
 #[cfg(feature = "runtime")]

@@ -285,6 +285,26 @@ pub fn encode_simple_reply(out: &mut Vec<u8>, error: u32, cookie: u64) {
     out.extend_from_slice(&cookie.to_be_bytes());
 }
 
+/// A simple reply header as a client reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimpleReply {
+    /// 0, or the request's `NBD_E*` error.
+    pub error: u32,
+    /// The request's cookie.
+    pub cookie: u64,
+}
+
+impl SimpleReply {
+    /// Parses the 16-byte header; `None` when the magic is wrong (a
+    /// structured reply, or a stream that can no longer be framed).
+    pub fn parse(bytes: &[u8; SIMPLE_REPLY_LEN]) -> Option<Self> {
+        if be_u32(&bytes[0..4]) != SIMPLE_REPLY_MAGIC {
+            return None;
+        }
+        Some(Self { error: be_u32(&bytes[4..8]), cookie: be_u64(&bytes[8..16]) })
+    }
+}
+
 /// A structured reply chunk header; `length` bytes of payload follow.
 pub fn encode_chunk_header(out: &mut Vec<u8>, flags: u16, kind: u16, cookie: u64, length: u32) {
     out.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
@@ -339,6 +359,15 @@ mod tests {
         out.clear();
         encode_simple_reply(&mut out, 22, 0x0102_0304_0506_0708);
         assert_eq!(out, [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 22, 1, 2, 3, 4, 5, 6, 7, 8]);
+
+        let reply: [u8; SIMPLE_REPLY_LEN] = out.as_slice().try_into().unwrap();
+        assert_eq!(
+            SimpleReply::parse(&reply),
+            Some(SimpleReply { error: 22, cookie: 0x0102_0304_0506_0708 })
+        );
+        let mut bad = reply;
+        bad[0] ^= 1;
+        assert_eq!(SimpleReply::parse(&bad), None);
 
         out.clear();
         encode_error_chunk(&mut out, 9, Errno::Perm, "ro");

@@ -4,6 +4,7 @@
 
 mod clients;
 mod hostile;
+mod mirror;
 mod overlay;
 
 use std::net::SocketAddr;
