@@ -15,6 +15,15 @@
 //! Elections keep one promise the real election keeps by its clock: a
 //! replica is elected only when no replica still acts as leader.
 //!
+//! [`balanced_interleaving`] runs the same cluster in load-balancing mode
+//! instead: no election; each replica joins the membership (the store
+//! records its membership at a revision), and writes are fenced by it. A
+//! membership lapses in the store while its replica may still believe in
+//! it (its late writes are refused), and each replica sees the members
+//! only when it looks again, so replicas disagree about who owns which
+//! client for a while — two may answer one client, or none. Each replica
+//! has its own server address; clients sometimes name another's.
+//!
 //! Every ACK is checked as it leaves: it stands on a bound lease for that
 //! client that the store committed, ending no sooner than the ACK says;
 //! and no address is ACKed to two clients for overlapping times (times as
@@ -30,6 +39,7 @@ use crate::full::{
     StoreUnavailable,
 };
 use crate::proxy::{Loaders, ProxyContext, Verdict};
+use crate::shares::Shares;
 use crate::wire::{Request, code, encode_request};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -53,10 +63,20 @@ pub struct Seen {
     pub refused: usize,
 }
 
-/// Runs the cluster as `data` says and checks every ACK; panics on a
-/// violation. Returns what it saw.
+/// Runs the cluster (hot standby) as `data` says and checks every ACK;
+/// panics on a violation. Returns what it saw.
 pub fn interleaving(data: &[u8]) -> Seen {
-    let mut cluster = Cluster::new();
+    run(data, false)
+}
+
+/// As [`interleaving`], with the replicas in load-balancing mode and
+/// memberships coming, lapsing and being noticed late.
+pub fn balanced_interleaving(data: &[u8]) -> Seen {
+    run(data, true)
+}
+
+fn run(data: &[u8], balanced: bool) -> Seen {
+    let mut cluster = Cluster::new(balanced);
     let mut bytes = data.iter().copied();
     while let Some(step) = bytes.next() {
         let mut arg = || bytes.next().unwrap_or(0);
@@ -90,9 +110,17 @@ struct Replica {
     watch: VecDeque<(Ipv4Addr, Option<LeaseEntry>, i64)>,
     /// The client (MAC, number) of each request in flight.
     requests: HashMap<RequestId, (String, u8)>,
+    /// Load-balancing: the membership it believes it holds (the store's
+    /// revision that recorded it), and the members it last saw.
+    member: Option<i64>,
+    view: Vec<usize>,
 }
 
 struct Cluster {
+    /// Load-balancing instead of hot standby.
+    balanced: bool,
+    /// Load-balancing: the live memberships in the store.
+    members: BTreeMap<usize, i64>,
     replicas: Vec<Replica>,
     leases: BTreeMap<Ipv4Addr, Stored>,
     revision: i64,
@@ -126,8 +154,19 @@ fn mac(client: u8) -> [u8; 6] {
     [0x52, 0x54, 0, 0, 0x77, client]
 }
 
+/// A replica's server address: one for all in hot standby (only the
+/// leader answers), one each in load-balancing.
+fn server_ip(balanced: bool, replica: usize) -> Ipv4Addr {
+    let offset = if balanced { u8::try_from(replica).unwrap_or(0) } else { 0 };
+    Ipv4Addr::new(198, 18, 0, SERVER.octets()[3] + offset)
+}
+
+fn member_id(replica: usize) -> String {
+    format!("r{replica}")
+}
+
 impl Cluster {
-    fn new() -> Self {
+    fn new(balanced: bool) -> Self {
         // The last client has the last address reserved.
         let reserved = (format_mac(mac(CLIENTS - 1)), Ipv4Addr::new(198, 18, 0, FIRST + SIZE - 1));
         let config = FullConfig {
@@ -144,6 +183,8 @@ impl Cluster {
                 ops: Vec::new(),
                 watch: VecDeque::new(),
                 requests: HashMap::new(),
+                member: None,
+                view: Vec::new(),
             })
             .collect();
         let boot = ProxyContext {
@@ -155,6 +196,8 @@ impl Cluster {
             boot_unknown: false,
         };
         Self {
+            balanced,
+            members: BTreeMap::new(),
             replicas,
             leases: BTreeMap::new(),
             revision: 0,
@@ -170,28 +213,55 @@ impl Cluster {
     }
 
     fn step(&mut self, step: u8, arg: &mut impl FnMut() -> u8) {
-        // One more than the replicas: the acting leader, if any (clients
-        // mostly reach it; relays and broadcasts reach every replica).
-        let replica = match usize::from(arg()) % (REPLICAS + 1) {
+        // One more than the replicas: the acting leader, if any, or the
+        // client's owner by the store's memberships (clients mostly reach
+        // it; relays and broadcasts reach every replica).
+        let to = usize::from(arg()) % (REPLICAS + 1);
+        let replica = match to {
             REPLICAS => self.replicas.iter().position(|r| r.acting).unwrap_or(0),
             replica => replica,
         };
         match step % 10 {
-            0..=2 => self.request(replica, arg(), arg(), arg()),
+            0..=2 => {
+                let (client, kind, which) = (arg(), arg(), arg());
+                let replica = if to == REPLICAS && self.balanced { self.owner(client) } else { replica };
+                self.request(replica, client, kind, which);
+            }
             3 | 4 => {
                 let (which, how) = (arg(), arg());
                 self.run_op(replica, which, how);
             }
             5 => self.deliver(replica, arg(), arg()),
             6 => self.reload(replica, arg()),
+            7 if self.balanced => self.membership(replica, arg()),
             7 => self.leadership(replica, arg()),
             8 => self.tick(arg(), arg()),
             _ => self.abandon(replica, arg()),
         }
     }
 
-    fn standing(&self, replica: usize) -> Standing {
+    /// A client's owner among the memberships the store holds.
+    fn owner(&self, client: u8) -> usize {
+        let shares = Shares::new(self.members.keys().map(|r| member_id(*r)));
+        let owner = shares.owner(&mac(client % CLIENTS)).map(str::to_owned);
+        (0..REPLICAS).find(|r| Some(member_id(*r)) == owner).unwrap_or(0)
+    }
+
+    fn standing(&self, replica: usize, client: &[u8; 6]) -> Standing {
         let r = &self.replicas[replica];
+        if self.balanced {
+            let shares = Shares::new(r.view.iter().map(|r| member_id(*r)));
+            let id = member_id(replica);
+            return match (r.offline, r.member, shares.place(&id)) {
+                (true, _, _) => Standing::Offline,
+                (false, Some(term), Some(place)) => Standing::Member {
+                    term: u64::try_from(term).unwrap_or(0),
+                    owner: shares.owns(&id, client),
+                    place,
+                },
+                _ => Standing::Standby,
+            };
+        }
         if r.acting {
             Standing::Leader { term: r.term }
         } else if r.offline {
@@ -210,7 +280,10 @@ impl Cluster {
             _ => self.last_address.get(&client).copied().unwrap_or(Ipv4Addr::new(198, 18, 0, FIRST)),
         };
         let octets = ip.octets();
-        let server = SERVER.octets();
+        // Mostly the replica asked; sometimes another (load-balancing: a
+        // client answered by one member asking again where another hears).
+        let named = if (kind / 7) % 3 == 2 { (replica + 1) % REPLICAS } else { replica };
+        let server = server_ip(self.balanced, named).octets();
         let (options, ciaddr): (Vec<(u8, &[u8])>, bool) = match kind % 7 {
             0 => (vec![(code::MESSAGE_TYPE, &[1])], false),
             1 => (
@@ -231,9 +304,9 @@ impl Cluster {
         let client_kind = detect(&request);
         self.next_request += 1;
         let id = self.next_request;
-        let standing = self.standing(replica);
-        let event =
-            Event::Request { id, request: &request, client: &client_kind, boot: &self.boot, standing };
+        let standing = self.standing(replica, &request.mac);
+        let boot = ProxyContext { server_ip: server_ip(self.balanced, replica), ..self.boot.clone() };
+        let event = Event::Request { id, request: &request, client: &client_kind, boot: &boot, standing };
         let actions = self.replicas[replica].machine.handle(event, self.now_ms);
         self.replicas[replica].requests.insert(id, (request.mac_text(), client));
         self.after(replica, actions);
@@ -299,9 +372,14 @@ impl Cluster {
         let op = ops.remove(usize::from(which) % ops.len());
         let cut_off = self.replicas[replica].offline || how % 8 == 6;
         // The fence: the batch writer's guard is this replica's election
-        // key while it acts, and the store holds it only for its holder.
+        // key while it acts, and the store holds it only for its holder;
+        // or its membership, which the store holds only until it lapses.
         let r = &self.replicas[replica];
-        let fenced = r.acting && self.leader == Some((replica, r.term));
+        let fenced = if self.balanced {
+            r.member.is_some() && self.members.get(&replica) == r.member.as_ref()
+        } else {
+            r.acting && self.leader == Some((replica, r.term))
+        };
         let revision_of = |leases: &BTreeMap<Ipv4Addr, Stored>, ip| leases.get(&ip).map_or(0, |s| s.revision);
         let event = match op {
             Action::Write { op, ip, record, revision, .. } => {
@@ -414,6 +492,34 @@ impl Cluster {
                     self.depose();
                 }
             }
+        }
+    }
+
+    /// Load-balancing: `replica`'s membership lapses in the store (it
+    /// still believes in it until it looks), it joins (a new membership),
+    /// or it looks at the members again; or it is cut off from the store,
+    /// or back.
+    fn membership(&mut self, replica: usize, what: u8) {
+        let offline = self.replicas[replica].offline;
+        match what % 8 {
+            0 => {
+                self.members.remove(&replica);
+            }
+            1 => {
+                let r = &mut self.replicas[replica];
+                r.offline = !r.offline;
+            }
+            2 | 3 if !offline && !self.members.contains_key(&replica) => {
+                self.revision += 1;
+                self.members.insert(replica, self.revision);
+                self.replicas[replica].member = Some(self.revision);
+            }
+            _ if !offline => {
+                let r = &mut self.replicas[replica];
+                r.member = self.members.get(&replica).copied();
+                r.view = self.members.keys().copied().collect();
+            }
+            _ => {}
         }
     }
 

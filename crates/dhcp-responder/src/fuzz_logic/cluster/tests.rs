@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::{Seen, interleaving};
+use super::{Seen, balanced_interleaving, interleaving};
 
 /// One step of a script, as [`super::Cluster::step`] reads it.
 #[derive(Clone, Copy)]
@@ -25,7 +25,16 @@ enum Step {
     Cut(u8),
     /// Seconds forward (negative: back).
     Clock(i16),
+    /// Load-balancing: a replica joins the membership.
+    Join(u8),
+    /// Load-balancing: a replica's membership lapses in the store.
+    Lapse(u8),
+    /// Load-balancing: a replica looks at the members again.
+    Look(u8),
 }
+
+/// In [`Step::Ask`], the replica that owns the client (load-balancing).
+const OWNER: u8 = 3;
 
 fn script(steps: &[Step]) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -42,6 +51,9 @@ fn script(steps: &[Step]) -> Vec<u8> {
             Step::Cut(r) => bytes.extend([7, r, 1]),
             Step::Clock(secs) if secs >= 0 => bytes.extend([8, 0, 6, u8::try_from(secs).unwrap()]),
             Step::Clock(secs) => bytes.extend([8, 0, 7, u8::try_from(-secs).unwrap()]),
+            Step::Join(r) => bytes.extend([7, r, 2]),
+            Step::Lapse(r) => bytes.extend([7, r, 0]),
+            Step::Look(r) => bytes.extend([7, r, 4]),
         }
     }
     bytes
@@ -175,6 +187,60 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![partition(), late_writes(), disorder(), clock_step_back()]
 }
 
+/// Load-balancing: three members lease to clients they own; r0's
+/// membership lapses while it still believes in it (its writes are
+/// refused), the others see it gone and answer its clients, keeping their
+/// addresses; it joins again and the shares move back.
+fn balanced_takeover() -> Vec<u8> {
+    use Step::*;
+    let mut steps = vec![Join(0), Join(1), Join(2), Look(0), Look(1), Look(2)];
+    for client in 0..3 {
+        steps.extend([Ask(OWNER, client, 0, 3), Run(0), Run(1), Run(2)]);
+        steps.extend([Ask(OWNER, client, 1, 3), Run(0), Run(1), Run(2)]);
+    }
+    steps.extend([Lapse(0), Look(1), Look(2)]);
+    for client in 0..3 {
+        // Renewals broadcast (rebinding) reach everyone; r0 still tries.
+        steps.extend([Ask(0, client, 3, 3), Ask(1, client, 3, 3), Ask(2, client, 3, 3)]);
+        steps.extend([Run(0), Run(1), Run(2), Run(1), Run(2)]);
+        steps.extend([Ask(OWNER, client, 2, 3), Run(1), Run(2), Run(1), Run(2)]);
+    }
+    steps.extend([Join(0), Look(0), Look(1), Look(2), Clock(20)]);
+    for client in 0..4 {
+        steps.extend([Ask(OWNER, client, 0, 3), Run(0), Run(1), Run(2)]);
+        steps.extend([Ask(OWNER, client, 1, 3), Run(0), Run(1), Run(2), Run(0), Run(1), Run(2)]);
+    }
+    script(&steps)
+}
+
+/// Load-balancing with views that disagree: r0 saw only itself, r1 sees
+/// both; both believe they own some clients and race for the few
+/// addresses; the clock runs past leases and back.
+fn balanced_race() -> Vec<u8> {
+    use Step::*;
+    let mut steps = vec![Join(0), Look(0), Join(1), Look(1)];
+    for client in 0..4 {
+        steps.extend([Ask(0, client, 0, 3), Ask(1, client, 0, 3), Run(1), Run(0)]);
+        steps.extend([Ask(0, client, 1, 3), Ask(1, client, 1, 3), Run(0), Run(1), Run(0), Run(1)]);
+    }
+    steps.extend([Clock(61), Clock(-30)]);
+    for client in (0..4).rev() {
+        steps.extend([Ask(1, client, 2, 0), Ask(0, client, 2, 1), Run(1), Run(0), Run(1), Run(0)]);
+    }
+    script(&steps)
+}
+
+fn balanced_seeds() -> Vec<Vec<u8>> {
+    vec![balanced_takeover(), balanced_race()]
+}
+
+#[test]
+fn balanced_seeds_keep_every_ack_on_a_committed_lease_and_apart() {
+    let seen: Vec<Seen> = balanced_seeds().iter().map(|seed| balanced_interleaving(seed)).collect();
+    assert!(seen[0].acks >= 8 && seen[0].refused >= 1, "takeover: {:?}", seen[0]);
+    assert!(seen[1].acks >= 4 && seen[1].refused >= 1, "race: {:?}", seen[1]);
+}
+
 #[test]
 fn seed_interleavings_keep_every_ack_on_a_committed_lease_and_apart() {
     let seen: Vec<Seen> = seeds().iter().map(|seed| interleaving(seed)).collect();
@@ -210,5 +276,28 @@ proptest! {
         }
         bytes.extend(tail);
         interleaving(&bytes);
+    }
+
+    #[test]
+    fn any_balanced_interleaving_keeps_every_ack_on_a_committed_lease_and_apart(
+        bytes in proptest::collection::vec(any::<u8>(), 0..800),
+    ) {
+        balanced_interleaving(&bytes);
+    }
+
+    #[test]
+    fn mutated_balanced_seeds_keep_every_ack_on_a_committed_lease_and_apart(
+        which in 0usize..2,
+        flips in proptest::collection::vec((0usize..600, any::<u8>()), 1..12),
+        tail in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut bytes = balanced_seeds()[which].clone();
+        for (at, value) in flips {
+            if let Some(b) = bytes.get_mut(at) {
+                *b = value;
+            }
+        }
+        bytes.extend(tail);
+        balanced_interleaving(&bytes);
     }
 }
