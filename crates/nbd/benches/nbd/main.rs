@@ -16,9 +16,11 @@
 //! clients another when two are available. Every run is bounded in time;
 //! the figure is the median of `NBD_BENCH_ROUNDS` (default 3).
 //! `NBD_BENCH_ONLY=read` or `=write` runs one half, `NBD_BENCH_SECONDS`
-//! sets the random-read time (default 10).
+//! sets the random-read time (default 10). The failover pause (see
+//! [`failover`]) runs with the reads.
 #![allow(clippy::print_stdout, missing_docs)]
 
+mod failover;
 mod servers;
 
 use std::path::Path;
@@ -132,6 +134,7 @@ struct Row {
     one_conn: Vec<f64>,
     random: Vec<f64>,
     write: Vec<f64>,
+    failover_ms: Vec<f64>,
     multi_conn_offered: bool,
 }
 
@@ -211,6 +214,20 @@ fn main() {
             if let Some(server) = reader {
                 measure_reads(&server, cpus, size, seconds, &mut rows[i]);
             }
+            if only != "write" {
+                let start = |replica: usize| {
+                    let dir = scratch.path().join(format!("replica-{replica}"));
+                    std::fs::create_dir_all(&dir).ok()?;
+                    let server = match *name {
+                        "bootfleet" => servers::start_bootfleet(&golden, &dir),
+                        "qemu-nbd" => servers::start_qemu_nbd(&golden, &dir, Role::Read),
+                        _ => servers::start_nbdkit(&golden, &dir, Role::Read),
+                    }?;
+                    pin(&server, cpus);
+                    Some(server)
+                };
+                rows[i].failover_ms.extend(failover::pause(&start));
+            }
             let writer = match *name {
                 _ if only == "read" => None,
                 "bootfleet" => servers::start_bootfleet(&golden, scratch.path()),
@@ -230,27 +247,30 @@ fn main() {
         size >> 20
     );
     println!(
-        "| {:<10} | {:>26} | {:>22} | {:>26} | {:>26} |",
+        "| {:<10} | {:>26} | {:>22} | {:>26} | {:>26} | {:>20} |",
         "server",
         "seq read, multi-conn",
         "seq read, 1 conn",
         "4 KiB random read, QD32",
-        "write via COW overlay"
+        "write via COW overlay",
+        "failover pause"
     );
-    println!("|{:-<12}|{:->28}|{:->24}|{:->28}|{:->28}|", "", "", "", "", "");
+    println!("|{:-<12}|{:->28}|{:->24}|{:->28}|{:->28}|{:->22}|", "", "", "", "", "", "");
     for (name, row) in names.iter().zip(&rows) {
         let multi = if row.multi_conn_offered || row.multi_conn.is_empty() {
             cell(&row.multi_conn, "MiB/s", median(&reference.multi_conn))
         } else {
             format!("{} (1 conn)", cell(&row.multi_conn, "MiB/s", median(&reference.multi_conn)))
         };
+        let pause = median(&row.failover_ms).map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms"));
         println!(
-            "| {:<10} | {:>26} | {:>22} | {:>26} | {:>26} |",
+            "| {:<10} | {:>26} | {:>22} | {:>26} | {:>26} | {:>20} |",
             name,
             multi,
             cell(&row.one_conn, "MiB/s", median(&reference.one_conn)),
             cell(&row.random, "IOPS", median(&reference.random)),
             cell(&row.write, "MiB/s", median(&reference.write)),
+            pause,
         );
     }
 }
