@@ -5,9 +5,10 @@
 //! the whole cluster in the overlay (copying the base's bytes around a
 //! partial write first), and from then on the overlay answers for it.
 //! [`CowExport`] does that bookkeeping over any [`OverlayStore`]: the
-//! per-boot sparse file here ([`SparseOverlay`]), and later stores that
-//! persist their map or mirror every write to a second replica before it
-//! is acknowledged.
+//! per-boot sparse file here ([`SparseOverlay`]), and the same file with
+//! its map saved at every flush, surviving reboots and restarts
+//! ([`PersistentOverlay`]). Mirroring every write to a second replica is
+//! [`crate::mirror`]'s, around the export.
 //!
 //! Concurrency: requests of one session run in parallel. Turning a base
 //! cluster into an overlay cluster (and back, on trim) happens under a
@@ -17,11 +18,13 @@
 //! non-overlapping ones never disturb each other.
 
 mod caches;
+mod persistent;
 mod sparse;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use self::caches::{ClientCache, DEFAULT_CLUSTER_SIZE, WriteCacheError, WriteCaches};
+pub use self::persistent::{PersistentOverlay, PersistentOverlayError};
 pub use self::sparse::SparseOverlay;
 use crate::export::{Export, ExportError, check_range};
 use crate::options::ExportInfo;

@@ -5,8 +5,9 @@
 //! allocates what is written and leaves the rest as holes. A bitmap in
 //! memory says which clusters the overlay holds (a hole in the file is
 //! also what a zeroed cluster looks like, so the file alone cannot say).
-//! The map is not saved: the cache lives for one boot, and the file is
-//! deleted when the store is dropped.
+//! The map is not saved here: a per-boot cache lives for one boot, and
+//! its file is deleted when the store is dropped. [`super::PersistentOverlay`]
+//! keeps the file and saves the map beside it.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -37,6 +38,8 @@ pub struct SparseOverlay {
     cap_clusters: u64,
     cap_bytes: u64,
     metrics: Arc<NbdMetrics>,
+    /// Keep the file when dropped (a persistent overlay's).
+    keep: bool,
 }
 
 impl SparseOverlay {
@@ -66,7 +69,68 @@ impl SparseOverlay {
             cap_clusters: cap_bytes / cluster,
             cap_bytes,
             metrics,
+            keep: false,
         })
+    }
+
+    /// Opens the existing file at `path` holding the clusters whose bits
+    /// `words` sets (a map saved by [`Self::map_words`]); the file is kept
+    /// when the store is dropped.
+    pub(crate) fn reopen(
+        path: &Path,
+        size: u64,
+        cluster: u64,
+        cap_bytes: u64,
+        metrics: Arc<NbdMetrics>,
+        words: &[u64],
+    ) -> std::io::Result<Self> {
+        assert!(cluster.is_power_of_two(), "cluster size must be a power of two");
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        if file.metadata()?.len() != size {
+            file.set_len(size)?;
+        }
+        let clusters = size.div_ceil(cluster);
+        let expected = usize::try_from(clusters.div_ceil(64)).map_err(std::io::Error::other)?;
+        if words.len() != expected {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "map of another size"));
+        }
+        let store = Self {
+            path: path.to_owned(),
+            file,
+            size,
+            cluster,
+            map: words.iter().map(|w| AtomicU64::new(*w)).collect(),
+            used: AtomicU64::new(0),
+            held_bytes: AtomicU64::new(0),
+            cap_clusters: cap_bytes / cluster,
+            cap_bytes,
+            metrics,
+            keep: true,
+        };
+        for index in 0..clusters {
+            if store.contains(index) {
+                store.used.fetch_add(1, Ordering::AcqRel);
+                store.held_bytes.fetch_add(store.cluster_len(index), Ordering::AcqRel);
+                store.metrics.overlay_grew(store.cluster_len(index));
+            }
+        }
+        Ok(store)
+    }
+
+    /// Keeps the file when the store is dropped.
+    pub(crate) fn keep_file(mut self) -> Self {
+        self.keep = true;
+        self
+    }
+
+    /// The map now: one bit per cluster, set when the overlay holds it.
+    pub(crate) fn map_words(&self) -> Vec<u64> {
+        self.map.iter().map(|w| w.load(Ordering::Acquire)).collect()
+    }
+
+    /// The export's size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
     }
 
     /// Where the file is.
@@ -179,6 +243,9 @@ impl OverlayStore for SparseOverlay {
 impl Drop for SparseOverlay {
     fn drop(&mut self) {
         self.metrics.overlay_shrank(self.held_bytes.load(Ordering::Acquire));
+        if self.keep {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), cause = %e, "could not delete a write cache");
         }
