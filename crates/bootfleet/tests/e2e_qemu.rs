@@ -237,6 +237,66 @@ fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
     assert!(serial.contains("BOOTFLEET-MARKER second-boot"), "{serial}");
 }
 
+/// Rules on a fact DHCP cannot see: two VMs whose MACs fall under the
+/// same pattern, told apart only by their SMBIOS serials, boot different
+/// images. DHCP finds them undecided and answers; the streamer answers
+/// iPXE's MAC-only request with a script that asks again with every fact;
+/// the serial decides.
+#[test]
+fn vms_told_apart_by_their_serials_boot_different_images() {
+    let lab = Lab::start("bfs", 64);
+    let profile = |name: &str| {
+        format!(
+            "  - {{ name: {name}, kernel: {{ kernel: tiny/1/vmlinuz, initrds: [tiny/1/initrd.img], \
+             cmdline: \"console=ttyS0 quiet bootfleet.marker={name}\" }} }}\n"
+        )
+    };
+    let rule = |name: &str, serial: &str| {
+        format!(
+            "  - {{ name: {name}, match: {{ mac: \"52:54:00:00:64:*\", serial: \"{serial}*\" }}, \
+             image_profile: {name} }}\n"
+        )
+    };
+    let manifest = format!(
+        "image_profiles:\n{}{}rules:\n{}{}",
+        profile("by-serial-a"),
+        profile("by-serial-b"),
+        rule("by-serial-a", "BF-SERIAL-A"),
+        rule("by-serial-b", "BF-SERIAL-B")
+    );
+    let file = lab.dir.path().join("rules-serials.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let out =
+        lab.cli(&["apply", "-f", file.to_str().unwrap(), "--server", RULES, "--token", TOKEN, "--activate"]);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    // Both at once: the cores allow two TCG guests.
+    let a = Vm::start_with(
+        &lab.client,
+        lab.dir.path(),
+        "ser-a",
+        "52:54:00:00:64:01",
+        Firmware::Bios,
+        &["-smbios", "type=1,serial=BF-SERIAL-A1"],
+    );
+    let b = Vm::start_with(
+        &lab.client,
+        lab.dir.path(),
+        "ser-b",
+        "52:54:00:00:64:02",
+        Firmware::Bios,
+        &["-smbios", "type=1,serial=BF-SERIAL-B1"],
+    );
+    let serial_a = a.wait_marker(&lab.client, BOOT_WITHIN);
+    let serial_b = b.wait_marker(&lab.client, BOOT_WITHIN);
+    assert!(serial_a.contains("BOOTFLEET-MARKER by-serial-a"), "{serial_a}");
+    assert!(serial_b.contains("BOOTFLEET-MARKER by-serial-b"), "{serial_b}");
+    // The host record holds the serial the decision was made on.
+    let host = lab.cli(&["hosts", "get", "52:54:00:00:64:02", "--server", RULES, "-o", "json"]);
+    let host = String::from_utf8_lossy(&host.stdout).into_owned();
+    assert!(host.contains("BF-SERIAL-B1") && host.contains("by-serial-b"), "{host}");
+}
+
 /// UEFI (OVMF): PXE → ipxe.efi over TFTP → script → kernel; and UEFI HTTP
 /// boot (vendor class HTTPClient) → ipxe.efi over HTTP → script → kernel.
 #[test]

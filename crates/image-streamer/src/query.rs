@@ -66,6 +66,8 @@ pub fn facts_from_query(query: &str, client_ip: Option<&str>) -> Result<Facts, S
             "buildarch" => buildarch = value,
             "hostname" => facts.hostname = value,
             "domain" => facts.domain = value,
+            // Not a fact: where the request came from (see `boot_source`).
+            "source" => check_boot_source(&value)?,
             other => {
                 if let Some(label) = other.strip_prefix("label.") {
                     facts.labels.insert(label.to_owned(), value);
@@ -88,6 +90,55 @@ pub fn facts_from_query(query: &str, client_ip: Option<&str>) -> Result<Facts, S
         facts.ipv4 = ip.to_owned();
     }
     Facts::from_proto(&facts).map_err(|e| e.to_string())
+}
+
+/// Whether a boot-script query carries the facts iPXE knows of the host
+/// (serial, manufacturer, product, asset tag, platform, labels, …) rather
+/// than only what a DHCP server knows (its MAC). Malformed queries carry
+/// nothing ([`facts_from_query`] refuses them).
+pub fn carries_host_facts(query: &str) -> bool {
+    const HOST_FACTS: [&str; 11] = [
+        "serial",
+        "asset",
+        "asset_tag",
+        "manufacturer",
+        "vendor",
+        "product",
+        "model",
+        "platform",
+        "buildarch",
+        "hostname",
+        "domain",
+    ];
+    parse_pairs(query).is_ok_and(|pairs| {
+        pairs.iter().any(|(k, _)| HOST_FACTS.contains(&k.as_str()) || k.starts_with("label."))
+    })
+}
+
+/// What a boot-script request may say it came from: `bootstrap` from
+/// bootstrap media (`bootfleet bootstrap`); nothing on the network boot
+/// path.
+const BOOT_SOURCES: [&str; 2] = ["", "bootstrap"];
+
+fn check_boot_source(source: &str) -> Result<(), String> {
+    if BOOT_SOURCES.contains(&source) {
+        Ok(())
+    } else {
+        Err(format!("source {source:?} must be \"bootstrap\" or left out"))
+    }
+}
+
+/// Where a boot-script request says the host started from (`bootstrap`,
+/// or empty), kept as the `script` report's source so the host's boot
+/// status says the boot came from bootstrap media and which replica it
+/// reached. Only values [`facts_from_query`] accepts are returned.
+pub fn boot_source(query: &str) -> String {
+    parse_pairs(query)
+        .ok()
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "source"))
+        .map(|(_, v)| v)
+        .filter(|v| check_boot_source(v).is_ok())
+        .unwrap_or_default()
 }
 
 /// A boot report: MAC, stage and, for `booted`, where the OS came from.
@@ -141,6 +192,17 @@ pub fn report_from_query(query: &str) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bootstrap_medium_says_where_the_request_came_from() {
+        let query = "mac=52:54:00:00:00:01&platform=pcbios&source=bootstrap";
+        assert_eq!(facts_from_query(query, None).unwrap().mac, "52:54:00:00:00:01");
+        assert_eq!(boot_source(query), "bootstrap");
+        assert_eq!(boot_source("mac=52:54:00:00:00:01"), "");
+        let err = facts_from_query("mac=52:54:00:00:00:01&source=usb", None).unwrap_err();
+        assert!(err.contains("source"), "{err}");
+        assert_eq!(boot_source("mac=52:54:00:00:00:01&source=usb"), "");
+    }
 
     #[test]
     fn ipxe_query_becomes_facts() {

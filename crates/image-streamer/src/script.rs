@@ -237,6 +237,20 @@ fn vdisk_arguments(v: &VdiskBoot, disk: &FileRef, mac: &str, sources: &dyn Sourc
     ))
 }
 
+/// The script for a host whose rules need facts its request did not carry
+/// (a DHCP server handed iPXE the script URL with the MAC alone): it asks
+/// again with every fact iPXE knows, URL-encoded. The MAC stays the one
+/// asked for.
+pub fn facts_chain(self_url: &str, mac: &str) -> String {
+    let base = self_url.trim_end_matches('/');
+    format!(
+        "#!ipxe\n# Bootfleet: the rules for {mac} need this machine's facts\n\
+         chain {base}/boot.ipxe?mac={mac}&uuid=${{uuid}}&serial=${{serial:uristring}}\
+         &manufacturer=${{manufacturer:uristring}}&product=${{product:uristring}}\
+         &asset=${{asset:uristring}}&platform=${{platform}}&buildarch=${{buildarch}} || goto failed\n{FAILED}"
+    )
+}
+
 /// Renders the script for a request. Values that cannot be made safe in
 /// the script are left out, each with a warning naming the host and the
 /// variable.
@@ -427,6 +441,25 @@ mod tests {
             ),
             "{server}"
         );
+    }
+
+    #[test]
+    fn the_facts_chain_asks_again_with_every_fact_url_encoded() {
+        let chain = facts_chain("http://198.18.0.2:8080/", "52:54:00:00:00:01");
+        assert_eq!(
+            chain,
+            format!(
+                "#!ipxe\n# Bootfleet: the rules for 52:54:00:00:00:01 need this machine's facts\n\
+                 chain http://198.18.0.2:8080/boot.ipxe?mac=52:54:00:00:00:01&uuid=${{uuid}}\
+                 &serial=${{serial:uristring}}&manufacturer=${{manufacturer:uristring}}\
+                 &product=${{product:uristring}}&asset=${{asset:uristring}}&platform=${{platform}}\
+                 &buildarch=${{buildarch}} || goto failed\n{FAILED}"
+            )
+        );
+        // The request it makes carries the facts: no second chain.
+        let query = chain.split_once('?').unwrap().1.split_whitespace().next().unwrap();
+        assert!(crate::query::carries_host_facts(query));
+        assert!(!crate::query::carries_host_facts("mac=52:54:00:00:00:01"));
     }
 
     #[test]

@@ -94,6 +94,18 @@ pub(crate) struct Vm {
 impl Vm {
     /// Starts a VM with `mac` on a new tap in `client`'s bridge.
     pub(crate) fn start(client: &Netns, dir: &Path, name: &str, mac: &str, firmware: Firmware) -> Self {
+        Self::start_with(client, dir, name, mac, firmware, &[])
+    }
+
+    /// As [`Self::start`], with more QEMU arguments (`-smbios …`, say).
+    pub(crate) fn start_with(
+        client: &Netns,
+        dir: &Path,
+        name: &str,
+        mac: &str,
+        firmware: Firmware,
+        extra: &[&str],
+    ) -> Self {
         let tap = format!("tap-{name}");
         client.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).unwrap();
         client.ip(&["link", "set", &tap, "master", "br0"]).unwrap();
@@ -141,6 +153,7 @@ impl Vm {
                 }
             }
         }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let process = ChildGuard(client.spawn("qemu-system-x86_64", &args).unwrap());
         Self { name: name.to_owned(), process, serial, tap, started: Instant::now() }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use bootfleet_core::http_limits::{Admission, ConnectionSlots, HttpLimits};
 use bootfleet_core::log_limit::LogLimit;
 use bootfleet_proto::v1::{BootReport, Recording};
+use bootfleet_rules_engine::facts::Field;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
@@ -160,6 +161,17 @@ fn boot_script(streamer: &Arc<Streamer>, query: &str, peer: SocketAddr) -> Respo
         Err(reason) => return text(StatusCode::BAD_REQUEST, format!("bad boot-script request: {reason}")),
     };
     let now = now_ms();
+    // The MAC alone (the URL a DHCP server hands iPXE) may not decide:
+    // ask iPXE for the rest first.
+    if !query::carries_host_facts(query)
+        && streamer.rules.engine().rules.image_undecided(&facts, &Field::known_to_dhcp)
+    {
+        let mut r = Response::new(full(script::facts_chain(&streamer.public_url, &facts.mac)));
+        let headers = r.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
     // Only hosts Bootfleet boots leave a record: a query for any MAC must
     // not grow the store.
     let decision = streamer.rules.evaluate(&facts, now, true);
@@ -180,7 +192,7 @@ fn boot_script(streamer: &Arc<Streamer>, query: &str, peer: SocketAddr) -> Respo
                         at_unix_ms: now,
                         stage: "script".into(),
                         replica: streamer.member_id.clone(),
-                        source: String::new(),
+                        source: query::boot_source(query),
                         client: client_ip(peer).unwrap_or_default(),
                     },
                 );
