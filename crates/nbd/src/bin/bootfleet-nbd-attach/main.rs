@@ -331,3 +331,54 @@ impl Kernel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Options> {
+        Options::parse(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn the_initramfs_command_line_parses() {
+        let options = parse(&[
+            "--replicas",
+            "198.18.71.11:10809,198.18.71.12",
+            "--export",
+            "img/1/root.ext4",
+            "--device",
+            "0",
+            "--read-only",
+            "--request-timeout",
+            "2",
+            "--dead-timeout",
+            "60",
+        ])
+        .unwrap();
+        assert_eq!(options.replicas, ["198.18.71.11:10809", "198.18.71.12"]);
+        assert_eq!(options.export, "img/1/root.ext4");
+        assert!(options.read_only && !options.same_replica);
+        assert_eq!((options.request_timeout, options.dead_timeout), (2, 60));
+        let options = parse(&["--export", "host/x", "--same-replica", "--replicas", "10.0.0.1"]).unwrap();
+        assert!(options.same_replica && !options.read_only);
+        assert_eq!(options.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        let error = |args: &[&str]| format!("{:#}", parse(args).err().expect("refused"));
+        assert!(error(&["--export", "x"]).contains("--replicas is required"));
+        assert!(error(&["--replicas", "10.0.0.1"]).contains("--export is required"));
+        assert!(error(&["--replicas", "name:10809", "--export", "x"]).contains("not IP:PORT"));
+        assert!(error(&["--replicas", "10.0.0.1", "--export", "x", "--device"]).contains("needs a value"));
+        assert!(
+            error(&["--replicas", "10.0.0.1", "--export", "x", "--dead-timeout", "soon"])
+                .contains("not a number")
+        );
+        assert!(
+            error(&["--replicas", "10.0.0.1", "--export", "x", "--verbose", "1"])
+                .contains("unknown argument")
+        );
+    }
+}
