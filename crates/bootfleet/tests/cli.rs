@@ -111,6 +111,14 @@ fn operator_session() {
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_file = token_file.to_str().unwrap();
     let push = ["images", "push", image_dir, "--image", "tiny", "--version", "1", "--token-file", token_file];
+    // With a token it does not accept, the streamer refuses the upload:
+    // exit 68, as for rules.
+    let refused = Command::new(BIN)
+        .args(["images", "push", image_dir, "--image", "tiny", "--version", "1", "--images-server", &images])
+        .env("BOOTFLEET_TOKEN", "not-the-token-0123456789")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(68), "{refused:?}");
     let pushed = ok(&server, &[&push[..], &["--images-server", &images]].concat());
     assert!(pushed.contains("tiny"), "{pushed}");
     let v1 = dir.path().join("v1.yaml");

@@ -86,6 +86,21 @@ fn hash(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((hex(&hasher.finalize()), size))
 }
 
+/// A call the streamer refused or could not answer, with its gRPC status
+/// (callers branch on the code: the CLI's exit codes).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {}", status.message())]
+pub struct CallError {
+    /// What was being done ("disk.img", "committing os/3").
+    pub what: String,
+    /// The server's answer.
+    pub status: tonic::Status,
+}
+
+fn status_error(status: tonic::Status, what: &str) -> anyhow::Error {
+    CallError { what: what.to_owned(), status }.into()
+}
+
 /// Uploads one file, resuming after whatever the replica holds; calls
 /// `progress(sent, total)` as bytes go out. Returns the bytes sent now.
 pub async fn upload(
@@ -96,7 +111,7 @@ pub async fn upload(
     let offset = client
         .upload_offset(pb::UploadOffsetRequest { sha256: file.sha256.clone(), size: file.size })
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", file.name, s.message()))?
+        .map_err(|s| status_error(s, &file.name))?
         .into_inner()
         .offset;
     if offset == file.size && offset > 0 {
@@ -134,7 +149,7 @@ pub async fn upload(
     });
     let answer = client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
     let sent = reader.await.context("reading the file")??;
-    answer.map_err(|s| anyhow::anyhow!("{}: {}", file.name, s.message()))?;
+    answer.map_err(|s| status_error(s, &file.name))?;
     Ok(sent)
 }
 
@@ -155,5 +170,6 @@ pub async fn commit(
             .map(|f| pb::ImageFile { name: f.name.clone(), sha256: f.sha256.clone(), size: f.size })
             .collect(),
     };
-    Ok(client.commit_version(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner())
+    let label = format!("committing {image}/{version}");
+    Ok(client.commit_version(request).await.map_err(|s| status_error(s, &label))?.into_inner())
 }

@@ -326,6 +326,9 @@ pub(crate) fn exit_code(error: &anyhow::Error) -> i32 {
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
             return exit_for_code(status.code());
         }
+        if let Some(call) = cause.downcast_ref::<bootfleet_image_streamer::client::CallError>() {
+            return exit_for_code(call.status.code());
+        }
         if cause.is::<UsageError>() {
             return EXIT_USAGE;
         }
