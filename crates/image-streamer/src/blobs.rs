@@ -262,6 +262,28 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Removes partial files nobody has written for `idle` (an upload
+    /// given up on, a pull of a file no longer needed): kept across
+    /// restarts so a retry resumes, but not forever. Those being written
+    /// now stay. Returns how many went.
+    pub fn drop_abandoned_partials(&self, idle: std::time::Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.partial) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(sha) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if self.state().writing.contains(&sha) {
+                continue;
+            }
+            let idle_for =
+                entry.metadata().and_then(|m| m.modified()).map(|at| at.elapsed().unwrap_or_default());
+            if idle_for.is_ok_and(|d| d >= idle) && fs::remove_file(entry.path()).is_ok() {
+                tracing::info!(sha256 = %sha, "removed a partial file nobody wrote for {idle:?}");
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -608,6 +630,28 @@ mod tests {
         drop(f);
         store.finish(&digest, data.len() as u64).unwrap();
         digest
+    }
+
+    #[test]
+    fn abandoned_partial_files_go_and_fresh_or_claimed_ones_stay() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path(), 1 << 20, 1 << 30).unwrap());
+        let (old, fresh, claimed) = (sha(b"old"), sha(b"fresh"), sha(b"claimed"));
+        for digest in [&old, &fresh, &claimed] {
+            let mut f = store.append_at(digest, 0).unwrap();
+            BlobStore::write(&mut f, digest, b"half").unwrap();
+        }
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86400);
+        for digest in [&old, &claimed] {
+            let file = File::options().write(true).open(dir.path().join("partial").join(digest)).unwrap();
+            file.set_modified(two_days_ago).unwrap();
+        }
+        let _claim = BlobStore::claim(&store, &claimed).unwrap();
+        assert_eq!(store.drop_abandoned_partials(Duration::from_secs(86400)), 1);
+        assert_eq!(store.held_bytes(&old).unwrap(), 0);
+        assert_eq!(store.held_bytes(&fresh).unwrap(), 4);
+        assert_eq!(store.held_bytes(&claimed).unwrap(), 4);
     }
 
     #[test]

@@ -26,6 +26,9 @@ use crate::metrics;
 const MAX_PULLS: usize = 2;
 /// Longest a round waits for a wake-up.
 const ROUND: Duration = Duration::from_secs(2);
+/// A partial file nobody wrote for this long is dropped at the next scrub:
+/// a retry within a day resumes, an upload given up on does not stay.
+const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Longest wait for a peer's response headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the next piece of a peer's response body.
@@ -78,7 +81,12 @@ pub(super) async fn run(
             () = tokio::time::sleep_until(next_scrub) => {
                 next_scrub = tokio::time::Instant::now() + scrub_interval;
                 let blobs = Arc::clone(&streamer.blobs);
-                let corrupt = tokio::task::spawn_blocking(move || blobs.scrub()).await.unwrap_or_default();
+                let corrupt = tokio::task::spawn_blocking(move || {
+                    blobs.drop_abandoned_partials(ABANDONED_AFTER);
+                    blobs.scrub()
+                })
+                .await
+                .unwrap_or_default();
                 report_corrupt(&corrupt);
             }
         }
