@@ -229,14 +229,17 @@ fn render_settings(core: &CoreConfig, services: &Services) -> String {
         .set("cache_file_limit", streamer.cache_file_limit)
         .set("scrub_interval", seconds(streamer.scrub_interval))
         .set("record_decisions", streamer.record_decisions)
+        .set("nbd_listen", or_none(streamer.nbd_listen.as_ref()))
+        .set("nbd_write_cache_mib", streamer.write_caches.bytes_per_host >> 20)
+        .set("nbd_max_write_caches", streamer.write_caches.hosts)
         .end("streamer");
     match &services.dhcp {
         None => out.set("enabled", "false (no interfaces)").end("dhcp"),
         Some(dhcp) => {
             let mode = match &dhcp.mode {
                 bootfleet_dhcp_responder::server::Mode::Proxy => "proxy".to_owned(),
-                bootfleet_dhcp_responder::server::Mode::Full { pools, reservations, .. } => {
-                    format!("full ({} pools, {} reservations)", pools.len(), reservations.len())
+                bootfleet_dhcp_responder::server::Mode::Full { pools, reservations, ha, .. } => {
+                    format!("full ({} pools, {} reservations, {ha:?})", pools.len(), reservations.len())
                 }
             };
             out.set("enabled", true)
@@ -246,6 +249,14 @@ fn render_settings(core: &CoreConfig, services: &Services) -> String {
                 .set("tftp_server", dhcp.tftp_server)
                 .set("http_base", &dhcp.http_base)
                 .set("rules_url", &dhcp.rules_url)
+                .set(
+                    "trusted_relays",
+                    if dhcp.trusted_relays.is_empty() {
+                        "none (relayed requests are dropped)".to_owned()
+                    } else {
+                        format!("{:?}", dhcp.trusted_relays)
+                    },
+                )
                 .set("boot_unknown", dhcp.boot_unknown)
                 .set("requests_per_mac_per_second", dhcp.requests_per_mac_per_second)
                 .set("router_advertisements", dhcp.router_advertisements)
