@@ -10,6 +10,9 @@ if [ "${1:-build}" = test ]; then
   # NBD clients and peers: nbdinfo, nbdcopy (libnbd-bin), qemu-img, qemu-io,
   # qemu-nbd (qemu-utils), nbdkit, and fio with its nbd engine.
   need+=(libnbd-bin qemu-utils nbdkit fio)
+  # Bootstrap media (bootfleet bootstrap): the hybrid ISO (xorriso, isolinux,
+  # syslinux-common's ldlinux.c32) and the EFI system partition (mtools, dosfstools).
+  need+=(xorriso isolinux syslinux-common mtools dosfstools)
 fi
 
 missing=()

@@ -5,6 +5,7 @@
 //! over gRPC: apply declarative files, list and inspect rules, profiles and
 //! hosts, activate, diff, test compliance. Exit codes: see `cli`.
 
+mod bootstrap;
 mod cli;
 mod up;
 
@@ -47,6 +48,8 @@ enum Command {
     Evaluate(cli::hosts::EvaluateArgs),
     /// Act as a network-boot client once on an interface and print the answer.
     ProbeDhcp(cli::probe::ProbeArgs),
+    /// Bootable media (ISO, disk image, EFI) listing boot servers: no PXE, TFTP or DHCP options needed.
+    Bootstrap(bootstrap::BootstrapCommand),
     /// Print the script enabling shell completion (names asked from the servers).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -94,6 +97,7 @@ fn main() {
         Command::Hosts(command) => cli::run(&client, || cli::hosts::run_hosts(command, &client)),
         Command::Images(command) => cli::run(&client, || cli::images::run(command, &client)),
         Command::Evaluate(args) => cli::run(&client, || cli::hosts::run_evaluate(args, &client)),
+        Command::Bootstrap(command) => bootstrap::main(command, &client),
         Command::ProbeDhcp(args) => match cli::probe::run(&args) {
             Ok(code) => code,
             Err(e) => {
