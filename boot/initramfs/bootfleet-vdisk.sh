@@ -118,7 +118,11 @@ fi
 # Attach /dev/nbd0 to the first replica that serves the export (it says
 # which on the console, and why it skipped the others); in client-ram mode
 # the device is read-only.
-/sbin/bootfleet-nbd-attach --replicas "$replicas" --export "$export_name" --device 0 $attach_mode \
+# It runs as "@bootfleet-nbd-attach" (argv[0], through a link on the
+# PATH): systemd's shutdown spares processes whose argv[0] starts with "@",
+# the convention for daemons the root file system depends on.
+$bb ln -sf bootfleet-nbd-attach /sbin/@bootfleet-nbd-attach
+PATH=/sbin @bootfleet-nbd-attach --replicas "$replicas" --export "$export_name" --device 0 $attach_mode \
   --request-timeout "$nbd_timeout" --dead-timeout "$nbd_dead_timeout" ||
   fail "no replica in '$replicas' serves $export_name"
 

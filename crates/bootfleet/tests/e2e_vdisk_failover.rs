@@ -65,6 +65,7 @@ while [ $i -lt $chunks ]; do
   i=$((i+1))
 done | $bb sha256sum > /tmp/sum
 echo "FAILOVER-SUM $($bb cut -d' ' -f1 /tmp/sum)"
+echo "FAILOVER-HELPER $($bb ps -o args | $bb grep '[n]bd-attach')"
 $bb dmesg | $bb sed 's/^/FAILOVER-DMESG /'
 echo "FAILOVER-END"
 $bb sync
@@ -371,6 +372,9 @@ fn vm_reads_on_when_replica_a_fails(
         "{name}: no kernel log on the console:\n{console}"
     );
     assert!(!console.contains("FAILOVER-READ-ERROR"), "{name}: a read failed:\n{console}");
+    // The helper outlived switch_root, under the name systemd's shutdown
+    // spares.
+    assert!(console.contains("FAILOVER-HELPER @bootfleet-nbd-attach --replicas"), "{name}:\n{console}");
     assert!(
         io_errors(&console).is_empty(),
         "{name}: the guest kernel logged I/O errors: {:#?}",
