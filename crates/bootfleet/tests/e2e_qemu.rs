@@ -199,6 +199,12 @@ router_advertisements = true
     }
 }
 
+/// The first boot report of `stage` on a host record (`GetHost` as JSON).
+fn report_of(host: &serde_json::Value, stage: &str) -> serde_json::Value {
+    let reports = host["boot_status"]["reports"].as_array().cloned().unwrap_or_default();
+    reports.into_iter().find(|r| r["stage"] == stage).unwrap_or_default()
+}
+
 #[test]
 fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
     let lab = Lab::start("bfq", 61);
@@ -218,6 +224,11 @@ fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
     let requests: Vec<&str> =
         metrics.lines().filter(|l| l.starts_with("bootfleet_streamer_requests_total")).collect();
     assert!(stages.contains(&"script") && stages.contains(&"loaded"), "{host}\n{requests:#?}");
+    // Beside the streamer's stages, the DHCP replica with the address it
+    // gave (issue 17; the NIC's ROM is iPXE already: no TFTP here).
+    let dhcp = report_of(&host, "dhcp");
+    assert!(dhcp["source"].as_str().is_some_and(|a| a.starts_with("198.18.61.")), "{host}");
+    assert!(dhcp["replica"].as_str().is_some_and(|r| !r.is_empty()), "{host}");
 
     // The working set now assigns another host profile (another marker):
     // test-compliance predicts the change for this host, activation makes
@@ -305,6 +316,13 @@ fn uefi_vms_boot_by_pxe_and_by_http_boot() {
     lab.apply("uefi", true);
     let serial = lab.boot("pxe", "52:54:00:00:61:11", Firmware::UefiPxe);
     assert!(serial.contains("BOOTFLEET-MARKER uefi"), "{serial}");
+    // Its record names the TFTP replica and the loader it sent, and the
+    // DHCP replica (issue 17).
+    let host = lab.cli(&["hosts", "get", "52:54:00:00:61:11", "--server", RULES, "-o", "json"]);
+    let host: serde_json::Value = serde_json::from_slice(&host.stdout).unwrap();
+    let (tftp, dhcp) = (report_of(&host, "tftp"), report_of(&host, "dhcp"));
+    assert!(tftp["source"].as_str().is_some_and(|f| f.ends_with(".efi")), "{host}");
+    assert!(tftp["replica"] == dhcp["replica"] && dhcp["replica"] != "", "{host}");
     let serial = lab.boot("http", "52:54:00:00:61:12", Firmware::UefiHttp);
     assert!(serial.contains("BOOTFLEET-MARKER uefi"), "{serial}");
     // The second VM fetched its loader over HTTP, not TFTP.

@@ -7,6 +7,7 @@
 mod config;
 mod fencing;
 mod full_shell;
+mod history;
 mod leadership;
 mod lease_records;
 mod lease_writer;
@@ -142,6 +143,8 @@ struct Responder {
     streamer_members: Option<SnapshotCache>,
     /// Which of those replicas answer their admin endpoint.
     liveness: liveness::Liveness,
+    /// Full mode: the addresses acknowledged, on the hosts' records.
+    history: Option<history::BootHistory>,
 }
 
 /// What a responder needs from its process: the store, its member id, the
@@ -185,10 +188,14 @@ impl Responder {
         if !probed.is_empty() {
             liveness.start(probed, site.stop.clone());
         }
+        let history = leases.is_some().then(|| {
+            history::BootHistory::start(site.store.clone(), site.member_id.clone(), site.stop.clone())
+        });
         Ok(Self {
             tftp_members,
             streamer_members,
             liveness,
+            history,
             leases,
             verdicts: verdicts::Verdicts::new(
                 connect_lazy_with(&config.rules_url, config.service_token.as_ref())?,
@@ -299,6 +306,11 @@ impl Responder {
             observe(&HOT.total, started);
             HOT.answered.inc();
             tracing::info!(mac = %request.mac_text(), yiaddr = %reply.yiaddr, kind = ?reply.kind, "answered");
+            if reply.kind == ReplyType::Ack
+                && let Some(history) = &self.history
+            {
+                history.acknowledged(request.mac_text(), reply.yiaddr.to_string());
+            }
             let to = destination(&request, &reply, from, false);
             return Some((encode(&request, &reply, self.config.server_ip), to));
         }

@@ -6,10 +6,12 @@
 //! - [`conditional`]: HTTP preconditions and byte ranges;
 //! - [`script`]: iPXE scripts with failover URLs, per profile kind;
 //! - [`query`]: boot-script and report parameters;
-//! - [`catalog`]: the catalog, what the active rules need, what replicas hold.
+//! - [`catalog`]: the catalog, what the active rules need, what replicas hold;
+//! - [`gc`]: which versions and files garbage collection removes.
 //!
-//! The service around them: [`blobs`] (verified local files), [`reports`]
-//! (boot progress in the store) and [`server`] (HTTP, gRPC, replication).
+//! The service around them: [`blobs`] (verified local files) and [`server`]
+//! (HTTP, gRPC, NBD, replication); boot progress goes to the store through
+//! the rules engine's `store::boot_reports`, as from every boot service.
 #![warn(missing_docs)]
 
 pub mod blobs;
@@ -19,6 +21,5 @@ pub mod conditional;
 pub mod gc;
 pub mod metrics;
 pub mod query;
-pub mod reports;
 pub mod script;
 pub mod server;

@@ -27,8 +27,8 @@ pub use self::config::{StreamerArgs, StreamerConfig};
 use crate::blobs::BlobStore;
 use crate::catalog::{Catalog, IMAGES_PREFIX, NBD_ATTRIBUTE, Replica, SERVICE, replicas_of};
 use crate::metrics;
-use crate::reports::Reporter;
 use crate::script::{Sources, Templates};
+use bootfleet_rules_engine::store::boot_reports::{ReportMetrics, Reporter};
 
 /// Everything a replica serves from.
 pub(crate) struct Streamer {
@@ -206,7 +206,12 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
     for (name, cache) in ["rules", "profiles", "locations", "hosts"].into_iter().zip(rules.caches()) {
         ctx.health.track_snapshot(&format!("streamer.{name}"), cache, stop.clone());
     }
-    let reporter = Reporter::start(ctx.store.clone(), Arc::clone(&rules), stop.clone());
+    let report_metrics = ReportMetrics {
+        written: metrics::REPORTS_WRITTEN.clone(),
+        dropped: metrics::REPORTS_DROPPED.clone(),
+        pending_hosts: metrics::REPORTS_PENDING_HOSTS.clone(),
+    };
+    let reporter = Reporter::start(ctx.store.clone(), Some(Arc::clone(&rules)), report_metrics, stop.clone());
     let nbd = match &nbd_listener {
         Some(listener) => {
             let metrics = Arc::default();

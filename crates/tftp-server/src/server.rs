@@ -4,6 +4,7 @@
 
 mod config;
 mod content;
+mod history;
 mod metrics;
 mod receive;
 mod rendered;
@@ -31,6 +32,8 @@ pub struct TftpServer {
     limits: Limits,
     files: Files,
     renderer: Option<rendered::Renderer>,
+    /// Reports sent files on the hosts' records, once `run` has a store.
+    history: std::sync::OnceLock<history::BootHistory>,
     active: AtomicUsize,
     clients: Mutex<Clients>,
 }
@@ -137,6 +140,7 @@ impl TftpServer {
             limits,
             files,
             renderer,
+            history: std::sync::OnceLock::new(),
             active: AtomicUsize::new(0),
             clients: Mutex::default(),
         }))
@@ -365,6 +369,11 @@ async fn transfer(server: Arc<TftpServer>, mut slot: Slot, request: Request, pee
     drop(slot);
     metrics::finished(outcome, runner.sent, machine.retransmitted);
     let elapsed = started.elapsed();
+    if outcome == Outcome::Complete
+        && let Some(history) = server.history.get()
+    {
+        history.sent(peer.ip(), &request.filename);
+    }
     match outcome {
         Outcome::Complete => tracing::info!(
             %peer, file = %request.filename, bytes = runner.sent, ms = elapsed.as_millis() as u64,
@@ -446,6 +455,11 @@ pub async fn run(
     let server =
         TftpServer::new(config.clone()).with_context(|| format!("serving from {}", config.root.display()))?;
     let registration = Arc::new(ctx.register("tftp-server", vec![addr.to_string()]));
+    let _ = server.history.set(history::BootHistory::start(
+        ctx.store.clone(),
+        ctx.config.member_id.clone(),
+        &ctx.shutdown.token(),
+    ));
     ctx.health.set("tftp", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(%addr, root = %config.root.display(), "TFTP listening");
     let tracker = TaskTracker::new();

@@ -8,6 +8,7 @@
 //! bounded queue while the store is away ([`pending`]). The active rule set
 //! is compiled into an [`Engine`] again whenever rules or profiles change.
 
+pub mod boot_reports;
 pub mod host_wire;
 pub mod limits;
 pub mod pending;

@@ -1,7 +1,10 @@
-//! Boot reports: which stage of a host's boot reached which replica, and
-//! whether the host came up from the network or its cached disk. Kept under
-//! `/bootfleet/v1/boots/<mac>` (apart from the rules engine's host record,
-//! so the two writers never contend), joined into `GetHost` answers.
+//! Boot reports: which stage of a host's boot reached which replica (the
+//! DHCP responder's answer, the TFTP server's loaders, the streamer's
+//! script and files, the OS's own reports), and whether the host came up
+//! from the network or its cached disk. Kept under
+//! `/bootfleet/v1/boots/<mac>` (apart from the host record, so the two
+//! writers never contend), joined into `GetHost` answers. Every boot
+//! service writes them through a [`Reporter`].
 //!
 //! Requests hand reports to a pending map and return; one task writes them,
 //! coalescing everything pending for a host into one compare-and-swap, so a
@@ -20,13 +23,11 @@ use std::time::{Duration, Instant};
 use bootfleet_core::backoff::Backoff;
 use bootfleet_core::store::{Compare, CompareOp, SharedStore, StoreError, TxnOp, TxnRequest};
 use bootfleet_proto::v1::{BootReport, BootStatus};
-use bootfleet_rules_engine::store::{HOSTS_PREFIX, RulesState};
 use prost::Message;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::BOOTS_PREFIX;
-use crate::metrics;
+use super::{BOOTS_PREFIX, HOSTS_PREFIX, RulesState};
 
 /// Reports kept per host.
 pub const REPORTS_KEPT: usize = 20;
@@ -38,6 +39,16 @@ const MAX_PENDING_HOSTS: usize = 100_000;
 pub const HOST_RECORD_WAIT: Duration = Duration::from_secs(120);
 /// How often reports waiting for a record look again.
 const RECORD_RECHECK: Duration = Duration::from_secs(1);
+
+/// The MAC a stored DHCP lease (`/bootfleet/v1/leases/<ip>`) binds its
+/// address to now: for services that see only a client's address (TFTP)
+/// and report on its host's record. `None` for a lease not bound, expired
+/// or undecodable.
+pub fn lease_holder(lease: &[u8], now_unix_ms: i64) -> Option<String> {
+    use bootfleet_proto::v1::{Lease, lease};
+    let lease = Lease::decode(lease).ok()?;
+    (lease.state() == lease::State::Bound && lease.expires_unix_ms > now_unix_ms).then_some(lease.mac)
+}
 
 /// Applies reports to a status (pure).
 pub fn apply(status: &mut BootStatus, reports: &[BootReport]) {
@@ -64,6 +75,21 @@ struct Pending {
     reports: Vec<BootReport>,
     /// When the oldest of them was queued.
     since: Instant,
+    /// Without a snapshot of the host records, each look costs the store
+    /// a transaction: a host without a record is looked at again only
+    /// after this (doubling from a second).
+    next_look: Instant,
+}
+
+/// The metrics a reporter keeps (each service registers its own names).
+#[derive(Clone)]
+pub struct ReportMetrics {
+    /// Reports stored.
+    pub written: prometheus::IntCounter,
+    /// Reports dropped, by reason (`queue_full`, `no_host_record`).
+    pub dropped: prometheus::IntCounterVec,
+    /// Hosts with reports waiting.
+    pub pending_hosts: prometheus::IntGauge,
 }
 
 /// Queues reports and writes them in the background.
@@ -71,6 +97,7 @@ struct Pending {
 pub struct Reporter {
     pending: Arc<Mutex<HashMap<String, Pending>>>,
     wake: Arc<Notify>,
+    metrics: ReportMetrics,
 }
 
 /// What one round of writes left: hosts whose write failed (retried after
@@ -82,9 +109,15 @@ struct Round {
 }
 
 impl Reporter {
-    /// Starts the writer; `rules` tells which hosts have a record.
-    pub fn start(store: SharedStore, rules: Arc<RulesState>, stop: CancellationToken) -> Self {
-        let reporter = Self { pending: Arc::default(), wake: Arc::new(Notify::new()) };
+    /// Starts the writer; `rules`, when the process follows the host
+    /// records, tells which hosts have one without asking the store.
+    pub fn start(
+        store: SharedStore,
+        rules: Option<Arc<RulesState>>,
+        metrics: ReportMetrics,
+        stop: CancellationToken,
+    ) -> Self {
+        let reporter = Self { pending: Arc::default(), wake: Arc::new(Notify::new()), metrics };
         tokio::spawn(reporter.clone().run(store, rules, stop));
         reporter
     }
@@ -94,17 +127,20 @@ impl Reporter {
     pub fn report(&self, mac: String, report: BootReport) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= MAX_PENDING_HOSTS && !pending.contains_key(&mac) {
-            metrics::REPORTS_DROPPED.with_label_values(&["queue_full"]).inc();
+            self.metrics.dropped.with_label_values(&["queue_full"]).inc();
             return false;
         }
-        let host =
-            pending.entry(mac).or_insert_with(|| Pending { reports: Vec::new(), since: Instant::now() });
+        let host = pending.entry(mac).or_insert_with(|| Pending {
+            reports: Vec::new(),
+            since: Instant::now(),
+            next_look: Instant::now(),
+        });
         host.reports.push(report);
         let excess = host.reports.len().saturating_sub(REPORTS_KEPT);
         host.reports.drain(..excess);
         let hosts = pending.len();
         drop(pending);
-        metrics::REPORTS_PENDING_HOSTS.set(i64::try_from(hosts).unwrap_or(i64::MAX));
+        self.metrics.pending_hosts.set(i64::try_from(hosts).unwrap_or(i64::MAX));
         self.wake.notify_one();
         true
     }
@@ -124,10 +160,10 @@ impl Reporter {
             }
             pending.insert(mac, host);
         }
-        metrics::REPORTS_PENDING_HOSTS.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        self.metrics.pending_hosts.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
     }
 
-    async fn run(self, store: SharedStore, rules: Arc<RulesState>, stop: CancellationToken) {
+    async fn run(self, store: SharedStore, rules: Option<Arc<RulesState>>, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut waiting = false;
         loop {
@@ -135,7 +171,7 @@ impl Reporter {
                 () = stop.cancelled() => {
                     // One last attempt so reports taken just before shutdown are kept.
                     let batch = self.take_pending();
-                    let last = write_round(&store, &rules, batch, Instant::now());
+                    let last = write_round(&store, rules.as_deref(), &self.metrics, batch, Instant::now());
                     let _ = tokio::time::timeout(Duration::from_secs(2), last).await;
                     return;
                 }
@@ -143,7 +179,7 @@ impl Reporter {
                 () = tokio::time::sleep(RECORD_RECHECK), if waiting => {}
             }
             let batch = self.take_pending();
-            let round = write_round(&store, &rules, batch, Instant::now()).await;
+            let round = write_round(&store, rules.as_deref(), &self.metrics, batch, Instant::now()).await;
             waiting = !round.waiting.is_empty();
             let failed = !round.failed.is_empty();
             self.put_back(round.failed.into_iter().chain(round.waiting));
@@ -165,22 +201,32 @@ impl Reporter {
 /// them (counted).
 async fn write_round(
     store: &SharedStore,
-    rules: &RulesState,
+    rules: Option<&RulesState>,
+    metrics: &ReportMetrics,
     batch: HashMap<String, Pending>,
     now: Instant,
 ) -> Round {
     let mut round = Round::default();
-    for (mac, host) in batch {
+    for (mac, mut host) in batch {
         // The snapshot first: a flood of made-up MACs costs no store call.
-        let written =
-            if rules.has_host(&mac) { write_one(store, &mac, &host.reports).await } else { Ok(false) };
+        // Without one, a host found without a record waits longer between
+        // looks.
+        let written = match rules {
+            Some(rules) if !rules.has_host(&mac) => Ok(false),
+            None if now < host.next_look => Ok(false),
+            _ => write_one(store, &mac, &host.reports).await,
+        };
         match written {
-            Ok(true) => metrics::REPORTS_WRITTEN.inc_by(host.reports.len() as u64),
-            Ok(false) if now.duration_since(host.since) < HOST_RECORD_WAIT => round.waiting.push((mac, host)),
+            Ok(true) => metrics.written.inc_by(host.reports.len() as u64),
+            Ok(false) if now.duration_since(host.since) < HOST_RECORD_WAIT => {
+                if now >= host.next_look {
+                    let waited = now.duration_since(host.since).max(RECORD_RECHECK);
+                    host.next_look = now + waited;
+                }
+                round.waiting.push((mac, host));
+            }
             Ok(false) => {
-                metrics::REPORTS_DROPPED
-                    .with_label_values(&["no_host_record"])
-                    .inc_by(host.reports.len() as u64);
+                metrics.dropped.with_label_values(&["no_host_record"]).inc_by(host.reports.len() as u64);
                 tracing::debug!(mac = %mac, "boot reports dropped: the host got no record (rules.max_hosts?)");
             }
             Err(e) => {
