@@ -51,12 +51,16 @@ const FAIL_AT_CHUNK: usize = 16;
 /// 2 busy cores.
 const WITHIN: Duration = Duration::from_secs(150);
 
-/// The guest's init: reads /big a MiB at a time with O_DIRECT into
-/// sha256sum, printing every 4th chunk and any failed read, then the
+/// The guest's init: sends the NBD helper SIGTERM and SIGHUP, reads /big
+/// a MiB at a time with O_DIRECT into sha256sum, printing every 4th chunk and any failed read, then the
 /// checksum and the kernel's whole log, and powers off.
 const INIT: &str = r#"#!/bin/busybox sh
 bb=/bin/busybox
 chunks=$(( $($bb stat -c %s /big) / 1048576 ))
+# As an init system at shutdown would: the helper must not go.
+helper=$($bb ps -o pid,args | $bb grep '[n]bd-attach' | $bb awk '{print $1}')
+$bb kill -TERM $helper
+$bb kill -HUP $helper
 echo "FAILOVER-READING $chunks"
 i=0
 while [ $i -lt $chunks ]; do
@@ -372,8 +376,8 @@ fn vm_reads_on_when_replica_a_fails(
         "{name}: no kernel log on the console:\n{console}"
     );
     assert!(!console.contains("FAILOVER-READ-ERROR"), "{name}: a read failed:\n{console}");
-    // The helper outlived switch_root, under the name systemd's shutdown
-    // spares.
+    // The helper outlived switch_root, SIGTERM and SIGHUP, under the name
+    // systemd's shutdown spares.
     assert!(console.contains("FAILOVER-HELPER @bootfleet-nbd-attach --replicas"), "{name}:\n{console}");
     assert!(
         io_errors(&console).is_empty(),

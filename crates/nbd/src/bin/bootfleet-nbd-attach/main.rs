@@ -161,6 +161,7 @@ fn run(options: &Options) -> anyhow::Result<()> {
         options.device, options.export, options.replicas[current], details.size
     );
     sys::continue_in_background().context("detaching")?;
+    sys::ignore_termination_signals();
     watch(options, &mut kernel, &events, current, details.size)
 }
 

@@ -1,6 +1,7 @@
 //! The few system calls std does not offer: a generic netlink socket
-//! (with multicast membership), detaching into the background, and
-//! keeping the helper's memory resident. Each wraps one libc call.
+//! (with multicast membership), detaching into the background, ignoring
+//! termination signals, and keeping the helper's memory resident. Each
+//! wraps one libc call.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -92,6 +93,16 @@ pub(crate) fn continue_in_background() -> io::Result<()> {
     // SAFETY: setsid(2) has no memory arguments.
     unsafe { libc::setsid() };
     Ok(())
+}
+
+/// Ignores SIGTERM, SIGINT and SIGHUP: init systems send them to every
+/// process at shutdown (and a closing console sends SIGHUP), while the
+/// root disk still needs this one; only SIGKILL ends it.
+pub(crate) fn ignore_termination_signals() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
 }
 
 /// Locks the helper's pages in RAM: it must run while the disk it serves
