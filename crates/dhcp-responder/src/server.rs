@@ -289,6 +289,14 @@ impl Responder {
             count("not_boot_client");
             return None;
         }
+        if let Some(leases) = &self.leases
+            && leases.others(&request, self.config.server_ip)
+        {
+            // Load-balancing: another member's client. Not even the rules
+            // engine is asked: each replica pays for its own share only.
+            count("other_member");
+            return None;
+        }
         let record = request.message_type == MessageType::Discover;
         let started = Instant::now();
         let verdict = self.verdicts.ask(&request, client.arch.map(|a| a.name()), record).await;

@@ -335,9 +335,13 @@ impl FullMachine {
                 });
         if let (Some(secs), Some(lease)) = (reusable, current.clone()) {
             let expires = lease.expires_unix_ms;
-            // Load-balancing: other members write leases too, so the index
-            // is never the store's for sure; every reuse is confirmed.
-            if pending.place.is_none() && self.table.is_verified(ip, revision, pending.term) {
+            // Load-balancing: other members may write this lease too, but
+            // only as its client's lease allows (a renewal lengthens it; a
+            // RELEASE or DECLINE keeps the address from everyone else until
+            // it would have ended; another client gets it only after it
+            // ended), so an ACK within what this member committed stays
+            // true whatever they did since — as an offline answer does.
+            if self.table.is_verified(ip, revision, pending.term) {
                 return Action::Send { id, reply: self.ack(&pending, ip, secs), reused: true };
             }
             let ticket = self.table.writes_begun(ip);
@@ -550,7 +554,7 @@ impl FullMachine {
 /// replica on the link answers it, each renewal a compare-and-swap on the
 /// same lease), an INFORM. Without this, a client whose owner changed
 /// while it held a lease would not be renewed until it rebinds.
-fn addressed_here(request: &Request, server_ip: Ipv4Addr) -> bool {
+pub fn addressed_here(request: &Request, server_ip: Ipv4Addr) -> bool {
     match request.server_id() {
         Some(server) => server == server_ip,
         None => {

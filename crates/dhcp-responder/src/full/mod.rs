@@ -16,6 +16,7 @@ use crate::wire::code;
 
 pub use machine::{
     Action, Event, FullConfig, FullMachine, LeaseRecord, OpId, Quiet, RequestId, Standing, StoreUnavailable,
+    addressed_here,
 };
 pub use table::LeaseTable;
 

@@ -34,7 +34,9 @@ use super::leadership::campaign;
 use super::lease_records::{PREFIX, address, decode, key, put};
 use super::lease_writer::{WriteJob, write_batches};
 use crate::client::Client;
-use crate::full::{Action, Event, FullConfig, FullMachine, Quiet, RequestId, Standing, StoreUnavailable};
+use crate::full::{
+    Action, Event, FullConfig, FullMachine, Quiet, RequestId, Standing, StoreUnavailable, addressed_here,
+};
 use crate::proxy::{ProxyContext, Reply};
 use crate::wire::Request;
 
@@ -166,6 +168,15 @@ impl Leases {
                 None => Standing::Standby,
             },
         }
+    }
+
+    /// Whether another member answers this request (load-balancing): it
+    /// owns the client, and the client did not address this replica. Such
+    /// requests are dropped before the rules engine is asked, so each
+    /// replica pays for its own share only.
+    pub(super) fn others(&self, request: &Request, server_ip: std::net::Ipv4Addr) -> bool {
+        matches!(self.standing(&request.mac), Standing::Member { owner: false, .. })
+            && !addressed_here(request, server_ip)
     }
 
     /// Answers one full-DHCP request (`None`: stay silent): runs the

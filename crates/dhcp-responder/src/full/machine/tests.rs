@@ -164,7 +164,7 @@ fn a_member_answers_its_own_clients_and_what_is_addressed_to_it() {
 }
 
 #[test]
-fn a_member_confirms_every_reused_lease_since_other_members_write_too() {
+fn a_member_reuses_its_own_writes_of_this_membership_only() {
     let mut m = machine();
     let member = Standing::Member { term: 7, owner: true, place: PLACE };
     let ip = Ipv4Addr::new(198, 18, 0, 10);
@@ -172,7 +172,17 @@ fn a_member_confirms_every_reused_lease_since_other_members_write_too() {
     let Action::Write { op, .. } = ask(&mut m, 1, &select, member, NOW) else { panic!() };
     let ack = m.handle(Event::Written { op, outcome: Ok(Some(5)) }, NOW + 40).pop().unwrap();
     assert_eq!(lease_secs(&ack), Some(60));
-    // A leader would ACK this from its own write; a member asks the store.
     let again = ask(&mut m, 2, &select, member, NOW + 2_000);
-    assert!(matches!(again, Action::Confirm { revision: 5, .. }), "{again:?}");
+    assert!(matches!(again, Action::Send { reused: true, .. }), "{again:?}");
+    // Under a new membership (it lapsed and came back), confirmed first.
+    let rejoined = Standing::Member { term: 9, owner: true, place: PLACE };
+    assert!(matches!(ask(&mut m, 3, &select, rejoined, NOW + 3_000), Action::Confirm { revision: 5, .. }));
+    // Another member renewed it meanwhile (the watch says so): confirmed.
+    let renewed = LeaseEntry {
+        mac: "52:54:00:00:00:01".into(),
+        state: LeaseState::Bound,
+        expires_unix_ms: NOW + 64_000,
+    };
+    m.handle(Event::Watched { ip, lease: Some(renewed), revision: 8 }, NOW + 4_000);
+    assert!(matches!(ask(&mut m, 4, &select, member, NOW + 4_000), Action::Confirm { revision: 8, .. }));
 }
