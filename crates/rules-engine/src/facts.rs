@@ -34,6 +34,10 @@ pub enum Field {
     Hostname,
     /// Domain.
     Domain,
+    /// DHCP option 82's circuit id (the switch port), from a trusted relay.
+    CircuitId,
+    /// DHCP option 82's remote id (the relay agent), from a trusted relay.
+    RemoteId,
     /// A free-form label.
     Label(String),
 }
@@ -53,6 +57,8 @@ impl Field {
             "relay" => Self::Relay,
             "hostname" => Self::Hostname,
             "domain" => Self::Domain,
+            "circuit_id" => Self::CircuitId,
+            "remote_id" => Self::RemoteId,
             other => {
                 let key = other.strip_prefix("label.")?;
                 if key.is_empty() {
@@ -64,15 +70,18 @@ impl Field {
     }
 
     /// Field names accepted by [`Field::parse`], for error messages.
-    pub const NAMES: &'static str =
-        "mac, uuid, serial, asset_tag, vendor, model, arch, ipv4, relay, hostname, domain, label.<key>";
+    pub const NAMES: &'static str = "mac, uuid, serial, asset_tag, vendor, model, arch, ipv4, relay, hostname, domain, circuit_id, remote_id, \
+         label.<key>";
 
     /// Whether a DHCP server knows this field when a machine first asks
     /// (MAC, client UUID, architecture, address, relay); the rest —
     /// serial, asset tag, manufacturer, product, host name, domain and
     /// labels — reach Bootfleet only with iPXE's request for its script.
     pub fn known_to_dhcp(&self) -> bool {
-        matches!(self, Self::Mac | Self::Uuid | Self::Arch | Self::Ipv4 | Self::Relay)
+        matches!(
+            self,
+            Self::Mac | Self::Uuid | Self::Arch | Self::Ipv4 | Self::Relay | Self::CircuitId | Self::RemoteId
+        )
     }
 
     /// Whether values of this field are IPv4 addresses.
@@ -112,6 +121,10 @@ pub struct Facts {
     pub hostname: String,
     /// Domain.
     pub domain: String,
+    /// DHCP option 82 circuit id (trusted relays only).
+    pub circuit_id: String,
+    /// DHCP option 82 remote id (trusted relays only).
+    pub remote_id: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
 }
@@ -183,6 +196,8 @@ impl Facts {
             relay_value: parse_address("facts.relay", facts.relay.trim())?,
             hostname: facts.hostname.trim().to_owned(),
             domain: facts.domain.trim().to_owned(),
+            circuit_id: facts.circuit_id.trim().to_owned(),
+            remote_id: facts.remote_id.trim().to_owned(),
             labels: facts.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
     }
@@ -202,6 +217,8 @@ impl Facts {
             hostname: self.hostname.clone(),
             domain: self.domain.clone(),
             labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            circuit_id: self.circuit_id.clone(),
+            remote_id: self.remote_id.clone(),
         }
     }
 
@@ -219,6 +236,8 @@ impl Facts {
             Field::Relay => &self.relay,
             Field::Hostname => &self.hostname,
             Field::Domain => &self.domain,
+            Field::CircuitId => &self.circuit_id,
+            Field::RemoteId => &self.remote_id,
             Field::Label(key) => return self.labels.get(key).map(String::as_str),
         };
         (!value.is_empty()).then_some(value.as_str())

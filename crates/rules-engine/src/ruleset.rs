@@ -592,6 +592,29 @@ mod tests {
     }
 
     #[test]
+    fn rules_match_the_relay_agents_circuit_and_remote_ids_known_to_dhcp() {
+        use serde_json::json;
+        let set = CompiledRuleSet::compile_rules(
+            &[
+                rule("port", json!({"circuit_id": "eth1/*", "remote_id": "001bff"}), "rack", "", ""),
+                rule("rest", json!({"always": true}), "other", "", ""),
+            ],
+            0,
+        )
+        .unwrap();
+        let host = |circuit: &str| {
+            facts("52:54:00:00:00:01", |f| {
+                f.circuit_id = circuit.into();
+                f.remote_id = "001bff".into();
+            })
+        };
+        let image = |f: &Facts| names(&set, &set.evaluate(f)).0;
+        assert_eq!(image(&host("eth1/42")), Some("port".into()));
+        assert_eq!(image(&host("eth2/1")), Some("rest".into()));
+        assert!(!set.image_undecided(&host("eth1/42"), &Field::known_to_dhcp));
+    }
+
+    #[test]
     fn a_rule_on_the_serial_leaves_dhcp_undecided_until_it_cannot_match() {
         use serde_json::json;
         let set = CompiledRuleSet::compile_rules(

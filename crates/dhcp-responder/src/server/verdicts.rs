@@ -69,6 +69,11 @@ struct FactsKey {
     uuid: String,
     arch: String,
     relay: String,
+    /// Option 82's circuit and remote id (relayed requests only: they come
+    /// from a trusted relay, checked before; a client's own option 82 is
+    /// anyone's to write).
+    circuit_id: String,
+    remote_id: String,
 }
 
 struct Known {
@@ -168,10 +173,14 @@ impl Verdicts {
     /// rules engine to record the attempt.
     pub(super) async fn ask(&self, request: &Request, arch: Option<String>, discover: bool) -> Verdict {
         let mac = request.mac_text();
+        let relayed = !request.giaddr.is_unspecified();
+        let (circuit_id, remote_id) = if relayed { relay_agent_ids(request) } else { Default::default() };
         let key = FactsKey {
             uuid: request.uuid().unwrap_or_default(),
             arch: arch.unwrap_or_default(),
-            relay: if request.giaddr.is_unspecified() { String::new() } else { request.giaddr.to_string() },
+            relay: if relayed { request.giaddr.to_string() } else { String::new() },
+            circuit_id,
+            remote_id,
         };
         let generation = self.generation.load(Ordering::Acquire);
         let now = Instant::now();
@@ -325,7 +334,28 @@ fn facts(mac: &str, key: &FactsKey) -> pb::HostFacts {
         uuid: key.uuid.clone(),
         arch: key.arch.clone(),
         relay: key.relay.clone(),
+        circuit_id: key.circuit_id.clone(),
+        remote_id: key.remote_id.clone(),
         ..Default::default()
+    }
+}
+
+/// Option 82's circuit id (sub-option 1) and remote id (2) as facts:
+/// printable text as it is, anything else as lowercase hex.
+fn relay_agent_ids(request: &Request) -> (String, String) {
+    let Some(Ok(subs)) = request.option(crate::wire::code::RELAY_AGENT_INFO).map(crate::wire::sub_options)
+    else {
+        return Default::default();
+    };
+    let text = |code: u8| subs.get(&code).map(|v| id_text(v)).unwrap_or_default();
+    (text(1), text(2))
+}
+
+fn id_text(bytes: &[u8]) -> String {
+    if !bytes.is_empty() && bytes.iter().all(|b| (0x21..0x7f).contains(b)) {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -390,7 +420,26 @@ mod tests {
     }
 
     fn key() -> FactsKey {
-        FactsKey { uuid: "u".into(), arch: "bios".into(), relay: String::new() }
+        FactsKey {
+            uuid: "u".into(),
+            arch: "bios".into(),
+            relay: String::new(),
+            circuit_id: String::new(),
+            remote_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn relay_agent_ids_are_text_when_printable_and_hex_otherwise() {
+        use crate::wire::code::RELAY_AGENT_INFO;
+        use crate::wire::tests::datagram;
+        let option = [&[1u8, 7][..], b"eth1/42", &[2, 3, 0x00, 0x1b, 0xff]].concat();
+        let discover = (crate::wire::code::MESSAGE_TYPE, &[1u8][..]);
+        let options = [discover, (RELAY_AGENT_INFO, &option)];
+        let request = Request::parse(&datagram([0x52, 0x54, 0, 0, 0, 1], &options)).unwrap();
+        assert_eq!(relay_agent_ids(&request), ("eth1/42".to_owned(), "001bff".to_owned()));
+        let plain = Request::parse(&datagram([0x52, 0x54, 0, 0, 0, 1], &[discover])).unwrap();
+        assert_eq!(relay_agent_ids(&plain), (String::new(), String::new()));
     }
 
     fn known(asked: Instant, recorded: Option<Instant>) -> Known {

@@ -1335,6 +1335,13 @@ pub struct HostFacts {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// DHCP option 82 sub-options 1 and 2, from trusted relays only: the
+    /// switch port and the relay agent. Printable text as it is, anything
+    /// else as lowercase hex.
+    #[prost(string, tag = "13")]
+    pub circuit_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "14")]
+    pub remote_id: ::prost::alloc::string::String,
 }
 /// A file of the image catalog: image name + version + file name.
 #[allow(clippy::all)]
