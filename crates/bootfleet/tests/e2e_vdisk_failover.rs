@@ -12,9 +12,11 @@
 //! block from the network) a MiB at a time, printing its progress, then
 //! the checksum and the kernel's log.
 //!
-//! A quarter into the read the serving replica fails, twice, with a VM
-//! each time: first it hangs (SIGSTOP: connections stay open, requests go
-//! unanswered, as with a machine or link gone dark), then it dies
+//! A quarter into the read the serving replica fails, three times, with a
+//! VM each time: first it hangs (SIGSTOP: connections stay open, requests
+//! go unanswered, as with a machine or link gone dark), then it is drained
+//! (SIGTERM, as an orchestrator stops it: it answers what is in flight,
+//! closes its sessions and exits cleanly), then, started again, it dies
 //! (SIGKILL: connections reset). The initramfs's `bootfleet-nbd-attach`
 //! moves the device to the other replica: the checksum matches, no read
 //! fails, and the guest kernel logged no I/O error. The failover pause
@@ -122,6 +124,8 @@ fn build_root(dir: &Path) -> (PathBuf, String) {
 struct Lab {
     /// By name, with their admin ports; dropped (killed) with the lab.
     streamers: Vec<(String, ChildGuard, u16)>,
+    /// The `[store]` section every replica shares.
+    store: String,
     dir: tempfile::TempDir,
     _etcd: EtcdCluster,
     // Dropped last: deleting a namespace kills what still runs in it.
@@ -146,38 +150,45 @@ impl Lab {
             "[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\nelection_ttl = \"2s\"\nmember_ttl = \"3s\"\n",
             etcd.endpoints().iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")
         );
-        let mut lab = Self { streamers: Vec::new(), dir, _etcd: etcd, client, server };
-        for (n, letter, nbd) in [(1u16, "a", NBD_A), (2, "b", NBD_B)] {
-            let name = format!("streamer-{letter}");
-            let config = format!(
-                "{store}[streamer]\nlisten = \"198.18.71.{}:8080\"\ngrpc_listen = \"127.0.0.1:{}\"\n\
-                 nbd_listen = \"{nbd}\"\nadmin_token = \"{TOKEN}\"\ndata_dir = \"{}\"\nloaders_dir = \"{}\"\n",
-                10 + n,
-                7070 + n,
-                lab.dir.path().join(&name).display(),
-                loaders.display()
-            );
-            let file = lab.dir.path().join(format!("{name}.toml"));
-            std::fs::write(&file, config).unwrap();
-            let admin = 9220 + n;
-            let binary = service_binary("bootfleet-image-streamer");
-            let args = [
-                "-c",
-                file.to_str().unwrap(),
-                "--member-id",
-                &name,
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--log",
-                "warn",
-            ];
-            let child = lab.server.spawn(binary.to_str().unwrap(), &args).unwrap();
-            lab.streamers.push((name, ChildGuard(child), admin));
+        let mut lab = Self { streamers: Vec::new(), store, dir, _etcd: etcd, client, server };
+        for letter in ["a", "b"] {
+            lab.spawn_streamer(letter);
         }
         for (_, _, admin) in &lab.streamers {
             wait_serving_in(&lab.server, *admin, "", Duration::from_secs(40));
         }
         lab
+    }
+
+    /// Starts replica `a` or `b` (again: its data directory stays).
+    fn spawn_streamer(&mut self, letter: &str) {
+        let (n, nbd) = if letter == "a" { (1u16, NBD_A) } else { (2, NBD_B) };
+        let name = format!("streamer-{letter}");
+        let config = format!(
+            "{}[streamer]\nlisten = \"198.18.71.{}:8080\"\ngrpc_listen = \"127.0.0.1:{}\"\n\
+             nbd_listen = \"{nbd}\"\nadmin_token = \"{TOKEN}\"\ndata_dir = \"{}\"\nloaders_dir = \"{}\"\n",
+            self.store,
+            10 + n,
+            7070 + n,
+            self.dir.path().join(&name).display(),
+            self.dir.path().join("loaders").display()
+        );
+        let file = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, config).unwrap();
+        let admin = 9220 + n;
+        let binary = service_binary("bootfleet-image-streamer");
+        let args = [
+            "-c",
+            file.to_str().unwrap(),
+            "--member-id",
+            &name,
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--log",
+            "warn",
+        ];
+        let child = self.server.spawn(binary.to_str().unwrap(), &args).unwrap();
+        self.streamers.push((name, ChildGuard(child), admin));
     }
 
     /// Pushes the root image to both replicas (a version is immutable:
@@ -259,10 +270,13 @@ impl Lab {
         let pid = self.streamer_pid(name).to_string();
         let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success(), "kill {signal} {name}");
-        if signal == "-KILL" {
+        if signal == "-KILL" || signal == "-TERM" {
             let index = self.streamers.iter().position(|(n, _, _)| n == name).unwrap();
             let (_, mut guard, _) = self.streamers.remove(index);
-            guard.0.wait().unwrap();
+            let status = guard.0.wait().unwrap();
+            // A drained replica stops cleanly: its sessions answered what
+            // was in flight and closed.
+            assert!(signal == "-KILL" || status.success(), "{name} did not stop cleanly: {status}");
         }
     }
 
@@ -415,6 +429,18 @@ fn client_ram_vms_read_on_when_their_nbd_replica_hangs_or_is_sigkilled() {
         &checksum,
     );
     lab.signal("streamer-a", "-CONT");
+    // Replica a is stopped (SIGTERM, as an orchestrator drains it): it
+    // answers what is in flight and closes its sessions, which move to b.
+    vm_reads_on_when_replica_a_fails(
+        &mut lab,
+        "drain",
+        "52:54:00:00:71:03",
+        "198.18.71.52",
+        "-TERM",
+        &checksum,
+    );
+    lab.spawn_streamer("a");
+    wait_serving_in(&lab.server, 9221, "", Duration::from_secs(40));
     // Replica a dies: its connections are reset at once.
     vm_reads_on_when_replica_a_fails(
         &mut lab,
