@@ -255,7 +255,8 @@ fn bios_vm_boots_through_bootfleet_up_and_follows_a_rule_change() {
 /// the serial decides.
 #[test]
 fn vms_told_apart_by_their_serials_boot_different_images() {
-    let lab = Lab::start("bfs", 64);
+    // Namespaces and subnet of its own: the VM tests may run at once.
+    let lab = Lab::start("bfk", 67);
     let profile = |name: &str| {
         format!(
             "  - {{ name: {name}, kernel: {{ kernel: tiny/1/vmlinuz, initrds: [tiny/1/initrd.img], \
@@ -264,7 +265,7 @@ fn vms_told_apart_by_their_serials_boot_different_images() {
     };
     let rule = |name: &str, serial: &str| {
         format!(
-            "  - {{ name: {name}, match: {{ mac: \"52:54:00:00:64:*\", serial: \"{serial}*\" }}, \
+            "  - {{ name: {name}, match: {{ mac: \"52:54:00:00:67:*\", serial: \"{serial}*\" }}, \
              image_profile: {name} }}\n"
         )
     };
@@ -286,7 +287,7 @@ fn vms_told_apart_by_their_serials_boot_different_images() {
         &lab.client,
         lab.dir.path(),
         "ser-a",
-        "52:54:00:00:64:01",
+        "52:54:00:00:67:01",
         Firmware::Bios,
         &["-smbios", "type=1,serial=BF-SERIAL-A1"],
     );
@@ -294,7 +295,7 @@ fn vms_told_apart_by_their_serials_boot_different_images() {
         &lab.client,
         lab.dir.path(),
         "ser-b",
-        "52:54:00:00:64:02",
+        "52:54:00:00:67:02",
         Firmware::Bios,
         &["-smbios", "type=1,serial=BF-SERIAL-B1"],
     );
@@ -303,7 +304,7 @@ fn vms_told_apart_by_their_serials_boot_different_images() {
     assert!(serial_a.contains("BOOTFLEET-MARKER by-serial-a"), "{serial_a}");
     assert!(serial_b.contains("BOOTFLEET-MARKER by-serial-b"), "{serial_b}");
     // The host record holds the serial the decision was made on.
-    let host = lab.cli(&["hosts", "get", "52:54:00:00:64:02", "--server", RULES, "-o", "json"]);
+    let host = lab.cli(&["hosts", "get", "52:54:00:00:67:02", "--server", RULES, "-o", "json"]);
     let host = String::from_utf8_lossy(&host.stdout).into_owned();
     assert!(host.contains("BF-SERIAL-B1") && host.contains("by-serial-b"), "{host}");
 }
