@@ -341,7 +341,9 @@ fn uefi_vms_boot_by_pxe_and_by_http_boot() {
 /// instructions from Bootfleet's proxyDHCP, and the VM boots.
 #[test]
 fn proxy_mode_boots_a_vm_beside_a_plain_dhcp_server() {
-    let lab = Lab::start_with("bfp", 63, "mode = \"proxy\"");
+    // Not bfp: the DHCP bench (tests/src/bin/dhcp_bench.rs) uses bfpA/bfpB,
+    // and a bench may run beside the suite.
+    let lab = Lab::start_with("bfi", 63, "mode = \"proxy\"");
     lab.apply("proxied", true);
     let serial = lab.boot("vm", "52:54:00:00:61:21", Firmware::Bios);
     assert!(serial.contains("BOOTFLEET-MARKER proxied"), "{serial}");
