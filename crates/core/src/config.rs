@@ -15,6 +15,13 @@ use serde::Deserialize;
 use crate::election::DEFAULT_ELECTION_TTL;
 use crate::membership::DEFAULT_MEMBER_TTL;
 
+mod tls;
+
+pub use tls::{
+    ClientAuth, EtcdCredentials, EtcdSecurity, EtcdTls, ServerTls, ServerTlsSection,
+    plaintext_remote_endpoints, read_pem,
+};
+
 /// Exit status for configuration errors (`EX_USAGE` from sysexits.h).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -161,6 +168,16 @@ pub struct StoreSection {
     pub election_ttl: Option<String>,
     /// Lease TTL of member records.
     pub member_ttl: Option<String>,
+    /// PEM CA that signed the etcd members' certificates (https:// endpoints).
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd (`--client-cert-auth` clusters).
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM key of `etcd_cert_file`.
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd user (etcd's own authentication).
+    pub etcd_username: Option<String>,
+    /// File holding that user's password.
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// `[member]` section.
@@ -229,6 +246,10 @@ pub struct CoreConfig {
     pub admin_listen: SocketAddr,
     /// Store settings.
     pub store: StoreConfig,
+    /// TLS and credentials towards etcd (empty for other backends). Kept
+    /// beside [`StoreConfig`] rather than in it so code building a
+    /// `StoreConfig` for plaintext etcd stays as it is.
+    pub etcd_security: EtcdSecurity,
     /// Local data directory.
     pub data_dir: PathBuf,
     /// This replica's identity.
@@ -451,6 +472,7 @@ impl CoreConfig {
             file.store.etcd_endpoints.clone(),
             "store.etcd_endpoints",
         );
+        let mut etcd_security = EtcdSecurity::default();
         let backend = match backend_name.as_str() {
             "embedded" => StoreBackend::Embedded { path: data_dir.join("state.redb") },
             "memory" => StoreBackend::Memory,
@@ -474,6 +496,14 @@ impl CoreConfig {
                         format!("{bad:?} is not a URL like http://etcd-0:2379"),
                     ));
                 }
+                let keys = tls::EtcdSecurityKeys {
+                    ca_file: file.store.etcd_ca_file.as_ref(),
+                    cert_file: file.store.etcd_cert_file.as_ref(),
+                    key_file: file.store.etcd_key_file.as_ref(),
+                    username: file.store.etcd_username.as_ref(),
+                    password_file: file.store.etcd_password_file.as_ref(),
+                };
+                etcd_security = tls::etcd_security(&keys, &endpoints, &key)?;
                 StoreBackend::Etcd { endpoints }
             }
             other => {
@@ -540,7 +570,17 @@ impl CoreConfig {
             None => default_member_id(),
         };
 
-        Ok(Self { log_filter, log_format, admin_listen, store, data_dir, member_id, shutdown_grace, file })
+        Ok(Self {
+            log_filter,
+            log_format,
+            admin_listen,
+            store,
+            etcd_security,
+            data_dir,
+            member_id,
+            shutdown_grace,
+            file,
+        })
     }
 }
 
@@ -635,6 +675,68 @@ mod tests {
             let err = load(args.clone(), file).expect_err(file);
             assert_eq!(err.key, *key, "{file}: {err}");
         }
+    }
+
+    #[test]
+    fn etcd_tls_and_credentials_are_checked_when_the_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let file = |endpoint: &str, extra: &str| {
+            format!("[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{endpoint}\"]\n{extra}")
+        };
+        let (pem, password) = (pem.display(), password.display());
+        let refused = [
+            (file("https://10.0.0.1:2379", ""), "store.etcd_ca_file"),
+            (
+                file(
+                    "https://10.0.0.1:2379",
+                    &format!("etcd_ca_file = \"{pem}\"\netcd_cert_file = \"{pem}\""),
+                ),
+                "store.etcd_key_file",
+            ),
+            (
+                file(
+                    "https://10.0.0.1:2379",
+                    &format!("etcd_ca_file = \"{pem}\"\netcd_key_file = \"{pem}\""),
+                ),
+                "store.etcd_cert_file",
+            ),
+            (file("https://10.0.0.1:2379", "etcd_ca_file = \"/nonexistent/ca.pem\""), "store.etcd_ca_file"),
+            (file("http://10.0.0.1:2379", &format!("etcd_ca_file = \"{pem}\"")), "store.etcd_ca_file"),
+            (file("http://10.0.0.1:2379", "etcd_username = \"root\""), "store.etcd_password_file"),
+            (
+                file("http://10.0.0.1:2379", &format!("etcd_password_file = \"{password}\"")),
+                "store.etcd_username",
+            ),
+            (
+                "[store]\nbackend = \"etcd\"\netcd_endpoints = [\"https://a:1\", \"http://b:1\"]".to_owned(),
+                "store.etcd_endpoints",
+            ),
+        ];
+        for (text, key) in refused {
+            let err = load(CommonArgs::default(), &text).expect_err(&text);
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+        let text = file(
+            "https://10.0.0.1:2379",
+            &format!(
+                "etcd_ca_file = \"{pem}\"\netcd_cert_file = \"{pem}\"\netcd_key_file = \"{pem}\"\n\
+                 etcd_username = \"root\"\netcd_password_file = \"{password}\""
+            ),
+        );
+        let security = load(CommonArgs::default(), &text).unwrap().etcd_security;
+        let tls = security.tls.expect("tls");
+        assert!(tls.ca_pem.starts_with(b"-----BEGIN CERTIFICATE"));
+        assert!(tls.identity.is_some());
+        let credentials = security.credentials.expect("credentials");
+        assert_eq!((credentials.username.as_str(), credentials.password.as_str()), ("root", "s3cret"));
+        assert!(!format!("{:?}", load(CommonArgs::default(), &text).unwrap()).contains("s3cret"));
+        // Plaintext stays plaintext.
+        let plain = load(CommonArgs::default(), &file("http://127.0.0.1:2379", "")).unwrap();
+        assert_eq!(plain.etcd_security, EtcdSecurity::default());
     }
 
     #[test]

@@ -120,7 +120,8 @@ where
         .await
         .with_context(|| format!("binding the admin endpoint on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
-    let store = store::open(&config.store).await.context("opening the state store")?;
+    let store =
+        store::open_secured(&config.store, &config.etcd_security).await.context("opening the state store")?;
     tracing::info!(service, backend = store.backend_name(), admin = %admin_addr, member = %config.member_id, "starting");
 
     let health = Health::new();

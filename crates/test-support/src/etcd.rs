@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::free_port;
+use crate::pki::CertFiles;
 
 /// Where Debian's etcd-server puts the binary; `BOOTFLEET_ETCD_BIN` overrides.
 const DEFAULT_ETCD_BIN: &str = "/usr/bin/etcd";
@@ -24,10 +25,23 @@ struct Member {
     child: Option<Child>,
 }
 
+/// TLS on the members' client URLs (`https://`); peers stay plaintext on
+/// loopback.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// CA of the server certificate, and of client certificates.
+    pub ca: PathBuf,
+    /// The members' certificate (valid for 127.0.0.1) and key.
+    pub server: CertFiles,
+    /// `--client-cert-auth`: refuse clients without a certificate from `ca`.
+    pub client_cert_auth: bool,
+}
+
 /// A running etcd cluster of one or more members, killed on drop.
 pub struct EtcdCluster {
     /// Network namespace the members run in (None: the host's loopback).
     netns: Option<String>,
+    tls: Option<EtcdTls>,
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
@@ -47,6 +61,15 @@ impl EtcdCluster {
     /// As [`Self::start`], inside network namespace `netns` (its loopback),
     /// for services under test that live in that namespace.
     pub fn start_in(size: usize, netns: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(size, netns, None)
+    }
+
+    /// As [`Self::start`], serving clients over TLS (`https://` endpoints).
+    pub fn start_tls(size: usize, tls: EtcdTls) -> anyhow::Result<Self> {
+        Self::start_with(size, None, Some(tls))
+    }
+
+    fn start_with(size: usize, netns: Option<&str>, tls: Option<EtcdTls>) -> anyhow::Result<Self> {
         let bin = etcd_bin();
         if !std::path::Path::new(&bin).exists() {
             bail!("etcd not found at {bin}: install Debian's etcd-server (the README's test command does)");
@@ -68,7 +91,7 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster =
-            Self { netns: netns.map(str::to_owned), members, initial_cluster, token, _dir: dir };
+            Self { netns: netns.map(str::to_owned), tls, members, initial_cluster, token, _dir: dir };
         for i in 0..size {
             cluster.spawn(i)?;
         }
@@ -78,7 +101,7 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = self.endpoint(i);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::File::create(m.data_dir.with_extension("log"))?;
         let mut command = match &self.netns {
@@ -89,6 +112,14 @@ impl EtcdCluster {
             }
             None => Command::new(etcd_bin()),
         };
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.server.cert).arg("--key-file").arg(&tls.server.key);
+            // etcd 3.4 asks for client certificates whenever it has a
+            // trusted CA, so give it one only when they are required.
+            if tls.client_cert_auth {
+                command.arg("--trusted-ca-file").arg(&tls.ca).arg("--client-cert-auth");
+            }
+        }
         let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -111,12 +142,13 @@ impl EtcdCluster {
 
     /// Client URLs of every member (including stopped ones).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// Client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// Which running member is etcd's raft leader: the one whose `etcdctl
@@ -215,7 +247,11 @@ impl EtcdCluster {
         let deadline = Instant::now() + limit;
         for m in self.members.iter().filter(|m| m.child.is_some()) {
             loop {
-                if health_ok(self.netns.as_deref(), m.client_port) {
+                let healthy = match &self.tls {
+                    Some(tls) => tls_health_ok(tls, m.client_port),
+                    None => health_ok(self.netns.as_deref(), m.client_port),
+                };
+                if healthy {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -251,6 +287,21 @@ fn health_ok(netns: Option<&str>, port: u16) -> bool {
     let mut body = String::new();
     let _ = stream.read_to_string(&mut body);
     body.contains("\"health\":\"true\"")
+}
+
+/// `/health` over TLS, through curl, with the members' own certificate as
+/// client identity (it carries clientAuth) for `--client-cert-auth`.
+fn tls_health_ok(tls: &EtcdTls, port: u16) -> bool {
+    Command::new("curl")
+        .args(["-s", "--max-time", "2", "--cacert"])
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.server.cert)
+        .arg("--key")
+        .arg(&tls.server.key)
+        .arg(format!("https://127.0.0.1:{port}/health"))
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""))
 }
 
 impl Drop for EtcdCluster {

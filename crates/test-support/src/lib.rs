@@ -9,6 +9,7 @@
 pub mod cpu;
 pub mod etcd;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod proxy;
 

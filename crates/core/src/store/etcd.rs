@@ -29,7 +29,7 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(5);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connection settings for [`EtcdStore::connect`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdOptions {
     /// Client URLs of the cluster members (`http://host:2379`).
     pub endpoints: Vec<String>,
@@ -37,12 +37,35 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Time allowed for one unary request.
     pub request_timeout: Duration,
+    /// TLS for `https://` endpoints: the members' CA, and a client identity
+    /// for clusters that require one.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// etcd user and password.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish()
+    }
 }
 
 impl EtcdOptions {
     /// Defaults suited to a LAN: 2 s to connect, 3 s per request.
     pub fn new(endpoints: Vec<String>) -> Self {
-        Self { endpoints, connect_timeout: Duration::from_secs(2), request_timeout: Duration::from_secs(3) }
+        Self {
+            endpoints,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(3),
+            tls: None,
+            credentials: None,
+        }
     }
 }
 
@@ -141,11 +164,24 @@ impl EtcdStore {
         if options.endpoints.is_empty() {
             return Err(StoreError::InvalidArgument("no etcd endpoints configured".into()));
         }
-        let connect = ConnectOptions::new()
+        for endpoint in crate::config::plaintext_remote_endpoints(&options.endpoints) {
+            tracing::warn!(
+                endpoint,
+                "etcd endpoint is plaintext and leaves this machine: anyone on the path can read and \
+                 rewrite Bootfleet's state; use https:// with store.etcd_ca_file"
+            );
+        }
+        let mut connect = ConnectOptions::new()
             .with_keep_alive(HTTP2_KEEPALIVE, HTTP2_KEEPALIVE_TIMEOUT)
             .with_keep_alive_while_idle(true)
             .with_connect_timeout(options.connect_timeout)
             .with_require_leader(true);
+        if let Some(tls) = &options.tls {
+            connect = connect.with_tls(tls.clone());
+        }
+        if let Some((user, password)) = &options.credentials {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
         let client = Client::connect(&options.endpoints, Some(connect)).await.map_err(map_err)?;
         Ok(Self { client, options, keepers: Arc::default() })
     }

@@ -129,8 +129,16 @@ pub(crate) fn check_key(key: &str) -> StoreResult<()> {
 }
 
 /// Opens the configured backend: creates the data directory for `embedded`,
-/// connects for `etcd`.
+/// connects for `etcd` (plaintext; see [`open_secured`]).
 pub async fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
+    open_secured(config, &crate::config::EtcdSecurity::default()).await
+}
+
+/// As [`open`], connecting to etcd with `security`'s TLS and credentials.
+pub async fn open_secured(
+    config: &crate::config::StoreConfig,
+    security: &crate::config::EtcdSecurity,
+) -> StoreResult<SharedStore> {
     use crate::config::StoreBackend;
     let store: SharedStore = match &config.backend {
         StoreBackend::Embedded { path } => {
@@ -145,6 +153,16 @@ pub async fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStor
         StoreBackend::Etcd { endpoints } => {
             let mut options = etcd::EtcdOptions::new(endpoints.clone());
             options.request_timeout = config.request_timeout;
+            options.tls = security.tls.as_ref().map(|tls| {
+                let mut client = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity {
+                    client = client.identity(tonic::transport::Identity::from_pem(cert, key));
+                }
+                client
+            });
+            options.credentials =
+                security.credentials.as_ref().map(|c| (c.username.clone(), c.password.clone()));
             Arc::new(etcd::EtcdStore::connect(options).await?)
         }
     };

@@ -3,6 +3,7 @@
 
 mod admin;
 mod conformance;
+mod etcd_tls;
 mod offline;
 mod persistence;
 
