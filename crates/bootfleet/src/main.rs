@@ -42,7 +42,7 @@ enum Command {
     Profiles(cli::profiles::ProfilesCommand),
     /// Host records: list, get, watch decisions.
     Hosts(cli::hosts::HostsCommand),
-    /// Image catalog: push versions, list, replication status per replica, delete.
+    /// Image catalog: push versions, list, replication and NBD status per replica, write caches, garbage collection, delete.
     Images(cli::images::ImagesCommand),
     /// Ask the rules engine how a host would boot (recorded unless --dry-run).
     Evaluate(cli::hosts::EvaluateArgs),

@@ -40,14 +40,20 @@ enum ImagesAction {
         #[arg(add = ArgValueCandidates::new(complete::image_names))]
         image: Option<String>,
     },
-    /// Which versions each replica holds (present, pulling, missing or corrupt), and each replica's NBD service.
+    /// Which versions each replica holds, and each replica's NBD service.
+    ///
+    /// A version is present, pulling, missing or corrupt on a replica (the
+    /// worst of its files); the NBD table shows sessions, bytes read and
+    /// written, and the hosts' write caches.
     Status,
     /// The hosts' vDisk write caches on the replica asked (`--images-server`).
     Caches,
-    /// Remove files no catalog version references from every replica, and
-    /// with --versions-unused-for also versions no active or working
-    /// profile has named for that long. Never a file a profile names, one
-    /// being written, or one a client is reading.
+    /// Remove unused image files (and, opt-in, unused versions) from every replica.
+    ///
+    /// Files no catalog version references go from every replica; with
+    /// --versions-unused-for, versions no active or working profile has
+    /// named for that long go first. Never a file a profile names, one being
+    /// written, or one a client is reading.
     Gc {
         /// Say what would go; remove nothing.
         #[arg(long)]
