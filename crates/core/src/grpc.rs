@@ -27,6 +27,33 @@ pub fn server(request_timeout: Option<std::time::Duration>) -> tonic::transport:
     server
 }
 
+/// As [`server`], speaking TLS with `tls`'s certificate when given, and
+/// asking for client certificates from its client CA as it says. Every
+/// Bootfleet gRPC server takes its TLS settings through here, the same keys
+/// in each service's section.
+pub fn server_with_tls(
+    request_timeout: Option<std::time::Duration>,
+    tls: Option<&crate::config::ServerTls>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let server = server(request_timeout);
+    match tls {
+        None => Ok(server),
+        Some(tls) => server.tls_config(tls_config(tls)),
+    }
+}
+
+fn tls_config(tls: &crate::config::ServerTls) -> tonic::transport::ServerTlsConfig {
+    use crate::config::ClientAuth;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    if let Some(ca) = &tls.client_ca_pem {
+        config = config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(tls.client_auth == ClientAuth::Optional);
+    }
+    config
+}
+
 /// Connections accepted on `listener` with TCP_NODELAY set.
 /// `serve_with_incoming` ignores the builder's TCP_NODELAY; without it Nagle
 /// holds small responses back and request latency suffers.

@@ -9,7 +9,7 @@ use bootfleet_proto::v1::rules_service_client::RulesServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Adds `authorization: Bearer <token>` when a token is set.
 #[derive(Clone, Debug, Default)]
@@ -132,6 +132,16 @@ impl Unreachable {
 /// (a private CA); there is no fallback to plaintext, so a token is never
 /// sent in clear to an https URL. Any scheme but http and https is refused.
 pub fn endpoint(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, ConnectError> {
+    endpoint_with_identity(url, ca_file, None)
+}
+
+/// [`endpoint`], presenting the client certificate and key in `identity`
+/// (PEM files) to servers that ask for one (`tls_client_auth`).
+pub fn endpoint_with_identity(
+    url: &str,
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Endpoint, ConnectError> {
     let bad = |reason: String| ConnectError::BadUrl { url: url.to_owned(), reason };
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?;
     match endpoint.uri().scheme_str() {
@@ -144,6 +154,18 @@ pub fn endpoint(url: &str, ca_file: Option<&Path>) -> Result<Endpoint, ConnectEr
                     ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
                 }
                 None => ClientTlsConfig::new().with_native_roots(),
+            };
+            let config = match identity {
+                Some((cert, key)) => {
+                    let read = |path: &Path| {
+                        std::fs::read(path).map_err(|e| ConnectError::CaFile {
+                            path: path.to_owned(),
+                            reason: e.to_string(),
+                        })
+                    };
+                    config.identity(Identity::from_pem(read(cert)?, read(key)?))
+                }
+                None => config,
             };
             // tonic checks the roots here; a failure is about the local
             // setup (no system roots, an unusable CA file), not the URL.
@@ -201,8 +223,19 @@ pub async fn connect_with(
 /// Connects a channel (within 5 s, calls time out after 30 s) for any of
 /// Bootfleet's gRPC services, under [`endpoint`]'s TLS rule.
 pub async fn connect_channel(url: &str, ca_file: Option<&Path>) -> Result<Channel, ConnectError> {
-    let endpoint =
-        endpoint(url, ca_file)?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+    connect_channel_with_identity(url, ca_file, None).await
+}
+
+/// [`connect_channel`], presenting a client certificate as
+/// [`endpoint_with_identity`] does.
+pub async fn connect_channel_with_identity(
+    url: &str,
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Channel, ConnectError> {
+    let endpoint = endpoint_with_identity(url, ca_file, identity)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
     let tls = endpoint.uri().scheme_str() == Some("https");
     endpoint
         .connect()

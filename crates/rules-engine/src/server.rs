@@ -11,7 +11,8 @@ use anyhow::Context;
 use bootfleet_core::admin::Health;
 use bootfleet_core::auth::{Credentials, Role, Token};
 use bootfleet_core::config::{
-    ConfigError, CoreConfig, MIN_TOKEN_LEN, listen_address, service_section, token_file,
+    ClientAuth, ConfigError, CoreConfig, MIN_TOKEN_LEN, ServerTls, ServerTlsSection, listen_address,
+    service_section, token_file,
 };
 use bootfleet_core::process::ServiceContext;
 use bootfleet_proto::v1::rules_service_server::RulesServiceServer;
@@ -69,6 +70,10 @@ struct RulesSection {
     admin_token_file: Option<PathBuf>,
     admin_token: Option<String>,
     service_token_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<ClientAuth>,
     // Read by `HostRecordSettings::load`; declared so that the section's
     // unknown keys are refused and these are not.
     #[expect(dead_code, reason = "read by HostRecordSettings")]
@@ -91,6 +96,8 @@ pub struct RulesConfig {
     pub service_token: Option<Token>,
     /// History length, retention and cap of host records.
     pub records: HostRecordSettings,
+    /// TLS on the gRPC port (`rules.tls_*`); `None`: plaintext.
+    pub tls: Option<ServerTls>,
 }
 
 impl bootfleet_core::process::Components for RulesConfig {
@@ -106,6 +113,7 @@ impl std::fmt::Debug for RulesConfig {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("service_token", &self.service_token.as_ref().map(|_| "<set>"))
             .field("records", &self.records)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -157,7 +165,14 @@ impl RulesConfig {
             ));
         }
         let records = HostRecordSettings::load(core)?;
-        Ok(Self { listen, admin_token, service_token, records })
+        let tls = ServerTlsSection {
+            cert_file: section.tls_cert_file,
+            key_file: section.tls_key_file,
+            client_ca_file: section.tls_client_ca_file,
+            client_auth: section.tls_client_auth,
+        }
+        .validate("rules.tls_")?;
+        Ok(Self { listen, admin_token, service_token, records, tls })
     }
 
     /// The credentials the gRPC API accepts, each with its role.
@@ -195,7 +210,15 @@ pub async fn run(ctx: Arc<ServiceContext>, config: RulesConfig) -> anyhow::Resul
     // Bound, and its snapshots registered: ready as soon as they load.
     ctx.health.set("rules", bootfleet_core::admin::ComponentHealth::Serving).await;
     tracing::info!(%addr, "rules engine listening");
-    let served = serve_with(listener, state, &ctx.health, config.credentials(), ctx.shutdown.token()).await;
+    let served = serve_secured(
+        listener,
+        state,
+        &ctx.health,
+        config.credentials(),
+        config.tls.as_ref(),
+        ctx.shutdown.token(),
+    )
+    .await;
     if let Err(e) = registration.deregister().await {
         tracing::warn!(error = %e, "deregistering failed; the record lapses with its lease");
     }
@@ -226,13 +249,26 @@ pub async fn serve_with(
     credentials: Credentials,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_secured(listener, state, health, credentials, None, stop).await
+}
+
+/// As [`serve_with`], over TLS when `tls` is given.
+pub async fn serve_secured(
+    listener: TcpListener,
+    state: Arc<RulesState>,
+    health: &Health,
+    credentials: Credentials,
+    tls: Option<&ServerTls>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let (reflection_v1, reflection_v1alpha) =
         bootfleet_core::grpc::reflection(&[bootfleet_proto::v1::rules_service_server::SERVICE_NAME])
             .context("building gRPC reflection")?;
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     // Every call but WatchDecisions is answered from memory or one store
     // transaction: 30 s is far past any healthy answer.
-    bootfleet_core::grpc::server(Some(Duration::from_secs(30)))
+    bootfleet_core::grpc::server_with_tls(Some(Duration::from_secs(30)), tls)
+        .context("setting up TLS (rules.tls_cert_file, rules.tls_key_file)")?
         .add_service(health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

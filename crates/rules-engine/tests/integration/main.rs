@@ -4,6 +4,7 @@
 mod api;
 mod hosts;
 mod replicas;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
