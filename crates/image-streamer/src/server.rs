@@ -280,7 +280,7 @@ pub async fn run(ctx: Arc<ServiceContext>, config: StreamerConfig) -> anyhow::Re
         url = %public_url,
         "image streamer listening"
     );
-    let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, stop.clone());
+    let grpc = serve_grpc(grpc_listener, Arc::clone(&streamer), &ctx, config.grpc_tls.as_ref(), stop.clone());
     let http = http::serve(
         http_listener,
         Arc::clone(&streamer),
@@ -322,6 +322,7 @@ async fn serve_grpc(
     listener: TcpListener,
     streamer: Arc<Streamer>,
     ctx: &ServiceContext,
+    tls: Option<&bootfleet_core::config::ServerTls>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reflection_v1, reflection_v1alpha) =
@@ -329,7 +330,8 @@ async fn serve_grpc(
             .context("building gRPC reflection")?;
     let incoming = bootfleet_core::grpc::incoming_nodelay(listener);
     // No deadline: an upload is one call that lasts as long as the image.
-    bootfleet_core::grpc::server(None)
+    bootfleet_core::grpc::server_with_tls(None, tls)
+        .context("setting up TLS (streamer.grpc_tls_cert_file, streamer.grpc_tls_key_file)")?
         .add_service(ctx.health.grpc_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bootfleet_core::config::{
-    ConfigError, CoreConfig, check_url, listen_address, parse_duration, service_section,
+    ClientAuth, ConfigError, CoreConfig, ServerTls, ServerTlsSection, check_url, listen_address,
+    parse_duration, service_section,
 };
 use bootfleet_rules_engine::host_settings::HostRecordSettings;
 use serde::Deserialize;
@@ -106,6 +107,10 @@ struct StreamerSection {
     http_max_connections: Option<usize>,
     nbd_write_cache_mib: Option<u64>,
     nbd_max_write_caches: Option<usize>,
+    grpc_tls_cert_file: Option<PathBuf>,
+    grpc_tls_key_file: Option<PathBuf>,
+    grpc_tls_client_ca_file: Option<PathBuf>,
+    grpc_tls_client_auth: Option<ClientAuth>,
 }
 
 /// Validated streamer settings.
@@ -143,6 +148,9 @@ pub struct StreamerConfig {
     pub records: HostRecordSettings,
     /// Bounds on the hosts' `server` write caches on this replica.
     pub write_caches: WriteCacheLimits,
+    /// TLS on the gRPC (ImageService) port (`streamer.grpc_tls_*`);
+    /// `None`: plaintext.
+    pub grpc_tls: Option<ServerTls>,
 }
 
 /// Bounds on the hosts' `server` write caches of one replica.
@@ -190,6 +198,7 @@ impl std::fmt::Debug for StreamerConfig {
             .field("http_limits", &self.http_limits)
             .field("records", &self.records)
             .field("write_caches", &self.write_caches)
+            .field("grpc_tls", &self.grpc_tls)
             .finish_non_exhaustive()
     }
 }
@@ -288,6 +297,13 @@ impl StreamerConfig {
         }
         let templates =
             Templates::with_overrides(&overrides).map_err(|m| ConfigError::new("streamer.templates", m))?;
+        let grpc_tls = ServerTlsSection {
+            cert_file: section.grpc_tls_cert_file,
+            key_file: section.grpc_tls_key_file,
+            client_ca_file: section.grpc_tls_client_ca_file,
+            client_auth: section.grpc_tls_client_auth,
+        }
+        .validate("streamer.grpc_tls_")?;
         Ok(Self {
             listen,
             grpc_listen,
@@ -304,6 +320,7 @@ impl StreamerConfig {
             http_limits,
             records: HostRecordSettings::load(core)?,
             write_caches,
+            grpc_tls,
         })
     }
 }
@@ -419,6 +436,37 @@ mod tests {
         assert_eq!(
             write_cache_limits(&section(None, Some(0))).unwrap_err().key,
             "streamer.nbd_max_write_caches"
+        );
+    }
+
+    #[test]
+    fn grpc_tls_keys_load_and_errors_name_them() {
+        use bootfleet_core::config::{CommonArgs, Defaults, parse_file};
+        let pki = bootfleet_test_support::pki::TestPki::new("bootfleet-test-ca").unwrap();
+        let server = pki.server();
+        let dir = tempfile::tempdir().unwrap();
+        let load = |keys: &str| {
+            let text = format!(
+                "[streamer]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{keys}",
+                dir.path().display()
+            );
+            let defaults = Defaults { admin_listen: "127.0.0.1:0", store: "memory" };
+            let core = CoreConfig::from_parts(&CommonArgs::default(), parse_file(&text).unwrap(), &defaults)
+                .unwrap();
+            StreamerConfig::load(&StreamerArgs::default(), &core)
+        };
+        let cert = format!("grpc_tls_cert_file = \"{}\"\n", server.cert.display());
+        let key = format!("grpc_tls_key_file = \"{}\"\n", server.key.display());
+        let ca = format!("grpc_tls_client_ca_file = \"{}\"\n", pki.ca().display());
+        assert!(load("").unwrap().grpc_tls.is_none());
+        let tls =
+            load(&format!("{cert}{key}{ca}grpc_tls_client_auth = \"required\"\n")).unwrap().grpc_tls.unwrap();
+        assert_eq!(tls.client_auth, ClientAuth::Required);
+        assert_eq!(load(&cert).unwrap_err().key, "streamer.grpc_tls_key_file");
+        assert_eq!(load(&format!("{cert}{key}{ca}")).unwrap_err().key, "streamer.grpc_tls_client_auth");
+        assert_eq!(
+            load("grpc_tls_client_auth = \"sometimes\"\n").unwrap_err().key,
+            "streamer.grpc_tls_client_auth"
         );
     }
 }
