@@ -6,6 +6,13 @@
 //! network-namespace lab on 198.19.0.0/16 (never the host's interfaces).
 //! The servers run on one core and perfdhcp on the other.
 //!
+//! The high-availability rows (`DHCP_BENCH_ONLY=broadcast`) put every
+//! server of a row on the same link and have perfdhcp broadcast, as
+//! clients on a shared segment do, so each server hears every request:
+//! Bootfleet load-balancing with 1, 2 and 3 replicas and hot standby on
+//! etcd, Kea's HA hook in hot-standby and load-balancing — each row under
+//! 30 % of a core per server, etcd's CPU inside Bootfleet's budget.
+//!
 //! ```sh
 //! scripts/fetch-peers.sh    # perfdhcp, kea-dhcp4, dnsmasq (services not started)
 //! cargo build --release -p bootfleet -p bootfleet-tests
@@ -26,6 +33,7 @@ use bootfleet_test_support::netns::{Netns, link};
 
 const TOKEN: &str = "dhcp-bench-token-0123456789";
 const SERVER_IF: &str = "bfpA-pB";
+const CLIENT_IF: &str = "bfpB-pA";
 /// Highest rate the search offers.
 const MAX_RATE: u32 = 40_000;
 
@@ -58,7 +66,7 @@ fn bootfleet_config(
     id: &str,
     n: u16,
     store: &str,
-    interface: &str,
+    (interface, server_ip): (&str, &str),
     dhcp_extra: &str,
 ) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{id}.toml"));
@@ -89,7 +97,7 @@ data_dir = "{data}/streamer"
 [dhcp]
 mode = "full"
 interfaces = ["{interface}"]
-server_ip = "198.19.0.1"
+server_ip = "{server_ip}"
 http_base = "http://198.19.0.1:8080"
 rules_url = "http://127.0.0.1:71{n:02}"
 requests_per_mac_per_second = 100
@@ -114,19 +122,23 @@ lease_time = "1h"
 /// Starts replicas one after the other, so the first leads. Co-located
 /// replicas share one address, and unicast (relayed) requests reach only
 /// one socket; so standbys listen on a quiet interface, as if on another
-/// host, watching the leases without traffic.
+/// host, watching the leases without traffic. With `shared_link` (the
+/// broadcast rows) every replica listens on the server's interface with an
+/// address of its own (198.19.0.11, .12, …): broadcasts reach them all.
 fn start_bootfleet(
     ns: &Netns,
     dir: &Path,
     replicas: &[(&str, u16)],
     store: &str,
     dhcp_extra: &str,
+    shared_link: bool,
 ) -> anyhow::Result<Vec<Reaped>> {
     let bin = bootfleet_bin();
     let bin = bin.to_str().context("path")?;
     let mut running = Vec::new();
     for (i, (id, n)) in replicas.iter().enumerate() {
-        let interface = if i == 0 {
+        let server_ip = if shared_link { format!("198.19.0.{}", 11 + i) } else { "198.19.0.1".to_owned() };
+        let interface = if i == 0 || shared_link {
             SERVER_IF.to_owned()
         } else {
             // A veth pair with both ends here: an interface with no traffic
@@ -136,7 +148,7 @@ fn start_bootfleet(
             ns.ip(&["link", "set", &quiet, "up"])?;
             quiet
         };
-        let config = bootfleet_config(dir, id, *n, store, &interface, dhcp_extra)?;
+        let config = bootfleet_config(dir, id, *n, store, (&interface, &server_ip), dhcp_extra)?;
         running.push(Reaped(ns.spawn(bin, &["up", "-c", config.to_str().context("path")?])?));
         wait_http(ns, &format!("127.0.0.1:92{n:02}/healthz"), "dhcp: serving")?;
         std::thread::sleep(Duration::from_millis(500));
@@ -193,6 +205,54 @@ fn start_kea(ns: &Netns, dir: &Path, extra: &str) -> anyhow::Result<Vec<Reaped>>
     Ok(vec![kea])
 }
 
+/// Kea's own HA pair (`libdhcp_ha.so` with `libdhcp_lease_cmds.so`) in
+/// `mode` ("hot-standby" or "load-balancing"): two kea-dhcp4 on the
+/// server's interface, each with its own address (198.19.0.11, .12) and
+/// raw sockets, so both hear every broadcast; every lease is sent to the
+/// partner before the answer, as Kea's HA does by default. The peers talk
+/// over HTTP on loopback through the hook's own listener, which needs
+/// Kea's multi-threading (2 threads each).
+fn start_kea_ha(ns: &Netns, dir: &Path, mode: &str) -> anyhow::Result<Vec<Reaped>> {
+    std::fs::create_dir_all("/run/kea")?;
+    let mut running = Vec::new();
+    for (i, name) in ["k1", "k2"].iter().enumerate() {
+        let leases = dir.join(format!("kea-{name}-leases4.csv"));
+        let leases = leases.to_str().context("path")?;
+        let address = format!("198.19.0.{}", 11 + i);
+        let partner_role = if mode == "hot-standby" { "standby" } else { "secondary" };
+        let config = dir.join(format!("kea-{name}.json"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{ "Dhcp4": {{
+  "interfaces-config": {{ "interfaces": ["{SERVER_IF}/{address}"], "dhcp-socket-type": "raw" }},
+  "lease-database": {{ "type": "memfile", "persist": true, "name": "{leases}" }},
+  "valid-lifetime": 3600,
+  "multi-threading": {{ "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 }},
+  "hooks-libraries": [
+    {{ "library": "/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_lease_cmds.so" }},
+    {{ "library": "/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_ha.so", "parameters": {{ "high-availability": [ {{
+      "this-server-name": "{name}", "mode": "{mode}",
+      "heartbeat-delay": 1000, "max-response-delay": 5000, "max-ack-delay": 5000, "max-unacked-clients": 0,
+      "sync-leases": false,
+      "multi-threading": {{ "enable-multi-threading": true, "http-dedicated-listener": true, "http-listener-threads": 2, "http-client-threads": 2 }},
+      "peers": [
+        {{ "name": "k1", "url": "http://127.0.0.1:8001/", "role": "primary", "auto-failover": true }},
+        {{ "name": "k2", "url": "http://127.0.0.1:8002/", "role": "{partner_role}", "auto-failover": true }}
+      ] }} ] }} }}
+  ],
+  "subnet4": [ {{ "id": 1, "subnet": "198.19.0.0/16", "pools": [ {{ "pool": "198.19.1.0 - 198.19.255.250" }} ] }} ],
+  "loggers": [ {{ "name": "kea-dhcp4", "severity": "ERROR", "output_options": [ {{ "output": "stderr" }} ] }} ]
+}} }}"#
+            ),
+        )?;
+        running.push(Reaped(ns.spawn("kea-dhcp4", &["-c", config.to_str().context("path")?])?));
+    }
+    // Heartbeats every second: waiting, ready, then the mode's state.
+    std::thread::sleep(Duration::from_secs(6));
+    Ok(running)
+}
+
 fn start_dnsmasq(ns: &Netns, dir: &Path) -> anyhow::Result<Vec<Reaped>> {
     let leases = dir.join("dnsmasq.leases");
     let args = [
@@ -218,12 +278,24 @@ fn start_dnsmasq(ns: &Netns, dir: &Path) -> anyhow::Result<Vec<Reaped>> {
     Ok(vec![dnsmasq])
 }
 
+/// Where perfdhcp runs and how it reaches the servers.
+struct Generator<'a> {
+    ns: &'a Netns,
+    /// Broadcast on its interface, as clients on the servers' link (every
+    /// server hears every request); else a relay sending to 198.19.0.1.
+    broadcast: bool,
+}
+
 /// One perfdhcp run at `rate`: (exchanges/s achieved, worst drop %).
-fn perfdhcp(client: &Netns, rate: u32, seconds: u32) -> anyhow::Result<(f64, f64)> {
+fn perfdhcp(client: &Generator<'_>, rate: u32, seconds: u32) -> anyhow::Result<(f64, f64)> {
     let (rate, seconds) = (rate.to_string(), seconds.to_string());
+    let target: &[&str] =
+        if client.broadcast { &["-l", CLIENT_IF] } else { &["-l", "198.19.0.2", "198.19.0.1"] };
     let out = client
+        .ns
         .command("perfdhcp")
-        .args(["-4", "-r", &rate, "-R", "30000", "-p", &seconds, "-l", "198.19.0.2", "198.19.0.1"])
+        .args(["-4", "-r", &rate, "-R", "30000", "-p", &seconds])
+        .args(target)
         .output()
         .context("running perfdhcp")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -255,7 +327,7 @@ const BUDGET_PERCENT: u32 = 30;
 /// together get that percentage of a core (warm-up and settling run
 /// without it, so they leave the same state behind as on a whole core).
 fn measure(
-    client: &Netns,
+    client: &Generator<'_>,
     pids: &[String],
     cores: Option<(usize, usize)>,
     budget: Option<(Vec<u32>, u32)>,
@@ -363,9 +435,13 @@ fn main() -> anyhow::Result<()> {
     let server = Netns::create("bfpA")?;
     let client = Netns::create("bfpB")?;
     link(&server, "198.19.0.1/16", &client, "198.19.0.2/16")?;
+    // The broadcast rows' servers each have an address of their own.
+    for last in 11..=13 {
+        server.ip(&["addr", "add", &format!("198.19.0.{last}/16"), "dev", SERVER_IF])?;
+    }
     let mut rows = Vec::new();
     // (server, CPU budget in % of a core; None: the whole core).
-    let runs: [(&str, Option<u32>); 12] = [
+    let runs: [(&str, Option<u32>); 18] = [
         ("bootfleet, embedded store", None),
         ("bootfleet, embedded, lease_reuse 0", None),
         ("bootfleet, embedded, no rules cache", None),
@@ -382,6 +458,14 @@ fn main() -> anyhow::Result<()> {
         ("bootfleet, etcd + standby", Some(BUDGET_PERCENT)),
         ("kea-dhcp4, memfile", Some(BUDGET_PERCENT)),
         ("kea-dhcp4, memfile, cache-threshold .25", Some(BUDGET_PERCENT)),
+        // High availability, every server on one link hearing every
+        // request: 30 % of a core per server, etcd inside the budget.
+        ("bootfleet, etcd, load-balancing x1, broadcast", Some(BUDGET_PERCENT)),
+        ("bootfleet, etcd, load-balancing x2, broadcast", Some(2 * BUDGET_PERCENT)),
+        ("bootfleet, etcd, load-balancing x3, broadcast", Some(3 * BUDGET_PERCENT)),
+        ("bootfleet, etcd + standby, broadcast", Some(2 * BUDGET_PERCENT)),
+        ("kea-dhcp4 HA hot-standby pair, broadcast", Some(2 * BUDGET_PERCENT)),
+        ("kea-dhcp4 HA load-balancing pair, broadcast", Some(2 * BUDGET_PERCENT)),
     ];
     let row_name = |(name, budget): &(&str, Option<u32>)| match budget {
         Some(percent) => format!("{name}, {percent} % of a core"),
@@ -410,7 +494,24 @@ fn main() -> anyhow::Result<()> {
             // lease_reuse = 0: every REQUEST written, as Kea does by default.
             "bootfleet, embedded store" | "bootfleet, embedded, lease_reuse 0" => {
                 let extra = if name.ends_with("lease_reuse 0") { "lease_reuse = 0.0" } else { "" };
-                start_bootfleet(&server, dir.path(), &[("emb", 1)], "backend = \"embedded\"", extra)?
+                start_bootfleet(&server, dir.path(), &[("emb", 1)], "backend = \"embedded\"", extra, false)?
+            }
+            _ if name.starts_with("bootfleet, etcd") && name.ends_with("broadcast") => {
+                let etcd = EtcdCluster::start_in(1, Some("bfpA"))?;
+                let store = format!("backend = \"etcd\"\netcd_endpoints = [\"{}\"]", etcd.endpoint(0));
+                _etcd = Some(etcd);
+                let replicas: &[(&str, u16)] = match name {
+                    _ if name.contains("x1") => &[("lb1", 2)],
+                    _ if name.contains("x2") => &[("lb1", 2), ("lb2", 3)],
+                    _ if name.contains("x3") => &[("lb1", 2), ("lb2", 3), ("lb3", 4)],
+                    _ => &[("ha1", 2), ("ha2", 3)],
+                };
+                let extra = if name.contains("load-balancing") { "ha = \"load-balancing\"" } else { "" };
+                start_bootfleet(&server, dir.path(), replicas, &store, extra, true)?
+            }
+            "kea-dhcp4 HA hot-standby pair, broadcast" => start_kea_ha(&server, dir.path(), "hot-standby")?,
+            "kea-dhcp4 HA load-balancing pair, broadcast" => {
+                start_kea_ha(&server, dir.path(), "load-balancing")?
             }
             // Every request asks the rules engine over gRPC (as a storm of
             // hosts never seen before would).
@@ -420,13 +521,14 @@ fn main() -> anyhow::Result<()> {
                 &[("emb", 1)],
                 "backend = \"embedded\"",
                 "rules_cache = \"0s\"",
+                false,
             )?,
             "bootfleet, etcd + standby" | "bootfleet, etcd + standby, lease_reuse 0" => {
                 let etcd = EtcdCluster::start_in(1, Some("bfpA"))?;
                 let store = format!("backend = \"etcd\"\netcd_endpoints = [\"{}\"]", etcd.endpoint(0));
                 _etcd = Some(etcd);
                 let extra = if name.ends_with("lease_reuse 0") { "lease_reuse = 0.0" } else { "" };
-                start_bootfleet(&server, dir.path(), &[("ha1", 2), ("ha2", 3)], &store, extra)?
+                start_bootfleet(&server, dir.path(), &[("ha1", 2), ("ha2", 3)], &store, extra, false)?
             }
             "kea-dhcp4, memfile" => start_kea(&server, dir.path(), "")?,
             // Kea's counterpart of Bootfleet's lease reuse (off by default).
@@ -447,7 +549,22 @@ fn main() -> anyhow::Result<()> {
         }
         let budget = budget.map(|percent| (pids.clone(), percent));
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-        let (rate, offered, cpu) = measure(&client, &pids, cores, budget)?;
+        let generator = Generator { ns: &client, broadcast: name.ends_with("broadcast") };
+        let (rate, offered, cpu) = measure(&generator, &pids, cores, budget)?;
+        if name.contains("load-balancing x") {
+            // Each replica's share of the answers.
+            let answered: Vec<String> = (2..2 + processes.len())
+                .map(|n| {
+                    let url = format!("127.0.0.1:92{n:02}/metrics");
+                    let metrics = server.run("curl", &["-s", &url]).unwrap_or_default();
+                    let count = metrics
+                        .lines()
+                        .find_map(|l| l.strip_prefix("bootfleet_dhcp_requests_total{outcome=\"answered\"} "));
+                    count.unwrap_or("0").trim().to_owned()
+                })
+                .collect();
+            println!("    answered by replica: {}", answered.join(" / "));
+        }
         if name.starts_with("bootfleet") {
             // Where the requests went (answered, overloaded, …), to explain drops.
             let admin = if name.contains("etcd") { "127.0.0.1:9202" } else { "127.0.0.1:9201" };
@@ -485,12 +602,12 @@ fn main() -> anyhow::Result<()> {
         if cores.is_some() { "server and perfdhcp on a core each" } else { "both on all cores" }
     );
     println!(
-        "| {:<40} | {:>14} | {:>14} | {:>22} |",
+        "| {:<58} | {:>14} | {:>14} | {:>22} |",
         "server", "DORA/s", "offered rate", "CPU at 4,000 DORA/s"
     );
-    println!("|{:-<42}|{:->16}|{:->16}|{:->24}|", "", "", "", "");
+    println!("|{:-<60}|{:->16}|{:->16}|{:->24}|", "", "", "", "");
     for (name, rate, offered, cpu) in &rows {
-        println!("| {name:<40} | {rate:>14.0} | {offered:>14} | {:>22} |", format!("{cpu:.0} % of a core"));
+        println!("| {name:<58} | {rate:>14.0} | {offered:>14} | {:>22} |", format!("{cpu:.0} % of a core"));
     }
     Ok(())
 }
