@@ -38,7 +38,7 @@ use anyhow::Context;
 use bootfleet_image_streamer::client::ImageClient;
 use bootfleet_proto::v1::image_service_client::ImageServiceClient;
 use bootfleet_proto::v1::rules_service_client::RulesServiceClient;
-use bootfleet_rules_engine::client::{BearerToken, Client, ConnectError, connect_channel};
+use bootfleet_rules_engine::client::{BearerToken, Client, ConnectError, connect_channel_with_identity};
 use tonic::Code;
 
 /// Success.
@@ -80,6 +80,13 @@ pub(crate) struct ClientArgs {
     /// https:// URLs (default: the system's roots).
     #[arg(long, env = "BOOTFLEET_CA_FILE", value_name = "FILE", global = true)]
     ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that ask for one
+    /// (tls_client_auth = optional or required); with --key.
+    #[arg(long, env = "BOOTFLEET_CERT_FILE", value_name = "FILE", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "BOOTFLEET_KEY_FILE", value_name = "FILE", global = true, requires = "cert")]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', env = "BOOTFLEET_OUTPUT", value_enum, default_value_t = Output::Table, global = true)]
     pub(crate) output: Output,
@@ -163,7 +170,8 @@ impl ClientArgs {
             Service::Rules => &self.server,
             Service::Images => &self.images_server,
         };
-        connect_channel(url, self.ca_file.as_deref()).await.map_err(|e| match e {
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        connect_channel_with_identity(url, self.ca_file.as_deref(), identity).await.map_err(|e| match e {
             ConnectError::Unreachable { url, cause } => Unreachable { service, url, cause }.into(),
             ConnectError::BadUrl { url, reason } => {
                 UsageError(format!("{}: {url:?} is not a valid URL: {reason}", service.flag())).into()
@@ -280,8 +288,25 @@ pub(crate) fn explain(status: tonic::Status) -> anyhow::Error {
         Code::Unavailable => Some("is the server running, and can it reach its store?"),
         _ => None,
     };
-    ApiError { code: status.code(), message: status.message().to_owned(), hint: hint.map(str::to_owned) }
-        .into()
+    // A connection that fails under a call (a TLS alert such as "certificate
+    // required" arrives after the handshake) says only "transport error":
+    // the innermost cause is what the operator can act on.
+    let mut message = status.message().to_owned();
+    let mut cause = std::error::Error::source(&status);
+    let hint = match (hint, cause) {
+        (None, Some(_)) => Some(
+            "the connection broke under the call: is the server TLS (use https:// and --ca-file), and does it \
+             want a client certificate (--cert and --key)?",
+        ),
+        (hint, _) => hint,
+    };
+    while let Some(inner) = cause {
+        if inner.source().is_none() {
+            message = format!("{message}: {inner}");
+        }
+        cause = inner.source();
+    }
+    ApiError { code: status.code(), message, hint: hint.map(str::to_owned) }.into()
 }
 
 fn code_name(code: Code) -> &'static str {
