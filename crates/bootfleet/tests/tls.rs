@@ -1,4 +1,4 @@
-//! `bootfleet up` with TLS on the rules engine's port and client
+//! `bootfleet up` with TLS on the rules engine's and the image service's ports and client
 //! certificates required (`[rules] tls_*`), and the CLI against it:
 //! https:// with --ca-file and --cert/--key works; without a certificate,
 //! or over http://, it fails and says so.
@@ -39,7 +39,7 @@ fn cli(url: &str, args: &[&str]) -> Output {
 }
 
 #[test]
-fn the_cli_reaches_a_tls_rules_engine_with_a_client_certificate_only() {
+fn the_cli_reaches_tls_services_with_a_client_certificate_only() {
     let pki = TestPki::new("bootfleet-test-ca").unwrap();
     let client = pki.issue("operator", "operator-1", false).unwrap();
     let server = pki.server();
@@ -48,21 +48,28 @@ fn the_cli_reaches_a_tls_rules_engine_with_a_client_certificate_only() {
     std::fs::write(
         &config,
         format!(
-            "[rules]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_client_ca_file = \"{}\"\n\
-             tls_client_auth = \"required\"\n",
-            server.cert.display(),
-            server.key.display(),
-            pki.ca().display()
+            "[rules]\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\ntls_client_ca_file = \"{ca}\"\n\
+             tls_client_auth = \"required\"\n\
+             [streamer]\ngrpc_tls_cert_file = \"{cert}\"\ngrpc_tls_key_file = \"{key}\"\n\
+             grpc_tls_client_ca_file = \"{ca}\"\ngrpc_tls_client_auth = \"required\"\n",
+            cert = server.cert.display(),
+            key = server.key.display(),
+            ca = pki.ca().display()
         ),
     )
     .unwrap();
-    let (admin_port, rules_port) = (free_port(), free_port());
+    let (admin_port, rules_port, images_port) = (free_port(), free_port(), free_port());
     let log = data.path().join("up.log");
     let child = Command::new(BIN)
         .args(["up", "--store", "memory", "--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .args(["--rules-listen", &format!("127.0.0.1:{rules_port}")])
         .args(["--tftp-listen", "127.0.0.1:0"])
-        .args(["--streamer-listen", "127.0.0.1:0", "--streamer-grpc-listen", "127.0.0.1:0"])
+        .args([
+            "--streamer-listen",
+            "127.0.0.1:0",
+            "--streamer-grpc-listen",
+            &format!("127.0.0.1:{images_port}"),
+        ])
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
@@ -101,4 +108,20 @@ fn the_cli_reaches_a_tls_rules_engine_with_a_client_certificate_only() {
         "{}",
         String::from_utf8_lossy(&half.stderr)
     );
+
+    // The image service takes the same keys under [streamer] grpc_tls_*.
+    let images = format!("https://127.0.0.1:{images_port}");
+    let images_cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--images-server")
+            .arg(&images)
+            .args(args)
+            .env_remove("BOOTFLEET_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ok = images_cli(&["--ca-file", &ca, "--cert", &cert, "--key", &key, "images", "list"]);
+    assert!(ok.status.success(), "images with a client certificate: {}", String::from_utf8_lossy(&ok.stderr));
+    let refused = images_cli(&["--ca-file", &ca, "images", "list"]);
+    assert!(!refused.status.success(), "images without a client certificate");
 }
