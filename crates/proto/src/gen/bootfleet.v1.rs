@@ -1225,7 +1225,8 @@ pub struct LeaderRecord {
     pub address: ::prost::alloc::string::String,
 }
 /// One address lease of the DHCP responder in full mode. Stored under
-/// /bootfleet/v1/leases/<ip>, written only by the acting leader.
+/// /bootfleet/v1/leases/<ip>, written by the acting leader (hot standby) or
+/// by any live member, fenced by its membership (load balancing).
 #[allow(clippy::all)]
 #[derive(serde::Serialize)]
 #[serde(rename_all = "snake_case")]
